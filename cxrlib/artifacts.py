@@ -1,0 +1,115 @@
+"""Trained weights as safetensors with a JSON sidecar; nothing here loads a pickle.
+
+A saved model is two files, ``NAME.safetensors`` and ``NAME.json``. The sidecar holds the config the
+model was built from, its metrics and the package versions; :func:`load_weights` refuses weights whose
+config differs from the one asked for, so a checkpoint of another architecture or profile never loads
+silently. Writes go to a temporary name first, so an interrupted save leaves no file that looks done.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+
+class ArtifactError(ValueError):
+    """A saved artifact is missing, incomplete or does not match what was asked for."""
+
+    def __init__(self, path: str | Path, problem: str):
+        self.path = Path(path)
+        super().__init__(f"{path}: {problem}")
+
+
+def package_versions() -> dict[str, str]:
+    versions = {"python": platform.python_version()}
+    for name in ("cxrlib", "torch", "torchvision", "diffusers", "accelerate", "numpy"):
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return versions
+
+
+def write_json(path: str | Path, payload: Any) -> Path:
+    """Write JSON atomically (temporary file, then rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".partial")
+    tmp.write_text(json.dumps(payload, indent=2, sort_keys=True, default=_jsonable) + "\n")
+    os.replace(tmp, path)
+    return path
+
+
+def _jsonable(value: Any) -> Any:
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    if isinstance(value, (set, tuple)):
+        return list(value)
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"cannot write {type(value).__name__} as JSON")
+
+
+def _normalize(config: dict[str, Any]) -> dict[str, Any]:
+    """The config as it reads back from JSON (tuples become lists), for comparison."""
+    return json.loads(json.dumps(config, sort_keys=True, default=_jsonable))
+
+
+def save_weights(module: torch.nn.Module, path: str | Path, *, config: dict[str, Any],
+                 metrics: dict[str, Any] | None = None, extra: dict[str, Any] | None = None) -> Path:
+    """Save ``module``'s state dict to ``path`` (.safetensors) and its sidecar (.json)."""
+    path = Path(path).with_suffix(".safetensors")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
+    tmp = path.with_name(path.name + ".partial")
+    save_file(state, str(tmp))
+    sidecar = {"config": config, "metrics": metrics or {}, "versions": package_versions(), **(extra or {})}
+    # sidecar last: its presence marks a complete save
+    os.replace(tmp, path)
+    write_json(path.with_suffix(".json"), sidecar)
+    return path
+
+
+def read_sidecar(path: str | Path) -> dict[str, Any]:
+    path = Path(path).with_suffix(".json")
+    if not path.is_file():
+        raise ArtifactError(path, "sidecar missing: the save did not complete")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise ArtifactError(path, f"sidecar is not valid JSON ({err})") from err
+
+
+def exists(path: str | Path) -> bool:
+    path = Path(path)
+    return path.with_suffix(".safetensors").is_file() and path.with_suffix(".json").is_file()
+
+
+def load_weights(module: torch.nn.Module, path: str | Path, *, config: dict[str, Any] | None = None,
+                 map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Load weights into ``module``; check the sidecar's config equals ``config`` when given.
+
+    Returns the sidecar. Raises :class:`ArtifactError` on a missing file, a config mismatch or
+    tensors that do not fit the module.
+    """
+    weights = Path(path).with_suffix(".safetensors")
+    if not weights.is_file():
+        raise ArtifactError(weights, "weights file not found")
+    sidecar = read_sidecar(weights)
+    if config is not None and _normalize(sidecar.get("config", {})) != _normalize(config):
+        saved, wanted = _normalize(sidecar.get("config", {})), _normalize(config)
+        differing = sorted(k for k in set(saved) | set(wanted) if saved.get(k) != wanted.get(k))
+        raise ArtifactError(weights, f"saved for another configuration (differs in {differing})")
+    state = load_file(str(weights), device=str(map_location))
+    try:
+        module.load_state_dict(state)
+    except RuntimeError as err:
+        raise ArtifactError(weights, f"weights do not fit {type(module).__name__}: {err}") from err
+    return sidecar

@@ -1,0 +1,288 @@
+"""Profiles: one dataclass tree fixes data size, image size, architectures and budgets.
+
+Three profiles serve three audiences with the same notebooks:
+
+* ``smoke`` -- a tiny phantom; the tests execute every notebook with it in minutes.
+* ``cpu``   -- the default: a phantom of a few hundred patients at 64 px; a newcomer's first run on a
+  2-core machine, where the papers' claims should hold qualitatively.
+* ``paper`` -- ChestX-ray14 at 256 px with the published hyper-parameters (``PAPERS.md``); needs a GPU.
+
+``load_profile("cpu", image_size=32, **{"verification.max_epochs": 2})`` overrides any field: a
+plain name addresses a field of :class:`DataConfig` or of the profile itself, ``section.field``
+addresses a field of one section.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+PROFILE_NAMES = ("smoke", "cpu", "paper")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    image_size: int
+    #: phantom generated when no data folder is given (ignored on real data)
+    phantom_patients: int
+    phantom_max_followups: int
+    #: share of the train/val patients held out for validation, patient-wise. The official code takes
+    #: the first 75,708 of 86,524 train_val entries for training, i.e. 12.5 % for validation.
+    val_fraction: float = 0.125
+    #: share of patients for testing when the folder has no official split lists (real: 25,596/112,120)
+    test_fraction: float = 0.228
+    #: decode workers for the image cache
+    workers: int = 2
+
+
+@dataclass(frozen=True)
+class VerificationConfig:
+    """The siamese network of "Is Medical Chest X-ray Data Anonymous?"."""
+
+    backbone: str
+    pretrained: bool
+    features: int = 128
+    batch_size: int = 32
+    lr: float = 1e-4
+    max_epochs: int = 100
+    patience: int = 5
+    train_pairs: int = 792_294
+    val_pairs: int = 50_000
+    test_pairs: int = 100_000
+    #: independent training runs for mean +- std (the papers use 10)
+    runs: int = 10
+
+
+@dataclass(frozen=True)
+class RetrievalConfig:
+    backbone: str
+    pretrained: bool
+    embedding_dim: int = 128
+    memory_size: int = 128
+    batch_size: int = 32
+    images_per_patient: int = 8
+    max_lr: float = 0.158489
+    momentum: float = 0.9
+    weight_decay: float = 1e-5
+    frozen_epochs: int = 30
+    unfrozen_epochs: int = 50
+    color_jitter: float = 0.4
+
+
+@dataclass(frozen=True)
+class ClassifierConfig:
+    """The 14-finding classifier (CheXNet reproduction used by PriCheXy-Net)."""
+
+    backbone: str
+    pretrained: bool
+    input_size: int = 224
+    batch_size: int = 16
+    lr: float = 0.01
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    max_epochs: int = 100
+    patience: int = 3
+
+
+@dataclass(frozen=True)
+class AnonymizationConfig:
+    """PriCheXy-Net, Privacy-Net and DP-Pix."""
+
+    #: deformation strength in normalized grid coordinates ([-1, 1] spans the image)
+    mu_values: tuple[float, ...] = (0.001, 0.005, 0.01)
+    generator_features: int = 32
+    generator_poolings: int = 4
+    smoothing_kernel: int = 9
+    smoothing_sigma: float = 2.0
+    pretrain_epochs: int = 200
+    pretrain_lr: float = 1e-4
+    batch_size: int = 64
+    adversarial_epochs: int = 250
+    lr: float = 1e-4
+    classifier_lr: float = 1e-4
+    w_ac: float = 1.0
+    w_ver: float = 1.0
+    #: also update the siamese network and classifier on detached deformed images each iteration
+    update_adversaries: bool = True
+    train_pairs: int = 10_000
+    val_pairs: int = 2_000
+    test_pairs: int = 5_000
+    privacy_net_features: int = 16
+    privacy_net_poolings: int = 3
+    dp_pix_b: tuple[int, ...] = (2, 4, 8)
+    dp_pix_eps: float = 0.1
+    dp_pix_m: float = 1.0
+
+
+@dataclass(frozen=True)
+class EvaluationConfig:
+    #: independently re-trained siamese attackers per anonymizer
+    attack_runs: int = 10
+    bootstrap_samples: int = 1000
+
+
+@dataclass(frozen=True)
+class SynthesisConfig:
+    """Latent diffusion; the paper leaves most of these unpublished (see PAPERS.md section 4)."""
+
+    latent_channels: int = 4
+    autoencoder_channels: tuple[int, ...] = (64, 128, 256)
+    autoencoder_epochs: int = 100
+    autoencoder_lr: float = 1e-4
+    kl_weight: float = 1e-6
+    unet_channels: tuple[int, ...] = (128, 256, 512)
+    unet_layers_per_block: int = 2
+    unet_epochs: int = 500
+    #: early-stopping patience (epochs) of both the autoencoder and the U-Net
+    patience: int = 20
+    unet_lr: float = 1e-4
+    batch_size: int = 32
+    train_timesteps: int = 1000
+    sampling_steps: int = 50
+    guidance_scale: float = 3.0
+    #: probability of dropping the condition during training (classifier-free guidance)
+    condition_dropout: float = 0.1
+    #: samples per finding (and No Finding) for the per-class grid and within-class diversity
+    samples_per_class: int = 1000
+    #: synthetic training images for the synthetic-only classifier, drawn with the real training
+    #: split's label vectors; 0 means as many as the real training split
+    synthetic_images: int = 0
+    #: nearest real training images (by retrieval embedding) the sampler checks with the siamese network
+    sampler_neighbours: int = 5
+    #: false-positive rate on real validation pairs that fixes the rejection threshold
+    sampler_fpr: float = 0.05
+    max_retries: int = 10
+
+
+@dataclass(frozen=True)
+class Profile:
+    name: str
+    data: DataConfig
+    verification: VerificationConfig
+    retrieval: RetrievalConfig
+    classifier: ClassifierConfig
+    anonymization: AnonymizationConfig = field(default_factory=AnonymizationConfig)
+    evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
+    synthesis: SynthesisConfig = field(default_factory=SynthesisConfig)
+    seed: int = 42
+
+    @property
+    def image_size(self) -> int:
+        return self.data.image_size
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def fingerprint(self, *sections: str) -> str:
+        """Short hash of the named sections (all when none), to key artifacts by what they depend on."""
+        full = self.to_dict()
+        chosen = {name: full[name] for name in sections} if sections else full
+        return hashlib.sha256(json.dumps(chosen, sort_keys=True).encode()).hexdigest()[:10]
+
+
+def _paper() -> Profile:
+    return Profile(
+        name="paper",
+        data=DataConfig(image_size=256, phantom_patients=30_805, phantom_max_followups=184, workers=8),
+        verification=VerificationConfig(backbone="resnet50", pretrained=True),
+        retrieval=RetrievalConfig(backbone="resnet50", pretrained=True),
+        classifier=ClassifierConfig(backbone="densenet121", pretrained=True),
+    )
+
+
+def _cpu() -> Profile:
+    # Sized from measured 2-core training throughput (ResNet-18 at 64 px: ~186 img/s) so that the
+    # whole run_all.sh fits in about 30 minutes.
+    return Profile(
+        name="cpu",
+        data=DataConfig(image_size=64, phantom_patients=400, phantom_max_followups=8),
+        verification=VerificationConfig(
+            backbone="resnet18", pretrained=False, max_epochs=8, patience=3,
+            train_pairs=4000, val_pairs=600, test_pairs=1000, runs=3,
+        ),
+        retrieval=RetrievalConfig(
+            backbone="resnet18", pretrained=False, max_lr=0.05, frozen_epochs=0, unfrozen_epochs=8,
+        ),
+        classifier=ClassifierConfig(
+            backbone="resnet18", pretrained=False, input_size=64, batch_size=32, max_epochs=10,
+            patience=3,
+        ),
+        anonymization=AnonymizationConfig(
+            # same displacement in pixels as the paper's mu at 256 px (mu * 256 / 64)
+            mu_values=(0.004, 0.02, 0.04),
+            generator_features=16, smoothing_kernel=5, smoothing_sigma=1.0,
+            pretrain_epochs=3, batch_size=32, adversarial_epochs=4,
+            train_pairs=2000, val_pairs=400, test_pairs=1000, dp_pix_b=(2, 4, 8),
+        ),
+        evaluation=EvaluationConfig(attack_runs=3),
+        synthesis=SynthesisConfig(
+            latent_channels=4, autoencoder_channels=(32, 64), autoencoder_epochs=6,
+            unet_channels=(64, 128), unet_epochs=20, sampling_steps=25, samples_per_class=40,
+            batch_size=32,
+        ),
+    )
+
+
+def _smoke() -> Profile:
+    return Profile(
+        name="smoke",
+        data=DataConfig(image_size=32, phantom_patients=40, phantom_max_followups=4, workers=1),
+        verification=VerificationConfig(
+            backbone="convnet", pretrained=False, max_epochs=1, patience=1,
+            train_pairs=64, val_pairs=32, test_pairs=32, runs=2, batch_size=16,
+        ),
+        retrieval=RetrievalConfig(
+            backbone="convnet", pretrained=False, batch_size=16, images_per_patient=4, max_lr=0.05,
+            frozen_epochs=0, unfrozen_epochs=1,
+        ),
+        classifier=ClassifierConfig(
+            backbone="convnet", pretrained=False, input_size=32, batch_size=16, max_epochs=1,
+            patience=1,
+        ),
+        anonymization=AnonymizationConfig(
+            mu_values=(0.02, 0.08), generator_features=8, generator_poolings=2, smoothing_kernel=3,
+            smoothing_sigma=0.5, pretrain_epochs=1, batch_size=16, adversarial_epochs=1,
+            train_pairs=64, val_pairs=32, test_pairs=32, dp_pix_b=(4,),
+        ),
+        evaluation=EvaluationConfig(attack_runs=1, bootstrap_samples=100),
+        synthesis=SynthesisConfig(
+            latent_channels=4, autoencoder_channels=(8, 16), autoencoder_epochs=1,
+            unet_channels=(16, 32), unet_epochs=1, sampling_steps=4, samples_per_class=2,
+            batch_size=16, max_retries=2,
+        ),
+    )
+
+
+_BUILDERS = {"smoke": _smoke, "cpu": _cpu, "paper": _paper}
+
+
+def load_profile(name: str = "cpu", **overrides: Any) -> Profile:
+    """The named profile with keyword overrides (``image_size=32``, ``**{"verification.runs": 1}``)."""
+    if name not in _BUILDERS:
+        raise ValueError(f"unknown profile {name!r}; choose one of {', '.join(PROFILE_NAMES)}")
+    profile = _BUILDERS[name]()
+    section_updates: dict[str, dict[str, Any]] = {}
+    top_updates: dict[str, Any] = {}
+    for key, value in overrides.items():
+        section, _, attr = key.rpartition(".")
+        if section:
+            if not hasattr(profile, section) or not dataclasses.is_dataclass(getattr(profile, section)):
+                raise ValueError(f"unknown profile section {section!r} in override {key!r}")
+            _check_field(getattr(profile, section), attr, key)
+            section_updates.setdefault(section, {})[attr] = value
+        elif attr in {f.name for f in dataclasses.fields(DataConfig)}:
+            section_updates.setdefault("data", {})[attr] = value
+        else:
+            _check_field(profile, attr, key)
+            top_updates[attr] = value
+    for section, updates in section_updates.items():
+        top_updates[section] = dataclasses.replace(getattr(profile, section), **updates)
+    return dataclasses.replace(profile, **top_updates)
+
+
+def _check_field(obj: Any, attr: str, key: str) -> None:
+    if attr not in {f.name for f in dataclasses.fields(obj)}:
+        raise ValueError(f"unknown profile field {key!r} (no field {attr!r} in {type(obj).__name__})")

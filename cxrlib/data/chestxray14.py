@@ -1,0 +1,302 @@
+"""ChestX-ray14: metadata, the 14 labels, split lists, and locating and decoding its images.
+
+One loader serves the real release and the phantom, which is written in the same layout:
+
+    DATA_DIR/
+      Data_Entry_2017_v2020.csv      (or .csv.gz, or the 2017 name)
+      train_val_list.txt, test_list.txt   (optional: official patient-disjoint split)
+      images/*.png  or  images_001/images/*.png ... images_012/images/*.png
+"""
+
+from __future__ import annotations
+
+import gzip
+import re
+from dataclasses import dataclass
+from functools import cached_property
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from PIL import Image, UnidentifiedImageError
+
+LABELS: tuple[str, ...] = (
+    "Atelectasis", "Cardiomegaly", "Effusion", "Infiltration", "Mass", "Nodule", "Pneumonia",
+    "Pneumothorax", "Consolidation", "Edema", "Emphysema", "Fibrosis", "Pleural_Thickening", "Hernia",
+)
+NO_FINDING = "No Finding"
+
+METADATA_NAMES = (
+    "Data_Entry_2017_v2020.csv", "Data_Entry_2017_v2020.csv.gz", "Data_Entry_2017.csv",
+    "Data_Entry_2017.csv.gz",
+)
+SPLIT_FILES = {"train_val": "train_val_list.txt", "test": "test_list.txt"}
+
+#: the real header; the bracketed names contain commas, so a CSV reader sees 11 columns
+RAW_COLUMNS = (
+    "Image Index", "Finding Labels", "Follow-up #", "Patient ID", "Patient Age", "Patient Gender",
+    "View Position", "OriginalImage[Width", "Height]", "OriginalImagePixelSpacing[x", "y]",
+)
+RAW_HEADER = ",".join(RAW_COLUMNS)
+_RENAMES = {
+    "Image Index": "image", "Finding Labels": "finding_labels", "Follow-up #": "follow_up",
+    "Patient ID": "patient_id", "Patient Age": "age", "Patient Gender": "sex",
+    "View Position": "view", "OriginalImage[Width": "width", "Height]": "height",
+    "OriginalImagePixelSpacing[x": "spacing_x", "y]": "spacing_y",
+}
+_IMAGE_NAME = re.compile(r"^(\d{8})_(\d{3})\.png$")
+
+
+class DataError(ValueError):
+    """Bad input data; the message names the file and the problem."""
+
+    def __init__(self, path: str | Path, problem: str):
+        self.path = Path(path)
+        self.problem = problem
+        super().__init__(f"{path}: {problem}")
+
+
+def real_metadata_path() -> Path:
+    """The real ``Data_Entry_2017_v2020.csv.gz`` (112,120 rows) shipped inside torchxrayvision."""
+    path = resources.files("torchxrayvision") / "data" / "Data_Entry_2017_v2020.csv.gz"
+    return Path(str(path))
+
+
+def find_metadata_file(data_dir: str | Path) -> Path:
+    data_dir = Path(data_dir)
+    if not data_dir.is_dir():
+        raise DataError(data_dir, "data folder does not exist")
+    for name in METADATA_NAMES:
+        if (data_dir / name).is_file():
+            return data_dir / name
+    if not any(data_dir.iterdir()):
+        raise DataError(data_dir, "data folder is empty; expected ChestX-ray14 (see data/README.md)")
+    raise DataError(data_dir, f"no metadata file; expected one of {', '.join(METADATA_NAMES)}")
+
+
+def read_metadata(path: str | Path) -> pd.DataFrame:
+    """Read and validate the metadata CSV (plain or gzipped) into normalized columns.
+
+    Columns: image, patient_id, follow_up, age, sex, view, finding_labels, width, height,
+    spacing_x, spacing_y, then one 0/1 column per label in :data:`LABELS` order.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(path, "metadata file not found")
+    try:
+        raw = pd.read_csv(path, dtype=str, keep_default_na=False)
+    except (OSError, EOFError, gzip.BadGzipFile, UnicodeDecodeError, pd.errors.ParserError) as err:
+        raise DataError(path, f"cannot be read as CSV ({err})") from err
+    # The 2017 release ends every row with a comma: an empty, unnamed trailing column.
+    raw = raw.loc[:, [c for c in raw.columns if not c.startswith("Unnamed:")]]
+    missing = [c for c in RAW_COLUMNS if c not in raw.columns]
+    if missing:
+        raise DataError(path, f"missing column(s) {missing}; found {list(raw.columns)}")
+    if raw.empty:
+        raise DataError(path, "metadata has no rows")
+    meta = raw.rename(columns=_RENAMES)[list(_RENAMES.values())].copy()
+
+    bad_names = ~meta["image"].str.match(_IMAGE_NAME)
+    if bad_names.any():
+        raise DataError(path, f"image names not of the form 00000001_000.png: {_first(meta, bad_names, 'image')}")
+    if meta["image"].duplicated().any():
+        raise DataError(path, f"duplicate image names: {_first(meta, meta['image'].duplicated(), 'image')}")
+    for column, kind in (("follow_up", int), ("patient_id", int), ("age", int), ("width", int),
+                         ("height", int), ("spacing_x", float), ("spacing_y", float)):
+        numeric = pd.to_numeric(meta[column], errors="coerce")
+        if numeric.isna().any():
+            bad = meta.loc[numeric.isna(), ["image", column]].iloc[0].tolist()
+            raise DataError(path, f"column {column!r} must be numeric; {bad[0]} has {bad[1]!r}")
+        meta[column] = numeric.astype(kind)
+    name_patient = meta["image"].str.slice(0, 8).astype(int)
+    if (name_patient != meta["patient_id"]).any():
+        raise DataError(path, f"patient id disagrees with image name: {_first(meta, name_patient != meta['patient_id'], 'image')}")
+    bad_sex = ~meta["sex"].isin(["M", "F"])
+    if bad_sex.any():
+        raise DataError(path, f"sex must be M or F: {_first(meta, bad_sex, 'image')}")
+    bad_view = ~meta["view"].isin(["PA", "AP"])
+    if bad_view.any():
+        raise DataError(path, f"view position must be PA or AP: {_first(meta, bad_view, 'image')}")
+
+    meta[list(LABELS)] = _label_matrix(meta["finding_labels"], path, meta["image"])
+    return meta.reset_index(drop=True)
+
+
+def _first(meta: pd.DataFrame, mask: pd.Series, column: str) -> str:
+    values = meta.loc[mask, column].head(3).tolist()
+    return ", ".join(map(str, values)) + (" ..." if mask.sum() > 3 else "")
+
+
+def _label_matrix(findings: pd.Series, path: Path, images: pd.Series) -> np.ndarray:
+    index = {label: i for i, label in enumerate(LABELS)}
+    matrix = np.zeros((len(findings), len(LABELS)), dtype=np.uint8)
+    for row, (text, image) in enumerate(zip(findings, images)):
+        parts = text.split("|")
+        if parts == [NO_FINDING]:
+            continue
+        for part in parts:
+            if part not in index:
+                problem = f"unknown label {part!r} for {image}" if part != NO_FINDING else (
+                    f"'No Finding' combined with findings for {image}")
+                raise DataError(path, problem + f"; known: {', '.join(LABELS)}, or {NO_FINDING}")
+            matrix[row, index[part]] = 1
+    return matrix
+
+
+def label_matrix(meta: pd.DataFrame) -> np.ndarray:
+    """The (N, 14) 0/1 label matrix in :data:`LABELS` order."""
+    return meta[list(LABELS)].to_numpy(dtype=np.float32)
+
+
+def findings_string(labels: np.ndarray) -> list[str]:
+    """Inverse of the label matrix: 'Finding Labels' strings."""
+    out = []
+    for row in np.asarray(labels):
+        names = [LABELS[i] for i in np.flatnonzero(row)]
+        out.append("|".join(names) if names else NO_FINDING)
+    return out
+
+
+def write_metadata(meta: pd.DataFrame, path: str | Path) -> None:
+    """Write normalized metadata back in the release's CSV format (its exact header)."""
+    rows = meta.rename(columns={v: k for k, v in _RENAMES.items()})[list(RAW_COLUMNS)]
+    path = Path(path)
+    tmp = path.with_name(path.name + ".partial")
+    rows.to_csv(tmp, index=False, header=False, float_format="%.6g")
+    tmp.write_text(RAW_HEADER + "\n" + tmp.read_text())
+    tmp.replace(path)
+
+
+def read_split_list(path: str | Path, meta: pd.DataFrame) -> list[str]:
+    """Image names of an official split list, checked against the metadata."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(path, "split list not found")
+    names = [line.strip() for line in path.read_text().splitlines() if line.strip()]
+    if not names:
+        raise DataError(path, "split list is empty")
+    unknown = sorted(set(names) - set(meta["image"]))
+    if unknown:
+        raise DataError(path, f"{len(unknown)} image(s) not in the metadata, e.g. {unknown[:3]}")
+    return names
+
+
+@dataclass(frozen=True)
+class Splits:
+    """Patient-disjoint train / val / test metadata frames."""
+
+    train: pd.DataFrame
+    val: pd.DataFrame
+    test: pd.DataFrame
+    #: "official" when test came from test_list.txt, else "seeded"
+    source: str
+
+    def __getitem__(self, name: str) -> pd.DataFrame:
+        if name not in ("train", "val", "test"):
+            raise KeyError(name)
+        return getattr(self, name)
+
+    def items(self):
+        return (("train", self.train), ("val", self.val), ("test", self.test))
+
+
+def split_patients(patients: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Deterministically hold out ``fraction`` of the unique patients: (kept, held_out)."""
+    unique = np.unique(patients)
+    rng = np.random.default_rng(seed)
+    shuffled = rng.permutation(unique)
+    n_held = int(round(fraction * len(unique)))
+    if len(unique) >= 2:
+        n_held = min(max(n_held, 1), len(unique) - 1)
+    return np.sort(shuffled[n_held:]), np.sort(shuffled[:n_held])
+
+
+def make_splits(meta: pd.DataFrame, data_dir: str | Path | None, *, seed: int,
+                val_fraction: float = 0.125, test_fraction: float = 0.228) -> Splits:
+    """Official test split when ``test_list.txt`` is present, else a seeded patient-wise one; the
+    validation patients are always a seeded patient-wise share of the train/val patients."""
+    data_dir = Path(data_dir) if data_dir is not None else None
+    lists = {k: data_dir / v for k, v in SPLIT_FILES.items()} if data_dir else {}
+    if lists and all(p.is_file() for p in lists.values()):
+        train_val = meta[meta["image"].isin(read_split_list(lists["train_val"], meta))]
+        test = meta[meta["image"].isin(read_split_list(lists["test"], meta))]
+        overlap = set(train_val["patient_id"]) & set(test["patient_id"])
+        if overlap:
+            raise DataError(lists["test"], f"{len(overlap)} patient(s) also in train_val_list.txt")
+        source = "official"
+    else:
+        keep, held = split_patients(meta["patient_id"].to_numpy(), test_fraction, seed)
+        train_val = meta[meta["patient_id"].isin(keep)]
+        test = meta[meta["patient_id"].isin(held)]
+        source = "seeded"
+    keep, held = split_patients(train_val["patient_id"].to_numpy(), val_fraction, seed + 1)
+    return Splits(
+        train=train_val[train_val["patient_id"].isin(keep)].reset_index(drop=True),
+        val=train_val[train_val["patient_id"].isin(held)].reset_index(drop=True),
+        test=test.reset_index(drop=True),
+        source=source,
+    )
+
+
+class ImageLocator:
+    """Finds image files in the flat (``images/``) or the release layout (``images_00X/images/``)."""
+
+    def __init__(self, data_dir: str | Path):
+        self.data_dir = Path(data_dir)
+
+    @cached_property
+    def _paths(self) -> dict[str, Path]:
+        folders = [self.data_dir / "images", *sorted(self.data_dir.glob("images_*/images"))]
+        found: dict[str, Path] = {}
+        for folder in folders:
+            if folder.is_dir():
+                for path in folder.iterdir():
+                    if path.suffix == ".png":
+                        found.setdefault(path.name, path)
+        return found
+
+    def __call__(self, image: str) -> Path:
+        try:
+            return self._paths[image]
+        except KeyError:
+            raise DataError(self.data_dir / "images" / image,
+                            "image listed in the metadata but missing on disk") from None
+
+    def check(self, images: list[str]) -> None:
+        missing = [name for name in images if name not in self._paths]
+        if missing:
+            raise DataError(self.data_dir / "images",
+                            f"{len(missing)} image(s) listed in the metadata are missing on disk, "
+                            f"e.g. {missing[:3]}")
+
+
+def load_image(path: str | Path, size: int | None = None) -> np.ndarray:
+    """Decode one radiograph as a 2-D uint8 array, whatever its PNG mode; resized to ``size``.
+
+    16-bit images are scaled to 8 bits, palette and RGB(A) images converted to luminance (alpha is
+    dropped, never a single channel taken), so all real quirks of the release give one format.
+    """
+    path = Path(path)
+    try:
+        with Image.open(path) as img:
+            img.load()
+            gray = _to_gray8(img)
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
+        raise DataError(path, f"not a readable image ({err})") from err
+    if size is not None and gray.size != (size, size):
+        gray = gray.resize((size, size), Image.Resampling.BILINEAR)
+    return np.asarray(gray, dtype=np.uint8)
+
+
+def _to_gray8(img: Image.Image) -> Image.Image:
+    if img.mode == "L":
+        return img
+    if img.mode in ("I;16", "I;16B", "I;16L", "I"):
+        array = np.asarray(img, dtype=np.float64)
+        peak = 65535.0 if img.mode.startswith("I;16") or array.max() > 255 else 255.0
+        return Image.fromarray(np.clip(array / peak * 255.0 + 0.5, 0, 255).astype(np.uint8))
+    if img.mode in ("P", "PA"):
+        # through RGBA so a palette with transparency resolves to its colours before luminance
+        img = img.convert("RGBA")
+    return img.convert("L")

@@ -1,0 +1,160 @@
+"""The notebooks' entry point: one object that knows the profile, the data, and where outputs go.
+
+``Workspace.open(profile, data_dir, seed, results_dir, artifacts_dir)`` takes exactly the papermill
+parameters of every notebook. An empty ``data_dir`` means the profile's phantom, generated on first
+use; a ChestX-ray14 folder runs the same notebooks on real data. Library modules never import this:
+it sits on top, beside the plots.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import zlib
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from cxrlib.artifacts import write_json
+from cxrlib.config import Profile, load_profile
+from cxrlib.data.cache import ImageCache, prepare_cache
+from cxrlib.data.chestxray14 import DataError, Splits, find_metadata_file, make_splits, read_metadata
+from cxrlib.data.datasets import ImageDataset, PairDataset
+from cxrlib.data.pairs import make_pairs, read_pair_file, write_pair_file
+
+
+def project_root(start: Path | None = None) -> Path:
+    """The checkout this code runs in: the nearest folder above ``start`` holding ``run_all.sh``."""
+    start = (start or Path.cwd()).resolve()
+    for folder in (start, *start.parents):
+        if (folder / "run_all.sh").is_file() and (folder / "cxrlib").is_dir():
+            return folder
+    return start
+
+
+def phantom_dir(profile: Profile, root: Path | None = None) -> Path:
+    d = profile.data
+    name = f"{profile.name}_{d.phantom_patients}p_{d.image_size}px_{d.phantom_max_followups}f_seed{profile.seed}"
+    return (root or project_root()) / "data" / "phantom" / name
+
+
+def ensure_phantom(profile: Profile, root: Path | None = None, progress: bool | None = None) -> Path:
+    """The profile's phantom folder, generated if it does not exist yet."""
+    from cxrlib.data.phantom import generate_phantom
+
+    folder = phantom_dir(profile, root)
+    if not folder.is_dir():
+        d = profile.data
+        generate_phantom(folder, n_patients=d.phantom_patients, size=d.image_size, seed=profile.seed,
+                         max_followups=d.phantom_max_followups, progress=progress)
+    return folder
+
+
+@dataclass
+class Workspace:
+    profile: Profile
+    data_dir: Path
+    is_phantom: bool
+    seed: int
+    results_dir: Path
+    artifacts_dir: Path
+    progress: bool | None = None
+    metadata: pd.DataFrame = field(init=False, repr=False)
+
+    @classmethod
+    def open(cls, profile: str | Profile = "cpu", data_dir: str | Path = "", seed: int = 42,
+             results_dir: str | Path | None = None, artifacts_dir: str | Path | None = None,
+             progress: bool | None = None, **overrides: Any) -> "Workspace":
+        if isinstance(profile, str):
+            profile = load_profile(profile, **overrides)
+        root = project_root()
+        is_phantom = not str(data_dir)
+        folder = ensure_phantom(profile, root, progress) if is_phantom else Path(data_dir)
+        ws = cls(profile=profile, data_dir=folder, is_phantom=is_phantom, seed=int(seed),
+                 results_dir=Path(results_dir or root / "results" / profile.name),
+                 artifacts_dir=Path(artifacts_dir or root / "artifacts"), progress=progress)
+        ws.metadata = read_metadata(find_metadata_file(folder))
+        ws.results_dir.mkdir(parents=True, exist_ok=True)
+        return ws
+
+    # -- data -------------------------------------------------------------------------------------
+    @property
+    def data_description(self) -> str:
+        d = self.profile.data
+        kind = (f"phantom ({self.metadata['patient_id'].nunique()} patients, {len(self.metadata)} images)"
+                if self.is_phantom else f"ChestX-ray14 at {self.data_dir}")
+        return f"{kind}, {d.image_size} px, profile '{self.profile.name}', seed {self.seed}"
+
+    @cached_property
+    def splits(self) -> Splits:
+        d = self.profile.data
+        return make_splits(self.metadata, self.data_dir, seed=self.seed, val_fraction=d.val_fraction,
+                           test_fraction=d.test_fraction)
+
+    @cached_property
+    def cache(self) -> ImageCache:
+        return prepare_cache(self.data_dir, self.profile.data.image_size,
+                             workers=self.profile.data.workers, progress=self.progress)
+
+    @cached_property
+    def sidecar(self) -> pd.DataFrame | None:
+        """The phantom's ground truth (text boxes, generative parameters); None on real data."""
+        from cxrlib.data.phantom import read_truth
+
+        return read_truth(self.data_dir)
+
+    def images(self, split: str, target: str = "labels", transform=None) -> ImageDataset:
+        return ImageDataset(self.cache, self.splits[split], target=target, transform=transform)
+
+    def pairs(self, split: str, n_pairs: int, purpose: str) -> pd.DataFrame:
+        """Seeded pairs of one split, written once as an official-format pair file and re-read."""
+        path = self.artifacts_dir / self.profile.name / self._data_key / "pairs" / (
+            f"{purpose}_{split}_{n_pairs}_seed{self.seed}.txt")
+        if not path.is_file():
+            seed = zlib.crc32(f"{self.seed}/{split}/{purpose}".encode())
+            write_pair_file(make_pairs(self.splits[split], n_pairs, seed), path)
+        return read_pair_file(path, known_images=self.splits[split]["image"])
+
+    def pair_dataset(self, pairs: pd.DataFrame, transform=None) -> PairDataset:
+        return PairDataset(self.cache, pairs, transform=transform)
+
+    # -- outputs ----------------------------------------------------------------------------------
+    @cached_property
+    def _data_key(self) -> str:
+        """Trained models depend on the data they saw: a short key of the folder and its metadata."""
+        digest = hashlib.sha256(str(self.data_dir.resolve()).encode())
+        digest.update(str(len(self.metadata)).encode())
+        return ("phantom-" if self.is_phantom else "data-") + digest.hexdigest()[:8]
+
+    def artifact_path(self, name: str, *sections: str) -> Path:
+        """Where a trained model lives: keyed by profile, data, the profile sections it depends on,
+        and the seed. A path without suffix; the artifacts module adds ``.safetensors``/``.json``."""
+        key = self.profile.fingerprint("data", *sections)
+        path = self.artifacts_dir / self.profile.name / self._data_key / f"{name}-{key}-seed{self.seed}"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return path
+
+    def context(self) -> dict[str, Any]:
+        return {"profile": self.profile.name, "data": self.data_description, "seed": self.seed,
+                "image_size": self.profile.data.image_size, "phantom": self.is_phantom}
+
+    def save_metrics(self, name: str, payload: dict[str, Any]) -> Path:
+        return write_json(self.results_dir / f"{name}.json", {"context": self.context(), **payload})
+
+    def save_figure(self, fig, name: str) -> Path:
+        path = self.results_dir / "figures" / f"{name}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(path, dpi=110, bbox_inches="tight")
+        return path
+
+    def save_table(self, table: pd.DataFrame, name: str) -> tuple[Path, Path]:
+        """A table as CSV and as Markdown."""
+        csv, markdown = self.results_dir / f"{name}.csv", self.results_dir / f"{name}.md"
+        table.to_csv(csv, index=False)
+        markdown.write_text(table.to_markdown(index=False) + "\n")
+        return csv, markdown
+
+
+__all__ = ["Workspace", "project_root", "phantom_dir", "ensure_phantom", "DataError"]

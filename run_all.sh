@@ -1,0 +1,54 @@
+#!/usr/bin/env bash
+# The main job: set up if needed, make the data if missing, execute every notebook headless with
+# papermill, and write executed notebooks, figures and metrics under results/<profile>/.
+set -euo pipefail
+cd "$(dirname "$0")"
+
+usage() {
+  cat <<USAGE
+usage: ./run_all.sh [--profile smoke|cpu|paper] [--data-dir CHESTXRAY14_DIR] [--seed N] [--results DIR]
+  --profile   what to run (default cpu: the phantom, about 30 min on 2 cores; paper needs a GPU)
+  --data-dir  a ChestX-ray14 folder (default: the profile's phantom, generated on first use)
+  --seed      training and sampling seed (default 42)
+  --results   output folder (default results/<profile>)
+USAGE
+}
+
+profile=cpu; data_dir=""; seed=42; results=""
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --profile) profile="$2"; shift 2 ;;
+    --data-dir) data_dir="$(cd "$2" && pwd)"; shift 2 ;;
+    --seed) seed="$2"; shift 2 ;;
+    --results) results="$2"; shift 2 ;;
+    -h|--help) usage; exit 0 ;;
+    *) echo "run_all.sh: unknown argument $1" >&2; usage >&2; exit 2 ;;
+  esac
+done
+case "$profile" in smoke|cpu|paper) ;; *) echo "run_all.sh: unknown profile '$profile'" >&2; exit 2 ;; esac
+results="${results:-results/$profile}"
+mkdir -p "$results/notebooks"
+results="$(cd "$results" && pwd)"
+
+source scripts/setup.sh
+
+echo "== data ($profile)"
+cxrlib data --profile "$profile" ${data_dir:+--data-dir "$data_dir"}
+
+timings="$results/timings.tsv"
+printf "notebook\tseconds\n" > "$timings"
+start_all=$SECONDS
+for notebook in notebooks/[0-9][0-9]_*.ipynb; do
+  name="$(basename "$notebook")"
+  echo "== $name"
+  start=$SECONDS
+  if ! papermill "$notebook" "$results/notebooks/$name" --kernel cxrlib --cwd notebooks \
+        --progress-bar -p profile "$profile" -p data_dir "$data_dir" -p seed "$seed" \
+        -p results_dir "$results" -p artifacts_dir "$PWD/artifacts"; then
+    echo "run_all.sh: notebook $name FAILED; the executed copy with the error is $results/notebooks/$name" >&2
+    exit 1
+  fi
+  printf "%s\t%d\n" "$name" $((SECONDS - start)) >> "$timings"
+done
+printf "total\t%d\n" $((SECONDS - start_all)) >> "$timings"
+echo "== done: figures, metrics and executed notebooks in $results (timings in $timings)"
