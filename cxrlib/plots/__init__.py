@@ -1,0 +1,1 @@
+"""Figures of the notebooks; nothing in the methods imports this package."""
