@@ -70,6 +70,10 @@ class RetrievalConfig:
     frozen_epochs: int = 30
     unfrozen_epochs: int = 50
     color_jitter: float = 0.4
+    #: head: concat pooling to pool_size x pool_size, 1x1 bottleneck, hidden FC (authors' code: 5, 100, 2048)
+    pool_size: int = 5
+    bottleneck_channels: int = 100
+    hidden: int = 2048
 
 
 @dataclass(frozen=True)
@@ -205,6 +209,7 @@ def _cpu() -> Profile:
         ),
         retrieval=RetrievalConfig(
             backbone="resnet18", pretrained=False, max_lr=0.05, frozen_epochs=0, unfrozen_epochs=8,
+            pool_size=2, bottleneck_channels=64, hidden=512,
         ),
         classifier=ClassifierConfig(
             backbone="resnet18", pretrained=False, input_size=64, batch_size=32, max_epochs=10,
@@ -236,7 +241,7 @@ def _smoke() -> Profile:
         ),
         retrieval=RetrievalConfig(
             backbone="convnet", pretrained=False, batch_size=16, images_per_patient=4, max_lr=0.05,
-            frozen_epochs=0, unfrozen_epochs=1,
+            frozen_epochs=0, unfrozen_epochs=1, pool_size=1, bottleneck_channels=16, hidden=64,
         ),
         classifier=ClassifierConfig(
             backbone="convnet", pretrained=False, input_size=32, batch_size=16, max_epochs=1,
