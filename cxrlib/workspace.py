@@ -22,7 +22,7 @@ from cxrlib.config import Profile, load_profile
 from cxrlib.data.cache import ImageCache, prepare_cache
 from cxrlib.data.chestxray14 import DataError, Splits, find_metadata_file, make_splits, read_metadata
 from cxrlib.data.datasets import ImageDataset, PairDataset
-from cxrlib.data.pairs import make_pairs, read_pair_file, write_pair_file
+from cxrlib.data.pairs import make_pairs, max_positive_pairs, read_pair_file, write_pair_file
 
 
 def project_root(start: Path | None = None) -> Path:
@@ -35,8 +35,14 @@ def project_root(start: Path | None = None) -> Path:
 
 
 def phantom_dir(profile: Profile, root: Path | None = None) -> Path:
+    """The profile's phantom folder; its name changes with the generator's code, so a phantom
+    written by an older renderer is never mistaken for the current one."""
+    from cxrlib.data import phantom
+
+    renderer = hashlib.sha256(Path(phantom.__file__).read_bytes()).hexdigest()[:8]
     d = profile.data
-    name = f"{profile.name}_{d.phantom_patients}p_{d.image_size}px_{d.phantom_max_followups}f_seed{profile.seed}"
+    name = (f"{profile.name}_{d.phantom_patients}p_{d.image_size}px_{d.phantom_max_followups}f"
+            f"_seed{profile.seed}_{renderer}")
     return (root or project_root()) / "data" / "phantom" / name
 
 
@@ -109,13 +115,25 @@ class Workspace:
         return ImageDataset(self.cache, self.splits[split], target=target, transform=transform)
 
     def pairs(self, split: str, n_pairs: int, purpose: str) -> pd.DataFrame:
-        """Seeded pairs of one split, written once as an official-format pair file and re-read."""
+        """Seeded pairs of one split, written once as an official-format pair file and re-read.
+
+        Small splits (the smoke phantom) may allow fewer distinct same-patient pairs than the profile
+        asks for; then the balanced set is as large as they allow, and a message says so."""
+        frame = self.splits[split]
+        allowed = 2 * max_positive_pairs(frame)
+        if allowed < 2:
+            raise DataError(self.data_dir, f"the {split} split has no patient with two images, so no "
+                                           "verification pairs; use more patients")
+        if n_pairs > allowed:
+            print(f"{split} split: its patients allow {allowed // 2} distinct same-patient pairs; "
+                  f"using {allowed} pairs instead of {n_pairs}")
+            n_pairs = allowed
         path = self.artifacts_dir / self.profile.name / self._data_key / "pairs" / (
             f"{purpose}_{split}_{n_pairs}_seed{self.seed}.txt")
         if not path.is_file():
             seed = zlib.crc32(f"{self.seed}/{split}/{purpose}".encode())
-            write_pair_file(make_pairs(self.splits[split], n_pairs, seed), path)
-        return read_pair_file(path, known_images=self.splits[split]["image"])
+            write_pair_file(make_pairs(frame, n_pairs, seed), path)
+        return read_pair_file(path, known_images=frame["image"])
 
     def pair_dataset(self, pairs: pd.DataFrame, transform=None) -> PairDataset:
         return PairDataset(self.cache, pairs, transform=transform)

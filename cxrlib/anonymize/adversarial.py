@@ -1,0 +1,301 @@
+"""Adversarial training of a learned anonymizer against a siamese network and a classifier.
+
+Shared by PriCheXy-Net (:class:`~cxrlib.anonymize.flow_field.FlowFieldAnonymizer`) and Privacy-Net:
+any :class:`~cxrlib.anonymize.base.Anonymizer` with trainable parameters works. Following the
+official PriCheXy-Net code (``utils/utils.py``: ``pretrain``, ``train``, ``validate``):
+
+* **Pretraining** (:func:`pretrain_anonymizer`): the anonymizer learns to reproduce its input, MSE
+  between ``anonymizer(x)`` and ``x`` through the whole anonymizer (for the flow field: G learns to
+  output ~0, so the deformation starts as the identity), Adam, keep the lowest validation MSE.
+* **Adversarial training** (:func:`train_adversarial`), per batch of pairs ``(x1, x2, same, labels1)``:
+
+  1. generator step (Adam) on ``w_ac * AC + w_ver * (-log(1 - s))`` where AC is the classifier's
+     BCE-with-logits on ``anonymizer(x1)`` against ``labels1`` and ``s = sigmoid(SNN(anonymizer(x1),
+     x2))`` in float64, both networks in eval mode (:func:`adversarial_losses`);
+  2. with ``update_adversaries`` (default): a siamese step (Adam) on the detached anonymized ``x1``
+     and the real ``x2`` against same/different, then a classifier step (SGD, momentum 0.9, weight
+     decay 1e-4) on the detached anonymized ``x1``, both in train mode.
+
+  The anonymizer with the lowest validation total loss is kept. The caller's siamese network and
+  classifier are never modified: the loop trains copies of them.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from accelerate import Accelerator
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+from tqdm.auto import tqdm
+
+from cxrlib.anonymize.base import Anonymizer
+from cxrlib.artifacts import ArtifactError, load_weights, read_sidecar, save_weights
+from cxrlib.artifacts import _normalize as _plain
+from cxrlib.data.chestxray14 import LABELS, DataError
+from cxrlib.data.datasets import PairDataset
+from cxrlib.train import FitResult, fit, make_accelerator, seed_everything
+
+#: the quantities recorded per epoch, for training and validation
+LOSS_NAMES = ("ac", "ver", "log_ver", "total")
+
+
+class LabeledPairDataset(Dataset):
+    """Pairs with the findings of the first image: items ``(x1, x2, same, labels1)``."""
+
+    def __init__(self, pairs: PairDataset, meta: pd.DataFrame):
+        labels = meta.set_index("image")[list(LABELS)]
+        first = pairs.pairs["img1"]
+        missing = first[~first.isin(labels.index)]
+        if len(missing):
+            raise DataError("metadata", f"{len(missing)} first image(s) of the pairs have no labels in the "
+                                        f"metadata given, e.g. {missing.iloc[0]}")
+        self.pairs = pairs
+        self.labels = labels.loc[first].to_numpy(dtype=np.float32)
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def __getitem__(self, i: int):
+        x1, x2, same = self.pairs[i]
+        return x1, x2, same, torch.from_numpy(self.labels[i])
+
+
+def verification_scores(siamese: nn.Module, x1: torch.Tensor, x2: torch.Tensor) -> torch.Tensor:
+    """``s = sigmoid(SNN(x1, x2))`` per pair, in float64 as in the official loss."""
+    return torch.sigmoid(siamese(x1, x2).reshape(-1).double())
+
+
+def privacy_loss(logits: torch.Tensor) -> torch.Tensor:
+    """Mean of ``-log(1 - s)``, ``s = sigmoid(logit)``, in float64.
+
+    ``-log(1 - sigmoid(z))`` equals ``softplus(z)``, which stays finite where ``1 - s`` rounds to zero.
+    """
+    return F.softplus(logits.reshape(-1).double()).mean()
+
+
+def adversarial_losses(anonymizer: nn.Module, siamese: nn.Module, classifier: nn.Module,
+                       batch: tuple[torch.Tensor, ...], *, w_ac: float, w_ver: float) -> dict[str, torch.Tensor]:
+    """The generator's losses on one batch ``(x1, x2, same, labels1)``.
+
+    Returns ``ac`` (classifier BCE on the anonymized x1), ``ver`` (mean score s), ``log_ver`` (mean
+    ``-log(1 - s)``), ``total`` (``w_ac * ac + w_ver * log_ver``, float64) and ``anonymized`` (x1 after
+    the anonymizer, still attached to the graph).
+    """
+    x1, x2, _, labels1 = batch
+    anonymized = anonymizer(x1)
+    ac = F.binary_cross_entropy_with_logits(classifier(anonymized).float(), labels1.float())
+    logits = siamese(anonymized, x2).reshape(-1)
+    ver = torch.sigmoid(logits.double()).mean()
+    log_ver = privacy_loss(logits)
+    total = w_ac * ac.double() + w_ver * log_ver
+    return {"ac": ac, "ver": ver, "log_ver": log_ver, "total": total, "anonymized": anonymized}
+
+
+@dataclass
+class AdversarialResult:
+    #: one dict per epoch: ``epoch``; ``train_<name>`` and ``val_<name>`` for ``ac, ver, log_ver,
+    #: total``; ``train_snn`` and ``train_classifier`` (the adversaries' own losses; NaN when they are
+    #: not updated); ``seconds``
+    history: list[dict[str, float]]
+    best_epoch: int
+    best_val_total: float
+    checkpoint_path: Path
+    #: False when a finished checkpoint was loaded instead of training
+    trained: bool
+
+
+def pretrain_anonymizer(anonymizer: Anonymizer, train_loader: DataLoader, val_loader: DataLoader, *,
+                        lr: float, max_epochs: int, checkpoint_path: str | Path, config: Mapping[str, Any],
+                        seed: int, progress: bool | None = None,
+                        accelerator: Accelerator | None = None) -> FitResult:
+    """Train ``anonymizer`` to reproduce its input (MSE, Adam); loaders yield images first in each batch.
+
+    As in the official code there is no early stopping: all ``max_epochs`` run and the weights with
+    the lowest validation MSE are kept (in ``anonymizer`` and at ``checkpoint_path``).
+    """
+    def reconstruction(model: nn.Module, batch) -> torch.Tensor:
+        images = batch[0]
+        return F.mse_loss(model(images).float(), images.float())
+
+    optimizer = torch.optim.Adam(anonymizer.parameters(), lr=lr)
+    return fit(anonymizer, reconstruction, train_loader, val_loader, optimizer=optimizer,
+               max_epochs=max_epochs, patience=max_epochs, checkpoint_path=checkpoint_path,
+               config=dict(config), seed=seed, progress=progress, accelerator=accelerator)
+
+
+def train_adversarial(anonymizer: Anonymizer, siamese: nn.Module, classifier: nn.Module,
+                      train_loader: DataLoader, val_loader: DataLoader, *, max_epochs: int, lr: float = 1e-4,
+                      siamese_lr: float = 1e-4, classifier_lr: float = 1e-4, w_ac: float = 1.0,
+                      w_ver: float = 1.0, update_adversaries: bool = True, checkpoint_path: str | Path,
+                      config: Mapping[str, Any], seed: int, progress: bool | None = None,
+                      accelerator: Accelerator | None = None) -> AdversarialResult:
+    """Train ``anonymizer`` adversarially (see the module docstring); afterwards it holds the best weights.
+
+    Loaders yield ``(x1, x2, same, labels1)`` (:class:`LabeledPairDataset`). ``config`` identifies the
+    run (profile sections, the networks it started from): a finished checkpoint at ``checkpoint_path``
+    saved with the same config and seed is loaded instead of training; one saved with another config
+    raises :class:`~cxrlib.artifacts.ArtifactError`. The checkpoint is an ordinary saved anonymizer
+    (:func:`~cxrlib.anonymize.base.load_anonymizer` reads it), written once, at the end.
+    Runs on ``accelerator.device`` with its mixed precision, in one process.
+    """
+    if max_epochs < 1:
+        raise ValueError(f"max_epochs must be at least 1, got {max_epochs}")
+    for name, loader in (("train_loader", train_loader), ("val_loader", val_loader)):
+        if len(loader) == 0:
+            raise ValueError(f"{name} yields no batches: its dataset is empty")
+    path = Path(checkpoint_path).with_suffix(".safetensors")
+    training = {"config": dict(config), "seed": seed, "max_epochs": max_epochs, "lr": lr,
+                "siamese_lr": siamese_lr, "classifier_lr": classifier_lr, "w_ac": w_ac, "w_ver": w_ver,
+                "update_adversaries": update_adversaries}
+    cached = _finished_run(path, anonymizer, training)
+    if cached is not None:
+        return cached
+
+    accelerator = accelerator or make_accelerator()
+    device = accelerator.device
+    seed_everything(seed)
+    siamese, classifier = copy.deepcopy(siamese).to(device), copy.deepcopy(classifier).to(device)
+    anonymizer.to(device)
+    optimizer = torch.optim.Adam(anonymizer.parameters(), lr=lr)
+    siamese_optimizer = torch.optim.Adam(siamese.parameters(), lr=siamese_lr)
+    classifier_optimizer = torch.optim.SGD(classifier.parameters(), lr=classifier_lr, momentum=0.9,
+                                           weight_decay=1e-4)
+
+    history: list[dict[str, float]] = []
+    best_total, best_epoch, best_state = math.inf, 0, None
+    bar = tqdm(range(1, max_epochs + 1), unit="epoch", leave=False, desc=path.stem,
+               disable=None if progress is None else not progress)
+    for epoch in bar:
+        seed_everything(seed + epoch)
+        started = time.perf_counter()
+        sums: dict[str, float] = {}
+        count = 0
+        for batch in train_loader:
+            batch = _to_device(batch, device)
+            losses = _training_step(anonymizer, siamese, classifier, batch, optimizer, siamese_optimizer,
+                                    classifier_optimizer, w_ac, w_ver, update_adversaries, accelerator)
+            _check_finite(losses["total"], epoch, path)
+            size = batch[0].shape[0]
+            for key, value in losses.items():
+                sums[key] = sums.get(key, 0.0) + value * size
+            count += size
+        record = {"epoch": epoch, **{f"train_{k}": v / count for k, v in sums.items()}}
+        record.update({f"val_{k}": v for k, v in validation_losses(anonymizer, siamese, classifier,
+                                                                   val_loader, w_ac=w_ac, w_ver=w_ver,
+                                                                   accelerator=accelerator).items()})
+        _check_finite(record["val_total"], epoch, path)
+        record["seconds"] = time.perf_counter() - started
+        history.append(record)
+        if record["val_total"] < best_total:
+            best_total, best_epoch = record["val_total"], epoch
+            best_state = {k: v.detach().clone() for k, v in anonymizer.state_dict().items()}
+        bar.set_postfix(total=f"{record['train_total']:.4f}", val=f"{record['val_total']:.4f}")
+
+    anonymizer.load_state_dict(best_state)
+    anonymizer.eval()
+    save_weights(anonymizer, path, config=anonymizer.config(), metrics={"val_total": best_total},
+                 extra={"training": training, "history": history, "best_epoch": best_epoch,
+                        "finished": True})
+    return AdversarialResult(history=history, best_epoch=best_epoch, best_val_total=best_total,
+                             checkpoint_path=path, trained=True)
+
+
+def _training_step(anonymizer, siamese, classifier, batch, optimizer, siamese_optimizer, classifier_optimizer,
+                   w_ac, w_ver, update_adversaries, accelerator) -> dict[str, float]:
+    x1, x2, same, labels1 = batch
+    anonymizer.train()
+    siamese.eval()
+    classifier.eval()
+    # the adversaries only pass gradients through to the anonymizer in this step
+    _requires_grad(siamese, False)
+    _requires_grad(classifier, False)
+    with accelerator.autocast():
+        losses = adversarial_losses(anonymizer, siamese, classifier, batch, w_ac=w_ac, w_ver=w_ver)
+    optimizer.zero_grad(set_to_none=True)
+    losses["total"].backward()
+    optimizer.step()
+    _requires_grad(siamese, True)
+    _requires_grad(classifier, True)
+    record = {k: losses[k].item() for k in LOSS_NAMES}
+    record["snn"] = record["classifier"] = math.nan
+    if update_adversaries:
+        anonymized = losses["anonymized"].detach()
+        siamese.train()
+        siamese_optimizer.zero_grad(set_to_none=True)
+        with accelerator.autocast():
+            snn_loss = F.binary_cross_entropy_with_logits(siamese(anonymized, x2).reshape(-1).float(),
+                                                          same.float())
+        snn_loss.backward()
+        siamese_optimizer.step()
+        classifier.train()
+        classifier_optimizer.zero_grad(set_to_none=True)
+        with accelerator.autocast():
+            classifier_loss = F.binary_cross_entropy_with_logits(classifier(anonymized).float(),
+                                                                 labels1.float())
+        classifier_loss.backward()
+        classifier_optimizer.step()
+        record["snn"], record["classifier"] = snn_loss.item(), classifier_loss.item()
+    return record
+
+
+@torch.no_grad()
+def validation_losses(anonymizer: nn.Module, siamese: nn.Module, classifier: nn.Module, loader: DataLoader, *,
+                      w_ac: float, w_ver: float, accelerator: Accelerator | None = None) -> dict[str, float]:
+    """Mean ``ac, ver, log_ver, total`` over ``loader`` with every network in eval mode."""
+    accelerator = accelerator or make_accelerator()
+    for module in (anonymizer, siamese, classifier):
+        module.eval()
+    sums, count = dict.fromkeys(LOSS_NAMES, 0.0), 0
+    for batch in loader:
+        batch = _to_device(batch, accelerator.device)
+        with accelerator.autocast():
+            losses = adversarial_losses(anonymizer, siamese, classifier, batch, w_ac=w_ac, w_ver=w_ver)
+        size = batch[0].shape[0]
+        for key in LOSS_NAMES:
+            sums[key] += losses[key].item() * size
+        count += size
+    return {k: v / count for k, v in sums.items()}
+
+
+def _finished_run(path: Path, anonymizer: Anonymizer, training: dict[str, Any]) -> AdversarialResult | None:
+    if not path.with_suffix(".json").is_file():
+        return None
+    sidecar = read_sidecar(path)
+    saved = sidecar.get("training", {})
+    if _plain(saved) != _plain(training):
+        differing = sorted(k for k in set(saved) | set(training) if _plain(saved.get(k)) != _plain(training.get(k)))
+        raise ArtifactError(path, f"anonymizer trained with another configuration (differs in {differing}); "
+                                  "delete it or choose another checkpoint path")
+    if not sidecar.get("finished"):
+        return None
+    load_weights(anonymizer, path, config=anonymizer.config())
+    anonymizer.eval()
+    return AdversarialResult(history=sidecar["history"], best_epoch=sidecar["best_epoch"],
+                             best_val_total=sidecar["metrics"]["val_total"], checkpoint_path=path,
+                             trained=False)
+
+
+def _requires_grad(module: nn.Module, flag: bool) -> None:
+    for parameter in module.parameters():
+        parameter.requires_grad_(flag)
+
+
+def _to_device(batch, device):
+    return tuple(t.to(device, non_blocking=True) for t in batch)
+
+
+def _check_finite(value: float, epoch: int, path: Path) -> None:
+    if not math.isfinite(value):
+        raise FloatingPointError(f"adversarial loss became {value} in epoch {epoch}; nothing was written to "
+                                 f"{path}. Lower the learning rate or check the inputs for NaN/inf.")

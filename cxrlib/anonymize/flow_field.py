@@ -1,0 +1,215 @@
+"""PriCheXy-Net's anonymizer: a U-Net predicts a smooth flow field that slightly deforms the radiograph.
+
+The generator ``G`` (U-Net, 1 channel in, 2 out, tanh) maps an image to a field in [-1, 1]; the
+sampling grid is ``identity - mu * smooth(G(x))`` and the output is ``grid_sample(x, grid)`` with
+border padding and ``align_corners=True``.
+
+**Displacement bound.** Grid coordinates are normalized: with ``align_corners=True`` the S pixel
+centres span [-1, 1], so one unit is ``(S - 1) / 2`` pixels. The Gaussian kernel sums to one and
+``|G| <= 1``, so every pixel is sampled from at most ``mu * (S - 1) / 2`` pixels away along each axis
+(:func:`displacement_bound_pixels`):
+
+==========  ========  =======  =======  =======
+image size  mu        0.001    0.005    0.01
+==========  ========  =======  =======  =======
+256 px      pixels    0.13     0.64     1.28
+64 px       pixels    0.03     0.16     0.32
+==========  ========  =======  =======  =======
+
+**Small images.** The cpu profile works at 64 px; it scales mu by ``(256 - 1) / (64 - 1)`` (about 4,
+:func:`mu_for_image_size`) so that the bound in *pixels* matches the paper's at 256 px (mu 0.04 ->
+1.26 px). A 64 px image is a 4x downscaled radiograph, so the same pixel displacement is a 4x larger
+anatomical displacement; the notebook measures what the phantom's identity and findings tolerate.
+
+**Smoothing.** The official code smooths the whole grid (identity included) with a zero-padded
+Gaussian (kernel 9, sigma 2 at 256 px). Zero padding pulls the identity's border values towards 0, so
+even ``G = 0`` resamples the outer ``kernel // 2`` pixels from well inside the image. cxrlib smooths
+the displacement ``mu * G(x)`` instead: identical away from the border (a symmetric, normalized kernel
+leaves the linear identity unchanged there), exactly the identity for ``mu = 0`` or ``G = 0``, and the
+bound above holds everywhere. Kernel and sigma scale linearly with image size
+(:func:`scaled_smoothing`: sigma ``2 * S / 256``, radius ``ceil(2 * sigma)``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from accelerate import Accelerator
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from cxrlib.anonymize.adversarial import AdversarialResult, pretrain_anonymizer, train_adversarial
+from cxrlib.anonymize.base import Anonymizer, register
+from cxrlib.config import AnonymizationConfig
+from cxrlib.models.unets import UNet
+from cxrlib.train import FitResult
+
+REFERENCE_SIZE = 256
+REFERENCE_KERNEL, REFERENCE_SIGMA = 9, 2.0
+
+
+def displacement_bound_pixels(mu: float, image_size: int) -> float:
+    """The largest distance, in pixels along each axis, between a pixel and where it is sampled from."""
+    return mu * (image_size - 1) / 2
+
+
+def mu_for_image_size(mu_at_reference: float, image_size: int, reference_size: int = REFERENCE_SIZE) -> float:
+    """The mu giving ``image_size`` the same displacement bound in pixels as ``mu_at_reference`` at 256 px."""
+    return mu_at_reference * (reference_size - 1) / (image_size - 1)
+
+
+def scaled_smoothing(image_size: int, reference_size: int = REFERENCE_SIZE) -> tuple[int, float]:
+    """(kernel, sigma) covering the same share of the image as the paper's (9, 2.0) at 256 px."""
+    sigma = REFERENCE_SIGMA * image_size / reference_size
+    return 2 * max(1, math.ceil(2 * sigma)) + 1, sigma
+
+
+def identity_grid(size: int, device: torch.device | str | None = None) -> torch.Tensor:
+    """The (1, 2, S, S) grid that ``grid_sample(..., align_corners=True)`` maps to the input itself.
+
+    Channel 0 is x (column), channel 1 is y (row), both in [-1, 1].
+    """
+    coords = torch.linspace(-1.0, 1.0, size, device=device)
+    rows, cols = torch.meshgrid(coords, coords, indexing="ij")
+    return torch.stack((cols, rows)).unsqueeze(0)
+
+
+class GaussianSmoothing(nn.Module):
+    """Depth-wise 2-D Gaussian filter, zero padding, output the same size as the input."""
+
+    def __init__(self, channels: int, kernel_size: int, sigma: float):
+        super().__init__()
+        if kernel_size < 1 or kernel_size % 2 == 0:
+            raise ValueError(f"smoothing kernel_size must be a positive odd number, got {kernel_size}")
+        if sigma <= 0:
+            raise ValueError(f"smoothing sigma must be positive, got {sigma}")
+        offsets = torch.arange(kernel_size, dtype=torch.float32) - (kernel_size - 1) / 2
+        profile = torch.exp(-0.5 * (offsets / sigma) ** 2)
+        kernel = torch.outer(profile, profile)
+        kernel = (kernel / kernel.sum()).expand(channels, 1, kernel_size, kernel_size).contiguous()
+        # derived from the constructor arguments, so not part of the saved weights
+        self.register_buffer("weight", kernel, persistent=False)
+        self.channels, self.padding = channels, kernel_size // 2
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.conv2d(x, self.weight.to(x.dtype), padding=self.padding, groups=self.channels)
+
+
+@register
+class FlowFieldAnonymizer(Anonymizer):
+    """PriCheXy-Net's deformation: ``grid = identity - mu * smooth(G(x))``, then ``grid_sample``."""
+
+    name = "flow_field"
+
+    def __init__(self, mu: float, image_size: int, features: int = 32, poolings: int = 4,
+                 smoothing_kernel: int = REFERENCE_KERNEL, smoothing_sigma: float = REFERENCE_SIGMA):
+        super().__init__()
+        if not (math.isfinite(mu) and mu >= 0):
+            raise ValueError(f"mu must be a finite number >= 0, got {mu}")
+        if image_size % 2 ** poolings:
+            raise ValueError(f"image_size {image_size} must be divisible by 2 ** poolings = {2 ** poolings}")
+        self.mu, self.image_size = float(mu), int(image_size)
+        self.features, self.poolings = int(features), int(poolings)
+        self.smoothing_kernel, self.smoothing_sigma = int(smoothing_kernel), float(smoothing_sigma)
+        self.generator = UNet(1, 2, features=features, poolings=poolings, activation="relu", output="tanh")
+        self.smoothing = GaussianSmoothing(2, smoothing_kernel, smoothing_sigma)
+        self.register_buffer("identity", identity_grid(image_size), persistent=False)
+
+    def params(self) -> dict[str, Any]:
+        return {"mu": self.mu, "image_size": self.image_size, "features": self.features,
+                "poolings": self.poolings, "smoothing_kernel": self.smoothing_kernel,
+                "smoothing_sigma": self.smoothing_sigma}
+
+    def with_mu(self, mu: float) -> FlowFieldAnonymizer:
+        """A copy with another deformation strength and the same generator weights."""
+        other = FlowFieldAnonymizer(**{**self.params(), "mu": mu})
+        other.load_state_dict(self.state_dict())
+        return other.to(self.identity.device).train(self.training)
+
+    @property
+    def displacement_bound(self) -> float:
+        """At most this many pixels along each axis between a pixel and its source."""
+        return displacement_bound_pixels(self.mu, self.image_size)
+
+    def flow(self, images: torch.Tensor) -> torch.Tensor:
+        """Offsets (B, 2, S, S) in normalized coordinates (x, y) added to the identity grid."""
+        if images.shape[-2:] != (self.image_size, self.image_size):
+            raise ValueError(f"this flow field was built for {self.image_size}x{self.image_size} images, "
+                             f"got {tuple(images.shape[-2:])}")
+        return -self.mu * self.smoothing(self.generator(images))
+
+    def displacement_pixels(self, images: torch.Tensor) -> torch.Tensor:
+        """Where each output pixel is sampled from, relative to itself, in pixels (B, 2, S, S), (x, y)."""
+        return self.flow(images) * (self.image_size - 1) / 2
+
+    def anonymize(self, images: torch.Tensor) -> torch.Tensor:
+        grid = (self.identity.to(images.dtype) + self.flow(images)).permute(0, 2, 3, 1)
+        return F.grid_sample(images, grid.to(images.dtype), mode="bilinear", padding_mode="border",
+                             align_corners=True)
+
+
+@dataclass
+class PriCheXyNet:
+    """The outcome of :func:`train_prichexy_net`: the pretraining and one trained anonymizer per mu."""
+
+    pretraining: FitResult
+    anonymizers: dict[float, FlowFieldAnonymizer]
+    results: dict[float, AdversarialResult]
+
+
+def train_prichexy_net(config: AnonymizationConfig, image_size: int, *, siamese: nn.Module,
+                       classifier: nn.Module, images: tuple[Dataset, Dataset], pairs: tuple[Dataset, Dataset],
+                       artifact_path: Callable[[str], Path], identity: Mapping[str, Any], seed: int,
+                       progress: bool | None = None, accelerator: Accelerator | None = None) -> PriCheXyNet:
+    """Pretrain the generator once, then train it adversarially for every mu of ``config.mu_values``.
+
+    As in the official code the generator is pretrained once, with the largest mu, to reproduce its
+    input, and every mu starts from that generator. ``images`` are (train, val) datasets whose items
+    start with an image; ``pairs`` are (train, val) :class:`~cxrlib.anonymize.adversarial.LabeledPairDataset`.
+    ``artifact_path(name)`` says where a trained model lives (``prichexy_pretrain`` and
+    :func:`checkpoint_name` of each mu); ``identity`` names the siamese network and classifier the training starts
+    from, so that a change of either retrains. Finished checkpoints are loaded, not retrained.
+    """
+    if not config.mu_values:
+        raise ValueError("config.mu_values is empty: nothing to train")
+    torch.manual_seed(seed)  # the generator's initial weights
+    pretrained = FlowFieldAnonymizer(mu=max(config.mu_values), image_size=image_size,
+                                     features=config.generator_features, poolings=config.generator_poolings,
+                                     smoothing_kernel=config.smoothing_kernel,
+                                     smoothing_sigma=config.smoothing_sigma)
+    pretraining = pretrain_anonymizer(
+        pretrained, _loader(images[0], config.batch_size, seed), _loader(images[1], config.batch_size),
+        lr=config.pretrain_lr, max_epochs=config.pretrain_epochs, checkpoint_path=artifact_path("prichexy_pretrain"),
+        config={"anonymizer": pretrained.config(), "batch_size": config.batch_size}, seed=seed,
+        progress=progress, accelerator=accelerator)
+    anonymizers, results = {}, {}
+    for mu in config.mu_values:
+        anonymizer = pretrained.with_mu(mu)
+        results[mu] = train_adversarial(
+            anonymizer, siamese, classifier, _loader(pairs[0], config.batch_size, seed),
+            _loader(pairs[1], config.batch_size), max_epochs=config.adversarial_epochs, lr=config.lr,
+            siamese_lr=config.lr, classifier_lr=config.classifier_lr, w_ac=config.w_ac, w_ver=config.w_ver,
+            update_adversaries=config.update_adversaries, checkpoint_path=artifact_path(checkpoint_name(mu)),
+            config={"anonymization": dataclasses.asdict(config), "pretrained": pretraining.checkpoint_path.name,
+                    **identity},
+            seed=seed, progress=progress, accelerator=accelerator)
+        anonymizers[mu] = anonymizer.eval()
+    return PriCheXyNet(pretraining=pretraining, anonymizers=anonymizers, results=results)
+
+
+def checkpoint_name(mu: float) -> str:
+    """``prichexy_mu0p04`` for mu 0.04: no dot, which a file suffix would swallow."""
+    return f"prichexy_mu{mu:g}".replace(".", "p")
+
+
+def _loader(dataset: Dataset, batch_size: int, seed: int | None = None) -> DataLoader:
+    """Shuffled with a seeded generator when ``seed`` is given (training), in order otherwise."""
+    generator = None if seed is None else torch.Generator().manual_seed(seed)
+    return DataLoader(dataset, batch_size=batch_size, shuffle=seed is not None, generator=generator)

@@ -1,0 +1,392 @@
+"""The privacy-utility protocol, one function for any anonymizer (PriCheXy-Net's evaluation).
+
+:func:`evaluate_anonymizer` judges ``anonymizer(images) -> images`` three ways and writes the
+protocol it followed into its result (the ``protocol`` field), so no number travels without it:
+
+* **Privacy -- the re-training attack.** A fresh siamese network is trained on pairs whose two images
+  are both anonymized (training and validation), then tested on pairs of held-out patients whose
+  first image is anonymized and second real: the linkage attack of someone who holds the anonymized
+  release and real radiographs of known patients. AUC mean +- sample std over ``runs`` independent
+  attackers (seeds ``seed``, ``seed + 1``, ...). For reference, the original siamese network (trained
+  on real images, frozen) on the same test pairs.
+* **Utility.** The abnormality classifier trained on real images, frozen, on the anonymized test
+  images: AUC per finding, their mean, and a bootstrap 95 % CI of the mean.
+* **Fidelity.** SSIM (mean over test images) and PSNR (over all test pixels) between the test images
+  and their anonymized versions.
+
+Every image the protocol touches is anonymized once, as a data publisher would release it, and
+stored as 8-bit like a released PNG; the attackers then train on those fixed images (the official
+code likewise anonymizes DP-Pix images once, when it loads the pairs). Anonymizers with a ``reset``
+method (DP-Pix) are reset first, so a result does not depend on what the anonymizer did before.
+
+Results are cached as JSON in the setup's directory, keyed by the method, its parameters, a digest
+of its weights, the data, the frozen networks and the protocol's settings: calling again with the
+same inputs reads the file instead of re-training. Attackers are checkpointed while the runs go on
+(an interrupted evaluation resumes run by run) and deleted once the result is written.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+from torch.utils.data import Dataset, TensorDataset
+from torchmetrics.image import PeakSignalNoiseRatio, StructuralSimilarityIndexMeasure
+
+from cxrlib.anonymize.base import Anonymizer
+from cxrlib.artifacts import write_json
+from cxrlib.classify import predict
+from cxrlib.config import EvaluationConfig, VerificationConfig
+from cxrlib.data.cache import ImageCache
+from cxrlib.data.chestxray14 import LABELS
+from cxrlib.metrics import multilabel_auc, verification_metrics
+from cxrlib.reid import Images, pair_scores, run_checkpoint, verification_runs
+
+#: prefix that tells an anonymized image from its original in the linkage test set
+ANONYMIZED = "anonymized:"
+
+
+def attack_config(verification: VerificationConfig, evaluation: EvaluationConfig) -> VerificationConfig:
+    """The fresh attacker: a siamese network like the verification one, trained with the evaluation's recipe."""
+    e = evaluation
+    return dataclasses.replace(verification, backbone=e.attack_backbone, pretrained=e.attack_pretrained,
+                               lr=e.attack_lr, batch_size=e.attack_batch_size, max_epochs=e.attack_max_epochs,
+                               patience=e.attack_patience, train_pairs=e.attack_train_pairs,
+                               val_pairs=e.attack_val_pairs, test_pairs=e.attack_test_pairs, runs=e.attack_runs)
+
+
+@dataclass(eq=False)
+class EvaluationSetup:
+    """What every anonymizer is judged with, fixed across methods so that their numbers compare."""
+
+    #: the original pixels of every image the protocol touches (pairs and classifier test images)
+    images: Images
+    #: attack training and validation pairs (both images anonymized) and held-out test pairs
+    train_pairs: pd.DataFrame
+    val_pairs: pd.DataFrame
+    test_pairs: pd.DataFrame
+    #: classifier test images (column ``image``) with their 14 finding columns
+    test_meta: pd.DataFrame
+    #: the original siamese network (reference, frozen) and the classifier trained on real images
+    siamese: nn.Module
+    classifier: nn.Module
+    attack: VerificationConfig
+    runs: int
+    bootstrap_samples: int
+    #: where results (JSON) and, while running, the attackers' checkpoints go
+    directory: Path
+    seed: int
+
+    def __post_init__(self):
+        if self.runs < 1:
+            raise ValueError(f"runs must be at least 1, got {self.runs}")
+        for name in ("train_pairs", "val_pairs", "test_pairs"):
+            pairs = getattr(self, name)
+            if len(pairs) == 0 or pairs["label"].nunique() < 2:
+                raise ValueError(f"{name} must hold both same-patient and different-patient pairs "
+                                 f"(got {len(pairs)} pairs)")
+        missing = [c for c in ("image", *LABELS) if c not in self.test_meta.columns]
+        if missing:
+            raise ValueError(f"test_meta lacks column(s) {missing}")
+        self.images.rows(self._names())  # raises KeyError naming what is missing
+        self.directory = Path(self.directory)
+
+    def _names(self) -> list[str]:
+        pairs = pd.concat([self.train_pairs, self.val_pairs, self.test_pairs])
+        return list(dict.fromkeys([*pairs["img1"], *pairs["img2"], *self.test_meta["image"]]))
+
+    @classmethod
+    def from_cache(cls, cache: ImageCache, *, train_pairs: pd.DataFrame, val_pairs: pd.DataFrame,
+                   test_pairs: pd.DataFrame, test_meta: pd.DataFrame, siamese: nn.Module,
+                   classifier: nn.Module, verification: VerificationConfig, evaluation: EvaluationConfig,
+                   directory: str | Path, seed: int) -> EvaluationSetup:
+        """A setup reading the images from ``cache``, the attacker and runs from the profile sections."""
+        pairs = pd.concat([train_pairs, val_pairs, test_pairs])
+        names = [*pairs["img1"], *pairs["img2"], *test_meta["image"]]
+        return cls(images=Images.from_cache(cache, names), train_pairs=train_pairs, val_pairs=val_pairs,
+                   test_pairs=test_pairs, test_meta=test_meta, siamese=siamese, classifier=classifier,
+                   attack=attack_config(verification, evaluation), runs=evaluation.attack_runs,
+                   bootstrap_samples=evaluation.bootstrap_samples, directory=Path(directory), seed=seed)
+
+    def protocol(self) -> str:
+        a = self.attack
+        start = "ImageNet weights" if a.pretrained else "random weights"
+        return (
+            f"Privacy (re-training attack): {self.runs} fresh siamese network(s) ({a.backbone}, {start}; "
+            f"seeds {self.seed}..{self.seed + self.runs - 1}), each trained on {len(self.train_pairs)} pairs "
+            f"and validated on {len(self.val_pairs)} pairs with BOTH images anonymized (Adam, lr {a.lr:g}, "
+            f"batch {a.batch_size}, at most {a.max_epochs} epochs, early stopping after {a.patience} epochs "
+            f"without a lower validation loss), then tested on {len(self.test_pairs)} pairs of held-out "
+            f"patients with the FIRST image anonymized and the second real (linkage attack); AUC mean +- "
+            f"sample std over the runs. Reference: the original siamese network, trained on real images "
+            f"and frozen, on the same test pairs. "
+            f"Utility: the classifier trained on real images, frozen, on the {len(self.test_meta)} "
+            f"anonymized test images; mean of the per-finding AUCs (findings without positive and negative "
+            f"test images left out) with a {self.bootstrap_samples}-sample bootstrap 95 % CI. "
+            f"Fidelity: SSIM (mean over the test images) and PSNR (dB, from the mean squared error over all "
+            f"test pixels) between the test images and their anonymized versions. "
+            f"Every image is anonymized once, as a released dataset would be, and stored as 8-bit.")
+
+
+class ImagePairs(Dataset):
+    """Pairs ``(x1, x2, label)`` whose images are held in an :class:`~cxrlib.reid.Images`."""
+
+    def __init__(self, images: Images, pairs: pd.DataFrame):
+        self.images = images
+        self.first = images.rows(pairs["img1"].tolist())
+        self.second = images.rows(pairs["img2"].tolist())
+        self.labels = torch.as_tensor(pairs["label"].to_numpy(dtype=np.float32))
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int):
+        return self._image(self.first[i]), self._image(self.second[i]), self.labels[i]
+
+    def _image(self, row: int) -> torch.Tensor:
+        return torch.from_numpy(self.images.pixels[row].astype(np.float32) / 255.0).unsqueeze(0)
+
+
+@torch.no_grad()
+def anonymize_images(anonymizer: nn.Module, images: Images, *, batch_size: int = 128,
+                     device: torch.device | str = "cpu") -> Images:
+    """Every image through ``anonymizer`` (eval mode) once, rounded to 8 bits like a released PNG."""
+    anonymizer.eval().to(device)
+    out = np.empty_like(images.pixels)
+    for start in range(0, len(images.names), batch_size):
+        x = images.tensor(slice(start, start + batch_size)).to(device)
+        y = anonymizer(x).float().clamp(0.0, 1.0)
+        out[start:start + len(x)] = (y * 255.0).round().to(torch.uint8).squeeze(1).cpu().numpy()
+    return Images(images.names, out)
+
+
+def linkage_test_set(anonymized: Images, original: Images, pairs: pd.DataFrame) -> tuple[Images, pd.DataFrame]:
+    """The test pairs as (anonymized img1, real img2): one image set holding the anonymized first
+    images under a prefixed name and the real second images, and the pairs pointing into it."""
+    first = list(dict.fromkeys(pairs["img1"]))
+    second = list(dict.fromkeys(pairs["img2"]))
+    images = Images(tuple(ANONYMIZED + n for n in first) + tuple(second),
+                    np.concatenate([anonymized.pixels[anonymized.rows(first)],
+                                    original.pixels[original.rows(second)]]))
+    return images, pairs.assign(img1=ANONYMIZED + pairs["img1"])
+
+
+def state_digest(module: nn.Module) -> str:
+    """SHA-256 of a module's state (names, dtypes, shapes, bytes): identifies trained weights."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(module.state_dict().items()):
+        tensor = tensor.detach().cpu().contiguous()
+        digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def _frame_digest(frame: pd.DataFrame) -> str:
+    return hashlib.sha256(pd.util.hash_pandas_object(frame.reset_index(drop=True), index=False)
+                          .to_numpy().tobytes()).hexdigest()
+
+
+def evaluation_key(anonymizer: Anonymizer, setup: EvaluationSetup) -> str:
+    """What a cached result depends on, hashed: method and parameters, weights, data, judges, settings."""
+    pixels = hashlib.sha256("\n".join(setup.images.names).encode())
+    pixels.update(np.ascontiguousarray(setup.images.pixels).tobytes())
+    identity = {
+        "anonymizer": anonymizer.config(), "weights": state_digest(anonymizer),
+        "pixels": pixels.hexdigest(),
+        "pairs": [_frame_digest(p[["img1", "img2", "label"]])
+                  for p in (setup.train_pairs, setup.val_pairs, setup.test_pairs)],
+        "test": _frame_digest(setup.test_meta[["image", *LABELS]]),
+        "siamese": state_digest(setup.siamese), "classifier": state_digest(setup.classifier),
+        "attack": dataclasses.asdict(setup.attack), "runs": setup.runs,
+        "bootstrap_samples": setup.bootstrap_samples, "seed": setup.seed,
+    }
+    return hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+def result_path(anonymizer: Anonymizer, setup: EvaluationSetup) -> Path:
+    """Where :func:`evaluate_anonymizer` caches its result: ``NAME-KEY.json`` in the setup's directory."""
+    return setup.directory / f"{anonymizer.name}-{evaluation_key(anonymizer, setup)}.json"
+
+
+def evaluate_anonymizer(anonymizer: Anonymizer, setup: EvaluationSetup, *, device: torch.device | str | None = None,
+                        progress: bool | None = None) -> dict[str, Any]:
+    """Privacy, utility and fidelity of ``anonymizer`` under ``setup`` (see the module docstring).
+
+    Returns (and caches as JSON) a dict with ``method``, ``params``, ``label``, ``protocol``,
+    ``privacy`` (``attack_auc_mean``, ``attack_auc_std``, ``attack_runs``, ``frozen_auc``,
+    ``frozen_auc_ci``), ``utility`` (``mean_auc``, ``ci``, ``per_class``, ``excluded``), ``fidelity``
+    (``ssim``, ``psnr``; PSNR is None when no pixel changed), ``counts``, ``seconds`` and ``key``.
+    """
+    if not isinstance(anonymizer, Anonymizer):
+        raise TypeError(f"anonymizer must be a cxrlib Anonymizer, got {type(anonymizer).__name__}")
+    path = result_path(anonymizer, setup)
+    key = path.stem.rpartition("-")[2]
+    if path.is_file():
+        return json.loads(path.read_text())
+
+    started = time.perf_counter()
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    reset = getattr(anonymizer, "reset", None)
+    if callable(reset):
+        reset()
+    anonymized = anonymize_images(anonymizer, setup.images, device=device)
+
+    linkage_images, linkage_pairs = linkage_test_set(anonymized, setup.images, setup.test_pairs)
+    checkpoint = setup.directory / "attackers" / f"{anonymizer.name}-{key}"
+    checkpoint.parent.mkdir(parents=True, exist_ok=True)
+    attack = verification_runs(ImagePairs(anonymized, setup.train_pairs), ImagePairs(anonymized, setup.val_pairs),
+                               linkage_images, linkage_pairs, setup.attack, seed=setup.seed,
+                               checkpoint_path=checkpoint, runs=setup.runs, progress=progress)
+    setup.siamese.eval().to(device)
+    frozen = verification_metrics(linkage_pairs["label"], pair_scores(setup.siamese, linkage_images, linkage_pairs),
+                                  n_bootstrap=setup.bootstrap_samples, seed=setup.seed)
+
+    rows = anonymized.rows(setup.test_meta["image"].tolist())
+    labels = setup.test_meta[list(LABELS)].to_numpy(dtype=np.float32)
+    probabilities, _ = predict(setup.classifier, TensorDataset(anonymized.tensor(rows), torch.tensor(labels)),
+                               progress=progress)
+    utility = multilabel_auc(labels, probabilities, LABELS, n_bootstrap=setup.bootstrap_samples, seed=setup.seed)
+
+    result = {
+        "method": anonymizer.name, "params": anonymizer.params(), "label": anonymizer.describe(), "key": key,
+        "protocol": setup.protocol(),
+        "privacy": {
+            "attack_auc_mean": attack["mean"]["auc"], "attack_auc_std": attack["std"]["auc"],
+            "attack_runs": attack["runs"], "frozen_auc": frozen["auc"], "frozen_auc_ci": frozen.get("auc_ci"),
+        },
+        "utility": {"mean_auc": utility["mean_auc"], "ci": utility.get("ci"), "per_class": utility["per_class"],
+                    "excluded": utility["excluded"]},
+        "fidelity": fidelity(setup.images.tensor(setup.images.rows(setup.test_meta["image"].tolist())),
+                             anonymized.tensor(rows)),
+        "counts": {"attack_train_pairs": len(setup.train_pairs), "attack_val_pairs": len(setup.val_pairs),
+                   "test_pairs": len(setup.test_pairs), "test_images": len(setup.test_meta),
+                   "anonymized_images": len(anonymized.names)},
+        "seconds": time.perf_counter() - started,
+    }
+    write_json(path, result)
+    for run in range(setup.runs):
+        weights = run_checkpoint(checkpoint, run).with_suffix(".safetensors")
+        weights.unlink(missing_ok=True)
+        weights.with_suffix(".json").unlink(missing_ok=True)
+    return result
+
+
+def fidelity(original: torch.Tensor, anonymized: torch.Tensor, batch_size: int = 256) -> dict[str, float | None]:
+    """SSIM (mean over images) and PSNR in dB of the whole set (from the mean squared error over all
+    pixels, so that a few images left exactly unchanged by rounding do not make it infinite), in batches.
+    PSNR is None when no pixel changed at all."""
+    ssim = StructuralSimilarityIndexMeasure(data_range=1.0)
+    psnr = PeakSignalNoiseRatio(data_range=1.0)
+    for start in range(0, len(original), batch_size):
+        x, y = original[start:start + batch_size].float(), anonymized[start:start + batch_size].float()
+        ssim.update(y, x)
+        psnr.update(y, x)
+    value = float(psnr.compute())
+    return {"ssim": float(ssim.compute()), "psnr": value if math.isfinite(value) else None}
+
+
+# -- the comparison table --------------------------------------------------------------------------
+
+#: PAPERS.md section 2 (PriCheXy-Net, MICCAI 2023), in %: (re-trained verification AUC, classification
+#: mean AUC, status). The abstract confirms 81.8 -> 57.7 for mu = 0.01; the rest is quoted elsewhere as
+#: the paper's table and is unconfirmed. DP-Pix: m = 1, eps = 0.1, only a range over b is known.
+PUBLISHED = {
+    "identity": ("81.8 ± 0.6", "80.5", "AUC 81.8 confirmed; ± and utility unconfirmed"),
+    "flow_field": ("57.7 ± 4.0", "76.2", "AUC 57.7 confirmed (mu 0.01); ± and utility unconfirmed"),
+    "privacy_net": ("49.8 ± 2.2", "57.5", "unconfirmed"),
+    "dp_pix": ("≈ 50–52.5", "≈ 50–53", "unconfirmed, range over b"),
+}
+#: the paper's mu with published numbers, at 256 px
+PUBLISHED_MU = 0.01
+
+
+def paper_mu(mu: float, image_size: int) -> float:
+    """The mu at 256 px with the same displacement in pixels (inverse of the cpu profile's scaling)."""
+    return mu * (image_size - 1) / (256 - 1)
+
+
+def published_row(result: dict[str, Any]) -> tuple[str, str, str]:
+    """Published (attack AUC, utility AUC, status) for a result's method and setting, or blanks."""
+    method, params = result["method"], result["params"]
+    if method not in PUBLISHED:
+        return "", "", ""
+    if method == "flow_field":
+        mu = paper_mu(params["mu"], params["image_size"])
+        if abs(mu - PUBLISHED_MU) > 0.1 * PUBLISHED_MU:
+            return "", "", f"no published value (mu ≈ {mu:.3g} at 256 px)"
+    return PUBLISHED[method]
+
+
+def setting(result: dict[str, Any]) -> str:
+    """The parameter that distinguishes rows of one method, for tables and figure labels."""
+    params = result["params"]
+    if result["method"] == "flow_field":
+        return f"mu = {params['mu']:g} (≈ {paper_mu(params['mu'], params['image_size']):.3g} at 256 px)"
+    if result["method"] == "dp_pix":
+        return f"b = {params['b']}, eps = {params['eps']:g}, m = {params['m']:g}"
+    return ""
+
+
+METHOD_NAMES = {"identity": "no anonymization", "flow_field": "PriCheXy-Net", "privacy_net": "Privacy-Net",
+                "dp_pix": "DP-Pix"}
+
+
+def results_table(results: Iterable[dict[str, Any]]) -> pd.DataFrame:
+    """One row per evaluated anonymizer, values as fractions (numeric), for plots and CSV."""
+    rows = []
+    for r in results:
+        ci = r["utility"].get("ci") or [math.nan, math.nan]
+        rows.append({
+            "method": r["method"], "name": METHOD_NAMES.get(r["method"], r["method"]), "setting": setting(r),
+            "label": short_label(r),
+            "attack_auc": r["privacy"]["attack_auc_mean"], "attack_auc_std": r["privacy"]["attack_auc_std"],
+            "attack_runs": len(r["privacy"]["attack_runs"]), "frozen_auc": r["privacy"]["frozen_auc"],
+            "utility_auc": r["utility"]["mean_auc"], "utility_ci_low": ci[0], "utility_ci_high": ci[1],
+            "ssim": r["fidelity"]["ssim"],
+            "psnr": math.nan if r["fidelity"]["psnr"] is None else r["fidelity"]["psnr"],
+        })
+    return pd.DataFrame(rows)
+
+
+def short_label(result: dict[str, Any]) -> str:
+    params = result["params"]
+    if result["method"] == "flow_field":
+        return f"PriCheXy-Net mu={params['mu']:g}"
+    if result["method"] == "dp_pix":
+        return f"DP-Pix b={params['b']}"
+    return METHOD_NAMES.get(result["method"], result["method"])
+
+
+def comparison_table(results: Sequence[dict[str, Any]]) -> pd.DataFrame:
+    """The table for readers: percentages, measured and published values side by side."""
+    table = results_table(results)
+    published = [published_row(r) for r in results]
+
+    def pct(values: pd.Series) -> pd.Series:
+        return (100 * values).round(1)
+
+    return pd.DataFrame({
+        "method": table["name"], "setting": table["setting"],
+        "attack AUC % (re-trained)": [f"{100 * m:.1f} ± {100 * s:.1f}"
+                                      for m, s in zip(table["attack_auc"], table["attack_auc_std"])],
+        "published attack AUC %": [p[0] for p in published],
+        "frozen SNN AUC %": pct(table["frozen_auc"]),
+        "utility mean AUC %": pct(table["utility_auc"]),
+        "utility 95 % CI": [f"{100 * lo:.1f}–{100 * hi:.1f}"
+                            for lo, hi in zip(table["utility_ci_low"], table["utility_ci_high"])],
+        "published utility AUC %": [p[1] for p in published],
+        "SSIM": table["ssim"].round(3),
+        "PSNR dB": ["∞" if math.isnan(v) else f"{v:.1f}" for v in table["psnr"]],
+        "published values": [p[2] for p in published],
+    })

@@ -1,0 +1,183 @@
+"""Every number the papers report: verification, retrieval, multi-label AUC, image fidelity, bootstrap CIs.
+
+Computed with the libraries that define them (scikit-learn, pytorch-metric-learning, torchmetrics);
+inputs may be NumPy arrays or tensors. Results are plain Python floats and lists, ready for JSON.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import torch
+from sklearn import metrics as skm
+
+from cxrlib.data.chestxray14 import LABELS
+
+Metric = Callable[[np.ndarray, np.ndarray], float]
+
+#: the metric names of pytorch-metric-learning's AccuracyCalculator and ours
+_RETRIEVAL_METRICS = {"mean_average_precision_at_r": "map_at_r", "r_precision": "r_precision",
+                      "precision_at_1": "precision_at_1"}
+
+
+def _numpy(values, name: str) -> np.ndarray:
+    if isinstance(values, torch.Tensor):
+        values = values.detach().float().cpu().numpy()
+    array = np.asarray(values)
+    if array.size == 0:
+        raise ValueError(f"{name} is empty")
+    return array
+
+
+def _binary(y_true, y_score) -> tuple[np.ndarray, np.ndarray]:
+    y_true = _numpy(y_true, "y_true").astype(int).ravel()
+    y_score = _numpy(y_score, "y_score").astype(float).ravel()
+    if y_true.shape != y_score.shape:
+        raise ValueError(f"y_true has {y_true.size} entries but y_score has {y_score.size}")
+    if not np.isin(y_true, (0, 1)).all():
+        raise ValueError("y_true must hold only 0 and 1")
+    if not np.isfinite(y_score).all():
+        raise ValueError("y_score holds NaN or infinite values")
+    return y_true, y_score
+
+
+def bootstrap_ci(metric: Metric, y_true, y_score, n_samples: int = 1000, seed: int = 0,
+                 level: float = 0.95) -> tuple[float, float]:
+    """Percentile bootstrap confidence interval of ``metric(y_true, y_score)`` (95 % by default).
+
+    Resamples rows with replacement; a resample on which the metric is undefined (e.g. AUC of a
+    resample holding one class only) is drawn again.
+    """
+    y_true, y_score = np.asarray(y_true), np.asarray(y_score)
+    if n_samples < 1:
+        raise ValueError(f"n_samples must be at least 1, got {n_samples}")
+    rng = np.random.default_rng(seed)
+    values: list[float] = []
+    attempts = 0
+    while len(values) < n_samples:
+        attempts += 1
+        if attempts > 10 * n_samples + 100:
+            raise ValueError("the metric is undefined on almost every bootstrap resample "
+                             "(too few samples of some class?)")
+        index = rng.integers(0, len(y_true), len(y_true))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # sklearn warns on the resamples we discard anyway
+            try:
+                value = metric(y_true[index], y_score[index])
+            except ValueError:
+                continue
+        if math.isfinite(value):
+            values.append(value)
+    low, high = np.percentile(values, [50 * (1 - level), 50 * (1 + level)])
+    return float(low), float(high)
+
+
+def roc_points(y_true, y_score) -> dict[str, list[float]]:
+    """The ROC curve as false/true positive rates."""
+    y_true, y_score = _binary(y_true, y_score)
+    fpr, tpr, _ = skm.roc_curve(y_true, y_score)
+    return {"fpr": fpr.tolist(), "tpr": tpr.tolist()}
+
+
+def verification_metrics(y_true, y_score, *, threshold: float = 0.5, n_bootstrap: int = 1000,
+                         seed: int = 0) -> dict:
+    """AUC with bootstrap 95 % CI, accuracy/F1/precision/recall at ``threshold``, the ROC curve.
+
+    ``y_score`` is the probability that a pair shows the same patient (label 1).
+    """
+    y_true, y_score = _binary(y_true, y_score)
+    if len(np.unique(y_true)) < 2:
+        raise ValueError("verification metrics need both same-patient and different-patient pairs")
+    predicted = (y_score >= threshold).astype(int)
+    result = {
+        "auc": float(skm.roc_auc_score(y_true, y_score)),
+        "accuracy": float(skm.accuracy_score(y_true, predicted)),
+        "f1": float(skm.f1_score(y_true, predicted, zero_division=0)),
+        "precision": float(skm.precision_score(y_true, predicted, zero_division=0)),
+        "recall": float(skm.recall_score(y_true, predicted, zero_division=0)),
+        "threshold": threshold,
+        "n_pairs": int(len(y_true)),
+        "roc": roc_points(y_true, y_score),
+    }
+    if n_bootstrap:
+        result["auc_ci"] = list(bootstrap_ci(skm.roc_auc_score, y_true, y_score, n_bootstrap, seed))
+    return result
+
+
+def multilabel_auc(y_true, y_score, labels: Sequence[str] | None = None, n_bootstrap: int = 1000,
+                   seed: int = 0) -> dict:
+    """Per-class ROC AUC, their mean, and a bootstrap 95 % CI of the mean (resampling images).
+
+    A class whose test labels are all 0 (or all 1) has no AUC: it is reported as NaN and left out of
+    the mean, and ``excluded`` names it.
+    """
+    y_true = _numpy(y_true, "y_true").astype(int)
+    y_score = _numpy(y_score, "y_score").astype(float)
+    labels = list(labels or LABELS)
+    if y_true.ndim != 2 or y_true.shape != y_score.shape or y_true.shape[1] != len(labels):
+        raise ValueError(f"y_true {y_true.shape} and y_score {y_score.shape} must both be "
+                         f"(N, {len(labels)}), one column per label")
+    if not np.isfinite(y_score).all():
+        raise ValueError("y_score holds NaN or infinite values")
+    per_class = _per_class_auc(y_true, y_score)
+    defined = ~np.isnan(per_class)
+    if not defined.any():
+        raise ValueError("no class has both positive and negative test labels: AUC is undefined")
+    result = {
+        "per_class": {label: float(auc) for label, auc in zip(labels, per_class)},
+        "mean_auc": float(per_class[defined].mean()),
+        "excluded": [label for label, ok in zip(labels, defined) if not ok],
+    }
+    if n_bootstrap:
+        def mean_auc(t, s):
+            aucs = _per_class_auc(t, s)
+            return float(np.nanmean(aucs)) if not np.isnan(aucs).all() else math.nan
+
+        result["ci"] = list(bootstrap_ci(mean_auc, y_true, y_score, n_bootstrap, seed))
+    return result
+
+
+def _per_class_auc(y_true: np.ndarray, y_score: np.ndarray) -> np.ndarray:
+    aucs = np.full(y_true.shape[1], np.nan)
+    for k in range(y_true.shape[1]):
+        if 0 < y_true[:, k].sum() < len(y_true):
+            aucs[k] = skm.roc_auc_score(y_true[:, k], y_score[:, k])
+    return aucs
+
+
+def retrieval_metrics(embeddings, labels) -> dict[str, float]:
+    """mAP@R, R-precision and precision@1, querying every embedding against all the others.
+
+    ``labels`` are identities (patient ids); queries whose identity occurs once are skipped, as in
+    pytorch-metric-learning. Neighbours by Euclidean distance, with a torch k-NN (no faiss needed).
+    """
+    from pytorch_metric_learning.distances import LpDistance
+    from pytorch_metric_learning.utils.accuracy_calculator import AccuracyCalculator
+    from pytorch_metric_learning.utils.inference import CustomKNN
+
+    embeddings = torch.as_tensor(_numpy(embeddings, "embeddings"), dtype=torch.float32)
+    labels = torch.as_tensor(_numpy(labels, "labels").astype(np.int64))
+    if embeddings.ndim != 2 or len(embeddings) != len(labels):
+        raise ValueError(f"embeddings {tuple(embeddings.shape)} must be (N, D) with N = {len(labels)} labels")
+    if len(torch.unique(labels)) == len(labels):
+        raise ValueError("every identity occurs once: retrieval needs several images per patient")
+    calculator = AccuracyCalculator(include=tuple(_RETRIEVAL_METRICS), k="max_bin_count",
+                                    device=torch.device("cpu"), knn_func=CustomKNN(LpDistance()))
+    accuracy = calculator.get_accuracy(embeddings, labels)
+    return {ours: float(accuracy[theirs]) for theirs, ours in _RETRIEVAL_METRICS.items()}
+
+
+def ssim_psnr(original: torch.Tensor, anonymized: torch.Tensor) -> dict[str, float]:
+    """Mean SSIM and PSNR (dB) of anonymized images against the originals, images in [0, 1]."""
+    from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
+
+    if original.shape != anonymized.shape or original.ndim != 4:
+        raise ValueError(f"original {tuple(original.shape)} and anonymized {tuple(anonymized.shape)} "
+                         "must both be (B, C, H, W)")
+    original, anonymized = original.float(), anonymized.float()
+    return {"ssim": float(structural_similarity_index_measure(anonymized, original, data_range=1.0)),
+            # per image, then averaged, as image-quality tables report it
+            "psnr": float(peak_signal_noise_ratio(anonymized, original, data_range=1.0, dim=(1, 2, 3)))}

@@ -1,0 +1,1 @@
+"""Networks: backbones, the siamese verification network, the retrieval embedding model."""

@@ -1,0 +1,527 @@
+"""Re-identification of patients from their chest radiographs (Packhäuser et al., Sci. Rep. 2022).
+
+Two attacks on held-out patients:
+
+* **verification** -- a siamese network decides whether two radiographs show the same patient
+  (:func:`train_verification`, :func:`pair_scores`, several seeds with :func:`verification_runs`);
+* **retrieval** -- an embedding network ranks a gallery by identity (:func:`train_retrieval`,
+  :func:`evaluate_retrieval`), trained with a contrastive loss over a cross-batch memory on batches
+  grouped by patient (:class:`PatientBlockSampler`).
+
+And what the paper shows with them: blacking out burned-in text does not help
+(:func:`black_out_boxes`, :func:`text_box_effect`); a linkage attack returns a query's top gallery
+matches (:func:`linkage_attack`); identity survives years between scans (:func:`auc_by_gap`); a raw-pixel
+nearest neighbour does far worse than the trained networks (:func:`raw_pixel_baseline`).
+
+Evaluation works on :class:`Images`, the uint8 pixels of a set of named images, so that any anonymizer
+(``anonymizer(images) -> images`` on float (B, 1, H, W) in [0, 1]) can be put in front of a model.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+from tqdm.auto import tqdm
+
+from cxrlib.config import RetrievalConfig, VerificationConfig
+from cxrlib.data.cache import ImageCache
+from cxrlib.data.pairs import max_positive_pairs
+from cxrlib.metrics import retrieval_metrics, verification_metrics
+from cxrlib.models.retrieval import RetrievalNetwork
+from cxrlib.models.siamese import SiameseNetwork
+from cxrlib.train import FitResult, fit, seed_everything
+
+Anonymizer = Callable[[torch.Tensor], torch.Tensor]
+
+#: the verification metrics averaged over independent runs
+RUN_METRICS = ("auc", "accuracy", "f1", "precision", "recall")
+
+
+# -- images ----------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, eq=False)
+class Images:
+    """Named radiographs held in memory as uint8 (N, S, S), the unit every evaluation works on."""
+
+    names: tuple[str, ...]
+    pixels: np.ndarray
+
+    def __post_init__(self):
+        if len(self.names) == 0:
+            raise ValueError("no images: the split or pair list is empty")
+        if self.pixels.ndim != 3 or len(self.pixels) != len(self.names):
+            raise ValueError(f"pixels must be (N, S, S) for {len(self.names)} names, got {self.pixels.shape}")
+
+    @classmethod
+    def from_cache(cls, cache: ImageCache, names: Sequence[str]) -> "Images":
+        names = tuple(dict.fromkeys(names))
+        if not names:
+            raise ValueError("no images: the split or pair list is empty")
+        return cls(names, cache.get(names))
+
+    @property
+    def size(self) -> int:
+        return self.pixels.shape[-1]
+
+    def rows(self, names: Sequence[str]) -> np.ndarray:
+        position = {name: i for i, name in enumerate(self.names)}
+        missing = [n for n in names if n not in position]
+        if missing:
+            raise KeyError(f"{len(missing)} image(s) are not among these images, e.g. {missing[:3]}")
+        return np.fromiter((position[n] for n in names), dtype=np.int64, count=len(names))
+
+    def tensor(self, rows: np.ndarray | slice = slice(None)) -> torch.Tensor:
+        """Float (k, 1, S, S) in [0, 1]."""
+        return torch.from_numpy(self.pixels[rows].astype(np.float32) / 255.0).unsqueeze(1)
+
+    def with_boxes_blacked_out(self, boxes: Sequence[Sequence[Sequence[int]]],
+                               source_size: int | Sequence[int] | None = None) -> "Images":
+        """A copy with ``boxes[i]`` (pixel boxes of image ``names[i]``) set to black."""
+        return Images(self.names, black_out_boxes(self.pixels, boxes, source_size))
+
+
+def black_out_boxes(images, boxes: Sequence[Sequence[Sequence[int]]],
+                    source_size: int | Sequence[int] | None = None):
+    """Conventional anonymization: a copy of ``images`` (N, ..., H, W; NumPy or torch) with black boxes.
+
+    ``boxes[i]`` lists ``[x0, y0, x1, y1]`` boxes (pixels, end exclusive) of image ``i`` as drawn on an
+    image of ``source_size`` pixels (one for all or one per image, e.g. the metadata's width; default:
+    these images' size); they are scaled outward to cover the same region at this size.
+    """
+    if len(boxes) != len(images):
+        raise ValueError(f"got boxes for {len(boxes)} images but {len(images)} images")
+    size = images.shape[-1]
+    sources = [source_size or size] * len(images) if np.ndim(source_size) == 0 else list(source_size)
+    if len(sources) != len(images):
+        raise ValueError(f"got {len(sources)} source sizes for {len(images)} images")
+    out = images.clone() if isinstance(images, torch.Tensor) else np.array(images, copy=True)
+    for i, (image_boxes, source) in enumerate(zip(boxes, sources)):
+        scale = size / source
+        for box in image_boxes:
+            if len(box) != 4:
+                raise ValueError(f"image {i}: a box must be [x0, y0, x1, y1], got {box}")
+            x0, y0 = (max(0, math.floor(v * scale)) for v in box[:2])
+            x1, y1 = (min(size, math.ceil(v * scale)) for v in box[2:])
+            out[i, ..., y0:y1, x0:x1] = 0
+    return out
+
+
+def _model_device(model: torch.nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
+@torch.no_grad()
+def embed_images(embed: Callable[[torch.Tensor], torch.Tensor], images: Images, *, batch_size: int = 256,
+                 anonymizer: Anonymizer | None = None, device: torch.device | str = "cpu",
+                 progress: bool = False) -> torch.Tensor:
+    """``embed`` applied to every image (after ``anonymizer``), in batches; (N, D) on the CPU."""
+    out = []
+    starts = range(0, len(images.names), batch_size)
+    for start in tqdm(starts, desc="embedding", unit="batch", leave=False, disable=not progress):
+        x = images.tensor(slice(start, start + batch_size)).to(device)
+        if anonymizer is not None:
+            x = anonymizer(x)
+        out.append(embed(x).float().cpu())
+    return torch.cat(out)
+
+
+# -- verification ----------------------------------------------------------------------------------
+
+
+def verification_loss(model: torch.nn.Module, batch) -> torch.Tensor:
+    x1, x2, label = batch
+    return torch.nn.functional.binary_cross_entropy_with_logits(model(x1, x2).float(), label.float())
+
+
+def train_verification(train: Dataset, val: Dataset, config: VerificationConfig, *, seed: int,
+                       checkpoint_path: str | Path, progress: bool | None = None,
+                       accelerator=None) -> tuple[SiameseNetwork, FitResult]:
+    """Train (or load, when a finished checkpoint exists) the siamese network on pair datasets.
+
+    ``train``/``val`` yield ``(x1, x2, label)`` (e.g. :class:`cxrlib.data.datasets.PairDataset`).
+    Adam, BCE-with-logits, early stopping on validation loss, as published.
+    """
+    seed_everything(seed)
+    model = SiameseNetwork(config.backbone, config.pretrained, config.features)
+    train_loader = DataLoader(train, batch_size=config.batch_size, shuffle=True,
+                              drop_last=len(train) > config.batch_size)
+    val_loader = DataLoader(val, batch_size=config.batch_size)
+    result = fit(model, verification_loss, train_loader, val_loader,
+                 optimizer=torch.optim.Adam(model.parameters(), lr=config.lr),
+                 max_epochs=config.max_epochs, patience=config.patience, checkpoint_path=checkpoint_path,
+                 config=dataclasses.asdict(config), seed=seed, progress=progress, accelerator=accelerator)
+    return model, result
+
+
+@torch.no_grad()
+def pair_scores(model: SiameseNetwork, images: Images, pairs: pd.DataFrame, *, batch_size: int = 256,
+                anonymizer: Anonymizer | None = None, progress: bool = False) -> np.ndarray:
+    """Same-patient probabilities of ``pairs`` (columns img1, img2), whose images are in ``images``.
+
+    Each image is embedded once and the pairs are compared on the embeddings, which equals
+    ``model.score`` pair by pair (the network is in eval mode) at a fraction of the cost.
+    """
+    model.eval()
+    first, second = images.rows(pairs["img1"].tolist()), images.rows(pairs["img2"].tolist())
+    features = embed_images(model.embed, images, batch_size=batch_size, anonymizer=anonymizer,
+                            device=_model_device(model), progress=progress).to(_model_device(model))
+    logits = torch.cat([model.compare(features[first[i:i + batch_size]], features[second[i:i + batch_size]])
+                        for i in range(0, len(first), batch_size)])
+    return torch.sigmoid(logits).float().cpu().numpy()
+
+
+def feasible_pairs(split: pd.DataFrame, wanted: int) -> int:
+    """``wanted``, or fewer when the split's patients allow fewer distinct same-patient pairs (half of
+    a balanced pair set); small phantoms and splits hit this."""
+    return max(2, min(wanted, 2 * max_positive_pairs(split)))
+
+
+def run_checkpoint(checkpoint_path: str | Path, run: int) -> Path:
+    """Checkpoint of independent run ``run``; run 0 is the model trained with the base seed itself."""
+    path = Path(checkpoint_path)
+    return path if run == 0 else path.with_name(f"{path.name}-run{run}")
+
+
+def verification_runs(train: Dataset, val: Dataset, test_images: Images, test_pairs: pd.DataFrame,
+                      config: VerificationConfig, *, seed: int, checkpoint_path: str | Path,
+                      runs: int | None = None, progress: bool | None = None) -> dict:
+    """Train ``runs`` (default ``config.runs``) networks with seeds ``seed``, ``seed + 1``, ...; test each.
+
+    Returns ``{"runs": [per-run metrics], "mean": {...}, "std": {...}}`` over :data:`RUN_METRICS`
+    (sample standard deviation; 0 for a single run). Trained runs are cached like any checkpoint.
+    """
+    runs = config.runs if runs is None else runs
+    if runs < 1:
+        raise ValueError(f"runs must be at least 1, got {runs}")
+    results = []
+    for run in tqdm(range(runs), desc="verification runs", unit="run", leave=False,
+                    disable=None if progress is None else not progress):
+        model, fitted = train_verification(train, val, config, seed=seed + run,
+                                           checkpoint_path=run_checkpoint(checkpoint_path, run),
+                                           progress=progress)
+        metrics = verification_metrics(test_pairs["label"], pair_scores(model, test_images, test_pairs),
+                                       n_bootstrap=0)
+        results.append({"seed": seed + run, "best_epoch": fitted.best_epoch, "trained": fitted.trained,
+                        **{name: metrics[name] for name in RUN_METRICS}})
+    table = pd.DataFrame(results)
+    return {"runs": results,
+            "mean": {name: float(table[name].mean()) for name in RUN_METRICS},
+            "std": {name: float(table[name].std(ddof=1)) if runs > 1 else 0.0 for name in RUN_METRICS}}
+
+
+# -- raw-pixel baseline ----------------------------------------------------------------------------
+
+
+def standardized_pixels(images: Images) -> np.ndarray:
+    """Each image as a zero-mean, unit-norm pixel vector: the dot product is the pixel correlation."""
+    x = images.pixels.reshape(len(images.names), -1).astype(np.float32)
+    x -= x.mean(axis=1, keepdims=True)
+    x /= np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-8)
+    return x
+
+
+def pixel_pair_scores(images: Images, pairs: pd.DataFrame) -> np.ndarray:
+    """Raw-pixel verification: a pair's pixel correlation, mapped from [-1, 1] to [0, 1]."""
+    pixels = standardized_pixels(images)
+    first, second = images.rows(pairs["img1"].tolist()), images.rows(pairs["img2"].tolist())
+    return (np.einsum("ij,ij->i", pixels[first], pixels[second]) + 1) / 2
+
+
+def raw_pixel_baseline(images: Images, pairs: pd.DataFrame, patient_ids: Sequence[int]) -> dict:
+    """What matching raw pixels achieves: verification AUC of :func:`pixel_pair_scores`, and retrieval
+    metrics of nearest neighbours in pixel space (Euclidean on standardized pixels)."""
+    verification = verification_metrics(pairs["label"], pixel_pair_scores(images, pairs), n_bootstrap=0)
+    return {"verification_auc": verification["auc"],
+            **retrieval_metrics(standardized_pixels(images), np.asarray(patient_ids))}
+
+
+# -- retrieval -------------------------------------------------------------------------------------
+
+
+class PatientBlockSampler(Sampler[list[int]]):
+    """Batches built from blocks of up to ``images_per_patient`` images of one patient.
+
+    Only patients with at least two images take part (a lone image has no positive to learn from).
+    Each patient's images are split into as few near-equal blocks as the limit allows, so a block
+    never holds a single image (for ``images_per_patient`` >= 3); blocks are packed whole into batches of at most
+    ``batch_size`` images by best-fit decreasing on the block sizes alone, so the number of batches
+    is the same every epoch (a batch may hold two blocks of a patient with many images). Which
+    images form a block, which blocks share a batch and the batch
+    order are drawn from ``seed`` and the epoch (set by :func:`cxrlib.train.fit` through
+    :meth:`set_epoch`); with ``shuffle=False`` every epoch gives the batches of epoch 0.
+    """
+
+    def __init__(self, patient_ids: Sequence[int], batch_size: int, images_per_patient: int, seed: int,
+                 shuffle: bool = True):
+        if images_per_patient < 2:
+            raise ValueError(f"images_per_patient must be at least 2, got {images_per_patient}")
+        if batch_size < images_per_patient:
+            raise ValueError(f"batch_size ({batch_size}) must be at least images_per_patient "
+                             f"({images_per_patient})")
+        ids = np.asarray(patient_ids)
+        order = np.argsort(ids, kind="stable")
+        groups = np.split(order, np.flatnonzero(np.diff(ids[order])) + 1) if len(ids) else []
+        self.groups = [g for g in groups if len(g) >= 2]
+        if not self.groups:
+            raise ValueError("no patient has two or more images: nothing to group into batches")
+        # not named batch_size: Accelerate's sharding would then drop every batch of another size
+        self.max_batch_size, self.images_per_patient = batch_size, images_per_patient
+        self.seed, self.shuffle, self.epoch = seed, shuffle, 0
+        sizes = [s for g in self.groups for s in self._block_sizes(len(g))]
+        self._length = len(self._pack(sizes))
+
+    def _block_sizes(self, n: int) -> list[int]:
+        blocks = math.ceil(n / self.images_per_patient)
+        return [n // blocks + (1 if i < n % blocks else 0) for i in range(blocks)]
+
+    def _pack(self, sizes: Sequence[int]) -> list[list[int]]:
+        """Best-fit decreasing: block indices per batch; depends on the sizes only."""
+        order = sorted(range(len(sizes)), key=lambda i: -sizes[i])
+        batches: list[list[int]] = []
+        by_room: dict[int, list[int]] = {}  # free room -> batches with that room
+        for i in order:
+            fitting = [room for room in by_room if room >= sizes[i] and by_room[room]]
+            if fitting:
+                room = min(fitting)
+                b = by_room[room].pop()
+            else:
+                room, b = self.max_batch_size, len(batches)
+                batches.append([])
+            batches[b].append(i)
+            by_room.setdefault(room - sizes[i], []).append(b)
+        return batches
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self._length
+
+    def __iter__(self) -> Iterator[list[int]]:
+        rng = np.random.default_rng([self.seed, self.epoch if self.shuffle else 0])
+        blocks = []
+        for group in rng.permutation(len(self.groups)):
+            images = rng.permutation(self.groups[group])
+            sizes = self._block_sizes(len(images))
+            blocks += np.split(images, np.cumsum(sizes)[:-1])
+        batches = self._pack([len(b) for b in blocks])
+        for b in rng.permutation(len(batches)):
+            yield np.concatenate([blocks[i] for i in batches[b]]).tolist()
+
+
+class RetrievalLoss:
+    """Contrastive loss over a cross-batch memory while training; without the memory on validation
+    batches, so that validation never fills the memory."""
+
+    def __init__(self, embedding_dim: int, memory_size: int):
+        from pytorch_metric_learning.losses import ContrastiveLoss, CrossBatchMemory
+
+        self.validation = ContrastiveLoss()
+        self.training = CrossBatchMemory(ContrastiveLoss(), embedding_dim, memory_size=memory_size)
+
+    def __call__(self, model: torch.nn.Module, batch) -> torch.Tensor:
+        x, patient = batch
+        embeddings = model(x).float()
+        if not model.training:
+            return self.validation(embeddings, patient)
+        return self.training.to(embeddings.device)(embeddings, patient)
+
+
+def build_retrieval_network(config: RetrievalConfig) -> RetrievalNetwork:
+    return RetrievalNetwork(config.backbone, config.pretrained, config.embedding_dim, config.pool_size,
+                            config.bottleneck_channels, config.hidden, tuple(config.head_dropout))
+
+
+def retrieval_augmentation(config: RetrievalConfig) -> Callable[[torch.Tensor], torch.Tensor] | None:
+    """Brightness and contrast jitter, as in the authors' training (pass as the dataset transform);
+    None when the profile sets no jitter."""
+    from torchvision.transforms import v2
+
+    if config.color_jitter == 0:
+        return None
+    return v2.ColorJitter(brightness=config.color_jitter, contrast=config.color_jitter)
+
+
+def _sgd_without_decay_on_norms_and_biases(model: torch.nn.Module, config: RetrievalConfig):
+    decay, no_decay = [], []
+    for module in model.modules():
+        for name, p in module.named_parameters(recurse=False):
+            if not p.requires_grad:
+                continue
+            norm = isinstance(module, (torch.nn.modules.batchnorm._BatchNorm, torch.nn.GroupNorm,
+                                       torch.nn.LayerNorm))
+            (no_decay if norm or name == "bias" else decay).append(p)
+    return torch.optim.SGD([{"params": decay, "weight_decay": config.weight_decay},
+                            {"params": no_decay, "weight_decay": 0.0}],
+                           lr=config.max_lr, momentum=config.momentum)
+
+
+def train_retrieval(train: Dataset, val: Dataset, config: RetrievalConfig, *, seed: int,
+                    checkpoint_path: str | Path, progress: bool | None = None,
+                    accelerator=None) -> tuple[RetrievalNetwork, list[FitResult]]:
+    """Train (or load) the retrieval network: ``frozen_epochs`` on the head, then ``unfrozen_epochs``.
+
+    ``train``/``val`` yield ``(image, patient_id)`` and have a ``patient_ids`` array (e.g.
+    :class:`cxrlib.data.datasets.ImageDataset` with ``target="patient"``; give the training set
+    :func:`retrieval_augmentation` as transform). Each phase: SGD with momentum, weight decay except
+    on biases and norm layers, a OneCycle schedule run to its end, as published (the validation loss
+    is recorded, not used to stop). Returns the network and one :class:`FitResult` per phase that ran.
+    """
+    seed_everything(seed)
+    model = build_retrieval_network(config)
+    train_loader = DataLoader(train, batch_sampler=PatientBlockSampler(
+        train.patient_ids, config.batch_size, config.images_per_patient, seed))
+    val_loader = DataLoader(val, batch_sampler=PatientBlockSampler(
+        val.patient_ids, config.batch_size, config.images_per_patient, seed, shuffle=False))
+    path = Path(checkpoint_path)
+    phases = [("frozen", config.frozen_epochs, path.with_name(path.name + "-frozen")),
+              ("unfrozen", config.unfrozen_epochs, path)]
+    results = []
+    for phase, epochs, phase_path in phases:
+        if epochs == 0:
+            continue
+        model.freeze_backbone(phase == "frozen")
+        optimizer = _sgd_without_decay_on_norms_and_biases(model, config)
+        scheduler = torch.optim.lr_scheduler.OneCycleLR(
+            optimizer, max_lr=config.max_lr, total_steps=epochs * len(train_loader) + 1, pct_start=0.3,
+            base_momentum=0.85, max_momentum=0.95, div_factor=25.0, final_div_factor=1e4)
+        loss = RetrievalLoss(config.embedding_dim, config.memory_size)
+        results.append(fit(model, loss, train_loader, val_loader, optimizer=optimizer, max_epochs=epochs,
+                           patience=epochs, checkpoint_path=phase_path,
+                           config={**dataclasses.asdict(config), "phase": phase}, seed=seed,
+                           scheduler=scheduler, progress=progress, keep="last",
+                           accelerator=accelerator))
+    if not results:
+        raise ValueError("frozen_epochs and unfrozen_epochs are both 0: nothing to train")
+    model.freeze_backbone(False)
+    return model, results
+
+
+def evaluate_retrieval(model: RetrievalNetwork, images: Images, patient_ids: Sequence[int], *,
+                       anonymizer: Anonymizer | None = None, progress: bool = False) -> dict:
+    """mAP@R, R-precision, P@1: every image queried against all the others."""
+    model.eval()
+    embeddings = embed_images(model, images, anonymizer=anonymizer, device=_model_device(model),
+                              progress=progress)
+    return retrieval_metrics(embeddings, np.asarray(patient_ids))
+
+
+# -- what the paper shows --------------------------------------------------------------------------
+
+
+def text_box_effect(model: SiameseNetwork, images: Images, pairs: pd.DataFrame,
+                    boxes: Sequence[Sequence[Sequence[int]]], *,
+                    source_size: int | Sequence[int] | None = None,
+                    n_bootstrap: int = 1000, seed: int = 0) -> dict:
+    """Verification AUC (with CI) on the original images and with their burned-in text blacked out."""
+    result = {"images_with_text": int(sum(bool(b) for b in boxes)), "images": len(images.names)}
+    for name, version in (("original", images),
+                          ("text_blacked_out", images.with_boxes_blacked_out(boxes, source_size))):
+        metrics = verification_metrics(pairs["label"], pair_scores(model, version, pairs),
+                                       n_bootstrap=n_bootstrap, seed=seed)
+        result[name] = {"auc": metrics["auc"], "auc_ci": metrics.get("auc_ci"),
+                        "accuracy": metrics["accuracy"]}
+    result["auc_change"] = result["text_blacked_out"]["auc"] - result["original"]["auc"]
+    return result
+
+
+@torch.no_grad()
+def linkage_attack(model: SiameseNetwork, images: Images, patient_ids: Sequence[int],
+                   queries: Sequence[str], k: int = 5, *, anonymizer: Anonymizer | None = None) -> pd.DataFrame:
+    """For each query image, the ``k`` gallery images (all other images) the network scores highest.
+
+    Rows: query, rank (1..k), match (gallery image), score (same-patient probability), same_patient.
+    """
+    model.eval()
+    device = _model_device(model)
+    features = embed_images(model.embed, images, anonymizer=anonymizer, device=device).to(device)
+    ids = np.asarray(patient_ids)
+    rows = []
+    for query, q in zip(queries, images.rows(list(queries))):
+        scores = torch.sigmoid(model.compare(features[q].expand_as(features), features)).cpu()
+        scores[q] = -1.0  # never match the query with itself
+        top = torch.topk(scores, min(k, len(scores) - 1))
+        for rank, (score, g) in enumerate(zip(top.values.tolist(), top.indices.tolist()), start=1):
+            rows.append({"query": query, "rank": rank, "match": images.names[g], "score": score,
+                         "same_patient": bool(ids[g] == ids[q])})
+    return pd.DataFrame(rows)
+
+
+@torch.no_grad()
+def linkage_top1(model: SiameseNetwork, images: Images, patient_ids: Sequence[int], *,
+                 batch_size: int = 256) -> float:
+    """Share of images (with another image of their patient present) whose best-scored match is one."""
+    model.eval()
+    device = _model_device(model)
+    features = embed_images(model.embed, images, device=device).to(device)
+    ids = torch.as_tensor(np.array(patient_ids), device=device)
+    hits, queries = 0, 0
+    batch_size = max(1, min(batch_size, 2**21 // len(features)))  # bounds the (queries x gallery) block
+    for start in range(0, len(features), batch_size):
+        q = features[start:start + batch_size]
+        logits = model.compare(q.unsqueeze(1).expand(-1, len(features), -1).reshape(-1, q.shape[1]),
+                               features.repeat(len(q), 1)).view(len(q), -1)
+        rows = torch.arange(start, start + len(q), device=device)
+        logits[torch.arange(len(q)), rows] = -torch.inf
+        same = ids[start:start + len(q)].unsqueeze(1) == ids.unsqueeze(0)
+        same[torch.arange(len(q)), rows] = False
+        has_match = same.any(dim=1)
+        best = logits.argmax(dim=1)
+        hits += int((same[torch.arange(len(q)), best] & has_match).sum())
+        queries += int(has_match.sum())
+    if queries == 0:
+        raise ValueError("no image has another image of the same patient among these images")
+    return hits / queries
+
+
+def pair_gaps(pairs: pd.DataFrame, meta: pd.DataFrame) -> pd.DataFrame:
+    """``pairs`` with ``age_gap`` (years) and ``followup_gap`` between the two scans."""
+    info = meta.set_index("image")[["age", "follow_up"]]
+    missing = sorted((set(pairs["img1"]) | set(pairs["img2"])) - set(info.index))
+    if missing:
+        raise KeyError(f"{len(missing)} paired image(s) are not in the metadata, e.g. {missing[:3]}")
+    a, b = info.loc[pairs["img1"]].to_numpy(), info.loc[pairs["img2"]].to_numpy()
+    return pairs.assign(age_gap=np.abs(a[:, 0] - b[:, 0]), followup_gap=np.abs(a[:, 1] - b[:, 1]))
+
+
+AGE_GAP_BINS = (0, 1, 3, 5, 10, math.inf)
+
+
+def auc_by_gap(pairs: pd.DataFrame, scores: np.ndarray, meta: pd.DataFrame, *, by: str = "age_gap",
+               bins: Sequence[float] = AGE_GAP_BINS, n_bootstrap: int = 200, seed: int = 0) -> pd.DataFrame:
+    """Verification AUC of the same-patient pairs whose scans lie ``bins`` apart, each bin against all
+    different-patient pairs. ``by``: ``age_gap`` (years) or ``followup_gap`` (follow-up numbers).
+
+    Rows: bin (label), low, high, positives, auc, auc_low, auc_high (NaN for a bin without pairs).
+    """
+    if by not in ("age_gap", "followup_gap"):
+        raise ValueError(f"by must be 'age_gap' or 'followup_gap', got {by!r}")
+    gaps = pair_gaps(pairs, meta)
+    scores = np.asarray(scores)
+    positive = gaps["label"].to_numpy() == 1
+    negative_scores = scores[~positive]
+    if not negative_scores.size or not positive.any():
+        raise ValueError("AUC by gap needs both same-patient and different-patient pairs")
+    rows = []
+    for low, high in zip(bins[:-1], bins[1:]):
+        in_bin = positive & (gaps[by].to_numpy() >= low) & (gaps[by].to_numpy() < high)
+        label = f"{low:g}-{high:g}" if math.isfinite(high) else f"≥{low:g}"
+        row = {"bin": label, "low": low, "high": high, "positives": int(in_bin.sum()),
+               "auc": math.nan, "auc_low": math.nan, "auc_high": math.nan}
+        if in_bin.any():
+            y = np.r_[np.ones(in_bin.sum(), int), np.zeros(len(negative_scores), int)]
+            s = np.r_[scores[in_bin], negative_scores]
+            m = verification_metrics(y, s, n_bootstrap=n_bootstrap, seed=seed)
+            row.update(auc=m["auc"], auc_low=m.get("auc_ci", [math.nan] * 2)[0],
+                       auc_high=m.get("auc_ci", [math.nan] * 2)[1])
+        rows.append(row)
+    return pd.DataFrame(rows)

@@ -1,0 +1,332 @@
+"""The training loop every model in cxrlib shares.
+
+:func:`fit` runs through Hugging Face Accelerate, so the same call trains on a CPU, on one GPU with bf16
+mixed precision, or on several processes started by ``torchrun`` / ``accelerate launch`` (gradients are
+averaged, the validation loss is gathered from every process, only the main process writes files).
+
+Files at ``checkpoint_path`` (``NAME.safetensors`` + ``NAME.json``):
+
+* the **best** weights by validation loss, with a sidecar holding config, seed, epoch, metrics, history,
+  package versions and a ``finished`` flag. A finished checkpoint whose config and seed match is loaded
+  instead of training again, so notebooks reuse trained models.
+* while training, a **last** checkpoint ``NAME.last.safetensors`` + ``.json`` with the model and
+  optimizer tensors and, in JSON, the optimizer's hyper-parameters, the scheduler state and the
+  early-stopping state. An interrupted :func:`fit` resumes from it; a finished one deletes it.
+
+A launched multi-process script should call ``accelerator.end_training()`` once at its very end (it
+destroys the process group, so :func:`fit` does not call it itself): otherwise a process can abort at exit.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import random
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from accelerate import Accelerator, DataLoaderConfiguration
+from safetensors.torch import load_file, save_file
+from tqdm.auto import tqdm
+
+from cxrlib.artifacts import (ArtifactError, _normalize, load_weights, read_sidecar, save_weights,
+                              write_json)
+
+LossFn = Callable[[torch.nn.Module, Any], torch.Tensor]
+
+
+@dataclass
+class FitResult:
+    #: one dict per epoch: ``epoch`` (1-based), ``train_loss``, ``val_loss``, ``seconds`` (the whole
+    #: epoch), ``train_seconds`` (its training part)
+    history: list[dict[str, float]]
+    best_epoch: int
+    best_val_loss: float
+    checkpoint_path: Path
+    #: False when a finished checkpoint was loaded instead of training
+    trained: bool
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch (all devices)."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def make_accelerator() -> Accelerator:
+    """An Accelerator with bf16 mixed precision on CUDA (when the GPU supports it), fp32 otherwise.
+
+    Shuffling samplers are re-seeded every epoch from the seed in force at ``prepare`` plus the epoch,
+    so every process draws the same order and a resumed run draws what an uninterrupted one would.
+    """
+    cuda = torch.cuda.is_available()
+    bf16 = cuda and torch.cuda.is_bf16_supported()
+    # cpu=True is what lets Accelerate see a torchrun launch on CPUs as multi-process (gloo)
+    return Accelerator(mixed_precision="bf16" if bf16 else "no", cpu=not cuda,
+                       dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True))
+
+
+def last_checkpoint_path(checkpoint_path: str | Path) -> Path:
+    path = Path(checkpoint_path).with_suffix(".safetensors")
+    return path.with_name(path.stem + ".last.safetensors")
+
+
+def fit(model: torch.nn.Module, loss_fn: LossFn, train_loader: torch.utils.data.DataLoader,
+        val_loader: torch.utils.data.DataLoader, *, optimizer: torch.optim.Optimizer, max_epochs: int,
+        patience: int, checkpoint_path: str | Path, config: Mapping[str, Any] | Any, seed: int,
+        scheduler: Any = None, progress: bool | None = None, keep: str = "best",
+        accelerator: Accelerator | None = None) -> FitResult:
+    """Train ``model`` with early stopping on validation loss; afterwards it holds the best weights.
+
+    ``keep="last"`` instead trains all ``max_epochs`` and keeps the final weights, for schedules
+    meant to run to their end (OneCycle), where a noisy validation loss would pick a worse epoch.
+
+    ``loss_fn(model, batch)`` returns the mean loss of a batch that is already on the device; it must
+    call ``model(...)`` (the forward) so that multi-process training synchronizes gradients.
+    ``scheduler`` steps after every batch (e.g. OneCycleLR), except ``ReduceLROnPlateau``, which
+    steps once per epoch on the validation loss. ``config`` (a dict or a dataclass) identifies the
+    model: a finished checkpoint saved with the same config and seed is loaded instead of training,
+    one with another config raises :class:`~cxrlib.artifacts.ArtifactError`. ``progress``: one bar per
+    fit; None shows it only on a terminal, so notebooks stay quiet. A non-finite loss raises
+    ``FloatingPointError`` naming the epoch; the best checkpoint written before stays as it was.
+    The model is left in eval mode.
+    """
+    if max_epochs < 1:
+        raise ValueError(f"max_epochs must be at least 1, got {max_epochs}")
+    if patience < 1:
+        raise ValueError(f"patience must be at least 1, got {patience}")
+    if keep not in ("best", "last"):
+        raise ValueError(f"keep must be 'best' or 'last', got {keep!r}")
+    for name, loader in (("train_loader", train_loader), ("val_loader", val_loader)):
+        if len(loader) == 0:
+            raise ValueError(f"{name} yields no batches: its dataset is empty")
+    config = _config_dict(config)
+    best_path = Path(checkpoint_path).with_suffix(".safetensors")
+    last_path = last_checkpoint_path(best_path)
+
+    own_accelerator = accelerator is None
+    accelerator = accelerator or make_accelerator()
+    finished = _finished_checkpoint(best_path, config, seed)
+    if finished is not None:
+        load_weights(model, best_path, config=config)
+        model.to(accelerator.device).eval()  # where a freshly trained model would be
+        return FitResult(history=finished["history"], best_epoch=finished["epoch"],
+                         best_val_loss=finished["metrics"]["val_loss"], checkpoint_path=best_path,
+                         trained=False)
+
+    seed_everything(seed)
+    resume = _read_last_checkpoint(last_path, config, seed)
+    state = {"epoch": 0, "best_epoch": 0, "best_val_loss": math.inf, "bad_epochs": 0, "history": []}
+    if resume is not None:
+        state = resume["state"]
+        model.load_state_dict(_prefixed(resume["tensors"], "model."))
+
+    plateau = isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau)
+    wrapped, optimizer, train_loader, val_loader = accelerator.prepare(model, optimizer, train_loader,
+                                                                       val_loader)
+    if scheduler is not None and not plateau:
+        # prepared, it steps once per process per batch, so a schedule sized from the unsharded
+        # loader length ends where it should under any number of processes
+        scheduler = accelerator.prepare(scheduler)
+    if resume is not None:
+        optimizer.load_state_dict(_optimizer_state(resume))
+        if scheduler is not None:
+            scheduler.load_state_dict(resume["scheduler"])
+
+    bar = tqdm(total=max_epochs, initial=state["epoch"], unit="epoch", leave=False,
+               desc=best_path.stem, disable=not accelerator.is_main_process or
+               (None if progress is None else not progress))
+    try:
+        while state["epoch"] < max_epochs and state["bad_epochs"] < patience:
+            epoch = state["epoch"] + 1
+            # per-epoch seeding makes a resumed run draw the same batches as an uninterrupted one
+            seed_everything(seed + epoch)
+            for loader in (train_loader, val_loader):
+                if hasattr(loader, "set_epoch"):
+                    loader.set_epoch(epoch)
+            started = time.perf_counter()
+            train_loss = _train_epoch(wrapped, loss_fn, train_loader, optimizer,
+                                      None if plateau else scheduler, accelerator, epoch, best_path,
+                                      state["best_epoch"])
+            train_seconds = time.perf_counter() - started
+            val_loss = _validation_loss(wrapped, loss_fn, val_loader, accelerator)
+            _check_finite(val_loss, "validation loss", epoch, best_path, state["best_epoch"])
+            if plateau:
+                scheduler.step(val_loss)
+            state["epoch"] = epoch
+            state["history"].append({"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss,
+                                     "seconds": time.perf_counter() - started,
+                                     "train_seconds": train_seconds})
+            if keep == "last" or val_loss < state["best_val_loss"]:
+                state.update(best_epoch=epoch, best_val_loss=val_loss, bad_epochs=0)
+                if accelerator.is_main_process:
+                    _save_best(accelerator.unwrap_model(wrapped), best_path, config, seed, state,
+                               finished=False)
+            else:
+                state["bad_epochs"] += 1
+            if accelerator.is_main_process:
+                _save_last(accelerator.unwrap_model(wrapped), optimizer, scheduler, last_path, config,
+                           seed, state)
+            accelerator.wait_for_everyone()
+            bar.update(1)
+            bar.set_postfix(train=f"{train_loss:.4f}", val=f"{val_loss:.4f}")
+    finally:
+        bar.close()
+
+    load_weights(model, best_path, config=config)
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        _save_best(model, best_path, config, seed, state, finished=True)
+        last_path.unlink(missing_ok=True)
+        last_path.with_suffix(".json").unlink(missing_ok=True)
+    accelerator.wait_for_everyone()
+    if own_accelerator:
+        accelerator.free_memory()
+    model.eval()
+    return FitResult(history=state["history"], best_epoch=state["best_epoch"],
+                     best_val_loss=state["best_val_loss"], checkpoint_path=best_path, trained=True)
+
+
+def _train_epoch(model, loss_fn, loader, optimizer, scheduler, accelerator, epoch, best_path,
+                 best_epoch) -> float:
+    model.train()
+    total, count = torch.zeros((), device=accelerator.device), 0
+    for batch in loader:
+        optimizer.zero_grad(set_to_none=True)
+        with accelerator.autocast():
+            loss = loss_fn(model, batch)
+        # every process checks every process's loss, so all stop together instead of one hanging
+        losses = accelerator.gather(loss.detach().float().reshape(1))
+        _check_finite(losses, "training loss", epoch, best_path, best_epoch)
+        accelerator.backward(loss)
+        optimizer.step()
+        if scheduler is not None:
+            scheduler.step()
+        total += losses.sum()
+        count += losses.numel()
+    return (total / count).item()
+
+
+@torch.no_grad()
+def _validation_loss(model, loss_fn, loader, accelerator) -> float:
+    model.eval()
+    sums = torch.zeros(2, device=accelerator.device, dtype=torch.float64)
+    for batch in loader:
+        with accelerator.autocast():
+            loss = loss_fn(model, batch)
+        size = _batch_size(batch)
+        sums += torch.stack([loss.detach().double() * size, torch.tensor(size, device=sums.device,
+                                                                          dtype=torch.float64)])
+    sums = accelerator.reduce(sums, reduction="sum")
+    return (sums[0] / sums[1]).item()
+
+
+def _batch_size(batch: Any) -> int:
+    if isinstance(batch, torch.Tensor):
+        return batch.shape[0]
+    if isinstance(batch, Mapping):
+        return _batch_size(next(iter(batch.values())))
+    if isinstance(batch, (list, tuple)):
+        return _batch_size(batch[0])
+    raise TypeError(f"cannot tell the batch size of a {type(batch).__name__}")
+
+
+def _check_finite(value, what: str, epoch: int, best_path: Path, best_epoch: int) -> None:
+    if bool(torch.isfinite(torch.as_tensor(value)).all()):
+        return
+    kept = (f"the best checkpoint {best_path} (epoch {best_epoch}) is unchanged" if best_epoch
+            else "no checkpoint was written")
+    raise FloatingPointError(f"{what} became {torch.as_tensor(value).flatten().tolist()} in epoch "
+                             f"{epoch}; training stopped and {kept}. Lower the learning rate or check "
+                             "the inputs for NaN/inf.")
+
+
+def _config_dict(config: Any) -> dict[str, Any]:
+    if dataclasses.is_dataclass(config) and not isinstance(config, type):
+        return dataclasses.asdict(config)
+    if isinstance(config, Mapping):
+        return dict(config)
+    raise TypeError(f"config must be a dict or a dataclass instance, not {type(config).__name__}")
+
+
+def _check_identity(sidecar: dict[str, Any], path: Path, config: dict[str, Any], seed: int) -> None:
+    saved = _normalize(sidecar.get("config", {}))
+    wanted = _normalize(config)
+    if saved != wanted:
+        differing = sorted(k for k in set(saved) | set(wanted) if saved.get(k) != wanted.get(k))
+        raise ArtifactError(path, f"checkpoint saved for another configuration (differs in "
+                                  f"{differing}); delete it or choose another checkpoint path")
+    if sidecar.get("seed") != seed:
+        raise ArtifactError(path, f"checkpoint trained with seed {sidecar.get('seed')}, not {seed}; "
+                                  "delete it or choose another checkpoint path")
+
+
+def _finished_checkpoint(path: Path, config: dict[str, Any], seed: int) -> dict[str, Any] | None:
+    if not path.with_suffix(".json").is_file():
+        return None
+    sidecar = read_sidecar(path)
+    _check_identity(sidecar, path, config, seed)
+    return sidecar if sidecar.get("finished") else None
+
+
+def _save_best(model, path: Path, config, seed, state, *, finished: bool) -> None:
+    # drop the old sidecar first: weights without a sidecar never pass for a complete save
+    path.with_suffix(".json").unlink(missing_ok=True)
+    save_weights(model, path, config=config, metrics={"val_loss": state["best_val_loss"]},
+                 extra={"seed": seed, "epoch": state["best_epoch"], "history": state["history"],
+                        "finished": finished})
+
+
+def _save_last(model, optimizer, scheduler, path: Path, config, seed, state) -> None:
+    tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    optim = optimizer.state_dict()
+    scalars: dict[str, dict[str, Any]] = {}
+    for index, param_state in optim["state"].items():
+        for key, value in param_state.items():
+            if isinstance(value, torch.Tensor):
+                tensors[f"optimizer.{index}.{key}"] = value.detach().cpu().contiguous()
+            else:
+                scalars.setdefault(str(index), {})[key] = value
+    sidecar = {"config": config, "seed": seed, "state": state,
+               "optimizer": {"param_groups": optim["param_groups"], "scalars": scalars},
+               "scheduler": None if scheduler is None else scheduler.state_dict()}
+    sidecar_path = path.with_suffix(".json")
+    sidecar_path.unlink(missing_ok=True)
+    tmp = path.with_name(path.name + ".partial")
+    save_file(tensors, str(tmp))
+    os.replace(tmp, path)
+    try:
+        write_json(sidecar_path, sidecar)
+    except TypeError as err:
+        raise TypeError(f"cannot write the training state to {sidecar_path}: the optimizer or "
+                        f"scheduler state holds something that is not JSON ({err})") from err
+
+
+def _read_last_checkpoint(path: Path, config, seed) -> dict[str, Any] | None:
+    if not (path.is_file() and path.with_suffix(".json").is_file()):
+        return None
+    sidecar = read_sidecar(path)
+    _check_identity(sidecar, path, config, seed)
+    sidecar["tensors"] = load_file(str(path))
+    return sidecar
+
+
+def _prefixed(tensors: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+    return {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+
+
+def _optimizer_state(resume: dict[str, Any]) -> dict[str, Any]:
+    per_param: dict[int, dict[str, Any]] = {}
+    for key, value in _prefixed(resume["tensors"], "optimizer.").items():
+        index, name = key.split(".", 1)
+        per_param.setdefault(int(index), {})[name] = value
+    for index, values in resume["optimizer"]["scalars"].items():
+        per_param.setdefault(int(index), {}).update(values)
+    return {"state": per_param, "param_groups": resume["optimizer"]["param_groups"]}

@@ -1,0 +1,219 @@
+"""The adversarial loop: the loss on known inputs, which networks one iteration updates, caching."""
+
+from __future__ import annotations
+
+import math
+
+import pandas as pd
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from cxrlib.anonymize import FlowFieldAnonymizer, load_anonymizer
+from cxrlib.anonymize.adversarial import (
+    LabeledPairDataset, adversarial_losses, privacy_loss, pretrain_anonymizer, train_adversarial,
+    verification_scores,
+)
+from cxrlib.artifacts import ArtifactError
+from cxrlib.data.chestxray14 import LABELS, DataError
+
+SIZE = 16
+
+
+class TinySiamese(nn.Module):
+    """Stand-in with the SiameseNetwork interface: forward(x1, x2) -> logit (B,)."""
+
+    def __init__(self):
+        super().__init__()
+        self.embed = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(),
+                                   nn.AdaptiveAvgPool2d(2), nn.Flatten())
+        self.head = nn.Linear(16, 1)
+
+    def forward(self, x1, x2):
+        return self.head((self.embed(x1) - self.embed(x2)).abs()).squeeze(1)
+
+
+class TinyClassifier(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.net = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(),
+                                 nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, len(LABELS)))
+
+    def forward(self, x):
+        return self.net(x)
+
+
+class ConstantLogit(nn.Module):
+    def __init__(self, value):
+        super().__init__()
+        self.value = value
+
+    def forward(self, x1, x2):
+        return torch.full((x1.shape[0],), self.value)
+
+
+def pair_loader(n: int = 8, batch_size: int = 4, seed: int = 0) -> DataLoader:
+    g = torch.Generator().manual_seed(seed)
+    x1, x2 = torch.rand(n, 1, SIZE, SIZE, generator=g), torch.rand(n, 1, SIZE, SIZE, generator=g)
+    same = (torch.arange(n) % 2).float()
+    labels = (torch.rand(n, len(LABELS), generator=g) < 0.3).float()
+    return DataLoader(TensorDataset(x1, x2, same, labels), batch_size=batch_size)
+
+
+def networks():
+    torch.manual_seed(0)
+    anonymizer = FlowFieldAnonymizer(mu=0.1, image_size=SIZE, features=4, poolings=2, smoothing_kernel=3,
+                                     smoothing_sigma=0.5)
+    return anonymizer, TinySiamese(), TinyClassifier()
+
+
+def snapshot(module: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in module.named_parameters()}
+
+
+def changed(module: nn.Module, before: dict[str, torch.Tensor]) -> bool:
+    return any(not torch.equal(p, before[k]) for k, p in module.named_parameters())
+
+
+def test_privacy_loss_on_known_inputs():
+    assert privacy_loss(torch.zeros(3)).item() == pytest.approx(math.log(2))
+    logits = torch.tensor([-2.0, 0.5, 3.0])
+    s = torch.sigmoid(logits.double())
+    assert privacy_loss(logits).item() == pytest.approx((-torch.log(1 - s)).mean().item(), rel=1e-12)
+    # where 1 - s rounds to zero in float32 the loss stays finite (it equals the logit)
+    assert privacy_loss(torch.tensor([200.0])).item() == pytest.approx(200.0)
+    assert privacy_loss(torch.zeros(2)).dtype == torch.float64
+
+
+def test_total_loss_combines_classifier_bce_and_privacy_term():
+    anonymizer, _, classifier = networks()
+    anonymizer.eval()
+    classifier.eval()
+    x1, x2, same, labels = next(iter(pair_loader()))
+    losses = adversarial_losses(anonymizer, ConstantLogit(1.0), classifier, (x1, x2, same, labels),
+                                w_ac=2.0, w_ver=0.5)
+    expected_ac = nn.functional.binary_cross_entropy_with_logits(classifier(anonymizer(x1)), labels)
+    s = 1 / (1 + math.exp(-1.0))
+    assert losses["ac"].item() == pytest.approx(expected_ac.item(), rel=1e-6)
+    assert losses["ver"].item() == pytest.approx(s)
+    assert losses["log_ver"].item() == pytest.approx(-math.log(1 - s))
+    assert losses["total"].item() == pytest.approx(2.0 * expected_ac.item() - 0.5 * math.log(1 - s), rel=1e-6)
+    assert verification_scores(ConstantLogit(0.0), x1, x2).tolist() == [0.5] * 4
+
+
+@pytest.mark.parametrize("update_adversaries", [True, False])
+def test_one_iteration_updates_the_networks_it_should(tmp_path, update_adversaries):
+    anonymizer, siamese, classifier = networks()
+    before = [snapshot(m) for m in (anonymizer, siamese, classifier)]
+    result = train_adversarial(anonymizer, siamese, classifier, pair_loader(n=4), pair_loader(n=4),
+                               max_epochs=1, lr=1e-2, siamese_lr=1e-2, classifier_lr=1e-2,
+                               update_adversaries=update_adversaries, checkpoint_path=tmp_path / "gen",
+                               config={"case": update_adversaries}, seed=1)
+    assert changed(anonymizer, before[0])
+    # the caller's networks stay as they were; the loop trains copies
+    assert not changed(siamese, before[1]) and not changed(classifier, before[2])
+    record = result.history[0]
+    assert math.isnan(record["train_snn"]) != update_adversaries
+    assert math.isnan(record["train_classifier"]) != update_adversaries
+    assert set(record) >= {"train_total", "val_total", "val_ac", "val_ver", "val_log_ver", "seconds"}
+
+
+def test_adversaries_are_updated_inside_the_loop(monkeypatch, tmp_path):
+    """With update_adversaries the copies change; without, they stay fixed."""
+    import cxrlib.anonymize.adversarial as adversarial
+
+    seen = {}
+    original = adversarial._training_step
+
+    def spy(anonymizer, siamese, classifier, *args):
+        before = snapshot(siamese), snapshot(classifier)
+        record = original(anonymizer, siamese, classifier, *args)
+        seen.setdefault(args[-2], []).append((changed(siamese, before[0]), changed(classifier, before[1])))
+        return record
+
+    monkeypatch.setattr(adversarial, "_training_step", spy)
+    for flag in (True, False):
+        anonymizer, siamese, classifier = networks()
+        train_adversarial(anonymizer, siamese, classifier, pair_loader(n=4), pair_loader(n=4), max_epochs=1,
+                          update_adversaries=flag, checkpoint_path=tmp_path / f"g{flag}", config={}, seed=0)
+    assert seen[True] == [(True, True)]
+    assert seen[False] == [(False, False)]
+
+
+def test_best_generator_is_kept_saved_and_reused(tmp_path):
+    anonymizer, siamese, classifier = networks()
+    result = train_adversarial(anonymizer, siamese, classifier, pair_loader(), pair_loader(seed=1),
+                               max_epochs=3, lr=1e-2, checkpoint_path=tmp_path / "gen", config={"a": 1}, seed=0)
+    totals = [r["val_total"] for r in result.history]
+    assert result.best_epoch == 1 + totals.index(min(totals)) and result.best_val_total == min(totals)
+    images = torch.rand(2, 1, SIZE, SIZE)
+    expected = anonymizer.eval()(images)
+    assert torch.equal(load_anonymizer(result.checkpoint_path)(images), expected)
+
+    fresh, _, _ = networks()
+    again = train_adversarial(fresh, siamese, classifier, pair_loader(), pair_loader(seed=1), max_epochs=3,
+                              lr=1e-2, checkpoint_path=tmp_path / "gen", config={"a": 1}, seed=0)
+    assert not again.trained and again.history == result.history
+    assert torch.equal(fresh(images), expected)
+    with pytest.raises(ArtifactError, match="another configuration"):
+        train_adversarial(fresh, siamese, classifier, pair_loader(), pair_loader(seed=1), max_epochs=3,
+                          lr=1e-2, checkpoint_path=tmp_path / "gen", config={"a": 2}, seed=0)
+
+
+def test_pretraining_reduces_the_reconstruction_error(tmp_path):
+    torch.manual_seed(0)
+    anonymizer = FlowFieldAnonymizer(mu=0.3, image_size=SIZE, features=4, poolings=2, smoothing_kernel=3,
+                                     smoothing_sigma=0.5)
+    g = torch.Generator().manual_seed(0)
+    # smooth images, so that a deformation shows in the MSE
+    images = torch.nn.functional.avg_pool2d(torch.rand(16, 1, SIZE + 4, SIZE + 4, generator=g), 5, 1)
+    loader = DataLoader(TensorDataset(images, torch.zeros(16)), batch_size=8)
+    anonymizer.eval()
+    with torch.no_grad():
+        start = nn.functional.mse_loss(anonymizer(images), images).item()
+    result = pretrain_anonymizer(anonymizer, loader, loader, lr=1e-2, max_epochs=4,
+                                 checkpoint_path=tmp_path / "pre", config={"x": 1}, seed=0)
+    assert result.best_val_loss < start
+
+
+def test_labeled_pairs_carry_the_first_images_findings(tiny_dataset):
+    from cxrlib.data.cache import prepare_cache
+    from cxrlib.data.chestxray14 import read_metadata
+    from cxrlib.data.datasets import PairDataset
+
+    meta = read_metadata(tiny_dataset / "Data_Entry_2017_v2020.csv")
+    cache = prepare_cache(tiny_dataset, 16, workers=1, progress=False)
+    pairs = pd.DataFrame({"img1": meta["image"][:3].tolist(), "img2": meta["image"][3:6].tolist(),
+                          "label": [1, 0, 0]})
+    dataset = LabeledPairDataset(PairDataset(cache, pairs), meta)
+    x1, x2, same, labels = dataset[1]
+    assert x1.shape == (1, 16, 16) and same.item() == 0
+    assert labels.tolist() == meta.loc[1, list(LABELS)].astype(float).tolist()
+    with pytest.raises(DataError, match="no labels"):
+        LabeledPairDataset(PairDataset(cache, pairs), meta.iloc[3:])
+
+
+def test_prichexy_pipeline_pretrains_once_trains_every_mu_and_reuses_checkpoints(tmp_path):
+    from cxrlib.anonymize.flow_field import train_prichexy_net
+    from cxrlib.config import load_profile
+
+    config = load_profile("smoke", **{"anonymization.mu_values": (0.05, 0.2), "anonymization.generator_features": 4,
+                                      "anonymization.batch_size": 4}).anonymization
+    loader = pair_loader(n=8)
+    pairs = loader.dataset
+    images = TensorDataset(pairs.tensors[0], pairs.tensors[3])
+    _, siamese, classifier = networks()
+    kwargs = dict(siamese=siamese, classifier=classifier, images=(images, images), pairs=(pairs, pairs),
+                  artifact_path=lambda name: tmp_path / name, identity={"siamese": "tiny"}, seed=0)
+    trained = train_prichexy_net(config, SIZE, **kwargs)
+    assert sorted(trained.anonymizers) == [0.05, 0.2]
+    assert {a.mu for a in trained.anonymizers.values()} == {0.05, 0.2}
+    assert trained.pretraining.trained and all(r.trained for r in trained.results.values())
+    assert sorted(p.name for p in tmp_path.glob("*.safetensors")) == [
+        "prichexy_mu0p05.safetensors", "prichexy_mu0p2.safetensors", "prichexy_pretrain.safetensors"]
+    again = train_prichexy_net(config, SIZE, **kwargs)
+    assert not again.pretraining.trained and not any(r.trained for r in again.results.values())
+    x = torch.rand(2, 1, SIZE, SIZE)
+    for mu in (0.05, 0.2):
+        assert torch.equal(again.anonymizers[mu](x), trained.anonymizers[mu](x))

@@ -1,0 +1,139 @@
+"""PriCheXy-Net's deformation: identity cases, the displacement bound, smoothing, determinism."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from cxrlib.anonymize.flow_field import (
+    FlowFieldAnonymizer, GaussianSmoothing, displacement_bound_pixels, identity_grid, mu_for_image_size,
+    scaled_smoothing,
+)
+from cxrlib.config import load_profile
+from cxrlib.models.unets import UNet
+
+SIZE = 16
+
+
+def make(mu: float, kernel: int = 3, sigma: float = 0.5) -> FlowFieldAnonymizer:
+    torch.manual_seed(0)
+    return FlowFieldAnonymizer(mu=mu, image_size=SIZE, features=4, poolings=2, smoothing_kernel=kernel,
+                               smoothing_sigma=sigma).eval()
+
+
+def constant_generator(anonymizer: FlowFieldAnonymizer, x: float, y: float) -> None:
+    """Make G(x) the constant field (x, y) (tanh saturated or exactly zero)."""
+    head = anonymizer.generator.head
+    with torch.no_grad():
+        head.weight.zero_()
+        head.bias.copy_(torch.tensor([math.copysign(50.0, x) if x else 0.0,
+                                      math.copysign(50.0, y) if y else 0.0]))
+
+
+def test_identity_grid_reproduces_the_image():
+    images = torch.rand(2, 1, SIZE, SIZE)
+    grid = identity_grid(SIZE).permute(0, 2, 3, 1).expand(2, -1, -1, -1)
+    out = torch.nn.functional.grid_sample(images, grid, align_corners=True)
+    torch.testing.assert_close(out, images, atol=1e-5, rtol=0)  # float32 grid rounding
+
+
+def test_mu_zero_is_the_identity_whatever_the_generator():
+    images = torch.rand(3, 1, SIZE, SIZE)
+    torch.testing.assert_close(make(0.0)(images), images, atol=1e-5, rtol=0)  # float32 grid rounding
+
+
+def test_zero_generator_is_the_identity_for_any_mu():
+    anonymizer = make(0.5)
+    constant_generator(anonymizer, 0.0, 0.0)
+    images = torch.rand(3, 1, SIZE, SIZE)
+    torch.testing.assert_close(anonymizer(images), images, atol=1e-5, rtol=0)  # float32 grid rounding
+
+
+def test_displacement_never_exceeds_the_bound():
+    anonymizer = make(0.3)
+    images = torch.rand(4, 1, SIZE, SIZE)
+    with torch.no_grad():
+        shift = anonymizer.displacement_pixels(images)
+    bound = displacement_bound_pixels(0.3, SIZE)
+    assert bound == pytest.approx(0.3 * (SIZE - 1) / 2)
+    assert shift.abs().max() <= bound + 1e-5
+    assert shift.abs().max() > 0
+
+
+def test_saturated_generator_shifts_by_exactly_the_bound_away_from_the_border():
+    mu = 2.0 / (SIZE - 1)  # bound = one pixel
+    anonymizer = make(mu)
+    constant_generator(anonymizer, 1.0, 0.0)
+    images = torch.rand(2, 1, SIZE, SIZE)
+    with torch.no_grad():
+        shift = anonymizer.displacement_pixels(images)
+        out = anonymizer(images)
+    interior = (slice(None), slice(None), slice(1, -1), slice(1, -1))
+    torch.testing.assert_close(shift[:, 0][interior[:1] + interior[2:]], torch.full((2, SIZE - 2, SIZE - 2), -1.0))
+    assert shift[:, 1].abs().max() == 0
+    # grid = identity - mu * G samples one pixel to the left: out[..., j] = in[..., j - 1]
+    torch.testing.assert_close(out[..., 1:-1, 2:-1], images[..., 1:-1, 1:-2], atol=1e-5, rtol=0)
+
+
+def test_smoothing_preserves_a_constant_field_away_from_the_border_and_reduces_noise():
+    smoothing = GaussianSmoothing(2, kernel_size=5, sigma=1.0)
+    assert smoothing.weight.sum(dim=(-1, -2)).allclose(torch.ones(2, 1))
+    constant = torch.full((1, 2, 12, 12), 0.7)
+    torch.testing.assert_close(smoothing(constant)[..., 2:-2, 2:-2], constant[..., 2:-2, 2:-2])
+    # zero padding: the border is pulled towards zero
+    assert smoothing(constant)[0, 0, 0, 0] < 0.7
+    noise = torch.randn(1, 2, 64, 64, generator=torch.Generator().manual_seed(0))
+    assert smoothing(noise).std() < 0.5 * noise.std()
+    with pytest.raises(ValueError, match="odd"):
+        GaussianSmoothing(2, kernel_size=4, sigma=1.0)
+    with pytest.raises(ValueError, match="sigma"):
+        GaussianSmoothing(2, kernel_size=3, sigma=0.0)
+
+
+def test_smoothing_and_mu_scale_with_image_size():
+    assert scaled_smoothing(256) == (9, 2.0)
+    assert scaled_smoothing(64) == (3, 0.5)
+    assert mu_for_image_size(0.01, 256) == pytest.approx(0.01)
+    assert displacement_bound_pixels(mu_for_image_size(0.01, 64), 64) == pytest.approx(
+        displacement_bound_pixels(0.01, 256))
+    paper = load_profile("paper").anonymization
+    assert (paper.smoothing_kernel, paper.smoothing_sigma) == scaled_smoothing(256)
+
+
+def test_generator_is_deterministic_in_eval_mode_and_gradients_flow():
+    anonymizer = make(0.2)
+    images = torch.rand(2, 1, SIZE, SIZE)
+    assert torch.equal(anonymizer(images), anonymizer(images))
+    anonymizer.train()
+    anonymizer(images).sum().backward()
+    assert anonymizer.generator.head.weight.grad.abs().sum() > 0
+
+
+def test_bad_sizes_raise_clear_errors():
+    with pytest.raises(ValueError, match="built for 16x16"):
+        make(0.1)(torch.rand(1, 1, 32, 32))
+    with pytest.raises(ValueError, match="divisible"):
+        FlowFieldAnonymizer(mu=0.1, image_size=18, poolings=2)
+    with pytest.raises(ValueError, match="mu"):
+        FlowFieldAnonymizer(mu=-0.1, image_size=16, poolings=2)
+
+
+def test_unet_variants_keep_the_shape_and_range():
+    images = torch.rand(2, 1, 16, 16)
+    flow = UNet(1, 2, features=4, poolings=2, activation="relu", output="tanh").eval()(images)
+    image = UNet(1, 1, features=4, poolings=3, activation="leaky_relu", output="sigmoid").eval()(images)
+    assert flow.shape == (2, 2, 16, 16) and flow.abs().max() <= 1
+    assert image.shape == (2, 1, 16, 16) and 0 <= image.min() and image.max() <= 1
+    with pytest.raises(ValueError, match="divisible by 8"):
+        UNet(1, 1, features=4, poolings=3)(torch.rand(1, 1, 12, 12))
+    with pytest.raises(ValueError, match="activation"):
+        UNet(activation="gelu")
+
+
+@pytest.mark.parametrize("name", ["smoke", "cpu", "paper"])
+def test_profiles_scale_the_papers_smoothing_to_their_image_size(name):
+    profile = load_profile(name)
+    section = profile.anonymization
+    assert (section.smoothing_kernel, section.smoothing_sigma) == scaled_smoothing(profile.image_size)

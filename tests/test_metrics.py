@@ -1,0 +1,102 @@
+import math
+
+import numpy as np
+import pytest
+import torch
+from sklearn.metrics import roc_auc_score
+
+from cxrlib.data.chestxray14 import LABELS
+from cxrlib.metrics import (bootstrap_ci, multilabel_auc, retrieval_metrics, roc_points, ssim_psnr,
+                            verification_metrics)
+
+
+def _scores(n=200, separation=1.0, seed=0):
+    rng = np.random.default_rng(seed)
+    y = np.r_[np.ones(n // 2), np.zeros(n // 2)].astype(int)
+    score = 1 / (1 + np.exp(-(rng.normal(size=n) + separation * (2 * y - 1))))
+    return y, score
+
+
+def test_verification_metrics_match_definitions():
+    y = np.array([1, 1, 1, 0, 0, 0])
+    s = np.array([0.9, 0.8, 0.4, 0.6, 0.2, 0.1])
+    m = verification_metrics(y, s, n_bootstrap=0)
+    assert m["auc"] == pytest.approx(8 / 9)
+    # predicted 1 at >= 0.5: [1, 1, 0, 1, 0, 0]
+    assert m["accuracy"] == pytest.approx(4 / 6)
+    assert m["precision"] == pytest.approx(2 / 3) and m["recall"] == pytest.approx(2 / 3)
+    assert m["f1"] == pytest.approx(2 / 3)
+    assert m["roc"]["fpr"][0] == 0 and m["roc"]["tpr"][-1] == 1
+    assert "auc_ci" not in m
+
+
+def test_verification_metrics_accept_tensors_and_give_a_ci_around_the_auc():
+    y, s = _scores()
+    m = verification_metrics(torch.tensor(y), torch.tensor(s), n_bootstrap=200, seed=1)
+    low, high = m["auc_ci"]
+    assert low < m["auc"] < high and high - low < 0.2
+
+
+def test_verification_metrics_refuse_bad_input():
+    with pytest.raises(ValueError, match="both"):
+        verification_metrics([1, 1], [0.2, 0.3])
+    with pytest.raises(ValueError, match="NaN"):
+        verification_metrics([1, 0], [float("nan"), 0.3])
+    with pytest.raises(ValueError, match="entries"):
+        verification_metrics([1, 0, 1], [0.2, 0.3])
+    with pytest.raises(ValueError, match="empty"):
+        roc_points([], [])
+
+
+def test_bootstrap_ci_is_seeded_and_narrows_with_more_data():
+    y, s = _scores(n=100)
+    assert bootstrap_ci(roc_auc_score, y, s, 100, seed=3) == bootstrap_ci(roc_auc_score, y, s, 100, seed=3)
+    small = np.diff(bootstrap_ci(roc_auc_score, y, s, 100, seed=0))[0]
+    y_big, s_big = _scores(n=1000)
+    big = np.diff(bootstrap_ci(roc_auc_score, y_big, s_big, 100, seed=0))[0]
+    assert big < small
+
+
+def test_bootstrap_ci_skips_undefined_resamples():
+    # 1 positive in 20: many resamples miss it and AUC is undefined there
+    y = np.r_[1, np.zeros(19, dtype=int)]
+    s = np.linspace(1, 0, 20)
+    low, high = bootstrap_ci(roc_auc_score, y, s, 50, seed=0)
+    assert low == high == 1.0
+
+
+def test_multilabel_auc_reports_single_valued_classes_as_nan_and_excludes_them():
+    rng = np.random.default_rng(0)
+    y = (rng.random((60, len(LABELS))) < 0.3).astype(int)
+    y[:, 3] = 0  # no positives for this finding in the test set
+    s = y * 0.5 + rng.random(y.shape) * 0.6
+    result = multilabel_auc(y, s, n_bootstrap=20, seed=0)
+    assert math.isnan(result["per_class"][LABELS[3]])
+    assert result["excluded"] == [LABELS[3]]
+    defined = [v for k, v in result["per_class"].items() if k != LABELS[3]]
+    assert result["mean_auc"] == pytest.approx(np.mean(defined))
+    assert result["ci"][0] <= result["mean_auc"] <= result["ci"][1]
+    with pytest.raises(ValueError, match=r"\(N, 14\)"):
+        multilabel_auc(y[:, :3], s[:, :3])
+
+
+def test_retrieval_metrics_perfect_and_chance():
+    labels = np.repeat(np.arange(10), 3)
+    separated = np.eye(10)[labels] * 10 + np.random.default_rng(0).normal(scale=0.01, size=(30, 10))
+    perfect = retrieval_metrics(separated, labels)
+    assert perfect == {"map_at_r": pytest.approx(1.0), "r_precision": pytest.approx(1.0),
+                       "precision_at_1": pytest.approx(1.0)}
+    noise = retrieval_metrics(np.random.default_rng(1).normal(size=(30, 8)), labels)
+    assert noise["precision_at_1"] < 0.5
+    with pytest.raises(ValueError, match="once"):
+        retrieval_metrics(np.eye(3), [0, 1, 2])
+
+
+def test_ssim_psnr():
+    x = torch.rand(2, 1, 32, 32)
+    same = ssim_psnr(x, x.clone())
+    assert same["ssim"] == pytest.approx(1.0) and math.isinf(same["psnr"])
+    noisy = ssim_psnr(x, (x + 0.1 * torch.randn_like(x)).clamp(0, 1))
+    assert noisy["ssim"] < 0.95 and 15 < noisy["psnr"] < 25
+    with pytest.raises(ValueError, match="must both be"):
+        ssim_psnr(x, x[:1])

@@ -1,0 +1,137 @@
+"""Privacy-Net: the encoder U-Net of PriCheXy-Net's comparison, identity pretraining, the shared loop."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from cxrlib.anonymize.adversarial import pretrain_anonymizer, train_adversarial
+from cxrlib.anonymize.base import load_anonymizer
+from cxrlib.anonymize.privacy_net import PrivacyNetAnonymizer
+from cxrlib.config import load_profile
+from cxrlib.data.chestxray14 import LABELS
+
+SIZE = 16
+
+
+def smooth_images(n: int, seed: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    images = nn.functional.avg_pool2d(torch.rand(n, 1, SIZE + 4, SIZE + 4, generator=g), 5, 1)
+    low = images.amin(dim=(1, 2, 3), keepdim=True)
+    high = images.amax(dim=(1, 2, 3), keepdim=True)
+    return (images - low) / (high - low)
+
+
+def test_architecture_is_the_papers_encoder():
+    net = PrivacyNetAnonymizer()
+    assert net.params() == {"features": 16, "poolings": 3}
+    convs = [m for m in net.encoder.modules() if isinstance(m, nn.Conv2d)]
+    assert convs[0].in_channels == 1 and convs[0].out_channels == 16
+    assert net.encoder.head.out_channels == 1
+    assert len(net.encoder.encoders) == 3 and net.encoder.poolings == 3
+    assert convs[-2].out_channels == 16  # last decoder level is back at 16 filters
+    widest = max(m.out_channels for m in convs)
+    assert widest == 16 * 2 ** 3
+    activations = [m for m in net.encoder.modules() if isinstance(m, (nn.ReLU, nn.LeakyReLU))]
+    assert activations and all(isinstance(m, nn.LeakyReLU) and m.negative_slope == 0.2 for m in activations)
+    assert any(isinstance(m, nn.BatchNorm2d) for m in net.encoder.modules())
+
+
+def test_output_is_a_sigmoid_image_of_the_input_size():
+    torch.manual_seed(0)
+    net = PrivacyNetAnonymizer().eval()
+    images = torch.rand(3, 1, 24, 24)
+    out = net(images)
+    assert out.shape == images.shape
+    assert 0.0 < out.min().item() and out.max().item() < 1.0
+    # a sigmoid, not a clamp: scaling the head's logits up pushes the output towards 0 and 1 without reaching them
+    with torch.no_grad():
+        net.encoder.head.weight.mul_(1e3)
+        net.encoder.head.bias.mul_(1e3)
+        out = net(images)
+    assert out.min().item() >= 0.0 and out.max().item() <= 1.0
+    assert ((out < 0.01) | (out > 0.99)).float().mean().item() > 0.5
+    with pytest.raises(ValueError, match="divisible by 8"):
+        net(torch.rand(1, 1, 12, 12))
+
+
+def test_profile_builds_its_privacy_net():
+    config = load_profile("smoke").anonymization
+    net = PrivacyNetAnonymizer.from_config(config)
+    assert net.params() == {"features": config.privacy_net_features, "poolings": config.privacy_net_poolings}
+
+
+def test_identity_pretraining_reduces_the_reconstruction_error(tmp_path):
+    torch.manual_seed(0)
+    net = PrivacyNetAnonymizer()
+    images = smooth_images(16, seed=0)
+    loader = DataLoader(TensorDataset(images, torch.zeros(len(images))), batch_size=8)
+    net.eval()
+    with torch.no_grad():
+        start = nn.functional.mse_loss(net(images), images).item()
+    result = pretrain_anonymizer(net, loader, loader, lr=1e-2, max_epochs=6, checkpoint_path=tmp_path / "pre",
+                                 config={"privacy_net": net.params()}, seed=0, progress=False)
+    with torch.no_grad():
+        end = nn.functional.mse_loss(net(images), images).item()
+    assert end == pytest.approx(result.best_val_loss, rel=1e-4)
+    assert end < 0.5 * start
+
+
+class TinySiamese(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.embed = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(2),
+                                   nn.Flatten())
+        self.head = nn.Linear(16, 1)
+
+    def forward(self, x1, x2):
+        return self.head((self.embed(x1) - self.embed(x2)).abs()).squeeze(1)
+
+
+def test_adversarial_loop_trains_privacy_net_and_saves_a_reloadable_anonymizer(tmp_path):
+    torch.manual_seed(0)
+    net = PrivacyNetAnonymizer(features=4, poolings=3)
+    classifier = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                               nn.Linear(4, len(LABELS)))
+    x1, x2 = smooth_images(8, seed=1), smooth_images(8, seed=2)
+    same = (torch.arange(8) % 2).float()
+    labels = (torch.rand(8, len(LABELS)) < 0.3).float()
+    loader = DataLoader(TensorDataset(x1, x2, same, labels), batch_size=4)
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    result = train_adversarial(net, TinySiamese(), classifier, loader, loader, max_epochs=2, lr=1e-2,
+                               checkpoint_path=tmp_path / "privacy_net", config={"test": 1}, seed=0,
+                               progress=False)
+    assert result.trained and len(result.history) == 2
+    assert any(not torch.equal(v, before[k]) for k, v in net.state_dict().items())
+    loaded = load_anonymizer(result.checkpoint_path)
+    assert isinstance(loaded, PrivacyNetAnonymizer) and loaded.params() == net.params()
+    images = smooth_images(2, seed=3)
+    assert torch.equal(loaded(images), net.eval()(images))
+
+
+def test_train_privacy_net_pretrains_trains_and_reuses_its_checkpoints(tmp_path):
+    from cxrlib.config import AnonymizationConfig
+
+    config = AnonymizationConfig(privacy_net_features=4, privacy_net_poolings=3, pretrain_epochs=2,
+                                 adversarial_epochs=1, batch_size=4, pretrain_lr=1e-2, lr=1e-2)
+    images = TensorDataset(smooth_images(8, seed=4), torch.zeros(8))
+    x1, x2 = smooth_images(8, seed=5), smooth_images(8, seed=6)
+    pairs = TensorDataset(x1, x2, (torch.arange(8) % 2).float(), (torch.rand(8, len(LABELS)) < 0.3).float())
+    classifier = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                               nn.Linear(4, len(LABELS)))
+    from cxrlib.anonymize.privacy_net import train_privacy_net
+
+    def run():
+        return train_privacy_net(config, siamese=TinySiamese(), classifier=classifier, images=(images, images),
+                                 pairs=(pairs, pairs), artifact_path=lambda name: tmp_path / name,
+                                 identity={"siamese": "tiny"}, seed=0, progress=False)
+
+    first = run()
+    assert first.pretraining.trained and first.result.trained and not first.anonymizer.training
+    assert {p.name for p in tmp_path.iterdir()} >= {"privacy_net_pretrain.safetensors", "privacy_net.safetensors"}
+    again = run()
+    assert not again.pretraining.trained and not again.result.trained
+    probe = smooth_images(2, seed=7)
+    assert torch.equal(again.anonymizer(probe), first.anonymizer(probe))

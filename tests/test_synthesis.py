@@ -1,0 +1,293 @@
+"""Latent diffusion synthesis: training, guided sampling, the privacy filter and sampler, evaluation."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+from torch.utils.data import TensorDataset
+
+from cxrlib.config import load_profile
+from cxrlib.data.chestxray14 import LABELS, NO_FINDING
+from cxrlib.models.classifier import Classifier
+from cxrlib.models.diffusion import LatentDiffusion
+from cxrlib.models.siamese import SiameseNetwork
+from cxrlib.synthesis import (PenultimateFeatures, RealGallery, Thresholds, calibrate_thresholds,
+                              class_conditions, diversity_by_class, frechet_distance, generate,
+                              latent_scaling_factor, mean_pairwise_ms_ssim, ms_ssim_scales, near_copies,
+                              planted_copy_rates, privacy_enhancing_sample, privacy_filter,
+                              single_class_names,
+                              synthetic_label_vectors, train_latent_diffusion, training_config,
+                              utility_gap)
+
+SIZE = 32
+CPU = torch.device("cpu")
+
+
+@pytest.fixture(scope="module")
+def config():
+    return load_profile("smoke").synthesis
+
+
+def _train_tiny(config, folder):
+    """The smoke-sized model trained for one epoch on random images: enough to exercise the code."""
+    generator = torch.Generator().manual_seed(0)
+    images = torch.rand(24, 1, SIZE, SIZE, generator=generator)
+    labels = (torch.rand(24, len(LABELS), generator=generator) < 0.2).float()
+    return train_latent_diffusion(TensorDataset(images, labels), TensorDataset(images[:8], labels[:8]),
+                                  config, SIZE, artifact_path=lambda name: folder / name, seed=0,
+                                  progress=False)
+
+
+@pytest.fixture(scope="module")
+def trained(config, tmp_path_factory):
+    return _train_tiny(config, tmp_path_factory.mktemp("ldm"))
+
+
+def test_training_saves_a_loadable_model_and_reuses_checkpoints(trained, config):
+    assert trained.autoencoder_fit.trained and trained.unet_fit.trained
+    assert (trained.folder / "unet" / "config.json").is_file()
+    assert trained.model.scaling_factor != 1.0  # computed from the data, stored in the config
+    assert LatentDiffusion.load(trained.folder).scaling_factor == pytest.approx(trained.model.scaling_factor)
+    again = _train_tiny(config, trained.folder.parent)
+    assert not again.autoencoder_fit.trained and not again.unet_fit.trained
+    assert again.model.scaling_factor == pytest.approx(trained.model.scaling_factor)
+
+
+def test_only_training_fields_key_the_trained_parts(config):
+    sampling = dataclasses.replace(config, guidance_scale=7.0, sampler_fpr=0.01, sampling_steps=50)
+    assert training_config(sampling, SIZE, "unet") == training_config(config, SIZE, "unet")
+    wider = dataclasses.replace(config, unet_channels=(32, 64))
+    assert training_config(wider, SIZE, "autoencoder") == training_config(config, SIZE, "autoencoder")
+    assert training_config(wider, SIZE, "unet") != training_config(config, SIZE, "unet")
+
+
+def test_latent_scaling_factor_makes_latents_unit_variance():
+    generator = torch.Generator().manual_seed(0)
+    means = 3.0 * torch.randn(500, 4, 4, 4, generator=generator)
+    stds = torch.full_like(means, 4.0)
+    assert latent_scaling_factor(means, stds) == pytest.approx(1 / 5.0, rel=0.05)
+
+
+def test_generate_is_seeded_and_guidance_uses_the_condition(trained, config):
+    labels = torch.eye(len(LABELS))[:3]
+
+    def draw(seed, scale, labels=labels):
+        return generate(trained.model, labels, steps=config.sampling_steps, guidance_scale=scale,
+                        generator=torch.Generator().manual_seed(seed), device=CPU)
+
+    first = draw(0, 3.0)
+    assert first.shape == (3, 1, SIZE, SIZE) and 0 <= first.min() and first.max() <= 1
+    assert torch.equal(first, draw(0, 3.0))
+    assert not torch.equal(first, draw(1, 3.0))
+    assert not torch.allclose(first, draw(0, 3.0, torch.zeros(3, len(LABELS))))
+
+
+@pytest.fixture(scope="module")
+def untrained_reid():
+    torch.manual_seed(0)
+    siamese = SiameseNetwork("convnet", pretrained=False, features=16)
+    return siamese.embed, siamese.eval()
+
+
+def test_sampler_redraws_rejected_samples_a_bounded_number_of_times(trained, config, untrained_reid):
+    retrieval, siamese = untrained_reid
+    gallery_images = torch.rand(6, 1, SIZE, SIZE)
+    gallery = RealGallery.build(gallery_images, [f"real_{i}.png" for i in range(6)], retrieval, siamese,
+                                device=CPU)
+    labels = torch.eye(len(LABELS))[:3]
+    common = dict(gallery=gallery, retrieval=retrieval, siamese=siamese, config=config, seed=0, device=CPU)
+
+    # every correlation is at least -1: all rejected as near-duplicates
+    everything = privacy_enhancing_sample(trained.model, labels, thresholds=Thresholds(2.0, -1.01, 0.05),
+                                          **common)
+    attempts = config.max_retries + 1
+    assert everything.drawn == 3 * attempts and len(everything.rejections) == 3 * attempts
+    assert len(everything.images) == 0 and list(everything.exhausted) == [0, 1, 2]
+    assert everything.rejection_rate == 1.0
+    assert len(everything.rejected_images) == 3 * attempts
+    assert {r.attempt for r in everything.rejections} == set(range(attempts))
+    assert all(r.real_image in gallery.names for r in everything.rejections)
+    assert {r.reason for r in everything.rejections} == {"near-duplicate"}
+    assert everything.summary()["rejected_by"] == {"siamese": 0, "near-duplicate": 3 * attempts, "both": 0}
+
+    nothing = privacy_enhancing_sample(trained.model, labels, thresholds=Thresholds(1.0, 1.01, 0.05),
+                                       **common)
+    assert nothing.drawn == 3 and not nothing.rejections and len(nothing.exhausted) == 0
+    assert torch.equal(nothing.labels, labels) and len(nothing.nearest_real) == 3
+    assert np.all((nothing.scores >= 0) & (nothing.scores <= 1))
+    assert np.all(np.abs(nothing.correlations) <= 1 + 1e-5)
+
+    by_siamese = privacy_enhancing_sample(trained.model, labels, thresholds=Thresholds(-0.01, 1.01, 0.05),
+                                          **common)
+    assert {r.reason for r in by_siamese.rejections} == {"siamese"}
+
+
+def test_filter_checks_its_arguments(untrained_reid):
+    retrieval, siamese = untrained_reid
+    gallery = RealGallery.build(torch.rand(2, 1, SIZE, SIZE), ["a.png", "b.png"], retrieval, siamese,
+                                device=CPU)
+    with pytest.raises(ValueError, match="neighbours"):
+        privacy_filter(torch.rand(1, 1, SIZE, SIZE), gallery, retrieval, siamese, Thresholds(0.5, 0.5, 0.05),
+                       neighbours=0)
+    with pytest.raises(ValueError, match="one name per image"):
+        RealGallery.build(torch.rand(2, 1, SIZE, SIZE), ["a.png"], retrieval, siamese, device=CPU)
+
+
+def test_conditions_and_label_vectors():
+    names, vectors = class_conditions(2)
+    assert len(names) == len(vectors) == 2 * (len(LABELS) + 1)
+    assert list(single_class_names(vectors.numpy())) == names
+    real = np.eye(len(LABELS), dtype=np.float32)[[0, 0, 3, 5]]
+    real[3, 7] = 1  # one multi-label vector
+    drawn = synthetic_label_vectors(real, 10, seed=0).numpy()
+    assert len(drawn) == 10
+    # every real vector once per full pass: the first two passes hold each real row twice
+    for full_pass in (drawn[:4], drawn[4:8]):
+        assert sorted(map(tuple, full_pass)) == sorted(map(tuple, real))
+    assert not np.array_equal(drawn[:4], drawn[4:8])  # shuffled per pass
+    assert single_class_names(real)[3] == ""
+    assert single_class_names(np.zeros((1, len(LABELS))))[0] == NO_FINDING
+
+
+def test_ms_ssim_handles_small_images():
+    assert [ms_ssim_scales(s) for s in (32, 64, 256)] == [2, 3, 5]
+    generator = torch.Generator().manual_seed(0)
+    noise = torch.rand(4, 1, SIZE, SIZE, generator=generator)
+    assert mean_pairwise_ms_ssim(noise[:1].repeat(3, 1, 1, 1)) == pytest.approx(1.0, abs=1e-4)
+    assert mean_pairwise_ms_ssim(noise) < 0.2
+    diversity = diversity_by_class(torch.cat([noise, noise[:1].repeat(2, 1, 1, 1)]),
+                                   np.array([NO_FINDING] * 4 + ["Mass"] * 2))
+    assert diversity["Mass"] == pytest.approx(1.0, abs=1e-4) and diversity[NO_FINDING] < 0.2
+    with pytest.raises(ValueError, match="at least 2"):
+        mean_pairwise_ms_ssim(noise[:1])
+
+
+def test_frechet_distance_in_classifier_features():
+    torch.manual_seed(0)
+    classifier = Classifier("convnet", pretrained=False, input_size=SIZE)
+    features = PenultimateFeatures(classifier)
+    assert features.num_features == 128
+    generator = torch.Generator().manual_seed(0)
+    real = torch.rand(64, 1, SIZE, SIZE, generator=generator) * 0.5
+    same = torch.rand(64, 1, SIZE, SIZE, generator=generator) * 0.5
+    other = torch.rand(64, 1, SIZE, SIZE, generator=generator) * 0.5 + 0.5
+    near = frechet_distance(real, same, features, device=CPU)
+    far = frechet_distance(real, other, features, device=CPU)
+    assert 0 <= near < far
+
+
+def test_utility_gap_compares_on_the_same_images():
+    rng = np.random.default_rng(0)
+    labels = (rng.random((300, len(LABELS))) < 0.3).astype(int)
+    good = np.clip(labels * 0.6 + rng.random(labels.shape) * 0.5, 0, 1)
+    worse = np.clip(labels * 0.2 + rng.random(labels.shape) * 0.5, 0, 1)
+    result = utility_gap(labels, good, worse, n_bootstrap=50)
+    assert result["real"]["mean_auc"] > result["synthetic"]["mean_auc"]
+    assert result["gap_points"] == pytest.approx(
+        100 * (result["real"]["mean_auc"] - result["synthetic"]["mean_auc"]))
+    low, high = result["gap_points_ci"]
+    assert 0 < low <= result["gap_points"] <= high
+    assert utility_gap(labels, good, good, n_bootstrap=0)["gap_points"] == 0
+
+
+# -- the privacy filter with trained re-identification models -------------------------------------
+
+def _patient_scans(n_patients: int, per_patient: int, seed: int) -> dict[str, np.ndarray]:
+    """Radiograph stand-ins with a strong identity, so that smoke-sized re-identification networks
+    learn it in seconds: each patient a coarse random pattern of its own; each scan shifted by up to
+    6 px, with another exposure and noise."""
+    rng = np.random.default_rng(seed)
+    scans = {}
+    for patient in range(1, n_patients + 1):
+        pattern = np.kron(rng.random((5, 5)), np.ones((8, 8)))  # 40 x 40
+        for follow_up in range(per_patient):
+            dy, dx = rng.integers(0, 7, 2)
+            exposure = rng.uniform(0.8, 1.0)
+            scan = pattern[dy:dy + SIZE, dx:dx + SIZE] * exposure + rng.normal(0, 0.05, (SIZE, SIZE))
+            scans[f"{patient:08d}_{follow_up:03d}.png"] = (np.clip(scan, 0, 1) * 255).astype(np.uint8)
+    return scans
+
+
+@pytest.fixture(scope="module")
+def reid_world(tmp_path_factory):
+    """Siamese and retrieval networks trained (smoke-sized) on patients with a strong identity, the
+    gallery of training images, thresholds calibrated on the validation patients, held-out images."""
+    from PIL import Image
+
+    from cxrlib.data.cache import prepare_cache
+    from cxrlib.data.chestxray14 import make_splits, read_metadata
+    from cxrlib.data.datasets import ImageDataset, PairDataset
+    from cxrlib.data.pairs import make_pairs, max_positive_pairs
+    from cxrlib.reid import Images, retrieval_augmentation, train_retrieval, train_verification
+    from tests.conftest import write_tiny_dataset
+
+    root = tmp_path_factory.mktemp("reid_world")
+    folder = root / "cxr14"
+    write_tiny_dataset(folder, n_patients=48, per_patient=4, size=SIZE)
+    for name, pixels in _patient_scans(48, 4, seed=0).items():
+        Image.fromarray(pixels).save(folder / "images" / name)
+    cache = prepare_cache(folder, SIZE, workers=1, progress=False)
+    splits = make_splits(read_metadata(folder / "Data_Entry_2017_v2020.csv"), folder, seed=0,
+                         val_fraction=0.25, test_fraction=0.25)
+    profile = load_profile("smoke", **{"verification.max_epochs": 5, "verification.patience": 5,
+                                       "verification.lr": 1e-3, "retrieval.unfrozen_epochs": 5})
+    pairs = {name: make_pairs(splits[name], 2 * max_positive_pairs(splits[name]), seed=1)
+             for name in ("train", "val")}
+    siamese, _ = train_verification(PairDataset(cache, pairs["train"]), PairDataset(cache, pairs["val"]),
+                                    profile.verification, seed=0, checkpoint_path=root / "siamese",
+                                    progress=False)
+    retrieval, _ = train_retrieval(
+        ImageDataset(cache, splits.train, target="patient",
+                     transform=retrieval_augmentation(profile.retrieval)),
+        ImageDataset(cache, splits.val, target="patient"), profile.retrieval, seed=0,
+        checkpoint_path=root / "retrieval", progress=False)
+    train_images = Images.from_cache(cache, splits.train["image"])
+    gallery = RealGallery.build(train_images.tensor(), list(train_images.names), retrieval, siamese,
+                                device=CPU)
+    thresholds = calibrate_thresholds(Images.from_cache(cache, splits.val["image"]).tensor(), gallery,
+                                      retrieval, siamese, fpr=0.05, neighbours=5, device=CPU)
+    held_out = Images.from_cache(cache, splits.test["image"]).tensor()
+    return {"gallery": gallery, "retrieval": retrieval, "siamese": siamese, "thresholds": thresholds,
+            "held_out": held_out}
+
+
+def test_planted_copies_are_rejected_and_other_patients_mostly_pass(reid_world):
+    gallery, thresholds = reid_world["gallery"], reid_world["thresholds"]
+    generator = torch.Generator().manual_seed(0)
+    planted_rows = torch.randperm(len(gallery.images), generator=generator)[:10]
+    planted = near_copies(gallery.images[planted_rows], seed=0)
+    held_out = reid_world["held_out"]
+    # the planted copies hide among fresh images of held-out patients, as in a generated batch
+    batch = torch.cat([held_out, *planted.values()])
+    result = privacy_filter(batch, gallery, reid_world["retrieval"], reid_world["siamese"], thresholds,
+                            neighbours=5, device=CPU)
+    fresh = slice(0, len(held_out))
+    for i, (name, _) in enumerate(planted.items()):
+        rows = slice(len(held_out) + i * len(planted_rows), len(held_out) + (i + 1) * len(planted_rows))
+        assert result.rejected[rows].all(), (
+            f"{name}: {int((~result.rejected[rows]).sum())} of {len(planted_rows)} planted copies passed; "
+            f"scores {np.round(result.scores[rows], 3)}, "
+            f"correlations {np.round(result.correlations[rows], 3)}, {thresholds}")
+        # the copy is linked to the very image it was made from
+        assert (result.culprits[rows] == planted_rows.numpy()).mean() >= 0.9, name
+    pass_rate = 1 - result.rejected[fresh].mean()
+    assert pass_rate >= 0.75, f"only {pass_rate:.0%} of held-out patients' images pass the filter"
+
+    rates = planted_copy_rates(planted_rows.numpy(), gallery, reid_world["retrieval"], reid_world["siamese"],
+                               thresholds, neighbours=5, seed=0, device=CPU)
+    assert list(rates) == list(planted)
+    assert all(r["rejected"] == 1.0 and r["linked to its source"] >= 0.9 for r in rates.values())
+
+
+def test_why_the_filter_needs_a_near_duplicate_test():
+    """The siamese network scores |f1 - f2|: every exact copy gets one and the same score,
+    sigmoid(bias), however the network was trained, so its threshold alone cannot catch copies."""
+    torch.manual_seed(0)
+    siamese = SiameseNetwork("convnet", pretrained=False, features=16).eval()
+    images = torch.rand(4, 1, SIZE, SIZE)
+    with torch.no_grad():
+        scores = siamese.score(images, images)
+    assert torch.allclose(scores, torch.sigmoid(siamese.classifier.bias).expand(4))

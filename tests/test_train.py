@@ -1,0 +1,220 @@
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from torch.utils.data import DataLoader, TensorDataset
+
+from cxrlib.artifacts import ArtifactError
+from cxrlib.train import FitResult, fit, last_checkpoint_path, make_accelerator, seed_everything
+
+CONFIG = {"model": "linear", "features": 4}
+
+
+def _loaders(sign: float = 1.0, n: int = 64):
+    """y = 2x; the validation targets are multiplied by ``sign`` (-1: validation loss rises)."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(n, 4, generator=g)
+    y = x.sum(1, keepdim=True) * 2
+    train = DataLoader(TensorDataset(x, y), batch_size=8, shuffle=True)
+    val = DataLoader(TensorDataset(x[:16], sign * y[:16]), batch_size=8)
+    return train, val
+
+
+def _mse(model, batch):
+    x, y = batch
+    return torch.nn.functional.mse_loss(model(x), y)
+
+
+def _model(seed: int = 0):
+    seed_everything(seed)
+    return torch.nn.Linear(4, 1)
+
+
+def _fit(model, path, *, loss_fn=_mse, sign=1.0, max_epochs=4, patience=2, config=CONFIG, seed=0,
+         scheduler_steps=None):
+    optimizer = torch.optim.Adam(model.parameters(), lr=0.05)
+    scheduler = None
+    if scheduler_steps:
+        scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=0.1, total_steps=scheduler_steps)
+    train, val = _loaders(sign)
+    return fit(model, loss_fn, train, val, optimizer=optimizer, max_epochs=max_epochs, patience=patience,
+               checkpoint_path=path, config=config, seed=seed, scheduler=scheduler, progress=False)
+
+
+def _weights(model):
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def test_fit_trains_saves_best_and_finishes(tmp_path):
+    model = _model()
+    result = _fit(model, tmp_path / "net")
+    assert isinstance(result, FitResult) and result.trained
+    losses = [h["val_loss"] for h in result.history]
+    assert [h["epoch"] for h in result.history] == [1, 2, 3, 4]
+    assert losses[-1] < losses[0]
+    assert result.best_val_loss == min(losses)
+    sidecar = json.loads((tmp_path / "net.json").read_text())
+    assert sidecar["finished"] and sidecar["seed"] == 0 and sidecar["config"] == CONFIG
+    assert sidecar["epoch"] == result.best_epoch and len(sidecar["history"]) == 4
+    assert "torch" in sidecar["versions"]
+    saved = load_file(str(tmp_path / "net.safetensors"))
+    assert all(torch.equal(saved[k], v) for k, v in model.state_dict().items())
+    assert not last_checkpoint_path(tmp_path / "net").exists()
+    assert not model.training
+
+
+def test_early_stopping_keeps_first_epoch(tmp_path):
+    # training toward y = 2x while validating on y = -2x: validation loss rises after epoch 1
+    model = _model()
+    result = _fit(model, tmp_path / "net", sign=-1.0, max_epochs=10, patience=2)
+    assert len(result.history) == 3 and result.best_epoch == 1
+    saved = load_file(str(tmp_path / "net.safetensors"))
+    assert all(torch.equal(saved[k], v) for k, v in model.state_dict().items())
+
+
+def test_keep_last_trains_every_epoch_and_keeps_the_final_weights(tmp_path):
+    model = _model()
+    optimizer = torch.optim.Adam(model.parameters(), lr=0.05)
+    train, val = _loaders(sign=-1.0)  # validation loss rises: "best" would stop early at epoch 1
+    result = fit(model, _mse, train, val, optimizer=optimizer, max_epochs=4, patience=1,
+                 checkpoint_path=tmp_path / "net", config=CONFIG, seed=0, keep="last", progress=False)
+    assert len(result.history) == 4 and result.best_epoch == 4
+    assert result.best_val_loss == result.history[-1]["val_loss"]
+    with pytest.raises(ValueError, match="keep must be"):
+        fit(model, _mse, train, val, optimizer=optimizer, max_epochs=1, patience=1,
+            checkpoint_path=tmp_path / "other", config=CONFIG, seed=0, keep="first")
+
+
+def test_finished_checkpoint_is_reused_without_training(tmp_path):
+    trained = _model()
+    first = _fit(trained, tmp_path / "net")
+
+    def must_not_train(model, batch):
+        raise AssertionError("fit trained again although a finished checkpoint exists")
+
+    fresh = _model(seed=1)
+    again = _fit(fresh, tmp_path / "net", loss_fn=must_not_train)
+    assert not again.trained and again.best_epoch == first.best_epoch
+    assert again.history == first.history
+    assert all(torch.equal(a, b) for a, b in zip(_weights(fresh).values(), _weights(trained).values()))
+
+
+@pytest.mark.parametrize("change", [{"config": {"model": "linear", "features": 8}}, {"seed": 1}])
+def test_checkpoint_of_another_config_or_seed_is_refused(tmp_path, change):
+    _fit(_model(), tmp_path / "net")
+    with pytest.raises(ArtifactError, match="another configuration|seed"):
+        _fit(_model(), tmp_path / "net", **change)
+
+
+def test_resume_after_interruption_matches_uninterrupted_run(tmp_path):
+    steps = 4 * 8
+    reference = _model()
+    _fit(reference, tmp_path / "ref", scheduler_steps=steps)
+
+    calls = {"n": 0}
+
+    def interrupted(model, batch):
+        calls["n"] += 1
+        if calls["n"] > 2 * (8 + 2):  # two epochs of 8 training + 2 validation batches
+            raise KeyboardInterrupt
+        return _mse(model, batch)
+
+    with pytest.raises(KeyboardInterrupt):
+        _fit(_model(), tmp_path / "net", loss_fn=interrupted, scheduler_steps=steps)
+    last = last_checkpoint_path(tmp_path / "net")
+    assert json.loads(last.with_suffix(".json").read_text())["state"]["epoch"] == 2
+
+    resumed_model = _model(seed=5)  # resuming must not depend on the fresh initialization
+    resumed = _fit(resumed_model, tmp_path / "net", scheduler_steps=steps)
+    assert [h["epoch"] for h in resumed.history] == [1, 2, 3, 4]
+    for a, b in zip(_weights(resumed_model).values(), _weights(reference).values()):
+        torch.testing.assert_close(a, b)
+    assert not last.exists()
+
+
+def test_nan_loss_names_epoch_and_keeps_best_checkpoint(tmp_path):
+    calls = {"n": 0}
+
+    def nan_in_epoch_two(model, batch):
+        calls["n"] += 1
+        loss = _mse(model, batch)
+        return loss * float("nan") if calls["n"] > 8 + 2 else loss
+
+    with pytest.raises(FloatingPointError, match="epoch 2"):
+        _fit(_model(), tmp_path / "net", loss_fn=nan_in_epoch_two)
+    sidecar = json.loads((tmp_path / "net.json").read_text())
+    assert sidecar["epoch"] == 1 and not sidecar["finished"]
+    weights = load_file(str(tmp_path / "net.safetensors"))
+    assert all(torch.isfinite(v).all() for v in weights.values())
+
+
+def test_empty_loader_is_refused(tmp_path):
+    empty = DataLoader(TensorDataset(torch.zeros(0, 4), torch.zeros(0, 1)), batch_size=8)
+    _, val = _loaders()
+    model = _model()
+    with pytest.raises(ValueError, match="train_loader.*empty"):
+        fit(model, _mse, empty, val, optimizer=torch.optim.SGD(model.parameters(), lr=0.1),
+            max_epochs=1, patience=1, checkpoint_path=tmp_path / "net", config=CONFIG, seed=0)
+    assert not any(tmp_path.iterdir())
+
+
+def test_make_accelerator_uses_fp32_on_cpu():
+    if torch.cuda.is_available():
+        pytest.skip("CPU-only check")
+    assert make_accelerator().mixed_precision == "no"
+
+
+DDP_SCRIPT = textwrap.dedent("""
+    import sys, torch
+    from torch.utils.data import DataLoader, TensorDataset
+    from safetensors.torch import save_file
+    from cxrlib.train import fit, make_accelerator, seed_everything
+
+    out = sys.argv[1]
+    accelerator = make_accelerator()
+    rank = accelerator.process_index
+    seed_everything(100 + rank)  # different initial weights: DDP must broadcast rank 0's
+    model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 1))
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(64, 4, generator=g)
+    y = x.sum(1, keepdim=True)
+    loaders = [DataLoader(TensorDataset(x, y), batch_size=8, shuffle=True),
+               DataLoader(TensorDataset(x[:16], y[:16]), batch_size=8)]
+    loss = lambda m, b: torch.nn.functional.mse_loss(m(b[0]), b[1])
+    result = fit(model, loss, *loaders, optimizer=torch.optim.SGD(model.parameters(), lr=0.05),
+                 max_epochs=1, patience=1, checkpoint_path=out + "/net", config={"m": 1}, seed=0,
+                 accelerator=accelerator, progress=False)
+    assert accelerator.num_processes == 2, accelerator.num_processes
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, f"{out}/rank{rank}.safetensors")
+    accelerator.end_training()
+""")
+
+
+def test_two_processes_end_with_identical_weights(tmp_path):
+    script = tmp_path / "ddp_fit.py"
+    script.write_text(DDP_SCRIPT)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).parents[1])}
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                str(script), str(tmp_path)]
+    launcher = subprocess.Popen(torchrun, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                text=True, start_new_session=True)
+    try:
+        _, stderr = launcher.communicate(timeout=120)
+    except subprocess.TimeoutExpired:
+        os.killpg(launcher.pid, signal.SIGKILL)  # the workers too, not only the launcher
+        launcher.communicate()
+        raise
+    assert launcher.returncode == 0, stderr[-3000:]
+    rank0 = load_file(str(tmp_path / "rank0.safetensors"))
+    rank1 = load_file(str(tmp_path / "rank1.safetensors"))
+    assert rank0.keys() == rank1.keys()
+    assert all(torch.equal(rank0[k], rank1[k]) for k in rank0)
+    saved = load_file(str(tmp_path / "net.safetensors"))
+    assert all(torch.equal(saved[k], rank0[k]) for k in rank0)
