@@ -141,6 +141,7 @@ def test_existing_folders_are_replaced_only_when_asked(tmp_path):
     out = generate_phantom(tmp_path / "out", **small)
     generate_phantom(out, overwrite=True, **{**small, "n_patients": 3})
     assert read_metadata(find_metadata_file(out))["patient_id"].nunique() == 3
+    assert out.stat().st_mode & 0o777 == 0o755
     assert sorted(p.name for p in tmp_path.iterdir()) == ["other", "out"]
 
 

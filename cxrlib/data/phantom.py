@@ -1139,6 +1139,7 @@ def generate_phantom(out_dir: str | Path, *, n_patients: int, size: int, seed: i
     _check_arguments(out_dir, n_patients, size, max_followups, overwrite)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     partial = Path(tempfile.mkdtemp(prefix=f"{out_dir.name}.partial-", dir=out_dir.parent))
+    partial.chmod(0o755)  # mkdtemp makes it private; the finished phantom is an ordinary folder
     try:
         (partial / "images").mkdir()
         meta = sample_metadata(n_patients, max_followups, size, seed)
