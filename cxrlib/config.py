@@ -250,8 +250,11 @@ def _cpu() -> Profile:
             mu_values=(0.004, 0.02, 0.04),
             # the paper's smoothing (kernel 9, sigma 2 at 256 px) scaled to 64 px: flow_field.scaled_smoothing
             generator_features=16, smoothing_kernel=3, smoothing_sigma=0.5,
-            pretrain_epochs=3, batch_size=32, adversarial_epochs=4,
-            train_pairs=2000, val_pairs=400, test_pairs=1000, dp_pix_b=(2, 4, 8),
+            # ~100 generator steps instead of the paper's ~39,000 (250 epochs of 10,000 pairs): a 30x
+            # larger learning rate and batches of 16; measured: lr 1e-3, batch 32 barely moves the
+            # frozen siamese AUC (0.80 -> 0.79 at mu 0.04), lr 3e-3, batch 16 lowers it 0.85 -> 0.68
+            pretrain_epochs=3, batch_size=16, adversarial_epochs=3, lr=3e-3,
+            train_pairs=640, val_pairs=192, test_pairs=1000, dp_pix_b=(2, 4, 8),
         ),
         evaluation=EvaluationConfig(
             attack_runs=2, attack_train_pairs=2000, attack_val_pairs=400, attack_test_pairs=800,
