@@ -217,3 +217,22 @@ def test_prichexy_pipeline_pretrains_once_trains_every_mu_and_reuses_checkpoints
     x = torch.rand(2, 1, SIZE, SIZE)
     for mu in (0.05, 0.2):
         assert torch.equal(again.anonymizers[mu](x), trained.anonymizers[mu](x))
+
+
+def test_loss_and_score_figures_draw(tmp_path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    from cxrlib.plots.anonymize import plot_adversarial_history, plot_score_histograms
+
+    anonymizer, siamese, classifier = networks()
+    result = train_adversarial(anonymizer, siamese, classifier, pair_loader(n=4), pair_loader(n=4), max_epochs=2,
+                               checkpoint_path=tmp_path / "g", config={}, seed=0)
+    fig = plot_adversarial_history({"mu = 0.1": result.history})
+    assert len(fig.axes[0].lines) == 2  # training and validation
+    fig = plot_score_histograms({"original": (np.array([0.9, 0.1]), np.array([1, 0]))})
+    assert len(fig.axes) == 1
+    plt.close("all")

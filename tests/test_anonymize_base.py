@@ -104,3 +104,7 @@ def test_an_anonymizer_that_changes_the_shape_is_caught():
 
     with pytest.raises(RuntimeError, match="shape"):
         Cropper()(torch.rand(1, 1, 8, 8))
+
+
+def test_importing_the_package_registers_every_method():
+    assert {"identity", "flow_field", "privacy_net", "dp_pix"} <= set(REGISTRY)

@@ -78,3 +78,21 @@ def test_unknown_optimizer_is_refused(tmp_path):
     with pytest.raises(ValueError, match="optimizer"):
         train_classifier(build_classifier(config), labelled_images(8), labelled_images(8), config,
                          checkpoint_path=tmp_path / "c", seed=0)
+
+
+def test_roc_figure_has_a_panel_per_finding_and_marks_one_class_findings():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from cxrlib.plots.anonymize import plot_roc_curves
+
+    rng = np.random.default_rng(0)
+    labels = (rng.random((20, len(LABELS))) < 0.4).astype(float)
+    labels[:, -1] = 0  # a finding absent from the test set
+    fig = plot_roc_curves({"original": (labels, rng.random(labels.shape)),
+                           "anonymized": (labels, rng.random(labels.shape))})
+    assert sum(ax.has_data() for ax in fig.axes) == len(LABELS)
+    assert any("one class" in t.get_text() for t in fig.axes[len(LABELS) - 1].texts)
+    plt.close("all")

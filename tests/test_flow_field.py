@@ -137,3 +137,23 @@ def test_profiles_scale_the_papers_smoothing_to_their_image_size(name):
     profile = load_profile(name)
     section = profile.anonymization
     assert (section.smoothing_kernel, section.smoothing_sigma) == scaled_smoothing(profile.image_size)
+
+
+def test_deformation_and_tradeoff_figures_draw():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from cxrlib.plots.anonymize import plot_deformations, plot_privacy_utility
+
+    anonymizer = make(0.2)
+    images = torch.rand(2, 1, SIZE, SIZE)
+    with torch.no_grad():
+        fig = plot_deformations(images[:, 0].numpy(), anonymizer(images)[:, 0].numpy(),
+                                anonymizer.displacement_pixels(images).numpy(), titles=["a", "b"],
+                                bound=anonymizer.displacement_bound)
+    assert len(fig.axes) == 2 * 4 + 2 * 2  # panels and two colour bars per row
+    fig2 = plot_privacy_utility([0.1, 0.2], [0.8, 0.3], [0.7, 0.68], [(0.6, 0.8), (0.6, 0.75)], reference=(0.9, 0.7))
+    assert fig2.axes[0].get_ylim()[0] <= 0.25
+    plt.close("all")

@@ -130,7 +130,7 @@ def plot_privacy_utility(mu: Sequence[float], verification_auc: Sequence[float],
 
     ``reference`` = (verification AUC, classifier AUC) on the original images, drawn as dotted lines.
     """
-    fig, ax = plt.subplots(figsize=(5.5, 3.8))
+    fig, ax = plt.subplots(figsize=(8.0, 3.8))
     ax.plot(mu, verification_auc, "o-", color="tab:red", label="siamese AUC on (anonymized, real) pairs")
     ax.plot(mu, classifier_auc, "s-", color="tab:green", label="classifier mean AUC on anonymized")
     if classifier_ci is not None:
@@ -140,8 +140,9 @@ def plot_privacy_utility(mu: Sequence[float], verification_auc: Sequence[float],
         ax.axhline(reference[0], color="tab:red", ls=":", lw=1, label="siamese AUC, originals")
         ax.axhline(reference[1], color="tab:green", ls=":", lw=1, label="classifier AUC, originals")
     ax.axhline(0.5, color="0.6", lw=0.8)
-    ax.set(xlabel="mu (deformation strength)", ylabel="AUC", ylim=(0.4, 1.02))
-    ax.legend(fontsize=7, loc="lower left")
+    low = min(0.4, float(np.nanmin([*verification_auc, *classifier_auc])) - 0.05)
+    ax.set(xlabel="mu (deformation strength)", ylabel="AUC", ylim=(low, 1.02))
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0))
     if title:
         ax.set_title(title)
     fig.tight_layout()

@@ -53,11 +53,12 @@ def plot_tradeoff(table: pd.DataFrame, title: str = "") -> plt.Figure:
     ax.axhline(0.5, color="0.6", lw=0.8, ls=":")
     low = min(0.45, float((table["attack_auc"] - table["attack_auc_std"]).min()) - 0.02,
               float(table["utility_ci_low"].min()) - 0.02)
+    high = min(1.02, max(top, float(table["utility_ci_high"].max())) + 0.08)
     ax.set(xlabel="re-trained verification AUC on (anonymized, real) pairs  (privacy: lower is better)",
            ylabel="classifier mean AUC on anonymized images\n(utility: higher is better)",
-           xlim=(low, 1.02), ylim=(low, 1.02))
+           xlim=(low, 1.02), ylim=(low, high))
     ax.xaxis.label.set_fontsize(8)
-    ax.legend(fontsize=7, loc="lower right")
+    ax.legend(fontsize=7, loc="best")
     if title:
         ax.set_title(title)
     fig.tight_layout()
