@@ -57,6 +57,7 @@ def train_classifier(model: Classifier, train_set: Dataset, val_set: Dataset, co
     """Train on ``(image, labels)`` datasets with the shared loop; a finished checkpoint is reused."""
     generator = torch.Generator().manual_seed(seed)
     train_loader = DataLoader(train_set, batch_size=config.batch_size, shuffle=True, generator=generator,
+                              drop_last=len(train_set) > config.batch_size,
                               num_workers=num_workers)
     val_loader = DataLoader(val_set, batch_size=config.batch_size, num_workers=num_workers)
     optimizer = make_optimizer(model, config)

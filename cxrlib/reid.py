@@ -33,7 +33,6 @@ from tqdm.auto import tqdm
 
 from cxrlib.config import RetrievalConfig, VerificationConfig
 from cxrlib.data.cache import ImageCache
-from cxrlib.data.pairs import max_positive_pairs
 from cxrlib.metrics import retrieval_metrics, verification_metrics
 from cxrlib.models.retrieval import RetrievalNetwork
 from cxrlib.models.siamese import SiameseNetwork
@@ -177,12 +176,6 @@ def pair_scores(model: SiameseNetwork, images: Images, pairs: pd.DataFrame, *, b
     logits = torch.cat([model.compare(features[first[i:i + batch_size]], features[second[i:i + batch_size]])
                         for i in range(0, len(first), batch_size)])
     return torch.sigmoid(logits).float().cpu().numpy()
-
-
-def feasible_pairs(split: pd.DataFrame, wanted: int) -> int:
-    """``wanted``, or fewer when the split's patients allow fewer distinct same-patient pairs (half of
-    a balanced pair set); small phantoms and splits hit this."""
-    return max(2, min(wanted, 2 * max_positive_pairs(split)))
 
 
 def run_checkpoint(checkpoint_path: str | Path, run: int) -> Path:

@@ -96,3 +96,13 @@ def test_roc_figure_has_a_panel_per_finding_and_marks_one_class_findings():
     assert sum(ax.has_data() for ax in fig.axes) == len(LABELS)
     assert any("one class" in t.get_text() for t in fig.axes[len(LABELS) - 1].texts)
     plt.close("all")
+
+
+def test_spatial_head_trains_when_the_last_batch_would_hold_one_image(tmp_path):
+    # its batch norm sees a 1 x 1 map: one image per batch would raise, so training drops that batch
+    config = load_profile("smoke", **{"classifier.backbone": "convnet_spatial", "classifier.input_size": 16,
+                                      "classifier.max_epochs": 1, "classifier.batch_size": 16}).classifier
+    model = build_classifier(config)
+    result = train_classifier(model, labelled_images(33), labelled_images(17, seed=1), config,
+                              checkpoint_path=tmp_path / "classifier", seed=0)
+    assert result.trained and len(result.history) == 1

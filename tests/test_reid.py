@@ -15,7 +15,7 @@ from cxrlib.data.chestxray14 import DataError, make_splits, read_metadata
 from cxrlib.data.datasets import ImageDataset, PairDataset
 from cxrlib.data.pairs import make_pairs
 from cxrlib.reid import (Images, PatientBlockSampler, RetrievalLoss, auc_by_gap, black_out_boxes,
-                         evaluate_retrieval, feasible_pairs, linkage_attack, linkage_top1, pair_gaps, pair_scores,
+                         evaluate_retrieval, linkage_attack, linkage_top1, pair_gaps, pair_scores,
                          raw_pixel_baseline, retrieval_augmentation, run_checkpoint, text_box_effect,
                          train_retrieval, train_verification, verification_runs)
 from tests.conftest import write_tiny_dataset
@@ -84,14 +84,6 @@ def test_black_out_boxes_numpy_and_torch_scaled_from_source_size():
     assert (per_image[0] == 0).sum() == 4 and (per_image[1] == 0).sum() == 16
     with pytest.raises(ValueError, match="1 source sizes for 2 images"):
         black_out_boxes(images, [[], []], source_size=[8])
-
-
-def test_feasible_pairs_caps_at_what_the_patients_allow(data):
-    val = data["splits"].val
-    most = 2 * val.groupby("patient_id").size().map(lambda n: n * (n - 1) // 2).sum()
-    assert feasible_pairs(val, 10) == 10
-    assert feasible_pairs(val, 10**6) == most
-    make_pairs(val, feasible_pairs(val, 10**6), seed=0)  # drawable
 
 
 def test_images_from_cache_and_bad_names(data):

@@ -71,6 +71,15 @@ class LabeledPairDataset(Dataset):
         return x1, x2, same, torch.from_numpy(self.labels[i])
 
 
+def batch_loader(dataset: Dataset, batch_size: int, seed: int | None = None) -> DataLoader:
+    """Shuffled with a seeded generator when ``seed`` is given (training, where a last incomplete batch is
+    dropped: batch norm cannot train on one image), in order otherwise."""
+    training = seed is not None
+    generator = torch.Generator().manual_seed(seed) if training else None
+    return DataLoader(dataset, batch_size=batch_size, shuffle=training, generator=generator,
+                      drop_last=training and len(dataset) > batch_size)
+
+
 def verification_scores(siamese: nn.Module, x1: torch.Tensor, x2: torch.Tensor) -> torch.Tensor:
     """``s = sigmoid(SNN(x1, x2))`` per pair, in float64 as in the official loss."""
     return torch.sigmoid(siamese(x1, x2).reshape(-1).double())

@@ -43,9 +43,9 @@ import torch
 import torch.nn.functional as F
 from accelerate import Accelerator
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
-from cxrlib.anonymize.adversarial import AdversarialResult, pretrain_anonymizer, train_adversarial
+from cxrlib.anonymize.adversarial import AdversarialResult, batch_loader, pretrain_anonymizer, train_adversarial
 from cxrlib.anonymize.base import Anonymizer, register
 from cxrlib.config import AnonymizationConfig
 from cxrlib.models.unets import UNet
@@ -185,7 +185,7 @@ def train_prichexy_net(config: AnonymizationConfig, image_size: int, *, siamese:
                                      smoothing_kernel=config.smoothing_kernel,
                                      smoothing_sigma=config.smoothing_sigma)
     pretraining = pretrain_anonymizer(
-        pretrained, _loader(images[0], config.batch_size, seed), _loader(images[1], config.batch_size),
+        pretrained, batch_loader(images[0], config.batch_size, seed), batch_loader(images[1], config.batch_size),
         lr=config.pretrain_lr, max_epochs=config.pretrain_epochs, checkpoint_path=artifact_path("prichexy_pretrain"),
         config={"anonymizer": pretrained.config(), "batch_size": config.batch_size}, seed=seed,
         progress=progress, accelerator=accelerator)
@@ -193,8 +193,8 @@ def train_prichexy_net(config: AnonymizationConfig, image_size: int, *, siamese:
     for mu in config.mu_values:
         anonymizer = pretrained.with_mu(mu)
         results[mu] = train_adversarial(
-            anonymizer, siamese, classifier, _loader(pairs[0], config.batch_size, seed),
-            _loader(pairs[1], config.batch_size), max_epochs=config.adversarial_epochs, lr=config.lr,
+            anonymizer, siamese, classifier, batch_loader(pairs[0], config.batch_size, seed),
+            batch_loader(pairs[1], config.batch_size), max_epochs=config.adversarial_epochs, lr=config.lr,
             siamese_lr=config.lr, classifier_lr=config.classifier_lr, w_ac=config.w_ac, w_ver=config.w_ver,
             update_adversaries=config.update_adversaries, checkpoint_path=artifact_path(checkpoint_name(mu)),
             config={"anonymization": dataclasses.asdict(config), "pretrained": pretraining.checkpoint_path.name,
@@ -207,9 +207,3 @@ def train_prichexy_net(config: AnonymizationConfig, image_size: int, *, siamese:
 def checkpoint_name(mu: float) -> str:
     """``prichexy_mu0p04`` for mu 0.04: no dot, which a file suffix would swallow."""
     return f"prichexy_mu{mu:g}".replace(".", "p")
-
-
-def _loader(dataset: Dataset, batch_size: int, seed: int | None = None) -> DataLoader:
-    """Shuffled with a seeded generator when ``seed`` is given (training), in order otherwise."""
-    generator = None if seed is None else torch.Generator().manual_seed(seed)
-    return DataLoader(dataset, batch_size=batch_size, shuffle=seed is not None, generator=generator)

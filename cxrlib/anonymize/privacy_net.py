@@ -32,7 +32,7 @@ from accelerate import Accelerator
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from cxrlib.anonymize.adversarial import AdversarialResult, pretrain_anonymizer, train_adversarial
+from cxrlib.anonymize.adversarial import AdversarialResult, batch_loader, pretrain_anonymizer, train_adversarial
 from cxrlib.anonymize.base import Anonymizer, register
 from cxrlib.config import AnonymizationConfig
 from cxrlib.models.unets import UNet
@@ -88,8 +88,7 @@ def train_privacy_net(config: AnonymizationConfig, *, siamese: nn.Module, classi
     anonymizer = PrivacyNetAnonymizer.from_config(config)
 
     def loader(dataset: Dataset, shuffle: bool) -> DataLoader:
-        return DataLoader(dataset, batch_size=config.batch_size, shuffle=shuffle,
-                          generator=torch.Generator().manual_seed(seed) if shuffle else None)
+        return batch_loader(dataset, config.batch_size, seed if shuffle else None)
 
     pretraining = pretrain_anonymizer(
         anonymizer, loader(images[0], True), loader(images[1], False), lr=config.pretrain_lr,

@@ -16,7 +16,7 @@ import torch
 import torchvision
 from torch import nn
 
-BACKBONES = ("resnet18", "resnet50", "densenet121", "convnet")
+BACKBONES = ("resnet18", "resnet50", "densenet121", "convnet", "convnet_spatial")
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -58,7 +58,7 @@ class Backbone(nn.Module):
 
 def build_feature_extractor(name: str, pretrained: bool) -> tuple[nn.Sequential, int]:
     """The convolutional part of backbone ``name``: (B, 1, H, W) in [0, 1] -> (B, C, h, w); returns C too."""
-    if name == "convnet":
+    if name in ("convnet", "convnet_spatial"):  # the two differ in build_backbone's head only
         if pretrained:
             warnings.warn("the convnet backbone has no ImageNet weights; using random initialization",
                           stacklevel=3)
@@ -80,6 +80,18 @@ def build_feature_extractor(name: str, pretrained: bool) -> tuple[nn.Sequential,
 def build_backbone(name: str, pretrained: bool, num_outputs: int) -> Backbone:
     """Backbone ``name`` ending in a linear layer with ``num_outputs`` outputs (no activation)."""
     features, channels = build_feature_extractor(name, pretrained)
+    if name == "convnet_spatial":
+        # For small images (32-64 px), where anatomy and findings differ in where things are: the last
+        # 4 x 4 map is mixed by a 4 x 4 convolution instead of averaged away. Measured at 64 px on the
+        # phantom: classifier mean AUC 0.70 with the plain convnet's average pooling, 0.75 with this
+        # head (1,500 patients). Its batch norm matters (siamese AUC 0.95 with, 0.92 without, 2,000
+        # patients) and needs training batches of two or more images: training loaders drop a last
+        # incomplete batch. Where identity is a shift-invariant texture, average pooling is the better
+        # choice (the plain convnet).
+        features = nn.Sequential(*features, nn.AdaptiveAvgPool2d(4),
+                                 nn.Conv2d(channels, 2 * channels, 4, bias=False), nn.BatchNorm2d(2 * channels),
+                                 nn.ReLU(inplace=True))
+        channels *= 2
     return Backbone(features, channels, num_outputs)
 
 

@@ -1,0 +1,30 @@
+"""The notebooks' entry point on a small phantom: pair requests capped to what a split allows."""
+
+import pytest
+
+from cxrlib.data.chestxray14 import DataError
+from cxrlib.data.pairs import max_positive_pairs
+from cxrlib.data.phantom import generate_phantom
+from cxrlib.workspace import Workspace
+
+
+def _workspace(tmp_path, max_followups):
+    data = generate_phantom(tmp_path / "phantom", n_patients=30, size=32, seed=3, max_followups=max_followups,
+                            progress=False)
+    return Workspace.open("smoke", data, seed=0, results_dir=tmp_path / "results",
+                          artifacts_dir=tmp_path / "artifacts", progress=False)
+
+
+def test_pairs_capped_to_what_the_split_allows(tmp_path, capsys):
+    ws = _workspace(tmp_path, max_followups=4)
+    allowed = 2 * max_positive_pairs(ws.splits["val"])
+    pairs = ws.pairs("val", 10**6, "verification")
+    assert len(pairs) == allowed and pairs["label"].sum() == allowed // 2
+    assert f"using {allowed} pairs instead of 1000000" in capsys.readouterr().out
+    assert len(ws.pairs("val", 2, "verification")) == 2
+
+
+def test_pairs_of_a_split_without_repeat_patients_raise(tmp_path):
+    ws = _workspace(tmp_path, max_followups=1)
+    with pytest.raises(DataError, match="no patient with two images"):
+        ws.pairs("train", 10, "verification")
