@@ -7,7 +7,7 @@ cd "$(dirname "$0")"
 usage() {
   cat <<USAGE
 usage: ./run_all.sh [--profile smoke|cpu|paper] [--data-dir CHESTXRAY14_DIR] [--seed N] [--results DIR]
-  --profile   what to run (default cpu: the phantom, about 30 min on 2 cores; paper needs a GPU)
+  --profile   what to run (default cpu: the phantom, about 40 min on 2 cores; paper needs a GPU)
   --data-dir  a ChestX-ray14 folder (default: the profile's phantom, generated on first use)
   --seed      training and sampling seed (default 42)
   --results   output folder (default results/<profile>)

@@ -221,8 +221,8 @@ def _paper() -> Profile:
 
 
 def _cpu() -> Profile:
-    # Sized from measured 2-core training throughput (ResNet-18 at 64 px: ~186 img/s) so that the
-    # whole run_all.sh fits in about 30 minutes.
+    # Sized from measured 2-core training throughput (ResNet-18 at 64 px: ~186 img/s) for a first run
+    # of about 40 minutes (run_all.sh measured 38 min 54 s on 2 cores, results/cpu/timings.tsv).
     return Profile(
         name="cpu",
         # 2,000 patients (about 5,200 images): with 400, the classifier saw a handful of examples of most
