@@ -155,8 +155,8 @@ _DRIFT_PER_DECADE = {"heart_rx": 0.008, "heart_ry": 0.005, "aorta_r": 0.005, "bo
 #: a patient's own drift per decade, as a share of the between-patient sd
 _INDIVIDUAL_DRIFT = 0.15
 #: Widens every between-patient sd above. The cpu profile works at 64 px, one pixel per 6.7 mm, where
-#: the fine cues that identify real patients (rib and vessel detail) are gone and a few hundred training
-#: patients must teach a small network identity in minutes. Measured on a 1,500-patient phantom at 64 px
+#: the fine cues that identify real patients (rib and vessel detail) are gone and about a thousand
+#: training patients must teach a small network identity in minutes. Measured on a 1,500-patient phantom at 64 px
 #: (convnet siamese network, Adam 3e-3): test AUC 0.91 at 1.0 (15 epochs), 0.95 at 1.5 (12), while raw-pixel
 #: nearest-neighbour P@1 rises from 0.25 to 0.43, still below the 0.5 that would make pixels enough.
 POPULATION_SPREAD = 1.5
