@@ -328,13 +328,15 @@ def published_row(result: dict[str, Any]) -> tuple[str, str, str]:
     return PUBLISHED[method]
 
 
-def setting(result: dict[str, Any]) -> str:
-    """The parameter that distinguishes rows of one method, for tables and figure labels."""
+def setting(result: dict[str, Any], *, short: bool = False) -> str:
+    """The parameter that distinguishes rows of one method: in full for tables, ``short`` for labels."""
     params = result["params"]
     if result["method"] == "flow_field":
+        if short:
+            return f"mu={params['mu']:g}"
         return f"mu = {params['mu']:g} (≈ {paper_mu(params['mu'], params['image_size']):.3g} at 256 px)"
     if result["method"] == "dp_pix":
-        return f"b = {params['b']}, eps = {params['eps']:g}, m = {params['m']:g}"
+        return f"b={params['b']}" if short else f"b = {params['b']}, eps = {params['eps']:g}, m = {params['m']:g}"
     return ""
 
 
@@ -360,12 +362,9 @@ def results_table(results: Iterable[dict[str, Any]]) -> pd.DataFrame:
 
 
 def short_label(result: dict[str, Any]) -> str:
-    params = result["params"]
-    if result["method"] == "flow_field":
-        return f"PriCheXy-Net mu={params['mu']:g}"
-    if result["method"] == "dp_pix":
-        return f"DP-Pix b={params['b']}"
-    return METHOD_NAMES.get(result["method"], result["method"])
+    """``PriCheXy-Net mu=0.04``, ``DP-Pix b=8``, ``Privacy-Net``: for legends and progress lines."""
+    name = METHOD_NAMES.get(result["method"], result["method"])
+    return " ".join(part for part in (name, setting(result, short=True)) if part)
 
 
 def comparison_table(results: Sequence[dict[str, Any]]) -> pd.DataFrame:

@@ -30,7 +30,7 @@ from typing import Any
 import torch
 from accelerate import Accelerator
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
 from cxrlib.anonymize.adversarial import AdversarialResult, batch_loader, pretrain_anonymizer, train_adversarial
 from cxrlib.anonymize.base import Anonymizer, register
@@ -87,16 +87,14 @@ def train_privacy_net(config: AnonymizationConfig, *, siamese: nn.Module, classi
     torch.manual_seed(seed)  # the encoder's initial weights
     anonymizer = PrivacyNetAnonymizer.from_config(config)
 
-    def loader(dataset: Dataset, shuffle: bool) -> DataLoader:
-        return batch_loader(dataset, config.batch_size, seed if shuffle else None)
-
     pretraining = pretrain_anonymizer(
-        anonymizer, loader(images[0], True), loader(images[1], False), lr=config.pretrain_lr,
-        max_epochs=config.pretrain_epochs, checkpoint_path=artifact_path("privacy_net_pretrain"),
+        anonymizer, batch_loader(images[0], config.batch_size, seed), batch_loader(images[1], config.batch_size),
+        lr=config.pretrain_lr, max_epochs=config.pretrain_epochs, checkpoint_path=artifact_path("privacy_net_pretrain"),
         config={"anonymizer": anonymizer.config(), "batch_size": config.batch_size}, seed=seed,
         progress=progress, accelerator=accelerator)
     result = train_adversarial(
-        anonymizer, siamese, classifier, loader(pairs[0], True), loader(pairs[1], False),
+        anonymizer, siamese, classifier, batch_loader(pairs[0], config.batch_size, seed),
+        batch_loader(pairs[1], config.batch_size),
         max_epochs=config.adversarial_epochs, lr=config.lr, siamese_lr=config.lr,
         classifier_lr=config.classifier_lr, w_ac=config.w_ac, w_ver=config.w_ver,
         update_adversaries=config.update_adversaries, checkpoint_path=artifact_path("privacy_net"),
