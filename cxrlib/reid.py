@@ -11,7 +11,8 @@ Two attacks on held-out patients:
 And what the paper shows with them: blacking out burned-in text does not help
 (:func:`black_out_boxes`, :func:`text_box_effect`); a linkage attack returns a query's top gallery
 matches (:func:`linkage_attack`); identity survives years between scans (:func:`auc_by_gap`); a raw-pixel
-nearest neighbour does far worse than the trained networks (:func:`raw_pixel_baseline`).
+nearest neighbour, the image's mean and standard deviation or its intensity histogram do far worse than
+the trained networks (:func:`training_free_baselines`).
 
 Evaluation works on :class:`Images`, the uint8 pixels of a set of named images, so that any anonymizer
 (``anonymizer(images) -> images`` on float (B, 1, H, W) in [0, 1]) can be put in front of a model.
@@ -211,7 +212,16 @@ def verification_runs(train: Dataset, val: Dataset, test_images: Images, test_pa
             "std": {name: float(table[name].std(ddof=1)) if runs > 1 else 0.0 for name in RUN_METRICS}}
 
 
-# -- raw-pixel baseline ----------------------------------------------------------------------------
+# -- training-free baselines -----------------------------------------------------------------------
+
+#: what links two radiographs without any training: the exposure level (image mean and standard
+#: deviation), the intensity histogram, and the pixels themselves. In a real department exposure,
+#: processing and windowing change between acquisitions, so the first two should barely identify anyone;
+#: where they do, the data measures exposure, not anatomy.
+TRAINING_FREE_BASELINES = ("mean_sd", "histogram", "raw_pixels")
+
+#: the histogram baseline's intensity quantiles (5 %, 10 %, ..., 95 %)
+HISTOGRAM_QUANTILES = np.linspace(0.05, 0.95, 19)
 
 
 def standardized_pixels(images: Images) -> np.ndarray:
@@ -222,19 +232,41 @@ def standardized_pixels(images: Images) -> np.ndarray:
     return x
 
 
-def pixel_pair_scores(images: Images, pairs: pd.DataFrame) -> np.ndarray:
-    """Raw-pixel verification: a pair's pixel correlation, mapped from [-1, 1] to [0, 1]."""
-    pixels = standardized_pixels(images)
+def baseline_features(images: Images, kind: str) -> np.ndarray:
+    """(N, D) descriptors of one training-free baseline, compared by Euclidean distance.
+
+    ``mean_sd`` and ``histogram`` are z-scored per feature over ``images`` (so that no feature dominates
+    by its scale); ``raw_pixels`` are :func:`standardized_pixels`, whose distance ranks like correlation.
+    """
+    if kind == "raw_pixels":
+        return standardized_pixels(images)
+    x = images.pixels.reshape(len(images.names), -1).astype(np.float32)
+    if kind == "mean_sd":
+        features = np.stack([x.mean(axis=1), x.std(axis=1)], axis=1)
+    elif kind == "histogram":
+        features = np.quantile(x, HISTOGRAM_QUANTILES, axis=1).T
+    else:
+        raise ValueError(f"unknown baseline {kind!r}; choose one of {', '.join(TRAINING_FREE_BASELINES)}")
+    return (features - features.mean(axis=0)) / np.maximum(features.std(axis=0), 1e-8)
+
+
+def baseline_pair_scores(images: Images, pairs: pd.DataFrame, kind: str) -> np.ndarray:
+    """Verification scores of a training-free baseline: minus the descriptors' Euclidean distance."""
+    features = baseline_features(images, kind)
     first, second = images.rows(pairs["img1"].tolist()), images.rows(pairs["img2"].tolist())
-    return (np.einsum("ij,ij->i", pixels[first], pixels[second]) + 1) / 2
+    return -np.linalg.norm(features[first] - features[second], axis=1)
 
 
-def raw_pixel_baseline(images: Images, pairs: pd.DataFrame, patient_ids: Sequence[int]) -> dict:
-    """What matching raw pixels achieves: verification AUC of :func:`pixel_pair_scores`, and retrieval
-    metrics of nearest neighbours in pixel space (Euclidean on standardized pixels)."""
-    verification = verification_metrics(pairs["label"], pixel_pair_scores(images, pairs), n_bootstrap=0)
-    return {"verification_auc": verification["auc"],
-            **retrieval_metrics(standardized_pixels(images), np.asarray(patient_ids))}
+def training_free_baselines(images: Images, pairs: pd.DataFrame, patient_ids: Sequence[int]) -> dict:
+    """Per baseline: verification AUC on ``pairs`` and retrieval metrics (every image against all others)."""
+    ids = np.asarray(patient_ids)
+    results = {}
+    for kind in TRAINING_FREE_BASELINES:
+        verification = verification_metrics(pairs["label"], baseline_pair_scores(images, pairs, kind),
+                                             n_bootstrap=0)
+        results[kind] = {"verification_auc": verification["auc"],
+                         **retrieval_metrics(baseline_features(images, kind), ids)}
+    return results
 
 
 # -- retrieval -------------------------------------------------------------------------------------

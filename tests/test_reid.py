@@ -14,10 +14,11 @@ from cxrlib.data.cache import prepare_cache
 from cxrlib.data.chestxray14 import DataError, make_splits, read_metadata
 from cxrlib.data.datasets import ImageDataset, PairDataset
 from cxrlib.data.pairs import make_pairs
-from cxrlib.reid import (Images, PatientBlockSampler, RetrievalLoss, auc_by_gap, black_out_boxes,
-                         evaluate_retrieval, linkage_attack, linkage_top1, pair_gaps, pair_scores,
-                         raw_pixel_baseline, retrieval_augmentation, run_checkpoint, text_box_effect,
-                         train_retrieval, train_verification, verification_runs)
+from cxrlib.reid import (TRAINING_FREE_BASELINES, Images, PatientBlockSampler, RetrievalLoss, auc_by_gap,
+                         baseline_features, baseline_pair_scores, black_out_boxes, evaluate_retrieval,
+                         linkage_attack, linkage_top1, pair_gaps, pair_scores, retrieval_augmentation,
+                         run_checkpoint, text_box_effect, train_retrieval, train_verification,
+                         training_free_baselines, verification_runs)
 from tests.conftest import write_tiny_dataset
 
 SIZE = 32
@@ -172,7 +173,7 @@ def test_verification_runs_report_mean_and_std(trained, verification_config, tmp
     assert run_checkpoint(base, 1).with_suffix(".safetensors").is_file()
 
 
-def test_raw_pixel_baseline_finds_identical_copies(data):
+def test_training_free_baselines_find_identical_copies(data):
     images = Images.from_cache(data["cache"], data["splits"].test["image"])
     duplicated = Images(images.names + tuple(n + "_copy" for n in images.names),
                         np.concatenate([images.pixels, images.pixels]))
@@ -180,9 +181,32 @@ def test_raw_pixel_baseline_finds_identical_copies(data):
     pairs = pd.DataFrame({"img1": list(images.names[:5]) * 2,
                           "img2": [n + "_copy" for n in images.names[:5]] + list(images.names[5:10]),
                           "label": [1] * 5 + [0] * 5})
-    result = raw_pixel_baseline(duplicated, pairs, ids)
-    assert result["precision_at_1"] == 1.0 and result["verification_auc"] == 1.0
-    assert set(result) == {"verification_auc", "map_at_r", "r_precision", "precision_at_1"}
+    results = training_free_baselines(duplicated, pairs, ids)
+    assert set(results) == set(TRAINING_FREE_BASELINES)
+    for kind, result in results.items():
+        assert result["precision_at_1"] == 1.0 and result["verification_auc"] == 1.0, kind
+        assert set(result) == {"verification_auc", "map_at_r", "r_precision", "precision_at_1"}
+
+
+def test_intensity_baselines_are_blind_to_where_pixels_are(data):
+    """Shuffling an image's pixels keeps its mean, sd and histogram but destroys its pixel correlation."""
+    images = Images.from_cache(data["cache"], data["splits"].test["image"][:20])
+    rng = np.random.default_rng(0)
+    shuffled = np.stack([rng.permutation(p.ravel()).reshape(p.shape) for p in images.pixels])
+    both = Images(images.names + tuple(n + "_shuffled" for n in images.names),
+                  np.concatenate([images.pixels, shuffled]))
+    pairs = pd.DataFrame({"img1": list(images.names), "img2": [n + "_shuffled" for n in images.names],
+                          "label": 1})
+    for kind in ("mean_sd", "histogram"):
+        np.testing.assert_allclose(baseline_pair_scores(both, pairs, kind), 0.0, atol=1e-5)
+    correlation = 1 - baseline_pair_scores(both, pairs, "raw_pixels") ** 2 / 2  # unit vectors
+    assert np.abs(correlation).max() < 0.5
+
+
+def test_baseline_features_reject_an_unknown_kind(data):
+    images = Images.from_cache(data["cache"], data["splits"].test["image"][:4])
+    with pytest.raises(ValueError, match="unknown baseline 'exposure'"):
+        baseline_features(images, "exposure")
 
 
 def test_retrieval_trains_both_phases_and_evaluates(data, tmp_path):
