@@ -76,6 +76,40 @@ def process_seed(seed: int, epoch: int, process_index: int) -> int:
     return seed + epoch + process_index * PROCESS_SEED_STRIDE
 
 
+def tqdm_disabled(progress: bool | None) -> bool | None:
+    """tqdm's ``disable`` for a ``progress`` flag: None shows bars on a terminal only."""
+    return None if progress is None else not progress
+
+
+def default_device() -> torch.device:
+    """Where work runs when no device is asked for: the GPU when there is one, else the CPU."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def module_device(module: torch.nn.Module) -> torch.device:
+    """The device a module's parameters live on (the CPU for a module without parameters)."""
+    return next(module.parameters(), torch.empty(0)).device
+
+
+@torch.no_grad()
+def map_batches(fn: Callable[[torch.Tensor], torch.Tensor], images: Any, *, batch_size: int,
+                device: torch.device | str, before: Callable[[torch.Tensor], torch.Tensor] | None = None,
+                progress: bool | None = False, desc: str = "embedding") -> torch.Tensor:
+    """``fn`` applied to ``images`` in batches on ``device`` (after ``before``, e.g. an anonymizer);
+    the results (N, ...) as float on the CPU. ``images`` is a float tensor (N, 1, S, S) or a container
+    with ``len()`` and ``tensor(rows)`` (:class:`cxrlib.data.images.Images`)."""
+    total = len(images)
+    out = []
+    for start in tqdm(range(0, total, batch_size), desc=desc, unit="batch", leave=False,
+                      disable=tqdm_disabled(progress)):
+        rows = slice(start, start + batch_size)
+        x = (images[rows] if isinstance(images, torch.Tensor) else images.tensor(rows)).to(device)
+        if before is not None:
+            x = before(x)
+        out.append(fn(x).float().cpu())
+    return torch.cat(out)
+
+
 def make_accelerator() -> Accelerator:
     """An Accelerator with bf16 mixed precision on CUDA (when the GPU supports it), fp32 otherwise.
 
