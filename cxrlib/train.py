@@ -15,6 +15,13 @@ Files at ``checkpoint_path`` (``NAME.safetensors`` + ``NAME.json``):
 
 A launched multi-process script should call ``accelerator.end_training()`` once at its very end (it
 destroys the process group, so :func:`fit` does not call it itself): otherwise a process can abort at exit.
+
+The parts of a loop that do not depend on what it trains are here, for :func:`fit` and for the
+adversarial loop of :mod:`cxrlib.anonymize.adversarial` (three networks, three optimizers, one step
+that is not a loss of one model): which run a checkpoint belongs to (:func:`check_same_run`,
+:func:`finished_sidecar`), resumable training states of any number of networks and optimizers
+(:func:`save_training_state`, :func:`load_training_state`), the finite-loss check
+(:func:`check_finite`) and per-process seeds (:func:`process_seed`).
 """
 
 from __future__ import annotations
