@@ -213,9 +213,10 @@ class PrivacyFilter:
         return FilterResult(**vars(near), by_siamese=near.scores > self.thresholds.siamese,
                             by_pixels=near.correlations > self.thresholds.pixels)
 
-    def planted_copy_rates(self, sources: np.ndarray, seed: int) -> dict[str, dict[str, float]]:
-        """Plant :func:`near_copies` of the gallery images at rows ``sources`` and check them: per kind
-        of copy, the share rejected by each test, by the filter, and linked back to its source."""
+    def planted_copy_rates(self, count: int, seed: int) -> dict[str, dict[str, float]]:
+        """Plant :func:`near_copies` of ``count`` gallery images (drawn with ``seed``) and check them:
+        per kind of copy, the share rejected by each test, by the filter, and linked back to its source."""
+        sources = torch.randperm(len(self), generator=torch.Generator().manual_seed(seed))[:count].numpy()
         rates = {}
         for kind, copies in near_copies(self.images[torch.as_tensor(sources)], seed).items():
             checked = self.check(copies)
