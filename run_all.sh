@@ -51,4 +51,5 @@ for notebook in notebooks/[0-9][0-9]_*.ipynb; do
   printf "%s\t%d\n" "$name" $((SECONDS - start)) >> "$timings"
 done
 printf "total\t%d\n" $((SECONDS - start_all)) >> "$timings"
+cxrlib report --profile "$profile" --results "$results"
 echo "== done: figures, metrics and executed notebooks in $results (timings in $timings)"

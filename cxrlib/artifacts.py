@@ -57,9 +57,27 @@ def _jsonable(value: Any) -> Any:
     raise TypeError(f"cannot write {type(value).__name__} as JSON")
 
 
-def _normalize(config: dict[str, Any]) -> dict[str, Any]:
-    """The config as it reads back from JSON (tuples become lists), for comparison."""
-    return json.loads(json.dumps(config, sort_keys=True, default=_jsonable))
+def as_json(value: Any) -> Any:
+    """``value`` as it reads back from JSON (tuples become lists), for comparison."""
+    return json.loads(json.dumps(value, sort_keys=True, default=_jsonable))
+
+
+def config_differences(saved: dict[str, Any], wanted: dict[str, Any]) -> list[str]:
+    """The keys (dotted for nested dicts: ``config.lr``) in which two configs differ once both are
+    read back as JSON; [] when they are equal."""
+    saved, wanted = dict(_flat(as_json(saved))), dict(_flat(as_json(wanted)))
+    return sorted(k for k in set(saved) | set(wanted) if saved.get(k, _MISSING) != wanted.get(k, _MISSING))
+
+
+_MISSING = object()
+
+
+def _flat(config: Any, prefix: str = ""):
+    if isinstance(config, dict) and config:
+        for key, value in config.items():
+            yield from _flat(value, f"{prefix}{key}.")
+    else:
+        yield prefix[:-1], config
 
 
 def save_weights(module: torch.nn.Module, path: str | Path, *, config: dict[str, Any],
@@ -103,9 +121,8 @@ def load_weights(module: torch.nn.Module, path: str | Path, *, config: dict[str,
     if not weights.is_file():
         raise ArtifactError(weights, "weights file not found")
     sidecar = read_sidecar(weights)
-    if config is not None and _normalize(sidecar.get("config", {})) != _normalize(config):
-        saved, wanted = _normalize(sidecar.get("config", {})), _normalize(config)
-        differing = sorted(k for k in set(saved) | set(wanted) if saved.get(k) != wanted.get(k))
+    differing = [] if config is None else config_differences(sidecar.get("config", {}), config)
+    if differing:
         raise ArtifactError(weights, f"saved for another configuration (differs in {differing})")
     state = load_file(str(weights), device=str(map_location))
     try:

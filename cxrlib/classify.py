@@ -11,6 +11,7 @@ the AUC per finding, their mean, and a bootstrap 95 % CI of the mean (PAPERS.md 
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +27,7 @@ from cxrlib.config import ClassifierConfig
 from cxrlib.data.chestxray14 import LABELS
 from cxrlib.metrics import multilabel_auc
 from cxrlib.models.classifier import Classifier
-from cxrlib.train import FitResult, fit, make_accelerator
+from cxrlib.train import FitResult, fit, make_accelerator, seed_everything
 
 
 def build_classifier(config: ClassifierConfig) -> Classifier:
@@ -36,7 +37,7 @@ def build_classifier(config: ClassifierConfig) -> Classifier:
 def _flip_loss(model: nn.Module, batch) -> torch.Tensor:
     images, labels = batch
     if model.training:
-        # random horizontal flip per image; fit seeds torch per epoch, so this is reproducible
+        # random horizontal flip per image, drawn from fit's per-epoch, per-process seed
         flip = torch.rand(images.shape[0], device=images.device) < 0.5
         images = torch.where(flip[:, None, None, None], images.flip(-1), images)
     return F.binary_cross_entropy_with_logits(model(images).float(), labels.float())
@@ -51,10 +52,35 @@ def make_optimizer(model: nn.Module, config: ClassifierConfig) -> torch.optim.Op
     raise ValueError(f"classifier optimizer must be 'sgd' or 'adam', got {config.optimizer!r}")
 
 
-def train_classifier(model: Classifier, train_set: Dataset, val_set: Dataset, config: ClassifierConfig, *,
+def train_classifier(train_set: Dataset, val_set: Dataset, config: ClassifierConfig, *legacy: Any,
                      checkpoint_path: str | Path, seed: int, progress: bool | None = None,
-                     accelerator: Accelerator | None = None, num_workers: int = 0) -> FitResult:
-    """Train on ``(image, labels)`` datasets with the shared loop; a finished checkpoint is reused."""
+                     accelerator: Accelerator | None = None,
+                     num_workers: int = 0) -> tuple[Classifier, FitResult]:
+    """Build the classifier (initialized from ``seed``) and train it on ``(image, labels)`` datasets
+    with the shared loop; a finished checkpoint is reused. Returns the classifier and the FitResult.
+
+    The older call ``train_classifier(model, train_set, val_set, config, ...)`` still trains the
+    given model and returns only the FitResult, with a DeprecationWarning, until notebooks 02 and 03
+    move to this one.
+    """
+    if isinstance(train_set, nn.Module):
+        warnings.warn("train_classifier(model, train_set, val_set, config) is deprecated: call "
+                      "train_classifier(train_set, val_set, config, seed=...), which builds the model "
+                      "from the seed and returns (model, fit_result)", DeprecationWarning, stacklevel=2)
+        model, (train_set, val_set, config) = train_set, (val_set, config, *legacy)
+        return _train(model, train_set, val_set, config, checkpoint_path=checkpoint_path, seed=seed,
+                      progress=progress, accelerator=accelerator, num_workers=num_workers)
+    if legacy:
+        raise TypeError(f"train_classifier takes 3 positional arguments, got {3 + len(legacy)}")
+    seed_everything(seed)
+    model = build_classifier(config)
+    return model, _train(model, train_set, val_set, config, checkpoint_path=checkpoint_path, seed=seed,
+                         progress=progress, accelerator=accelerator, num_workers=num_workers)
+
+
+def _train(model: Classifier, train_set: Dataset, val_set: Dataset, config: ClassifierConfig, *,
+           checkpoint_path: str | Path, seed: int, progress: bool | None, accelerator: Accelerator | None,
+           num_workers: int) -> FitResult:
     generator = torch.Generator().manual_seed(seed)
     train_loader = DataLoader(train_set, batch_size=config.batch_size, shuffle=True, generator=generator,
                               drop_last=len(train_set) > config.batch_size,

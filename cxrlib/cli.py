@@ -1,4 +1,5 @@
-"""``cxrlib`` command line: generate the phantom, prepare the image cache, make a profile's data ready."""
+"""``cxrlib`` command line: generate the phantom, prepare the image cache, make a profile's data ready,
+write the README's results section from a run."""
 
 from __future__ import annotations
 
@@ -40,6 +41,18 @@ def _data(args: argparse.Namespace) -> None:
     print(f"{kind}: {folder} ({len(cache.names)} images, cached at {cache.size} px)")
 
 
+def _report(args: argparse.Namespace) -> None:
+    from cxrlib.report import has_section, update_readme
+
+    results = args.results or Path("results") / args.profile
+    if not has_section(args.readme, args.profile):
+        print(f"{args.readme} has no results section for profile {args.profile}; nothing written")
+        return
+    changed = update_readme(args.readme, results, args.profile)
+    print(f"{args.readme}: results section of profile {args.profile} "
+          f"{'rewritten from' if changed else 'already matches'} {results}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cxrlib", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -65,6 +78,12 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--profile", default="cpu", help="smoke, cpu or paper")
     data.add_argument("--data-dir", type=Path, default=None, help="a ChestX-ray14 folder instead of the phantom")
     data.set_defaults(run=_data)
+
+    report = commands.add_parser("report", help="write the README's results section from results/PROFILE/*.json")
+    report.add_argument("--profile", default="cpu", help="the profile whose section to write")
+    report.add_argument("--results", type=Path, default=None, help="the run's results (default: results/PROFILE)")
+    report.add_argument("--readme", type=Path, default=Path("README.md"), help="the README to update")
+    report.set_defaults(run=_report)
     return parser
 
 

@@ -41,7 +41,7 @@ import numpy as np
 import pandas as pd
 import torch
 from torch import nn
-from torch.utils.data import Dataset, TensorDataset
+from torch.utils.data import TensorDataset
 from torchmetrics.image import PeakSignalNoiseRatio, StructuralSimilarityIndexMeasure
 
 from cxrlib.anonymize.base import Anonymizer
@@ -50,8 +50,10 @@ from cxrlib.classify import predict
 from cxrlib.config import EvaluationConfig, VerificationConfig
 from cxrlib.data.cache import ImageCache
 from cxrlib.data.chestxray14 import LABELS
+from cxrlib.data.datasets import PairDataset
 from cxrlib.metrics import multilabel_auc, verification_metrics
 from cxrlib.reid import Images, pair_scores, run_checkpoint, verification_runs
+from cxrlib.train import default_device
 
 #: prefix that tells an anonymized image from its original in the linkage test set
 ANONYMIZED = "anonymized:"
@@ -139,25 +141,6 @@ class EvaluationSetup:
             f"Every image is anonymized once, as a released dataset would be, and stored as 8-bit.")
 
 
-class ImagePairs(Dataset):
-    """Pairs ``(x1, x2, label)`` whose images are held in an :class:`~cxrlib.reid.Images`."""
-
-    def __init__(self, images: Images, pairs: pd.DataFrame):
-        self.images = images
-        self.first = images.rows(pairs["img1"].tolist())
-        self.second = images.rows(pairs["img2"].tolist())
-        self.labels = torch.as_tensor(pairs["label"].to_numpy(dtype=np.float32))
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    def __getitem__(self, i: int):
-        return self._image(self.first[i]), self._image(self.second[i]), self.labels[i]
-
-    def _image(self, row: int) -> torch.Tensor:
-        return torch.from_numpy(self.images.pixels[row].astype(np.float32) / 255.0).unsqueeze(0)
-
-
 @torch.no_grad()
 def anonymize_images(anonymizer: nn.Module, images: Images, *, batch_size: int = 128,
                      device: torch.device | str = "cpu") -> Images:
@@ -236,7 +219,7 @@ def evaluate_anonymizer(anonymizer: Anonymizer, setup: EvaluationSetup, *, devic
         return json.loads(path.read_text())
 
     started = time.perf_counter()
-    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = torch.device(device or default_device())
     reset = getattr(anonymizer, "reset", None)
     if callable(reset):
         reset()
@@ -245,7 +228,7 @@ def evaluate_anonymizer(anonymizer: Anonymizer, setup: EvaluationSetup, *, devic
     linkage_images, linkage_pairs = linkage_test_set(anonymized, setup.images, setup.test_pairs)
     checkpoint = setup.directory / "attackers" / f"{anonymizer.name}-{key}"
     checkpoint.parent.mkdir(parents=True, exist_ok=True)
-    attack = verification_runs(ImagePairs(anonymized, setup.train_pairs), ImagePairs(anonymized, setup.val_pairs),
+    attack = verification_runs(PairDataset(anonymized, setup.train_pairs), PairDataset(anonymized, setup.val_pairs),
                                linkage_images, linkage_pairs, setup.attack, seed=setup.seed,
                                checkpoint_path=checkpoint, runs=setup.runs, progress=progress)
     setup.siamese.eval().to(device)

@@ -1,4 +1,5 @@
-"""Every number the papers report: verification, retrieval, multi-label AUC, image fidelity, bootstrap CIs.
+"""Every number the papers report: verification, retrieval, multi-label AUC, image fidelity, bootstrap CIs,
+and the quality of a synthetic image set (Fréchet distance in a classifier's features, MS-SSIM diversity).
 
 Computed with the libraries that define them (scikit-learn, pytorch-metric-learning, torchmetrics);
 inputs may be NumPy arrays or tensors. Results are plain Python floats and lists, ready for JSON.
@@ -13,8 +14,12 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import torch
 from sklearn import metrics as skm
+from torch import nn
+from torchmetrics.functional.image import multiscale_structural_similarity_index_measure
+from torchmetrics.image.fid import FrechetInceptionDistance
 
-from cxrlib.data.chestxray14 import LABELS
+from cxrlib.data.chestxray14 import LABELS, NO_FINDING
+from cxrlib.train import default_device
 
 Metric = Callable[[np.ndarray, np.ndarray], float]
 
@@ -181,3 +186,103 @@ def ssim_psnr(original: torch.Tensor, anonymized: torch.Tensor) -> dict[str, flo
     return {"ssim": float(structural_similarity_index_measure(anonymized, original, data_range=1.0)),
             # per image, then averaged, as image-quality tables report it
             "psnr": float(peak_signal_noise_ratio(anonymized, original, data_range=1.0, dim=(1, 2, 3)))}
+
+
+def quantiles(values, levels: Sequence[float] = (0.05, 0.5, 0.95)) -> dict[str, float]:
+    """``{"q5": ..., "q50": ..., "q95": ...}`` for the default ``levels``."""
+    values = _numpy(values, "values")
+    return {f"q{round(q * 100)}": float(np.quantile(values, q)) for q in levels}
+
+
+def standardized_pixels(images: torch.Tensor) -> torch.Tensor:
+    """Each image (N, ...) a zero-mean, unit-norm float vector (N, D): dot products are pixel
+    correlations, blind to brightness and contrast."""
+    flat = images.flatten(1).float()
+    flat = flat - flat.mean(dim=1, keepdim=True)
+    return flat / flat.norm(dim=1, keepdim=True).clamp_min(1e-8)
+
+
+# -- quality and diversity of a synthetic image set --------------------------------------------------
+
+#: the five scale weights of MS-SSIM (Wang et al. 2003)
+MS_SSIM_BETAS = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)
+
+
+def ms_ssim_scales(image_size: int, kernel_size: int = 11) -> int:
+    """How many MS-SSIM scales an image supports: each halves it, and the coarsest must still be
+    larger than the Gaussian window (5 at 256 px, 3 at 64 px, 2 at 32 px)."""
+    scales = 1
+    while scales < len(MS_SSIM_BETAS) and image_size > (kernel_size - 1) * 2 ** scales:
+        scales += 1
+    return scales
+
+
+def mean_pairwise_ms_ssim(images: torch.Tensor) -> float:
+    """Mean MS-SSIM over all pairs of ``images`` (N >= 2, (N, 1, S, S) in [0, 1]): lower is more
+    diverse. Uses as many scales as the image size allows, their standard weights renormalized."""
+    if len(images) < 2:
+        raise ValueError(f"pairwise MS-SSIM needs at least 2 images, got {len(images)}")
+    first, second = torch.triu_indices(len(images), len(images), offset=1)
+    betas = MS_SSIM_BETAS[:ms_ssim_scales(images.shape[-1])]
+    betas = tuple(b / sum(betas) for b in betas)
+    values = multiscale_structural_similarity_index_measure(
+        images[first].float(), images[second].float(), data_range=1.0, betas=betas,
+        reduction="none", normalize="relu")
+    return float(values.mean())
+
+
+def diversity_by_class(images: torch.Tensor, classes: np.ndarray, *, per_class: int | None = None,
+                       seed: int = 0) -> dict[str, float]:
+    """Mean pairwise MS-SSIM within each class (classes with fewer than 2 images are skipped);
+    ``per_class`` caps the images used per class (a seeded subset)."""
+    rng = np.random.default_rng(seed)
+    classes = np.asarray(classes)
+    out = {}
+    for name in [NO_FINDING, *LABELS]:
+        rows = np.flatnonzero(classes == name)
+        if per_class is not None and len(rows) > per_class:
+            rows = np.sort(rng.choice(rows, per_class, replace=False))
+        if len(rows) >= 2:
+            out[name] = mean_pairwise_ms_ssim(images[torch.from_numpy(rows)])
+    return out
+
+
+class PenultimateFeatures(nn.Module):
+    """A classifier's penultimate features: the input of its last linear layer, taken with a hook,
+    so it works for any backbone that ends in ``nn.Linear``. ``num_features`` tells torchmetrics the
+    width."""
+
+    def __init__(self, classifier: nn.Module):
+        super().__init__()
+        linears = [m for m in classifier.modules() if isinstance(m, nn.Linear)]
+        if not linears:
+            raise ValueError(f"{type(classifier).__name__} has no linear layer to take features before")
+        self.classifier = classifier.eval()
+        self.last_linear = linears[-1]
+        self.num_features = self.last_linear.in_features
+
+    @torch.no_grad()
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        captured = []
+        # hooked only for this call, so the classifier stays untouched for everyone else
+        hook = self.last_linear.register_forward_hook(
+            lambda module, inputs, output: captured.append(inputs[0]))
+        try:
+            self.classifier(images)
+        finally:
+            hook.remove()
+        return captured[0].flatten(1)
+
+
+@torch.no_grad()
+def frechet_distance(real: torch.Tensor, generated: torch.Tensor, features: nn.Module, *,
+                     batch_size: int = 128, device: torch.device | None = None) -> float:
+    """Fréchet distance between two image sets (N, 1, S, S) in a feature space (e.g.
+    :class:`PenultimateFeatures` of the real-data classifier; Inception needs weights we lack)."""
+    device = device or default_device()
+    metric = FrechetInceptionDistance(feature=features.to(device)).to(device)
+    for images, is_real in ((real, True), (generated, False)):
+        for start in range(0, len(images), batch_size):
+            metric.update(images[start:start + batch_size].to(device), real=is_real)
+    return float(metric.compute())
+

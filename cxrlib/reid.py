@@ -23,7 +23,6 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -33,11 +32,12 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from tqdm.auto import tqdm
 
 from cxrlib.config import RetrievalConfig, VerificationConfig
-from cxrlib.data.cache import ImageCache
+from cxrlib.data.images import Images, black_out_boxes  # noqa: F401  (black_out_boxes: part of reid's API)
 from cxrlib.metrics import retrieval_metrics, verification_metrics
+from cxrlib.metrics import standardized_pixels as pixel_vectors
 from cxrlib.models.retrieval import RetrievalNetwork
 from cxrlib.models.siamese import SiameseNetwork
-from cxrlib.train import FitResult, fit, seed_everything
+from cxrlib.train import FitResult, fit, map_batches, module_device, seed_everything
 
 Anonymizer = Callable[[torch.Tensor], torch.Tensor]
 
@@ -48,90 +48,13 @@ RUN_METRICS = ("auc", "accuracy", "f1", "precision", "recall")
 # -- images ----------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, eq=False)
-class Images:
-    """Named radiographs held in memory as uint8 (N, S, S), the unit every evaluation works on."""
-
-    names: tuple[str, ...]
-    pixels: np.ndarray
-
-    def __post_init__(self):
-        if len(self.names) == 0:
-            raise ValueError("no images: the split or pair list is empty")
-        if self.pixels.ndim != 3 or len(self.pixels) != len(self.names):
-            raise ValueError(f"pixels must be (N, S, S) for {len(self.names)} names, got {self.pixels.shape}")
-
-    @classmethod
-    def from_cache(cls, cache: ImageCache, names: Sequence[str]) -> "Images":
-        names = tuple(dict.fromkeys(names))
-        if not names:
-            raise ValueError("no images: the split or pair list is empty")
-        return cls(names, cache.get(names))
-
-    @property
-    def size(self) -> int:
-        return self.pixels.shape[-1]
-
-    def rows(self, names: Sequence[str]) -> np.ndarray:
-        position = {name: i for i, name in enumerate(self.names)}
-        missing = [n for n in names if n not in position]
-        if missing:
-            raise KeyError(f"{len(missing)} image(s) are not among these images, e.g. {missing[:3]}")
-        return np.fromiter((position[n] for n in names), dtype=np.int64, count=len(names))
-
-    def tensor(self, rows: np.ndarray | slice = slice(None)) -> torch.Tensor:
-        """Float (k, 1, S, S) in [0, 1]."""
-        return torch.from_numpy(self.pixels[rows].astype(np.float32) / 255.0).unsqueeze(1)
-
-    def with_boxes_blacked_out(self, boxes: Sequence[Sequence[Sequence[int]]],
-                               source_size: int | Sequence[int] | None = None) -> "Images":
-        """A copy with ``boxes[i]`` (pixel boxes of image ``names[i]``) set to black."""
-        return Images(self.names, black_out_boxes(self.pixels, boxes, source_size))
-
-
-def black_out_boxes(images, boxes: Sequence[Sequence[Sequence[int]]],
-                    source_size: int | Sequence[int] | None = None):
-    """Conventional anonymization: a copy of ``images`` (N, ..., H, W; NumPy or torch) with black boxes.
-
-    ``boxes[i]`` lists ``[x0, y0, x1, y1]`` boxes (pixels, end exclusive) of image ``i`` as drawn on an
-    image of ``source_size`` pixels (one for all or one per image, e.g. the metadata's width; default:
-    these images' size); they are scaled outward to cover the same region at this size.
-    """
-    if len(boxes) != len(images):
-        raise ValueError(f"got boxes for {len(boxes)} images but {len(images)} images")
-    size = images.shape[-1]
-    sources = [source_size or size] * len(images) if np.ndim(source_size) == 0 else list(source_size)
-    if len(sources) != len(images):
-        raise ValueError(f"got {len(sources)} source sizes for {len(images)} images")
-    out = images.clone() if isinstance(images, torch.Tensor) else np.array(images, copy=True)
-    for i, (image_boxes, source) in enumerate(zip(boxes, sources)):
-        scale = size / source
-        for box in image_boxes:
-            if len(box) != 4:
-                raise ValueError(f"image {i}: a box must be [x0, y0, x1, y1], got {box}")
-            x0, y0 = (max(0, math.floor(v * scale)) for v in box[:2])
-            x1, y1 = (min(size, math.ceil(v * scale)) for v in box[2:])
-            out[i, ..., y0:y1, x0:x1] = 0
-    return out
-
-
-def _model_device(model: torch.nn.Module) -> torch.device:
-    return next(model.parameters()).device
-
-
 @torch.no_grad()
 def embed_images(embed: Callable[[torch.Tensor], torch.Tensor], images: Images, *, batch_size: int = 256,
                  anonymizer: Anonymizer | None = None, device: torch.device | str = "cpu",
                  progress: bool = False) -> torch.Tensor:
     """``embed`` applied to every image (after ``anonymizer``), in batches; (N, D) on the CPU."""
-    out = []
-    starts = range(0, len(images.names), batch_size)
-    for start in tqdm(starts, desc="embedding", unit="batch", leave=False, disable=not progress):
-        x = images.tensor(slice(start, start + batch_size)).to(device)
-        if anonymizer is not None:
-            x = anonymizer(x)
-        out.append(embed(x).float().cpu())
-    return torch.cat(out)
+    return map_batches(embed, images, batch_size=batch_size, device=device, before=anonymizer,
+                       progress=progress)
 
 
 # -- verification ----------------------------------------------------------------------------------
@@ -173,7 +96,7 @@ def pair_scores(model: SiameseNetwork, images: Images, pairs: pd.DataFrame, *, b
     model.eval()
     first, second = images.rows(pairs["img1"].tolist()), images.rows(pairs["img2"].tolist())
     features = embed_images(model.embed, images, batch_size=batch_size, anonymizer=anonymizer,
-                            device=_model_device(model), progress=progress).to(_model_device(model))
+                            device=module_device(model), progress=progress).to(module_device(model))
     logits = torch.cat([model.compare(features[first[i:i + batch_size]], features[second[i:i + batch_size]])
                         for i in range(0, len(first), batch_size)])
     return torch.sigmoid(logits).float().cpu().numpy()
@@ -226,10 +149,7 @@ HISTOGRAM_QUANTILES = np.linspace(0.05, 0.95, 19)
 
 def standardized_pixels(images: Images) -> np.ndarray:
     """Each image as a zero-mean, unit-norm pixel vector: the dot product is the pixel correlation."""
-    x = images.pixels.reshape(len(images.names), -1).astype(np.float32)
-    x -= x.mean(axis=1, keepdims=True)
-    x /= np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-8)
-    return x
+    return pixel_vectors(torch.from_numpy(images.pixels)).numpy()
 
 
 def baseline_features(images: Images, kind: str) -> np.ndarray:
@@ -435,7 +355,7 @@ def evaluate_retrieval(model: RetrievalNetwork, images: Images, patient_ids: Seq
                        anonymizer: Anonymizer | None = None, progress: bool = False) -> dict:
     """mAP@R, R-precision, P@1: every image queried against all the others."""
     model.eval()
-    embeddings = embed_images(model, images, anonymizer=anonymizer, device=_model_device(model),
+    embeddings = embed_images(model, images, anonymizer=anonymizer, device=module_device(model),
                               progress=progress)
     return retrieval_metrics(embeddings, np.asarray(patient_ids))
 
@@ -467,7 +387,7 @@ def linkage_attack(model: SiameseNetwork, images: Images, patient_ids: Sequence[
     Rows: query, rank (1..k), match (gallery image), score (same-patient probability), same_patient.
     """
     model.eval()
-    device = _model_device(model)
+    device = module_device(model)
     features = embed_images(model.embed, images, anonymizer=anonymizer, device=device).to(device)
     ids = np.asarray(patient_ids)
     rows = []
@@ -486,7 +406,7 @@ def linkage_top1(model: SiameseNetwork, images: Images, patient_ids: Sequence[in
                  batch_size: int = 256) -> float:
     """Share of images (with another image of their patient present) whose best-scored match is one."""
     model.eval()
-    device = _model_device(model)
+    device = module_device(model)
     features = embed_images(model.embed, images, device=device).to(device)
     ids = torch.as_tensor(np.array(patient_ids), device=device)
     hits, queries = 0, 0

@@ -15,6 +15,13 @@ Files at ``checkpoint_path`` (``NAME.safetensors`` + ``NAME.json``):
 
 A launched multi-process script should call ``accelerator.end_training()`` once at its very end (it
 destroys the process group, so :func:`fit` does not call it itself): otherwise a process can abort at exit.
+
+The parts of a loop that do not depend on what it trains are here, for :func:`fit` and for the
+adversarial loop of :mod:`cxrlib.anonymize.adversarial` (three networks, three optimizers, one step
+that is not a loss of one model): which run a checkpoint belongs to (:func:`check_same_run`,
+:func:`finished_sidecar`), resumable training states of any number of networks and optimizers
+(:func:`save_training_state`, :func:`load_training_state`), the finite-loss check
+(:func:`check_finite`) and per-process seeds (:func:`process_seed`).
 """
 
 from __future__ import annotations
@@ -35,8 +42,8 @@ from accelerate import Accelerator, DataLoaderConfiguration
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
-from cxrlib.artifacts import (ArtifactError, _normalize, load_weights, read_sidecar, save_weights,
-                              write_json)
+from cxrlib.artifacts import (ArtifactError, config_differences, load_weights, read_sidecar,
+                              save_weights, write_json)
 
 LossFn = Callable[[torch.nn.Module, Any], torch.Tensor]
 
@@ -58,6 +65,56 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
+
+
+#: process ``p`` of a launched run draws from seeds ``seed + epoch + p * PROCESS_SEED_STRIDE``: apart
+#: for any number of epochs below the stride, and process 0 draws what a single process would
+PROCESS_SEED_STRIDE = 2**20
+
+
+def process_seed(seed: int, epoch: int, process_index: int) -> int:
+    """The seed for the random draws (augmentations, noise, timesteps) of ``epoch`` in one process.
+
+    Every process must draw differently: with one seed for all, each GPU would flip, noise and
+    time-step its shard exactly as the others do, which is fewer distinct augmentations, not more
+    data. The order of the data is not drawn from it (the samplers share one seed, so that the
+    shards stay disjoint).
+    """
+    return seed + epoch + process_index * PROCESS_SEED_STRIDE
+
+
+def tqdm_disabled(progress: bool | None) -> bool | None:
+    """tqdm's ``disable`` for a ``progress`` flag: None shows bars on a terminal only."""
+    return None if progress is None else not progress
+
+
+def default_device() -> torch.device:
+    """Where work runs when no device is asked for: the GPU when there is one, else the CPU."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def module_device(module: torch.nn.Module) -> torch.device:
+    """The device a module's parameters live on (the CPU for a module without parameters)."""
+    return next(module.parameters(), torch.empty(0)).device
+
+
+@torch.no_grad()
+def map_batches(fn: Callable[[torch.Tensor], torch.Tensor], images: Any, *, batch_size: int,
+                device: torch.device | str, before: Callable[[torch.Tensor], torch.Tensor] | None = None,
+                progress: bool | None = False, desc: str = "embedding") -> torch.Tensor:
+    """``fn`` applied to ``images`` in batches on ``device`` (after ``before``, e.g. an anonymizer);
+    the results (N, ...) as float on the CPU. ``images`` is a float tensor (N, 1, S, S) or a container
+    with ``len()`` and ``tensor(rows)`` (:class:`cxrlib.data.images.Images`)."""
+    total = len(images)
+    out = []
+    for start in tqdm(range(0, total, batch_size), desc=desc, unit="batch", leave=False,
+                      disable=tqdm_disabled(progress)):
+        rows = slice(start, start + batch_size)
+        x = (images[rows] if isinstance(images, torch.Tensor) else images.tensor(rows)).to(device)
+        if before is not None:
+            x = before(x)
+        out.append(fn(x).float().cpu())
+    return torch.cat(out)
 
 
 def make_accelerator() -> Accelerator:
@@ -97,6 +154,9 @@ def fit(model: torch.nn.Module, loss_fn: LossFn, train_loader: torch.utils.data.
     fit; None shows it only on a terminal, so notebooks stay quiet. A non-finite loss raises
     ``FloatingPointError`` naming the epoch; the best checkpoint written before stays as it was.
     The model is left in eval mode.
+
+    Seeds: the samplers draw the data order from ``seed`` and the epoch, alike in every process;
+    the random draws inside ``loss_fn`` come from :func:`process_seed`, different in each process.
     """
     if max_epochs < 1:
         raise ValueError(f"max_epochs must be at least 1, got {max_epochs}")
@@ -113,7 +173,8 @@ def fit(model: torch.nn.Module, loss_fn: LossFn, train_loader: torch.utils.data.
 
     own_accelerator = accelerator is None
     accelerator = accelerator or make_accelerator()
-    finished = _finished_checkpoint(best_path, config, seed)
+    identity = {"config": config, "seed": seed}
+    finished = finished_sidecar(best_path, identity)
     if finished is not None:
         load_weights(model, best_path, config=config)
         model.to(accelerator.device).eval()  # where a freshly trained model would be
@@ -121,12 +182,13 @@ def fit(model: torch.nn.Module, loss_fn: LossFn, train_loader: torch.utils.data.
                          best_val_loss=finished["metrics"]["val_loss"], checkpoint_path=best_path,
                          trained=False)
 
+    # alike in every process: the seedable samplers take their seed from here at prepare
     seed_everything(seed)
-    resume = _read_last_checkpoint(last_path, config, seed)
+    resume = load_training_state(last_path, identity)
     state = {"epoch": 0, "best_epoch": 0, "best_val_loss": math.inf, "bad_epochs": 0, "history": []}
     if resume is not None:
-        state = resume["state"]
-        model.load_state_dict(_prefixed(resume["tensors"], "model."))
+        state = resume.sidecar["state"]
+        model.load_state_dict(resume.tensors("model"))
 
     plateau = isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau)
     wrapped, optimizer, train_loader, val_loader = accelerator.prepare(model, optimizer, train_loader,
@@ -136,9 +198,9 @@ def fit(model: torch.nn.Module, loss_fn: LossFn, train_loader: torch.utils.data.
         # loader length ends where it should under any number of processes
         scheduler = accelerator.prepare(scheduler)
     if resume is not None:
-        optimizer.load_state_dict(_optimizer_state(resume))
+        resume.load_optimizer("optimizer", optimizer)
         if scheduler is not None:
-            scheduler.load_state_dict(resume["scheduler"])
+            scheduler.load_state_dict(resume.sidecar["scheduler"])
 
     bar = tqdm(total=max_epochs, initial=state["epoch"], unit="epoch", leave=False,
                desc=best_path.stem, disable=not accelerator.is_main_process or
@@ -146,8 +208,8 @@ def fit(model: torch.nn.Module, loss_fn: LossFn, train_loader: torch.utils.data.
     try:
         while state["epoch"] < max_epochs and state["bad_epochs"] < patience:
             epoch = state["epoch"] + 1
-            # per-epoch seeding makes a resumed run draw the same batches as an uninterrupted one
-            seed_everything(seed + epoch)
+            # per-epoch seeding makes a resumed run draw what an uninterrupted one would
+            seed_everything(process_seed(seed, epoch, accelerator.process_index))
             for loader in (train_loader, val_loader):
                 if hasattr(loader, "set_epoch"):
                     loader.set_epoch(epoch)
@@ -157,7 +219,7 @@ def fit(model: torch.nn.Module, loss_fn: LossFn, train_loader: torch.utils.data.
                                       state["best_epoch"])
             train_seconds = time.perf_counter() - started
             val_loss = _validation_loss(wrapped, loss_fn, val_loader, accelerator)
-            _check_finite(val_loss, "validation loss", epoch, best_path, state["best_epoch"])
+            check_finite(val_loss, "validation loss", epoch, _kept(best_path, state["best_epoch"]))
             if plateau:
                 scheduler.step(val_loss)
             state["epoch"] = epoch
@@ -172,8 +234,11 @@ def fit(model: torch.nn.Module, loss_fn: LossFn, train_loader: torch.utils.data.
             else:
                 state["bad_epochs"] += 1
             if accelerator.is_main_process:
-                _save_last(accelerator.unwrap_model(wrapped), optimizer, scheduler, last_path, config,
-                           seed, state)
+                save_training_state(
+                    last_path, tensors={"model": accelerator.unwrap_model(wrapped).state_dict()},
+                    optimizers={"optimizer": optimizer},
+                    sidecar={**identity, "state": state,
+                             "scheduler": None if scheduler is None else scheduler.state_dict()})
             accelerator.wait_for_everyone()
             bar.update(1)
             bar.set_postfix(train=f"{train_loss:.4f}", val=f"{val_loss:.4f}")
@@ -184,8 +249,7 @@ def fit(model: torch.nn.Module, loss_fn: LossFn, train_loader: torch.utils.data.
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         _save_best(model, best_path, config, seed, state, finished=True)
-        last_path.unlink(missing_ok=True)
-        last_path.with_suffix(".json").unlink(missing_ok=True)
+        remove_training_state(last_path)
     accelerator.wait_for_everyone()
     if own_accelerator:
         accelerator.free_memory()
@@ -204,7 +268,7 @@ def _train_epoch(model, loss_fn, loader, optimizer, scheduler, accelerator, epoc
             loss = loss_fn(model, batch)
         # every process checks every process's loss, so all stop together instead of one hanging
         losses = accelerator.gather(loss.detach().float().reshape(1))
-        _check_finite(losses, "training loss", epoch, best_path, best_epoch)
+        check_finite(losses, "training loss", epoch, _kept(best_path, best_epoch))
         accelerator.backward(loss)
         optimizer.step()
         if scheduler is not None:
@@ -238,14 +302,19 @@ def _batch_size(batch: Any) -> int:
     raise TypeError(f"cannot tell the batch size of a {type(batch).__name__}")
 
 
-def _check_finite(value, what: str, epoch: int, best_path: Path, best_epoch: int) -> None:
+def check_finite(value, what: str, epoch: int, kept: str) -> None:
+    """Raise ``FloatingPointError`` naming ``what``, the epoch and what was ``kept`` on disk when
+    ``value`` (a number or a tensor) holds NaN or inf."""
     if bool(torch.isfinite(torch.as_tensor(value)).all()):
         return
-    kept = (f"the best checkpoint {best_path} (epoch {best_epoch}) is unchanged" if best_epoch
-            else "no checkpoint was written")
     raise FloatingPointError(f"{what} became {torch.as_tensor(value).flatten().tolist()} in epoch "
                              f"{epoch}; training stopped and {kept}. Lower the learning rate or check "
                              "the inputs for NaN/inf.")
+
+
+def _kept(best_path: Path, best_epoch: int) -> str:
+    return (f"the best checkpoint {best_path} (epoch {best_epoch}) is unchanged" if best_epoch
+            else "no checkpoint was written")
 
 
 def _config_dict(config: Any) -> dict[str, Any]:
@@ -256,24 +325,92 @@ def _config_dict(config: Any) -> dict[str, Any]:
     raise TypeError(f"config must be a dict or a dataclass instance, not {type(config).__name__}")
 
 
-def _check_identity(sidecar: dict[str, Any], path: Path, config: dict[str, Any], seed: int) -> None:
-    saved = _normalize(sidecar.get("config", {}))
-    wanted = _normalize(config)
-    if saved != wanted:
-        differing = sorted(k for k in set(saved) | set(wanted) if saved.get(k) != wanted.get(k))
-        raise ArtifactError(path, f"checkpoint saved for another configuration (differs in "
-                                  f"{differing}); delete it or choose another checkpoint path")
-    if sidecar.get("seed") != seed:
-        raise ArtifactError(path, f"checkpoint trained with seed {sidecar.get('seed')}, not {seed}; "
+def check_same_run(path: Path, sidecar: Mapping[str, Any], identity: Mapping[str, Any]) -> None:
+    """Refuse a checkpoint whose sidecar differs from ``identity`` (the sidecar entries that identify
+    a run, e.g. ``{"config": ..., "seed": ...}``) with an :class:`ArtifactError` naming the keys."""
+    differing = config_differences({key: sidecar.get(key) for key in identity}, dict(identity))
+    if differing:
+        raise ArtifactError(path, f"checkpoint saved for another configuration (differs in {differing}); "
                                   "delete it or choose another checkpoint path")
 
 
-def _finished_checkpoint(path: Path, config: dict[str, Any], seed: int) -> dict[str, Any] | None:
+def finished_sidecar(path: Path, identity: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The sidecar of a finished checkpoint of the run ``identity`` at ``path``; None when there is
+    none or it did not finish; :class:`ArtifactError` when it belongs to another run."""
     if not path.with_suffix(".json").is_file():
         return None
     sidecar = read_sidecar(path)
-    _check_identity(sidecar, path, config, seed)
+    check_same_run(path, sidecar, identity)
     return sidecar if sidecar.get("finished") else None
+
+
+def save_training_state(path: Path, *, tensors: Mapping[str, Mapping[str, torch.Tensor]],
+                        optimizers: Mapping[str, torch.optim.Optimizer], sidecar: Mapping[str, Any]) -> None:
+    """Write a resumable training state: groups of tensors (state dicts, generator states) and
+    optimizers, by name, to ``path`` (safetensors); ``sidecar`` (JSON-able: identity, loop state,
+    scheduler) with the optimizers' hyper-parameters beside it. :func:`load_training_state` reads it."""
+    flat = {f"{group}.{k}": v.detach().cpu().contiguous() for group, values in tensors.items()
+            for k, v in values.items()}
+    hyper = {}
+    for name, optimizer in optimizers.items():
+        state = optimizer.state_dict()
+        scalars: dict[str, dict[str, Any]] = {}
+        for index, param_state in state["state"].items():
+            for key, value in param_state.items():
+                if isinstance(value, torch.Tensor):
+                    flat[f"{name}.{index}.{key}"] = value.detach().cpu().contiguous()
+                else:
+                    scalars.setdefault(str(index), {})[key] = value
+        hyper[name] = {"param_groups": state["param_groups"], "scalars": scalars}
+    sidecar_path = path.with_suffix(".json")
+    sidecar_path.unlink(missing_ok=True)
+    tmp = path.with_name(path.name + ".partial")
+    save_file(flat, str(tmp))
+    os.replace(tmp, path)
+    try:
+        write_json(sidecar_path, {**sidecar, "optimizers": hyper})
+    except TypeError as err:
+        raise TypeError(f"cannot write the training state to {sidecar_path}: the optimizer or "
+                        f"scheduler state holds something that is not JSON ({err})") from err
+
+
+@dataclass
+class TrainingState:
+    """A training state read back by :func:`load_training_state`."""
+
+    sidecar: dict[str, Any]
+    flat: dict[str, torch.Tensor]
+
+    def tensors(self, group: str) -> dict[str, torch.Tensor]:
+        prefix = group + "."
+        return {k[len(prefix):]: v for k, v in self.flat.items() if k.startswith(prefix)}
+
+    def load_optimizer(self, name: str, optimizer: torch.optim.Optimizer) -> None:
+        per_param: dict[int, dict[str, Any]] = {}
+        for key, value in self.tensors(name).items():
+            index, entry = key.split(".", 1)
+            per_param.setdefault(int(index), {})[entry] = value
+        hyper = self.sidecar["optimizers"][name]
+        for index, values in hyper["scalars"].items():
+            per_param.setdefault(int(index), {}).update(values)
+        optimizer.load_state_dict({"state": per_param, "param_groups": hyper["param_groups"]})
+
+
+def load_training_state(path: Path, identity: Mapping[str, Any]) -> TrainingState | None:
+    """The state :func:`save_training_state` wrote at ``path`` for the run ``identity``; None when
+    there is none; :class:`ArtifactError` when it belongs to another run or an older format."""
+    if not (path.is_file() and path.with_suffix(".json").is_file()):
+        return None
+    sidecar = read_sidecar(path)
+    check_same_run(path, sidecar, identity)
+    if "optimizers" not in sidecar:
+        raise ArtifactError(path, "training state written by an older cxrlib; delete it to train afresh")
+    return TrainingState(sidecar, load_file(str(path)))
+
+
+def remove_training_state(path: Path) -> None:
+    path.unlink(missing_ok=True)
+    path.with_suffix(".json").unlink(missing_ok=True)
 
 
 def _save_best(model, path: Path, config, seed, state, *, finished: bool) -> None:
@@ -282,51 +419,3 @@ def _save_best(model, path: Path, config, seed, state, *, finished: bool) -> Non
     save_weights(model, path, config=config, metrics={"val_loss": state["best_val_loss"]},
                  extra={"seed": seed, "epoch": state["best_epoch"], "history": state["history"],
                         "finished": finished})
-
-
-def _save_last(model, optimizer, scheduler, path: Path, config, seed, state) -> None:
-    tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    optim = optimizer.state_dict()
-    scalars: dict[str, dict[str, Any]] = {}
-    for index, param_state in optim["state"].items():
-        for key, value in param_state.items():
-            if isinstance(value, torch.Tensor):
-                tensors[f"optimizer.{index}.{key}"] = value.detach().cpu().contiguous()
-            else:
-                scalars.setdefault(str(index), {})[key] = value
-    sidecar = {"config": config, "seed": seed, "state": state,
-               "optimizer": {"param_groups": optim["param_groups"], "scalars": scalars},
-               "scheduler": None if scheduler is None else scheduler.state_dict()}
-    sidecar_path = path.with_suffix(".json")
-    sidecar_path.unlink(missing_ok=True)
-    tmp = path.with_name(path.name + ".partial")
-    save_file(tensors, str(tmp))
-    os.replace(tmp, path)
-    try:
-        write_json(sidecar_path, sidecar)
-    except TypeError as err:
-        raise TypeError(f"cannot write the training state to {sidecar_path}: the optimizer or "
-                        f"scheduler state holds something that is not JSON ({err})") from err
-
-
-def _read_last_checkpoint(path: Path, config, seed) -> dict[str, Any] | None:
-    if not (path.is_file() and path.with_suffix(".json").is_file()):
-        return None
-    sidecar = read_sidecar(path)
-    _check_identity(sidecar, path, config, seed)
-    sidecar["tensors"] = load_file(str(path))
-    return sidecar
-
-
-def _prefixed(tensors: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
-    return {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
-
-
-def _optimizer_state(resume: dict[str, Any]) -> dict[str, Any]:
-    per_param: dict[int, dict[str, Any]] = {}
-    for key, value in _prefixed(resume["tensors"], "optimizer.").items():
-        index, name = key.split(".", 1)
-        per_param.setdefault(int(index), {})[name] = value
-    for index, values in resume["optimizer"]["scalars"].items():
-        per_param.setdefault(int(index), {}).update(values)
-    return {"state": per_param, "param_groups": resume["optimizer"]["param_groups"]}

@@ -105,7 +105,7 @@ class Workspace:
                              workers=self.profile.data.workers, progress=self.progress)
 
     @cached_property
-    def sidecar(self) -> pd.DataFrame | None:
+    def phantom_truth(self) -> pd.DataFrame | None:
         """The phantom's ground truth (text boxes, generative parameters); None on real data."""
         from cxrlib.data.phantom import read_truth
 

@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from cxrlib.data.chestxray14 import LABELS, findings_string, write_metadata
+from cxrlib.data.chestxray14 import LABELS, findings_string, read_metadata, real_metadata_path, write_metadata
 
 
 def write_tiny_dataset(folder: Path, n_patients: int = 6, per_patient: int = 3, size: int = 40,
@@ -44,3 +44,10 @@ def tiny_dataset(tmp_path: Path) -> Path:
     folder = tmp_path / "cxr14"
     write_tiny_dataset(folder)
     return folder
+
+
+@pytest.fixture(scope="session")
+def real_meta() -> pd.DataFrame:
+    """ChestX-ray14's full metadata (112,120 rows, shipped with torchxrayvision), read once per test
+    session; shared, so tests must not modify it (take a copy)."""
+    return read_metadata(real_metadata_path())

@@ -7,7 +7,7 @@ from PIL import Image
 
 from cxrlib.data.chestxray14 import (
     LABELS, DataError, ImageLocator, find_metadata_file, load_image, make_splits, read_metadata,
-    read_split_list, real_metadata_path, write_metadata,
+    read_split_list, write_metadata,
 )
 
 # Per-label image counts of the real Data_Entry_2017_v2020.csv (NIH, 112,120 images).
@@ -16,11 +16,6 @@ REAL_LABEL_COUNTS = {
     "Mass": 5782, "Nodule": 6331, "Pneumonia": 1431, "Pneumothorax": 5302, "Consolidation": 4667,
     "Edema": 2303, "Emphysema": 2516, "Fibrosis": 1686, "Pleural_Thickening": 3385, "Hernia": 227,
 }
-
-
-@pytest.fixture(scope="module")
-def real_meta() -> pd.DataFrame:
-    return read_metadata(real_metadata_path())
 
 
 def test_real_metadata_counts(real_meta):

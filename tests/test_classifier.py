@@ -36,10 +36,8 @@ def test_classifier_returns_14_logits_and_resizes_to_its_input_size():
 def test_training_learns_the_findings_and_evaluation_reports_aucs(tmp_path):
     config = load_profile("smoke", **{"classifier.input_size": 16, "classifier.max_epochs": 4,
                                       "classifier.patience": 4, "classifier.lr": 0.05}).classifier
-    torch.manual_seed(0)
-    model = build_classifier(config)
-    result = train_classifier(model, labelled_images(96), labelled_images(32, seed=1), config,
-                              checkpoint_path=tmp_path / "classifier", seed=0)
+    model, result = train_classifier(labelled_images(96), labelled_images(32, seed=1), config,
+                                     checkpoint_path=tmp_path / "classifier", seed=0)
     assert result.trained and len(result.history) >= 1
     metrics = evaluate_classifier(model, labelled_images(64, seed=2), bootstrap_samples=50, seed=0)
     per_class = metrics["per_class"]
@@ -50,9 +48,8 @@ def test_training_learns_the_findings_and_evaluation_reports_aucs(tmp_path):
     assert low <= metrics["mean_auc"] <= high
 
     # the finished checkpoint is reused, not retrained
-    again = build_classifier(config)
-    reused = train_classifier(again, labelled_images(96), labelled_images(32, seed=1), config,
-                              checkpoint_path=tmp_path / "classifier", seed=0)
+    again, reused = train_classifier(labelled_images(96), labelled_images(32, seed=1), config,
+                                     checkpoint_path=tmp_path / "classifier", seed=0)
     assert not reused.trained
     test = labelled_images(8, seed=3)
     np.testing.assert_array_equal(predict(again, test)[0], predict(model, test)[0])
@@ -76,8 +73,7 @@ def test_unknown_optimizer_is_refused(tmp_path):
 
     config = dataclasses.replace(load_profile("smoke").classifier, optimizer="rmsprop")
     with pytest.raises(ValueError, match="optimizer"):
-        train_classifier(build_classifier(config), labelled_images(8), labelled_images(8), config,
-                         checkpoint_path=tmp_path / "c", seed=0)
+        train_classifier(labelled_images(8), labelled_images(8), config, checkpoint_path=tmp_path / "c", seed=0)
 
 
 def test_roc_figure_has_a_panel_per_finding_and_marks_one_class_findings():
@@ -102,7 +98,27 @@ def test_spatial_head_trains_when_the_last_batch_would_hold_one_image(tmp_path):
     # its batch norm sees a 1 x 1 map: one image per batch would raise, so training drops that batch
     config = load_profile("smoke", **{"classifier.backbone": "convnet_spatial", "classifier.input_size": 16,
                                       "classifier.max_epochs": 1, "classifier.batch_size": 16}).classifier
-    model = build_classifier(config)
-    result = train_classifier(model, labelled_images(33), labelled_images(17, seed=1), config,
-                              checkpoint_path=tmp_path / "classifier", seed=0)
+    _, result = train_classifier(labelled_images(33), labelled_images(17, seed=1), config,
+                                 checkpoint_path=tmp_path / "classifier", seed=0)
     assert result.trained and len(result.history) == 1
+
+
+def test_model_initialization_follows_the_seed_argument(tmp_path):
+    config = load_profile("smoke", **{"classifier.input_size": 16, "classifier.max_epochs": 1}).classifier
+
+    def train(seed, global_seed, name):
+        torch.manual_seed(global_seed)  # what a notebook might have set: must not matter
+        return train_classifier(labelled_images(8), labelled_images(8), config, checkpoint_path=tmp_path / name,
+                                seed=seed)
+
+    # what notebooks did before: seed the global generator, build, train the model given
+    torch.manual_seed(0)
+    expected = build_classifier(config)
+    with pytest.warns(DeprecationWarning, match="deprecated"):
+        legacy = train_classifier(expected, labelled_images(8), labelled_images(8), config,
+                                  checkpoint_path=tmp_path / "legacy", seed=0)
+    model, result = train(0, 123, "new")
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), expected.state_dict().values()))
+    assert [h["val_loss"] for h in result.history] == [h["val_loss"] for h in legacy.history]
+    other, _ = train(1, 0, "other")
+    assert not all(torch.equal(a, b) for a, b in zip(other.state_dict().values(), model.state_dict().values()))

@@ -1,13 +1,13 @@
 import pandas as pd
 import pytest
 
-from cxrlib.data.chestxray14 import DataError, make_splits, read_metadata, real_metadata_path
+from cxrlib.data.chestxray14 import DataError, make_splits, read_metadata
 from cxrlib.data.pairs import make_pairs, max_positive_pairs, read_pair_file, write_pair_file
 
 
 @pytest.fixture(scope="module")
-def real_splits():
-    return make_splits(read_metadata(real_metadata_path()), None, seed=0)
+def real_splits(real_meta):
+    return make_splits(real_meta, None, seed=0)
 
 
 def test_real_metadata_pairs_balanced_disjoint_reproducible(real_splits):

@@ -1,14 +1,13 @@
-"""Privacy-Net: the encoder U-Net of PriCheXy-Net's comparison, identity pretraining, the shared loop."""
+"""Privacy-Net: the encoder U-Net of PriCheXy-Net's comparison and its pipeline (its pretraining and
+adversarial loop are tested with PriCheXy-Net's, parametrized over the method, in test_adversarial.py)."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import TensorDataset
 
-from cxrlib.anonymize.adversarial import pretrain_anonymizer, train_adversarial
-from cxrlib.anonymize.base import load_anonymizer
 from cxrlib.anonymize.privacy_net import PrivacyNetAnonymizer
 from cxrlib.config import load_profile
 from cxrlib.data.chestxray14 import LABELS
@@ -63,22 +62,6 @@ def test_profile_builds_its_privacy_net():
     assert net.params() == {"features": config.privacy_net_features, "poolings": config.privacy_net_poolings}
 
 
-def test_identity_pretraining_reduces_the_reconstruction_error(tmp_path):
-    torch.manual_seed(0)
-    net = PrivacyNetAnonymizer()
-    images = smooth_images(16, seed=0)
-    loader = DataLoader(TensorDataset(images, torch.zeros(len(images))), batch_size=8)
-    net.eval()
-    with torch.no_grad():
-        start = nn.functional.mse_loss(net(images), images).item()
-    result = pretrain_anonymizer(net, loader, loader, lr=1e-2, max_epochs=6, checkpoint_path=tmp_path / "pre",
-                                 config={"privacy_net": net.params()}, seed=0, progress=False)
-    with torch.no_grad():
-        end = nn.functional.mse_loss(net(images), images).item()
-    assert end == pytest.approx(result.best_val_loss, rel=1e-4)
-    assert end < 0.5 * start
-
-
 class TinySiamese(nn.Module):
     def __init__(self):
         super().__init__()
@@ -88,27 +71,6 @@ class TinySiamese(nn.Module):
 
     def forward(self, x1, x2):
         return self.head((self.embed(x1) - self.embed(x2)).abs()).squeeze(1)
-
-
-def test_adversarial_loop_trains_privacy_net_and_saves_a_reloadable_anonymizer(tmp_path):
-    torch.manual_seed(0)
-    net = PrivacyNetAnonymizer(features=4, poolings=3)
-    classifier = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
-                               nn.Linear(4, len(LABELS)))
-    x1, x2 = smooth_images(8, seed=1), smooth_images(8, seed=2)
-    same = (torch.arange(8) % 2).float()
-    labels = (torch.rand(8, len(LABELS)) < 0.3).float()
-    loader = DataLoader(TensorDataset(x1, x2, same, labels), batch_size=4)
-    before = {k: v.clone() for k, v in net.state_dict().items()}
-    result = train_adversarial(net, TinySiamese(), classifier, loader, loader, max_epochs=2, lr=1e-2,
-                               checkpoint_path=tmp_path / "privacy_net", config={"test": 1}, seed=0,
-                               progress=False)
-    assert result.trained and len(result.history) == 2
-    assert any(not torch.equal(v, before[k]) for k, v in net.state_dict().items())
-    loaded = load_anonymizer(result.checkpoint_path)
-    assert isinstance(loaded, PrivacyNetAnonymizer) and loaded.params() == net.params()
-    images = smooth_images(2, seed=3)
-    assert torch.equal(loaded(images), net.eval()(images))
 
 
 def test_train_privacy_net_pretrains_trains_and_reuses_its_checkpoints(tmp_path):

@@ -14,13 +14,12 @@ from cxrlib.data.chestxray14 import LABELS, NO_FINDING
 from cxrlib.models.classifier import Classifier
 from cxrlib.models.diffusion import LatentDiffusion
 from cxrlib.models.siamese import SiameseNetwork
-from cxrlib.synthesis import (PenultimateFeatures, RealGallery, Thresholds, calibrate_thresholds,
-                              class_conditions, diversity_by_class, frechet_distance, generate,
-                              latent_scaling_factor, mean_pairwise_ms_ssim, ms_ssim_scales, near_copies,
-                              planted_copy_rates, privacy_enhancing_sample, privacy_filter,
-                              single_class_names,
-                              synthetic_label_vectors, train_latent_diffusion, training_config,
-                              utility_gap)
+from cxrlib.metrics import (PenultimateFeatures, diversity_by_class, frechet_distance, mean_pairwise_ms_ssim,
+                            ms_ssim_scales)
+from cxrlib.synthesis import (PrivacyFilter, Thresholds, class_conditions, diffusion_loss, generate,
+                              latent_scaling_factor, near_copies, privacy_enhancing_sample,
+                              single_class_names, synthetic_label_vectors, train_latent_diffusion,
+                              training_config, utility_gap)
 
 SIZE = 32
 CPU = torch.device("cpu")
@@ -95,14 +94,19 @@ def untrained_reid():
 def test_sampler_redraws_rejected_samples_a_bounded_number_of_times(trained, config, untrained_reid):
     retrieval, siamese = untrained_reid
     gallery_images = torch.rand(6, 1, SIZE, SIZE)
-    gallery = RealGallery.build(gallery_images, [f"real_{i}.png" for i in range(6)], retrieval, siamese,
-                                device=CPU)
     labels = torch.eye(len(LABELS))[:3]
-    common = dict(gallery=gallery, retrieval=retrieval, siamese=siamese, config=config, seed=0, device=CPU)
+    common = dict(config=config, seed=0, device=CPU)
 
+    def privacy_filter(thresholds):
+        return PrivacyFilter(gallery_images, [f"real_{i}.png" for i in range(6)], retrieval, siamese,
+                             neighbours=config.sampler_neighbours, thresholds=thresholds, device=CPU)
+
+    gallery = privacy_filter(None)
+    with pytest.raises(ValueError, match="calibrate it first"):
+        privacy_enhancing_sample(trained.model, labels, privacy_filter=gallery, **common)
     # every correlation is at least -1: all rejected as near-duplicates
-    everything = privacy_enhancing_sample(trained.model, labels, thresholds=Thresholds(2.0, -1.01, 0.05),
-                                          **common)
+    everything = privacy_enhancing_sample(trained.model, labels,
+                                          privacy_filter=privacy_filter(Thresholds(2.0, -1.01, 0.05)), **common)
     attempts = config.max_retries + 1
     assert everything.drawn == 3 * attempts and len(everything.rejections) == 3 * attempts
     assert len(everything.images) == 0 and list(everything.exhausted) == [0, 1, 2]
@@ -113,27 +117,33 @@ def test_sampler_redraws_rejected_samples_a_bounded_number_of_times(trained, con
     assert {r.reason for r in everything.rejections} == {"near-duplicate"}
     assert everything.summary()["rejected_by"] == {"siamese": 0, "near-duplicate": 3 * attempts, "both": 0}
 
-    nothing = privacy_enhancing_sample(trained.model, labels, thresholds=Thresholds(1.0, 1.01, 0.05),
-                                       **common)
+    nothing = privacy_enhancing_sample(trained.model, labels,
+                                       privacy_filter=privacy_filter(Thresholds(1.0, 1.01, 0.05)), **common)
     assert nothing.drawn == 3 and not nothing.rejections and len(nothing.exhausted) == 0
     assert torch.equal(nothing.labels, labels) and len(nothing.nearest_real) == 3
     assert np.all((nothing.scores >= 0) & (nothing.scores <= 1))
     assert np.all(np.abs(nothing.correlations) <= 1 + 1e-5)
 
-    by_siamese = privacy_enhancing_sample(trained.model, labels, thresholds=Thresholds(-0.01, 1.01, 0.05),
-                                          **common)
+    by_siamese = privacy_enhancing_sample(trained.model, labels,
+                                          privacy_filter=privacy_filter(Thresholds(-0.01, 1.01, 0.05)), **common)
     assert {r.reason for r in by_siamese.rejections} == {"siamese"}
 
 
 def test_filter_checks_its_arguments(untrained_reid):
     retrieval, siamese = untrained_reid
-    gallery = RealGallery.build(torch.rand(2, 1, SIZE, SIZE), ["a.png", "b.png"], retrieval, siamese,
-                                device=CPU)
+    images = torch.rand(2, 1, SIZE, SIZE)
     with pytest.raises(ValueError, match="neighbours"):
-        privacy_filter(torch.rand(1, 1, SIZE, SIZE), gallery, retrieval, siamese, Thresholds(0.5, 0.5, 0.05),
-                       neighbours=0)
+        PrivacyFilter(images, ["a.png", "b.png"], retrieval, siamese, neighbours=0, device=CPU)
     with pytest.raises(ValueError, match="one name per image"):
-        RealGallery.build(torch.rand(2, 1, SIZE, SIZE), ["a.png"], retrieval, siamese, device=CPU)
+        PrivacyFilter(images, ["a.png"], retrieval, siamese, neighbours=1, device=CPU)
+    uncalibrated = PrivacyFilter(images, ["a.png", "b.png"], retrieval, siamese, neighbours=1, device=CPU)
+    with pytest.raises(ValueError, match="calibrate it first"):
+        uncalibrated.check(images)
+    with pytest.raises(ValueError, match=r"\(0, 1\)"):
+        uncalibrated.calibrated(images, fpr=0)
+    calibrated = uncalibrated.calibrated(torch.rand(4, 1, SIZE, SIZE), fpr=0.5)
+    assert uncalibrated.thresholds is None and calibrated.thresholds.fpr == 0.5
+    assert calibrated.features is uncalibrated.features  # the gallery is embedded once
 
 
 def test_conditions_and_label_vectors():
@@ -221,7 +231,8 @@ def reid_world(tmp_path_factory):
     from cxrlib.data.chestxray14 import make_splits, read_metadata
     from cxrlib.data.datasets import ImageDataset, PairDataset
     from cxrlib.data.pairs import make_pairs, max_positive_pairs
-    from cxrlib.reid import Images, retrieval_augmentation, train_retrieval, train_verification
+    from cxrlib.data.images import Images
+    from cxrlib.reid import retrieval_augmentation, train_retrieval, train_verification
     from tests.conftest import write_tiny_dataset
 
     root = tmp_path_factory.mktemp("reid_world")
@@ -245,25 +256,23 @@ def reid_world(tmp_path_factory):
         ImageDataset(cache, splits.val, target="patient"), profile.retrieval, seed=0,
         checkpoint_path=root / "retrieval", progress=False)
     train_images = Images.from_cache(cache, splits.train["image"])
-    gallery = RealGallery.build(train_images.tensor(), list(train_images.names), retrieval, siamese,
-                                device=CPU)
-    thresholds = calibrate_thresholds(Images.from_cache(cache, splits.val["image"]).tensor(), gallery,
-                                      retrieval, siamese, fpr=0.05, neighbours=5, device=CPU)
+    privacy_filter = PrivacyFilter(train_images.tensor(), train_images.names, retrieval, siamese, neighbours=5,
+                                   device=CPU)
+    privacy_filter = privacy_filter.calibrated(Images.from_cache(cache, splits.val["image"]).tensor(), fpr=0.05)
     held_out = Images.from_cache(cache, splits.test["image"]).tensor()
-    return {"gallery": gallery, "retrieval": retrieval, "siamese": siamese, "thresholds": thresholds,
-            "held_out": held_out}
+    return {"filter": privacy_filter, "held_out": held_out}
 
 
 def test_planted_copies_are_rejected_and_other_patients_mostly_pass(reid_world):
-    gallery, thresholds = reid_world["gallery"], reid_world["thresholds"]
+    privacy_filter = reid_world["filter"]
+    gallery, thresholds = privacy_filter, privacy_filter.thresholds
     generator = torch.Generator().manual_seed(0)
     planted_rows = torch.randperm(len(gallery.images), generator=generator)[:10]
     planted = near_copies(gallery.images[planted_rows], seed=0)
     held_out = reid_world["held_out"]
     # the planted copies hide among fresh images of held-out patients, as in a generated batch
     batch = torch.cat([held_out, *planted.values()])
-    result = privacy_filter(batch, gallery, reid_world["retrieval"], reid_world["siamese"], thresholds,
-                            neighbours=5, device=CPU)
+    result = privacy_filter.check(batch)
     fresh = slice(0, len(held_out))
     for i, (name, _) in enumerate(planted.items()):
         rows = slice(len(held_out) + i * len(planted_rows), len(held_out) + (i + 1) * len(planted_rows))
@@ -276,8 +285,7 @@ def test_planted_copies_are_rejected_and_other_patients_mostly_pass(reid_world):
     pass_rate = 1 - result.rejected[fresh].mean()
     assert pass_rate >= 0.75, f"only {pass_rate:.0%} of held-out patients' images pass the filter"
 
-    rates = planted_copy_rates(planted_rows.numpy(), gallery, reid_world["retrieval"], reid_world["siamese"],
-                               thresholds, neighbours=5, seed=0, device=CPU)
+    rates = privacy_filter.planted_copy_rates(len(planted_rows), seed=0)  # the same rows, drawn with seed 0
     assert list(rates) == list(planted)
     assert all(r["rejected"] == 1.0 and r["linked to its source"] >= 0.9 for r in rates.values())
 
@@ -291,3 +299,70 @@ def test_why_the_filter_needs_a_near_duplicate_test():
     with torch.no_grad():
         scores = siamese.score(images, images)
     assert torch.allclose(scores, torch.sigmoid(siamese.classifier.bias).expand(4))
+
+
+class _ZeroUNet(torch.nn.Module):
+    """Predicts no noise and records what it was given."""
+
+    def __init__(self):
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.zeros(()))
+        self.calls = []
+
+    def forward(self, noisy, timesteps, labels, unconditional):
+        self.calls.append((timesteps.clone(), unconditional.clone()))
+        return torch.zeros_like(noisy) + self.weight
+
+
+def _posterior_batch(n: int = 64):
+    generator = torch.Generator().manual_seed(0)
+    mean = torch.randn(n, 4, 4, 4, generator=generator)
+    return mean, torch.full_like(mean, 0.1), torch.zeros(n, len(LABELS))
+
+
+def test_diffusion_loss_is_fixed_in_eval_mode_random_in_training_and_min_snr_weighted(config):
+    from cxrlib.models.diffusion import build_noise_scheduler
+
+    scheduler = build_noise_scheduler(config)
+    unet, batch = _ZeroUNet(), _posterior_batch()
+
+    def loss(gamma, dropout=0.0):
+        return diffusion_loss(unet, batch, scheduler=scheduler, scaling_factor=1.0, condition_dropout=dropout,
+                              min_snr_gamma=gamma).item()
+
+    unet.eval()
+    plain = loss(0.0)
+    assert plain == loss(0.0)  # evenly spread timesteps, fixed noise: comparable across epochs
+    timesteps, unconditional = unet.calls[-1]
+    assert timesteps.tolist() == sorted(timesteps.tolist()) and not unconditional.any()
+    assert plain == pytest.approx(1.0, abs=0.1)  # a zero prediction misses unit-variance noise by ~1
+    # min(SNR, gamma) / SNR never exceeds 1 and cuts the nearly noise-free steps
+    assert loss(1.0) < plain and loss(1e9) == pytest.approx(plain)
+    unet.train()
+    assert loss(0.0) != loss(0.0)
+    loss(0.0, dropout=1.0)
+    assert unet.calls[-1][1].all()
+    loss(0.0, dropout=0.0)
+    assert not unet.calls[-1][1].any()
+
+
+def test_synthesis_figures_draw():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from cxrlib.plots import synthesis as plots
+
+    generator = torch.Generator().manual_seed(0)
+    images = torch.rand(4, 1, SIZE, SIZE, generator=generator)
+    history = [{"epoch": 1, "train_loss": 0.7, "val_loss": 0.69}, {"epoch": 2, "train_loss": 0.5, "val_loss": 0.6}]
+    assert plots.plot_training_curves({"autoencoder": history, "unet": history}).axes
+    assert len(plots.plot_reconstructions(images, images).axes) >= 8
+    assert plots.plot_class_grid(images, ["Mass", "Mass", NO_FINDING, NO_FINDING], per_row=2).axes
+    assert plots.plot_matches(images[:2], images[2:], ["a", "b"], ["x.png", "y.png"], title="t").axes
+    auc = {"per_class": {LABELS[0]: 0.7}, "mean_auc": 0.7, "ci": [0.6, 0.8]}
+    fig = plots.plot_utility({"real": auc, "synthetic only": auc}, 3.5)
+    assert "3.5 %" in fig.axes[0].get_title()
+    assert len(plots.plot_quality({"real": 1.0, "synthetic": 2.0},
+                                  {"real": {"Mass": 0.3}, "synthetic": {"Mass": 0.4}}).axes) == 2
+    fig = plots.plot_memorization({"synthetic": (np.array([0.1, 0.2]), np.array([0.3, 0.5]))}, (0.5, 0.9))
+    assert "threshold 0.500" in [t.get_text() for t in fig.axes[0].get_legend().get_texts()]

@@ -12,7 +12,8 @@ from safetensors.torch import load_file
 from torch.utils.data import DataLoader, TensorDataset
 
 from cxrlib.artifacts import ArtifactError
-from cxrlib.train import FitResult, fit, last_checkpoint_path, make_accelerator, seed_everything
+from cxrlib.train import (FitResult, fit, last_checkpoint_path, make_accelerator, process_seed,
+                          seed_everything)
 
 CONFIG = {"model": "linear", "features": 4}
 
@@ -187,17 +188,29 @@ DDP_SCRIPT = textwrap.dedent("""
     y = x.sum(1, keepdim=True)
     loaders = [DataLoader(TensorDataset(x, y), batch_size=8, shuffle=True),
                DataLoader(TensorDataset(x[:16], y[:16]), batch_size=8)]
-    loss = lambda m, b: torch.nn.functional.mse_loss(m(b[0]), b[1])
+    seen = {"flips": [], "inputs": []}
+
+    def loss(m, b):
+        inputs, targets = b
+        if m.training:  # an augmentation drawn from the global generator, as the classifier's flips are
+            flip = torch.rand(len(inputs)) < 0.5
+            seen["flips"].append(flip.float())
+            seen["inputs"].append(inputs)
+            inputs = torch.where(flip[:, None], -inputs, inputs)
+            targets = torch.where(flip[:, None], -targets, targets)
+        return torch.nn.functional.mse_loss(m(inputs), targets)
+
     result = fit(model, loss, *loaders, optimizer=torch.optim.SGD(model.parameters(), lr=0.05),
-                 max_epochs=1, patience=1, checkpoint_path=out + "/net", config={"m": 1}, seed=0,
+                 max_epochs=2, patience=2, checkpoint_path=out + "/net", config={"m": 1}, seed=0,
                  accelerator=accelerator, progress=False)
     assert accelerator.num_processes == 2, accelerator.num_processes
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, f"{out}/rank{rank}.safetensors")
+    save_file({k: torch.cat(v) for k, v in seen.items()}, f"{out}/draws{rank}.safetensors")
     accelerator.end_training()
 """)
 
 
-def test_two_processes_end_with_identical_weights(tmp_path):
+def test_two_processes_draw_differently_and_end_with_identical_weights(tmp_path):
     script = tmp_path / "ddp_fit.py"
     script.write_text(DDP_SCRIPT)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).parents[1])}
@@ -212,9 +225,23 @@ def test_two_processes_end_with_identical_weights(tmp_path):
         launcher.communicate()
         raise
     assert launcher.returncode == 0, stderr[-3000:]
+    draws = [load_file(str(tmp_path / f"draws{rank}.safetensors")) for rank in (0, 1)]
+    # each process trains on its own shard (per epoch: disjoint, all 64 rows covered) ...
+    for epoch in range(2):
+        rows = [{tuple(r.tolist()) for r in d["inputs"][32 * epoch:32 * (epoch + 1)]} for d in draws]
+        assert not rows[0] & rows[1] and len(rows[0] | rows[1]) == 64
+    # ... and draws its own augmentations: with one seed for all, both would flip the same positions
+    assert draws[0]["flips"].shape == draws[1]["flips"].shape
+    assert not torch.equal(draws[0]["flips"], draws[1]["flips"])
     rank0 = load_file(str(tmp_path / "rank0.safetensors"))
     rank1 = load_file(str(tmp_path / "rank1.safetensors"))
     assert rank0.keys() == rank1.keys()
     assert all(torch.equal(rank0[k], rank1[k]) for k in rank0)
     saved = load_file(str(tmp_path / "net.safetensors"))
     assert all(torch.equal(saved[k], rank0[k]) for k in rank0)
+
+
+def test_process_seeds_differ_between_processes_and_epochs():
+    seeds = {process_seed(7, epoch, rank) for epoch in range(1, 200) for rank in range(8)}
+    assert len(seeds) == 199 * 8
+    assert process_seed(7, 3, 0) == 10  # one process draws what it always drew

@@ -40,11 +40,12 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from cxrlib.anonymize.base import Anonymizer
-from cxrlib.artifacts import ArtifactError, load_weights, read_sidecar, save_weights
-from cxrlib.artifacts import _normalize as _plain
+from cxrlib.artifacts import load_weights, save_weights
 from cxrlib.data.chestxray14 import LABELS, DataError
 from cxrlib.data.datasets import PairDataset
-from cxrlib.train import FitResult, fit, make_accelerator, seed_everything
+from cxrlib.train import (FitResult, check_finite, finished_sidecar, fit, last_checkpoint_path,
+                          load_training_state, make_accelerator, process_seed, remove_training_state,
+                          save_training_state, seed_everything)
 
 #: the quantities recorded per epoch, for training and validation
 LOSS_NAMES = ("ac", "ver", "log_ver", "total")
@@ -78,11 +79,6 @@ def batch_loader(dataset: Dataset, batch_size: int, seed: int | None = None) -> 
     generator = torch.Generator().manual_seed(seed) if training else None
     return DataLoader(dataset, batch_size=batch_size, shuffle=training, generator=generator,
                       drop_last=training and len(dataset) > batch_size)
-
-
-def verification_scores(siamese: nn.Module, x1: torch.Tensor, x2: torch.Tensor) -> torch.Tensor:
-    """``s = sigmoid(SNN(x1, x2))`` per pair, in float64 as in the official loss."""
-    return torch.sigmoid(siamese(x1, x2).reshape(-1).double())
 
 
 def privacy_loss(logits: torch.Tensor) -> torch.Tensor:
@@ -155,7 +151,10 @@ def train_adversarial(anonymizer: Anonymizer, siamese: nn.Module, classifier: nn
     run (profile sections, the networks it started from): a finished checkpoint at ``checkpoint_path``
     saved with the same config and seed is loaded instead of training; one saved with another config
     raises :class:`~cxrlib.artifacts.ArtifactError`. The checkpoint is an ordinary saved anonymizer
-    (:func:`~cxrlib.anonymize.base.load_anonymizer` reads it), written once, at the end.
+    (:func:`~cxrlib.anonymize.base.load_anonymizer` reads it), written once, at the end; while
+    training, the state after every epoch (all three networks, their optimizers, the best
+    anonymizer so far and the shuffling generator of ``train_loader``) is kept beside it, as
+    :func:`~cxrlib.train.fit` keeps its own, and an interrupted run resumes from it.
     Runs on ``accelerator.device`` with its mixed precision, in one process.
     """
     if max_epochs < 1:
@@ -164,37 +163,57 @@ def train_adversarial(anonymizer: Anonymizer, siamese: nn.Module, classifier: nn
         if len(loader) == 0:
             raise ValueError(f"{name} yields no batches: its dataset is empty")
     path = Path(checkpoint_path).with_suffix(".safetensors")
+    last_path = last_checkpoint_path(path)
     training = {"config": dict(config), "seed": seed, "max_epochs": max_epochs, "lr": lr,
                 "siamese_lr": siamese_lr, "classifier_lr": classifier_lr, "w_ac": w_ac, "w_ver": w_ver,
                 "update_adversaries": update_adversaries}
-    cached = _finished_run(path, anonymizer, training)
-    if cached is not None:
-        return cached
+    identity = {"training": training}
+    finished = finished_sidecar(path, identity)
+    if finished is not None:
+        load_weights(anonymizer, path, config=anonymizer.config())
+        anonymizer.eval()
+        return AdversarialResult(history=finished["history"], best_epoch=finished["best_epoch"],
+                                 best_val_total=finished["metrics"]["val_total"], checkpoint_path=path,
+                                 trained=False)
 
     accelerator = accelerator or make_accelerator()
     device = accelerator.device
     seed_everything(seed)
     siamese, classifier = copy.deepcopy(siamese).to(device), copy.deepcopy(classifier).to(device)
     anonymizer.to(device)
-    optimizer = torch.optim.Adam(anonymizer.parameters(), lr=lr)
-    siamese_optimizer = torch.optim.Adam(siamese.parameters(), lr=siamese_lr)
-    classifier_optimizer = torch.optim.SGD(classifier.parameters(), lr=classifier_lr, momentum=0.9,
-                                           weight_decay=1e-4)
+    optimizers = {
+        "optimizer": torch.optim.Adam(anonymizer.parameters(), lr=lr),
+        "siamese_optimizer": torch.optim.Adam(siamese.parameters(), lr=siamese_lr),
+        "classifier_optimizer": torch.optim.SGD(classifier.parameters(), lr=classifier_lr, momentum=0.9,
+                                                weight_decay=1e-4)}
+    networks = {"anonymizer": anonymizer, "siamese": siamese, "classifier": classifier}
+    shuffler = getattr(train_loader, "generator", None)
 
-    history: list[dict[str, float]] = []
-    best_total, best_epoch, best_state = math.inf, 0, None
-    bar = tqdm(range(1, max_epochs + 1), unit="epoch", leave=False, desc=path.stem,
+    state = {"epoch": 0, "best_epoch": 0, "best_val_total": math.inf, "history": []}
+    best_state = None
+    resume = load_training_state(last_path, identity)
+    if resume is not None:
+        state = resume.sidecar["state"]
+        for name, module in networks.items():
+            module.load_state_dict(resume.tensors(name))
+        for name, optimizer in optimizers.items():
+            resume.load_optimizer(name, optimizer)
+        best_state = resume.tensors("best")
+        if shuffler is not None:
+            shuffler.set_state(resume.tensors("shuffler")["state"])
+
+    bar = tqdm(range(state["epoch"] + 1, max_epochs + 1), unit="epoch", leave=False, desc=path.stem,
                disable=None if progress is None else not progress)
     for epoch in bar:
-        seed_everything(seed + epoch)
+        seed_everything(process_seed(seed, epoch, accelerator.process_index))
         started = time.perf_counter()
         sums: dict[str, float] = {}
         count = 0
         for batch in train_loader:
             batch = _to_device(batch, device)
-            losses = _training_step(anonymizer, siamese, classifier, batch, optimizer, siamese_optimizer,
-                                    classifier_optimizer, w_ac, w_ver, update_adversaries, accelerator)
-            _check_finite(losses["total"], epoch, path)
+            losses = _training_step(anonymizer, siamese, classifier, batch, *optimizers.values(),
+                                    w_ac, w_ver, update_adversaries, accelerator)
+            check_finite(losses["total"], "adversarial training loss", epoch, _kept(path, state))
             size = batch[0].shape[0]
             for key, value in losses.items():
                 sums[key] = sums.get(key, 0.0) + value * size
@@ -203,21 +222,34 @@ def train_adversarial(anonymizer: Anonymizer, siamese: nn.Module, classifier: nn
         record.update({f"val_{k}": v for k, v in validation_losses(anonymizer, siamese, classifier,
                                                                    val_loader, w_ac=w_ac, w_ver=w_ver,
                                                                    accelerator=accelerator).items()})
-        _check_finite(record["val_total"], epoch, path)
+        check_finite(record["val_total"], "adversarial validation loss", epoch, _kept(path, state))
         record["seconds"] = time.perf_counter() - started
-        history.append(record)
-        if record["val_total"] < best_total:
-            best_total, best_epoch = record["val_total"], epoch
+        state["history"].append(record)
+        state["epoch"] = epoch
+        if record["val_total"] < state["best_val_total"]:
+            state.update(best_val_total=record["val_total"], best_epoch=epoch)
             best_state = {k: v.detach().clone() for k, v in anonymizer.state_dict().items()}
+        tensors = {**{name: module.state_dict() for name, module in networks.items()}, "best": best_state}
+        if shuffler is not None:
+            tensors["shuffler"] = {"state": shuffler.get_state()}
+        save_training_state(last_path, tensors=tensors, optimizers=optimizers,
+                            sidecar={**identity, "state": state})
         bar.set_postfix(total=f"{record['train_total']:.4f}", val=f"{record['val_total']:.4f}")
 
     anonymizer.load_state_dict(best_state)
     anonymizer.eval()
-    save_weights(anonymizer, path, config=anonymizer.config(), metrics={"val_total": best_total},
-                 extra={"training": training, "history": history, "best_epoch": best_epoch,
+    save_weights(anonymizer, path, config=anonymizer.config(), metrics={"val_total": state["best_val_total"]},
+                 extra={**identity, "history": state["history"], "best_epoch": state["best_epoch"],
                         "finished": True})
-    return AdversarialResult(history=history, best_epoch=best_epoch, best_val_total=best_total,
-                             checkpoint_path=path, trained=True)
+    remove_training_state(last_path)
+    return AdversarialResult(history=state["history"], best_epoch=state["best_epoch"],
+                             best_val_total=state["best_val_total"], checkpoint_path=path, trained=True)
+
+
+def _kept(path: Path, state: dict[str, Any]) -> str:
+    where = last_checkpoint_path(path)
+    return (f"the state of epoch {state['epoch']} is kept in {where}" if state["epoch"]
+            else f"nothing was written to {path}")
 
 
 def _training_step(anonymizer, siamese, classifier, batch, optimizer, siamese_optimizer, classifier_optimizer,
@@ -277,24 +309,6 @@ def validation_losses(anonymizer: nn.Module, siamese: nn.Module, classifier: nn.
     return {k: v / count for k, v in sums.items()}
 
 
-def _finished_run(path: Path, anonymizer: Anonymizer, training: dict[str, Any]) -> AdversarialResult | None:
-    if not path.with_suffix(".json").is_file():
-        return None
-    sidecar = read_sidecar(path)
-    saved = sidecar.get("training", {})
-    if _plain(saved) != _plain(training):
-        differing = sorted(k for k in set(saved) | set(training) if _plain(saved.get(k)) != _plain(training.get(k)))
-        raise ArtifactError(path, f"anonymizer trained with another configuration (differs in {differing}); "
-                                  "delete it or choose another checkpoint path")
-    if not sidecar.get("finished"):
-        return None
-    load_weights(anonymizer, path, config=anonymizer.config())
-    anonymizer.eval()
-    return AdversarialResult(history=sidecar["history"], best_epoch=sidecar["best_epoch"],
-                             best_val_total=sidecar["metrics"]["val_total"], checkpoint_path=path,
-                             trained=False)
-
-
 def _requires_grad(module: nn.Module, flag: bool) -> None:
     for parameter in module.parameters():
         parameter.requires_grad_(flag)
@@ -302,9 +316,3 @@ def _requires_grad(module: nn.Module, flag: bool) -> None:
 
 def _to_device(batch, device):
     return tuple(t.to(device, non_blocking=True) for t in batch)
-
-
-def _check_finite(value: float, epoch: int, path: Path) -> None:
-    if not math.isfinite(value):
-        raise FloatingPointError(f"adversarial loss became {value} in epoch {epoch}; nothing was written to "
-                                 f"{path}. Lower the learning rate or check the inputs for NaN/inf.")

@@ -15,23 +15,9 @@ from torch.utils.data import Dataset
 
 from cxrlib.data.cache import ImageCache
 from cxrlib.data.chestxray14 import DataError, LABELS
-
-#: below this many bytes a dataset copies its rows into memory instead of reading the memmap
-IN_MEMORY_BYTES = 512 * 2**20
+from cxrlib.data.images import Images
 
 Transform = Callable[[torch.Tensor], torch.Tensor]
-
-
-class _CachedImages:
-    def __init__(self, cache: ImageCache, names):
-        self.rows = cache.rows(names)
-        size = len(self.rows) * cache.size * cache.size
-        self.source = np.asarray(cache.array[self.rows]) if size <= IN_MEMORY_BYTES else cache.array
-        self.in_memory = size <= IN_MEMORY_BYTES
-
-    def tensor(self, i: int) -> torch.Tensor:
-        row = i if self.in_memory else self.rows[i]
-        return torch.from_numpy(np.array(self.source[row], dtype=np.float32) / 255.0).unsqueeze(0)
 
 
 class ImageDataset(Dataset):
@@ -44,7 +30,9 @@ class ImageDataset(Dataset):
         if len(meta) == 0:
             raise DataError(cache.directory, "empty split: no images to build a dataset from")
         self.names = meta["image"].tolist()
-        self.images = _CachedImages(cache, self.names)
+        # a split lists each image once, but a hand-made frame may repeat one
+        self.images = Images.from_cache(cache, self.names, in_memory=None)
+        self.rows = self.images.rows(self.names)
         self.labels = meta[list(LABELS)].to_numpy(dtype=np.float32)
         self.patient_ids = meta["patient_id"].to_numpy(dtype=np.int64)
         self.target = target
@@ -54,7 +42,7 @@ class ImageDataset(Dataset):
         return len(self.names)
 
     def __getitem__(self, i: int):
-        x = self.images.tensor(i)
+        x = self.images.image(self.rows[i])
         if self.transform is not None:
             x = self.transform(x)
         if self.target == "labels":
@@ -63,17 +51,19 @@ class ImageDataset(Dataset):
 
 
 class PairDataset(Dataset):
-    """Verification pairs: ``(x1, x2, label)`` with label 1.0 for the same patient."""
+    """Verification pairs: ``(x1, x2, label)`` with label 1.0 for the same patient, the images read
+    from a cache or taken from an :class:`~cxrlib.data.images.Images` (e.g. anonymized ones)."""
 
-    def __init__(self, cache: ImageCache, pairs: pd.DataFrame, transform: Transform | None = None):
+    def __init__(self, images: ImageCache | Images, pairs: pd.DataFrame, transform: Transform | None = None):
         if len(pairs) == 0:
-            raise DataError(cache.directory, "no pairs to build a dataset from")
+            where = images.directory if isinstance(images, ImageCache) else "pairs"
+            raise DataError(where, "no pairs to build a dataset from")
         self.pairs = pairs.reset_index(drop=True)
-        names = list(dict.fromkeys(pairs["img1"].tolist() + pairs["img2"].tolist()))
-        self.images = _CachedImages(cache, names)
-        position = {name: i for i, name in enumerate(names)}
-        self.first = pairs["img1"].map(position).to_numpy()
-        self.second = pairs["img2"].map(position).to_numpy()
+        if isinstance(images, ImageCache):
+            images = Images.from_cache(images, pairs["img1"].tolist() + pairs["img2"].tolist(), in_memory=None)
+        self.images = images
+        self.first = images.rows(pairs["img1"].tolist())
+        self.second = images.rows(pairs["img2"].tolist())
         self.labels = pairs["label"].to_numpy(dtype=np.float32)
         self.transform = transform
 
@@ -81,7 +71,7 @@ class PairDataset(Dataset):
         return len(self.labels)
 
     def __getitem__(self, i: int):
-        x1, x2 = self.images.tensor(self.first[i]), self.images.tensor(self.second[i])
+        x1, x2 = self.images.image(self.first[i]), self.images.image(self.second[i])
         if self.transform is not None:
             x1, x2 = self.transform(x1), self.transform(x2)
         return x1, x2, torch.tensor(self.labels[i])

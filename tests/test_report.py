@@ -1,0 +1,83 @@
+"""The README's results section is generated from results/<profile>/*.json and must agree with it."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from cxrlib.cli import main
+from cxrlib.report import (ReportError, current_section, markers, replace_section, results_section,
+                           update_readme)
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "results" / "cpu"
+
+
+def test_readme_results_section_agrees_with_results_cpu():
+    readme = (ROOT / "README.md").read_text()
+    assert current_section(readme, "cpu") == results_section(RESULTS, ROOT), (
+        "README.md's results section differs from results/cpu: run `cxrlib report --profile cpu` "
+        "(run_all.sh does) instead of editing the section by hand")
+
+
+@pytest.fixture
+def copied_results(tmp_path):
+    results = tmp_path / "results" / "cpu"
+    shutil.copytree(RESULTS, results, ignore=shutil.ignore_patterns("notebooks"))
+    readme = tmp_path / "README.md"
+    begin, end = markers("cpu")
+    readme.write_text(f"# title\n\n## Results\n\n{begin}\nstale text 0.123\n{end}\n\n## After\n")
+    return results, readme
+
+
+def test_section_follows_the_json_and_keeps_the_rest_of_the_readme(copied_results, monkeypatch):
+    results, readme = copied_results
+    synthesis = json.loads((results / "synthesis.json").read_text())
+    synthesis["synthetic_classifier"]["training_images"] = 4321
+    synthesis["utility"]["synthetic"]["mean_auc"] = 0.5125
+    (results / "synthesis.json").write_text(json.dumps(synthesis))
+    assert update_readme(readme, results, "cpu")
+    text = readme.read_text()
+    assert text.startswith("# title\n\n## Results\n\n") and text.endswith("\n\n## After\n")
+    assert "stale text" not in text
+    section = current_section(text, "cpu")
+    assert "trained on 4,321 synthetic images only reaches mean AUC 0.512" in section.replace("\n", " ")
+    assert "(results/cpu/figures/tradeoff.png)" in section  # links relative to the README
+    assert not update_readme(readme, results, "cpu")  # a second run changes nothing
+
+
+def test_missing_results_leave_their_blocks_out(copied_results):
+    results, _ = copied_results
+    (results / "tradeoff.json").unlink()
+    section = results_section(results, results.parents[1])
+    assert "**Re-identification**" in section and "**Synthesis**" in section
+    assert "Anonymization" not in section and "PriCheXy-Net" not in section
+
+
+def test_bad_readme_or_results_are_refused(tmp_path):
+    with pytest.raises(ReportError, match="marker"):
+        replace_section("no markers here", "x", "cpu")
+    begin, end = markers("cpu")
+    with pytest.raises(ReportError, match="once each"):
+        replace_section(f"{begin}\n{begin}\n{end}\n", "x", "cpu")
+    with pytest.raises(ReportError, match="no results"):
+        results_section(tmp_path)
+    (tmp_path / "synthesis.json").write_text("{not json")
+    with pytest.raises(ReportError, match="synthesis.json"):
+        results_section(tmp_path)
+
+
+def test_report_command_writes_the_section_or_says_there_is_none(copied_results, capsys):
+    results, readme = copied_results
+    assert main(["report", "--profile", "cpu", "--results", str(results), "--readme", str(readme)]) == 0
+    assert "rewritten from" in capsys.readouterr().out
+    assert "stale text" not in readme.read_text()
+    assert main(["report", "--profile", "smoke", "--results", str(results), "--readme", str(readme)]) == 0
+    assert "no results section for profile smoke" in capsys.readouterr().out
+    broken = readme.parent / "broken.md"
+    broken.write_text(markers("cpu")[0] + "\n")
+    assert main(["report", "--profile", "cpu", "--results", str(results), "--readme", str(broken)]) == 2
+    assert "marker" in capsys.readouterr().err
