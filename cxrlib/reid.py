@@ -191,7 +191,8 @@ def verification_runs(train: Dataset, val: Dataset, test_images: Images, test_pa
                       runs: int | None = None, progress: bool | None = None) -> dict:
     """Train ``runs`` (default ``config.runs``) networks with seeds ``seed``, ``seed + 1``, ...; test each.
 
-    Returns ``{"runs": [per-run metrics], "mean": {...}, "std": {...}}`` over :data:`RUN_METRICS`
+    Returns ``{"runs": [per-run metrics, seed, best epoch, epochs run, epoch cap], "mean": {...},
+    "std": {...}}`` over :data:`RUN_METRICS`
     (sample standard deviation; 0 for a single run). Trained runs are cached like any checkpoint.
     """
     runs = config.runs if runs is None else runs
@@ -205,7 +206,10 @@ def verification_runs(train: Dataset, val: Dataset, test_images: Images, test_pa
                                            progress=progress)
         metrics = verification_metrics(test_pairs["label"], pair_scores(model, test_images, test_pairs),
                                        n_bootstrap=0)
-        results.append({"seed": seed + run, "best_epoch": fitted.best_epoch, "trained": fitted.trained,
+        # best epoch, epochs run and the cap, so that a reader sees whether early stopping ended the run
+        results.append({"seed": seed + run, "best_epoch": fitted.best_epoch, "epochs": len(fitted.history),
+                        "max_epochs": config.max_epochs, "stopped_early": len(fitted.history) < config.max_epochs,
+                        "trained": fitted.trained,
                         **{name: metrics[name] for name in RUN_METRICS}})
     table = pd.DataFrame(results)
     return {"runs": results,

@@ -173,6 +173,17 @@ def test_verification_runs_report_mean_and_std(trained, verification_config, tmp
     assert summary["std"]["auc"] == pytest.approx(np.std(aucs, ddof=1))
     assert run_checkpoint(base, 0) == base
     assert run_checkpoint(base, 1).with_suffix(".safetensors").is_file()
+    assert all(r["best_epoch"] == r["epochs"] == r["max_epochs"] == 1 and not r["stopped_early"]
+               for r in summary["runs"])
+
+
+def test_verification_runs_record_early_stopping_against_the_cap(trained, verification_config, tmp_path):
+    # a huge learning rate makes the validation loss worse after the first epoch: patience 1 stops at 2
+    stopped = dataclasses.replace(verification_config, max_epochs=6, patience=1, lr=5.0)
+    summary = verification_runs(trained["train"], trained["val"], trained["images"], trained["pairs"],
+                                stopped, seed=3, checkpoint_path=tmp_path / "snn", runs=1, progress=False)
+    run = summary["runs"][0]
+    assert run["max_epochs"] == 6 and run["epochs"] == run["best_epoch"] + 1 < 6 and run["stopped_early"]
 
 
 def test_identity_cues_find_identical_copies(data):
