@@ -206,9 +206,11 @@ def verification_runs(train: Dataset, val: Dataset, test_images: Images, test_pa
                                            progress=progress)
         metrics = verification_metrics(test_pairs["label"], pair_scores(model, test_images, test_pairs),
                                        n_bootstrap=0)
-        # best epoch, epochs run and the cap, so that a reader sees whether early stopping ended the run
+        # best epoch, epochs run and the cap, so that a reader sees whether early stopping (patience
+        # exhausted) or the cap ended the run
         results.append({"seed": seed + run, "best_epoch": fitted.best_epoch, "epochs": len(fitted.history),
-                        "max_epochs": config.max_epochs, "stopped_early": len(fitted.history) < config.max_epochs,
+                        "max_epochs": config.max_epochs,
+                        "stopped_early": len(fitted.history) - fitted.best_epoch >= config.patience,
                         "trained": fitted.trained,
                         **{name: metrics[name] for name in RUN_METRICS}})
     table = pd.DataFrame(results)
