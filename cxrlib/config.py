@@ -266,19 +266,21 @@ def _cpu() -> Profile:
             mu_values=(0.001, 0.005, 0.01), generator_features=16, smoothing_kernel=3, smoothing_sigma=0.5,
             # a 30x larger learning rate than the paper's and batches of 16 (measured on the 400-patient
             # phantom: lr 1e-3, batch 32 barely moved the frozen siamese AUC; lr 3e-3, batch 16 lowered it).
-            # Epochs of 640 pairs (40 steps, ~12 s on 2 cores on the 2,000-patient v2 phantom), trained
-            # until the validation total has not fallen for 4 epochs, at most 25: early stopping with
-            # a generous cap, not a budget tuned to one phantom
-            pretrain_epochs=3, batch_size=16, adversarial_epochs=25, adversarial_patience=4, lr=3e-3,
+            # Epochs of 640 pairs (40 steps, ~12 s on 2 cores on the 2,000-patient phantom of commit
+            # 13126f2, results/cpu/prichexy_net.json), trained until the validation total has not fallen
+            # for 3 epochs, at most 15 (there 3 epochs were a fixed budget and the best epoch was always 2)
+            pretrain_epochs=3, batch_size=16, adversarial_epochs=15, adversarial_patience=3, lr=3e-3,
             train_pairs=640, val_pairs=192, test_pairs=1000, dp_pix_b=(2, 4, 8),
         ),
-        # the re-training attack: the verification recipe (convnet, Adam 3e-3) on 1,600 pairs, stopped
-        # when the validation loss has not fallen for 3 epochs (the cap of 30 is there for safety only:
-        # with a cap of 5 and patience 2, 7 of 8 attackers were still improving at the cap), 3 runs per
-        # anonymizer
+        # the re-training attack: the verification recipe (convnet, Adam 3e-3), 3 runs per anonymizer,
+        # each stopped when its validation loss has not fallen for 3 epochs; the cap of 25 is a safety net
+        # (with a cap of 5 and patience 2, 7 of 8 attackers were still improving at the cap). 1,000
+        # training pairs, not 1,600: on the phantom of commit 13126f2 an epoch of 1,600 pairs took ~9 s
+        # with its validation (2 runs x 5 epochs: ~90 s per anonymizer), and 8 anonymizers x 3 runs to
+        # early stopping must fit notebook 03's ~12 minutes
         evaluation=EvaluationConfig(
-            attack_runs=3, attack_train_pairs=1600, attack_val_pairs=400, attack_test_pairs=800,
-            attack_backbone="convnet_spatial", attack_pretrained=False, attack_lr=3e-3, attack_max_epochs=30,
+            attack_runs=3, attack_train_pairs=1000, attack_val_pairs=300, attack_test_pairs=800,
+            attack_backbone="convnet_spatial", attack_pretrained=False, attack_lr=3e-3, attack_max_epochs=25,
             attack_patience=3,
         ),
         # sized from 1-thread timings (per image: autoencoder step 14 ms, U-Net step 8 ms) so that
