@@ -9,6 +9,7 @@ import torch
 
 from cxrlib.anonymize.flow_field import (
     FlowFieldAnonymizer, GaussianSmoothing, displacement_bound_pixels, identity_grid, jacobian_determinant,
+    worst_case_jacobian,
     scaled_smoothing,
 )
 from cxrlib.config import load_profile
@@ -120,6 +121,14 @@ def test_jacobian_determinant_of_known_fields():
     assert torch.allclose(jacobian_determinant(shear), torch.full((1, 8, 8), 0.75))
     with pytest.raises(ValueError, match=r"\(B, 2, H, W\)"):
         jacobian_determinant(torch.zeros(2, 8, 8))
+
+
+def test_no_generator_folds_the_cpu_geometry_while_pixel_scaled_mu_did():
+    section, size = load_profile("cpu").anonymization, load_profile("cpu").image_size
+    kernel, sigma = section.smoothing_kernel, section.smoothing_sigma
+    assert worst_case_jacobian(max(section.mu_values), size, kernel, sigma, steps=150) > 0.5
+    # the former rule: mu 0.04 kept the paper's displacement in pixels with the resized kernel
+    assert worst_case_jacobian(0.04, size, kernel, sigma, steps=150) < 0
 
 
 def test_anonymizer_reports_its_smallest_jacobian():

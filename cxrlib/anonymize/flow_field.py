@@ -10,7 +10,8 @@ image (grid coordinates are normalized; with ``align_corners=True`` the S pixel 
 and is never converted, and the smoothing kernel is the paper's (kernel 9, sigma 2 at 256 px) resized
 with the image (:func:`scaled_smoothing`: sigma ``2 * S / 256``, radius ``ceil(2 * sigma)``). Both
 lengths then scale together, so the displacement bound stays 0.64 sigma for mu 0.01 at every size, as
-in the official code, and the fields do not fold (:func:`jacobian_determinant` measures it). Keeping
+in the official code, and the fields do not fold (:func:`jacobian_determinant` measures it;
+:func:`worst_case_jacobian` searches for the generator output that folds most). Keeping
 the displacement in *pixels* instead (mu times 255 / 63 at 64 px) while the kernel keeps the anatomy,
 as cxrlib once did, made the displacement 2.5 sigma: fields folded (1-D Jacobian down to about -1).
 
@@ -82,6 +83,32 @@ def jacobian_determinant(displacement: torch.Tensor) -> torch.Tensor:
     dux_dy, dux_dx = torch.gradient(displacement[:, 0], dim=(1, 2))
     duy_dy, duy_dx = torch.gradient(displacement[:, 1], dim=(1, 2))
     return (1 + dux_dx) * (1 + duy_dy) - dux_dy * duy_dx
+
+
+def worst_case_jacobian(mu: float, image_size: int, smoothing_kernel: int, smoothing_sigma: float, *,
+                        steps: int = 300, seed: int = 0) -> float:
+    """The smallest Jacobian determinant a generator output (``|G| <= 1``) reaches when it is chosen to
+    fold the field: ``G = tanh(3 theta)`` with ``theta`` optimized (Adam, ``steps``) to lower a soft
+    minimum of the determinant over one image. An estimate from above of the geometry's true worst case:
+    above 0, no generator found can fold the image at this mu, size and smoothing.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    smoothing = GaussianSmoothing(2, smoothing_kernel, smoothing_sigma)
+    theta = torch.randn(1, 2, image_size, image_size, generator=generator).requires_grad_()
+    optimizer = torch.optim.Adam([theta], lr=0.1)
+    pixels = mu * (image_size - 1) / 2
+
+    def smallest(field: torch.Tensor) -> torch.Tensor:
+        return jacobian_determinant(-pixels * smoothing(field))
+
+    for _ in range(steps):
+        det = smallest(torch.tanh(3 * theta)).flatten()
+        loss = torch.logsumexp(-20 * det, 0) / 20  # a soft minimum, so that every low pixel pulls
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    with torch.no_grad():
+        return float(min(smallest(torch.tanh(3 * theta)).min(), smallest(torch.sign(theta)).min()))
 
 
 def identity_grid(size: int, device: torch.device | str | None = None) -> torch.Tensor:
