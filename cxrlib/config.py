@@ -270,14 +270,18 @@ def _cpu() -> Profile:
             # 13126f2, results/cpu/prichexy_net.json), trained until the validation total has not fallen
             # for 3 epochs, at most 15 (there 3 epochs were a fixed budget and the best epoch was always 2)
             pretrain_epochs=3, batch_size=16, adversarial_epochs=15, adversarial_patience=3, lr=3e-3,
-            train_pairs=640, val_pairs=192, test_pairs=1000, dp_pix_b=(2, 4, 8),
+            # DP-Pix at b 4 and 8: at b 2 the noise scale (m / (b^2 eps) = 2.5 on [0, 1]) leaves nothing of
+            # the image, and each setting costs notebook 03 three attackers
+            train_pairs=640, val_pairs=192, test_pairs=1000, dp_pix_b=(4, 8),
         ),
         # the re-training attack: the verification recipe (convnet, Adam 3e-3), 3 runs per anonymizer,
         # each stopped when its validation loss has not fallen for 3 epochs; the cap of 25 is a safety net
         # (with a cap of 5 and patience 2, 7 of 8 attackers were still improving at the cap). 1,000
         # training pairs, not 1,600: on the phantom of commit 13126f2 an epoch of 1,600 pairs took ~9 s
-        # with its validation (2 runs x 5 epochs: ~90 s per anonymizer), and 8 anonymizers x 3 runs to
-        # early stopping must fit notebook 03's ~12 minutes
+        # with its validation (2 runs x 5 epochs: ~90 s per anonymizer). With 1,000 pairs the attacker on
+        # original images stopped after 8 epochs (best 5, test AUC 0.902; 1,600 pairs and a cap of 5 gave
+        # 0.905 and 0.923), measured on the phantom of renderer 3a159387 (2,000 patients, 64 px), so about
+        # 45 s per attacker on an unloaded 2-core machine, 7 anonymizers x 3 runs about 16 minutes
         evaluation=EvaluationConfig(
             attack_runs=3, attack_train_pairs=1000, attack_val_pairs=300, attack_test_pairs=800,
             attack_backbone="convnet_spatial", attack_pretrained=False, attack_lr=3e-3, attack_max_epochs=25,
