@@ -103,16 +103,22 @@ class ClassifierConfig:
 class AnonymizationConfig:
     """PriCheXy-Net, Privacy-Net and DP-Pix."""
 
-    #: deformation strength in normalized grid coordinates ([-1, 1] spans the image)
+    #: deformation strength in normalized grid coordinates ([-1, 1] spans the image): a share of the
+    #: image, the same at every image size (cxrlib.anonymize.flow_field states the rule)
     mu_values: tuple[float, ...] = (0.001, 0.005, 0.01)
     generator_features: int = 32
     generator_poolings: int = 4
+    #: the paper's Gaussian (kernel 9, sigma 2 at 256 px) resized with the image:
+    #: cxrlib.anonymize.flow_field.scaled_smoothing(image_size)
     smoothing_kernel: int = 9
     smoothing_sigma: float = 2.0
     pretrain_epochs: int = 200
     pretrain_lr: float = 1e-4
     batch_size: int = 64
     adversarial_epochs: int = 250
+    #: epochs without a lower validation total loss before the adversarial training stops (None: all
+    #: adversarial_epochs, as published)
+    adversarial_patience: int | None = None
     lr: float = 1e-4
     classifier_lr: float = 1e-4
     w_ac: float = 1.0
@@ -253,24 +259,33 @@ def _cpu() -> Profile:
             lr=1e-3, max_epochs=30, patience=6, lr_patience=2,
         ),
         anonymization=AnonymizationConfig(
-            # same displacement in pixels as the paper's mu at 256 px (mu * 256 / 64)
-            mu_values=(0.004, 0.02, 0.04),
-            # the paper's smoothing (kernel 9, sigma 2 at 256 px) scaled to 64 px: flow_field.scaled_smoothing
-            generator_features=16, smoothing_kernel=3, smoothing_sigma=0.5,
-            # ~100 generator steps instead of the paper's ~39,000 (250 epochs of 10,000 pairs): a 30x
-            # larger learning rate and batches of 16; measured on the earlier phantom: lr 1e-3, batch 32
-            # barely moves the frozen siamese AUC (0.80 -> 0.79 at mu 0.04), lr 3e-3, batch 16 lowers it
-            # 0.85 -> 0.68
-            pretrain_epochs=3, batch_size=16, adversarial_epochs=3, lr=3e-3,
-            train_pairs=640, val_pairs=192, test_pairs=1000, dp_pix_b=(2, 4, 8),
+            # mu is a share of the image and the smoothing the paper's resized with it (one rule, in
+            # cxrlib.anonymize.flow_field): the paper's mu values, kernel 3 and sigma 0.5 at 64 px, so the
+            # displacement bound (0.32 px at mu 0.01) is 0.64 sigma as in the official code. A change of
+            # image_size must change the kernel too (test_flow_field checks it)
+            mu_values=(0.001, 0.005, 0.01), generator_features=16, smoothing_kernel=3, smoothing_sigma=0.5,
+            # a 30x larger learning rate than the paper's and batches of 16 (measured on the 400-patient
+            # phantom: lr 1e-3, batch 32 barely moved the frozen siamese AUC; lr 3e-3, batch 16 lowered it).
+            # Epochs of 640 pairs (40 steps, ~12 s on 2 cores on the 2,000-patient phantom of commit
+            # 13126f2, results/cpu/prichexy_net.json), trained until the validation total has not fallen
+            # for 3 epochs, at most 15 (there 3 epochs were a fixed budget and the best epoch was always 2)
+            pretrain_epochs=3, batch_size=16, adversarial_epochs=15, adversarial_patience=3, lr=3e-3,
+            # DP-Pix at b 4 and 8: at b 2 the noise scale (m / (b^2 eps) = 2.5 on [0, 1]) leaves nothing of
+            # the image, and each setting costs notebook 03 three attackers
+            train_pairs=640, val_pairs=192, test_pairs=1000, dp_pix_b=(4, 8),
         ),
-        # the re-training attack: the verification recipe (convnet, Adam 3e-3), shortened to fit
-        # 8 anonymizers x 2 runs in notebook 03 (on the earlier 400-patient phantom and Adam 1e-3,
-        # identity attack AUC: 1200 pairs x <= 5 epochs 0.833 +- 0.029, 1600 x 5 0.835 +- 0.015)
+        # the re-training attack: the verification recipe (convnet, Adam 3e-3), 3 runs per anonymizer,
+        # each stopped when its validation loss has not fallen for 3 epochs; the cap of 25 is a safety net
+        # (with a cap of 5 and patience 2, 7 of 8 attackers were still improving at the cap). 1,000
+        # training pairs, not 1,600: on the phantom of commit 13126f2 an epoch of 1,600 pairs took ~9 s
+        # with its validation (2 runs x 5 epochs: ~90 s per anonymizer). With 1,000 pairs the attacker on
+        # original images stopped after 8 epochs (best 5, test AUC 0.902; 1,600 pairs and a cap of 5 gave
+        # 0.905 and 0.923), measured on the phantom of renderer 3a159387 (2,000 patients, 64 px), so about
+        # 45 s per attacker on an unloaded 2-core machine, 7 anonymizers x 3 runs about 16 minutes
         evaluation=EvaluationConfig(
-            attack_runs=2, attack_train_pairs=1600, attack_val_pairs=400, attack_test_pairs=800,
-            attack_backbone="convnet_spatial", attack_pretrained=False, attack_lr=3e-3, attack_max_epochs=5,
-            attack_patience=2,
+            attack_runs=3, attack_train_pairs=1000, attack_val_pairs=300, attack_test_pairs=800,
+            attack_backbone="convnet_spatial", attack_pretrained=False, attack_lr=3e-3, attack_max_epochs=25,
+            attack_patience=3,
         ),
         # sized from 1-thread timings (per image: autoencoder step 14 ms, U-Net step 8 ms) so that
         # notebook 04 fits about 10 minutes; 64 px -> 16x16x4 latents. The earlier 400-patient phantom
@@ -309,14 +324,14 @@ def _smoke() -> Profile:
             max_epochs=1, patience=1,
         ),
         anonymization=AnonymizationConfig(
-            mu_values=(0.02, 0.08), generator_features=8, generator_poolings=2, smoothing_kernel=3,
-            smoothing_sigma=0.25, pretrain_epochs=1, batch_size=16, adversarial_epochs=1,
+            mu_values=(0.005, 0.01), generator_features=8, generator_poolings=2, smoothing_kernel=3,
+            smoothing_sigma=0.25, pretrain_epochs=1, batch_size=16, adversarial_epochs=2, adversarial_patience=1,
             train_pairs=64, val_pairs=32, test_pairs=32, dp_pix_b=(4,),
         ),
         evaluation=EvaluationConfig(
             attack_runs=1, bootstrap_samples=100, attack_train_pairs=48, attack_val_pairs=16,
             attack_test_pairs=32, attack_backbone="convnet", attack_pretrained=False, attack_batch_size=16,
-            attack_max_epochs=1, attack_patience=1,
+            attack_max_epochs=2, attack_patience=1,
         ),
         synthesis=SynthesisConfig(
             latent_channels=4, autoencoder_channels=(8, 16), autoencoder_epochs=1, autoencoder_lr=2e-3,

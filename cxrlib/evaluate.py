@@ -45,6 +45,7 @@ from torch.utils.data import TensorDataset
 from torchmetrics.image import PeakSignalNoiseRatio, StructuralSimilarityIndexMeasure
 
 from cxrlib.anonymize.base import Anonymizer
+from cxrlib.anonymize.flow_field import displacement_bound_pixels
 from cxrlib.artifacts import write_json
 from cxrlib.classify import predict
 from cxrlib.config import EvaluationConfig, VerificationConfig
@@ -290,13 +291,9 @@ PUBLISHED = {
     "privacy_net": ("49.8 ± 2.2", "57.5", "unconfirmed"),
     "dp_pix": ("≈ 50–52.5", "≈ 50–53", "unconfirmed, range over b"),
 }
-#: the paper's mu with published numbers, at 256 px
+#: the paper's mu with published numbers (a share of the image, the same at every size:
+#: :mod:`cxrlib.anonymize.flow_field`)
 PUBLISHED_MU = 0.01
-
-
-def paper_mu(mu: float, image_size: int) -> float:
-    """The mu at 256 px with the same displacement in pixels (inverse of the cpu profile's scaling)."""
-    return mu * (image_size - 1) / (256 - 1)
 
 
 def published_row(result: dict[str, Any]) -> tuple[str, str, str]:
@@ -305,9 +302,8 @@ def published_row(result: dict[str, Any]) -> tuple[str, str, str]:
     if method not in PUBLISHED:
         return "", "", ""
     if method == "flow_field":
-        mu = paper_mu(params["mu"], params["image_size"])
-        if abs(mu - PUBLISHED_MU) > 0.1 * PUBLISHED_MU:
-            return "", "", f"no published value (mu ≈ {mu:.3g} at 256 px)"
+        if abs(params["mu"] - PUBLISHED_MU) > 0.1 * PUBLISHED_MU:
+            return "", "", f"no published value (mu {params['mu']:g})"
     return PUBLISHED[method]
 
 
@@ -317,7 +313,8 @@ def setting(result: dict[str, Any], *, short: bool = False) -> str:
     if result["method"] == "flow_field":
         if short:
             return f"mu={params['mu']:g}"
-        return f"mu = {params['mu']:g} (≈ {paper_mu(params['mu'], params['image_size']):.3g} at 256 px)"
+        bound = displacement_bound_pixels(params["mu"], params["image_size"])
+        return f"mu = {params['mu']:g} (at most {bound:.2g} px at {params['image_size']} px)"
     if result["method"] == "dp_pix":
         return f"b={params['b']}" if short else f"b = {params['b']}, eps = {params['eps']:g}, m = {params['m']:g}"
     return ""

@@ -153,11 +153,13 @@ def _per_class_auc(y_true: np.ndarray, y_score: np.ndarray) -> np.ndarray:
     return aucs
 
 
-def retrieval_metrics(embeddings, labels) -> dict[str, float]:
+def retrieval_metrics(embeddings, labels, *, normalize: bool = True) -> dict[str, float]:
     """mAP@R, R-precision and precision@1, querying every embedding against all the others.
 
     ``labels`` are identities (patient ids); queries whose identity occurs once are skipped, as in
-    pytorch-metric-learning. Neighbours by Euclidean distance, with a torch k-NN (no faiss needed).
+    pytorch-metric-learning. Neighbours by Euclidean distance, with a torch k-NN (no faiss needed),
+    between L2-normalized embeddings unless ``normalize`` is False (descriptors whose length carries
+    information, such as an image's mean and standard deviation).
     """
     from pytorch_metric_learning.distances import LpDistance
     from pytorch_metric_learning.utils.accuracy_calculator import AccuracyCalculator
@@ -170,7 +172,8 @@ def retrieval_metrics(embeddings, labels) -> dict[str, float]:
     if len(torch.unique(labels)) == len(labels):
         raise ValueError("every identity occurs once: retrieval needs several images per patient")
     calculator = AccuracyCalculator(include=tuple(_RETRIEVAL_METRICS), k="max_bin_count",
-                                    device=torch.device("cpu"), knn_func=CustomKNN(LpDistance()))
+                                    device=torch.device("cpu"),
+                                    knn_func=CustomKNN(LpDistance(normalize_embeddings=normalize)))
     accuracy = calculator.get_accuracy(embeddings, labels)
     return {ours: float(accuracy[theirs]) for theirs, ours in _RETRIEVAL_METRICS.items()}
 

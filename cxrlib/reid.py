@@ -9,10 +9,11 @@ Two attacks on held-out patients:
   grouped by patient (:class:`PatientBlockSampler`).
 
 And what the paper shows with them: blacking out burned-in text does not help
-(:func:`black_out_boxes`, :func:`text_box_effect`); a linkage attack returns a query's top gallery
-matches (:func:`linkage_attack`); identity survives years between scans (:func:`auc_by_gap`); a raw-pixel
-nearest neighbour, the image's mean and standard deviation or its intensity histogram do far worse than
-the trained networks (:func:`training_free_baselines`).
+(:func:`black_out_boxes`, :func:`text_box_effect`); a linkage attack returns a query's nearest gallery
+images in the retrieval embedding (:func:`linkage_attack`, :func:`linkage_hit_rates`); identity survives
+years between scans (:func:`auc_by_gap`); a raw-pixel nearest neighbour, the image's mean and standard
+deviation or its intensity histogram, beside the trained networks on the same pairs, show what carries
+identity (:func:`identity_cues`).
 
 Evaluation works on :class:`Images`, the uint8 pixels of a set of named images, so that any anonymizer
 (``anonymizer(images) -> images`` on float (B, 1, H, W) in [0, 1]) can be put in front of a model.
@@ -113,7 +114,8 @@ def verification_runs(train: Dataset, val: Dataset, test_images: Images, test_pa
                       runs: int | None = None, progress: bool | None = None) -> dict:
     """Train ``runs`` (default ``config.runs``) networks with seeds ``seed``, ``seed + 1``, ...; test each.
 
-    Returns ``{"runs": [per-run metrics], "mean": {...}, "std": {...}}`` over :data:`RUN_METRICS`
+    Returns ``{"runs": [per-run metrics, seed, best epoch, epochs run, epoch cap], "mean": {...},
+    "std": {...}}`` over :data:`RUN_METRICS`
     (sample standard deviation; 0 for a single run). Trained runs are cached like any checkpoint.
     """
     runs = config.runs if runs is None else runs
@@ -127,7 +129,12 @@ def verification_runs(train: Dataset, val: Dataset, test_images: Images, test_pa
                                            progress=progress)
         metrics = verification_metrics(test_pairs["label"], pair_scores(model, test_images, test_pairs),
                                        n_bootstrap=0)
-        results.append({"seed": seed + run, "best_epoch": fitted.best_epoch, "trained": fitted.trained,
+        # best epoch, epochs run and the cap, so that a reader sees whether early stopping (patience
+        # exhausted) or the cap ended the run
+        results.append({"seed": seed + run, "best_epoch": fitted.best_epoch, "epochs": len(fitted.history),
+                        "max_epochs": config.max_epochs,
+                        "stopped_early": len(fitted.history) - fitted.best_epoch >= config.patience,
+                        "trained": fitted.trained,
                         **{name: metrics[name] for name in RUN_METRICS}})
     table = pd.DataFrame(results)
     return {"runs": results,
@@ -170,23 +177,55 @@ def baseline_features(images: Images, kind: str) -> np.ndarray:
     return (features - features.mean(axis=0)) / np.maximum(features.std(axis=0), 1e-8)
 
 
-def baseline_pair_scores(images: Images, pairs: pd.DataFrame, kind: str) -> np.ndarray:
-    """Verification scores of a training-free baseline: minus the descriptors' Euclidean distance."""
-    features = baseline_features(images, kind)
+def distance_pair_scores(features, images: Images, pairs: pd.DataFrame) -> np.ndarray:
+    """Verification scores from descriptors (rows of ``features`` follow ``images.names``): minus the
+    Euclidean distance between the two images' descriptors."""
+    features = np.asarray(features, dtype=np.float32)
     first, second = images.rows(pairs["img1"].tolist()), images.rows(pairs["img2"].tolist())
     return -np.linalg.norm(features[first] - features[second], axis=1)
 
 
-def training_free_baselines(images: Images, pairs: pd.DataFrame, patient_ids: Sequence[int]) -> dict:
-    """Per baseline: verification AUC on ``pairs`` and retrieval metrics (every image against all others)."""
+def baseline_pair_scores(images: Images, pairs: pd.DataFrame, kind: str) -> np.ndarray:
+    """Verification scores of a training-free baseline: minus the descriptors' Euclidean distance."""
+    return distance_pair_scores(baseline_features(images, kind), images, pairs)
+
+
+#: the cues of :func:`identity_cues`, in the order tables and figures show them
+IDENTITY_CUES = {"mean_sd": "image mean + sd", "histogram": "intensity histogram (19 quantiles)",
+                 "raw_pixels": "raw pixels (correlation)", "siamese": "siamese network",
+                 "retrieval": "retrieval network"}
+
+
+def identity_cues(images: Images, pairs: pd.DataFrame, patient_ids: Sequence[int], *,
+                  siamese: SiameseNetwork | None = None, retrieval: RetrievalNetwork | None = None,
+                  n_bootstrap: int = 0, seed: int = 0) -> dict[str, dict]:
+    """What identifies a patient and what does not, on the same held-out ``pairs`` and ``images``.
+
+    Per cue of :data:`IDENTITY_CUES` (the trained networks only when given): ``verification`` (the
+    :func:`~cxrlib.metrics.verification_metrics` of its pair scores, ROC included) and ``retrieval``
+    (mAP@R, R-precision, P@1 of every image against all others; None for the siamese network, which
+    scores pairs rather than embedding images). The retrieval network verifies a pair by the distance
+    of its L2-normalized embeddings, the distance its retrieval metrics rank by.
+    """
     ids = np.asarray(patient_ids)
-    results = {}
-    for kind in TRAINING_FREE_BASELINES:
-        verification = verification_metrics(pairs["label"], baseline_pair_scores(images, pairs, kind),
-                                             n_bootstrap=0)
-        results[kind] = {"verification_auc": verification["auc"],
-                         **retrieval_metrics(baseline_features(images, kind), ids)}
-    return results
+    descriptors = {kind: baseline_features(images, kind) for kind in TRAINING_FREE_BASELINES}
+    if retrieval is not None:
+        descriptors["retrieval"] = normalized(retrieval_embeddings(retrieval, images))
+    scores = {kind: distance_pair_scores(features, images, pairs) for kind, features in descriptors.items()}
+    if siamese is not None:
+        scores["siamese"] = pair_scores(siamese, images, pairs)
+    cues = {}
+    for kind in IDENTITY_CUES:
+        if kind not in scores:
+            continue
+        cues[kind] = {
+            "verification": verification_metrics(pairs["label"], scores[kind], n_bootstrap=n_bootstrap,
+                                                 seed=seed),
+            # the descriptors are compared as they are (the retrieval embeddings were normalized above)
+            "retrieval": (retrieval_metrics(descriptors[kind], ids, normalize=False)
+                          if kind in descriptors else None),
+        }
+    return cues
 
 
 # -- retrieval -------------------------------------------------------------------------------------
@@ -354,9 +393,7 @@ def train_retrieval(train: Dataset, val: Dataset, config: RetrievalConfig, *, se
 def evaluate_retrieval(model: RetrievalNetwork, images: Images, patient_ids: Sequence[int], *,
                        anonymizer: Anonymizer | None = None, progress: bool = False) -> dict:
     """mAP@R, R-precision, P@1: every image queried against all the others."""
-    model.eval()
-    embeddings = embed_images(model, images, anonymizer=anonymizer, device=module_device(model),
-                              progress=progress)
+    embeddings = retrieval_embeddings(model, images, anonymizer=anonymizer, progress=progress)
     return retrieval_metrics(embeddings, np.asarray(patient_ids))
 
 
@@ -379,53 +416,73 @@ def text_box_effect(model: SiameseNetwork, images: Images, pairs: pd.DataFrame,
     return result
 
 
-@torch.no_grad()
-def linkage_attack(model: SiameseNetwork, images: Images, patient_ids: Sequence[int],
-                   queries: Sequence[str], k: int = 5, *, anonymizer: Anonymizer | None = None) -> pd.DataFrame:
-    """For each query image, the ``k`` gallery images (all other images) the network scores highest.
-
-    Rows: query, rank (1..k), match (gallery image), score (same-patient probability), same_patient.
-    """
+def retrieval_embeddings(model: RetrievalNetwork, images: Images, *, anonymizer: Anonymizer | None = None,
+                         progress: bool = False) -> torch.Tensor:
+    """The retrieval network's (N, D) embeddings of ``images`` (after ``anonymizer``), on the CPU."""
     model.eval()
-    device = module_device(model)
-    features = embed_images(model.embed, images, anonymizer=anonymizer, device=device).to(device)
+    return embed_images(model, images, anonymizer=anonymizer, device=module_device(model), progress=progress)
+
+
+def normalized(embeddings) -> np.ndarray:
+    """Rows scaled to unit length: Euclidean distance then ranks like cosine similarity, as
+    :func:`cxrlib.metrics.retrieval_metrics` ranks."""
+    x = np.asarray(embeddings, dtype=np.float32)
+    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+
+
+def nearest_matches(embeddings, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Each row's ``k`` nearest other rows by distance of the L2-normalized embeddings (the ranking
+    :func:`cxrlib.metrics.retrieval_metrics` scores): (indices, distances), both (N, k), nearest first."""
+    x = torch.from_numpy(normalized(embeddings))
+    if not 1 <= k < len(x):
+        raise ValueError(f"k must be between 1 and {len(x) - 1} (the gallery minus the query), got {k}")
+    distances = torch.cdist(x, x)
+    distances.fill_diagonal_(math.inf)  # never match a query with itself
+    top = torch.topk(distances, k, dim=1, largest=False)
+    return top.indices.numpy(), top.values.numpy()
+
+
+def linkage_queries(patient_ids: Sequence[int], n: int, rng: np.random.Generator) -> np.ndarray:
+    """``n`` rows drawn at random (without replacement) among those whose patient has another row."""
     ids = np.asarray(patient_ids)
+    _, inverse, counts = np.unique(ids, return_inverse=True, return_counts=True)
+    candidates = np.flatnonzero(counts[inverse] >= 2)
+    if len(candidates) == 0:
+        raise ValueError("no image has another image of the same patient among these images")
+    return np.sort(rng.choice(candidates, size=min(n, len(candidates)), replace=False))
+
+
+def linkage_attack(embeddings, images: Images, patient_ids: Sequence[int], queries: Sequence[str],
+                   k: int = 5) -> pd.DataFrame:
+    """For each query image, the ``k`` gallery images (all other images) nearest in ``embeddings``
+    (rows follow ``images.names``, e.g. :func:`retrieval_embeddings`): the paper's retrieval attack.
+
+    Rows: query, rank (1..k), match (gallery image), distance (of the L2-normalized embeddings),
+    same_patient.
+    """
+    ids = np.asarray(patient_ids)
+    indices, distances = nearest_matches(embeddings, k)
     rows = []
     for query, q in zip(queries, images.rows(list(queries))):
-        scores = torch.sigmoid(model.compare(features[q].expand_as(features), features)).cpu()
-        scores[q] = -1.0  # never match the query with itself
-        top = torch.topk(scores, min(k, len(scores) - 1))
-        for rank, (score, g) in enumerate(zip(top.values.tolist(), top.indices.tolist()), start=1):
-            rows.append({"query": query, "rank": rank, "match": images.names[g], "score": score,
+        for rank, (g, distance) in enumerate(zip(indices[q], distances[q]), start=1):
+            rows.append({"query": query, "rank": rank, "match": images.names[g], "distance": float(distance),
                          "same_patient": bool(ids[g] == ids[q])})
     return pd.DataFrame(rows)
 
 
-@torch.no_grad()
-def linkage_top1(model: SiameseNetwork, images: Images, patient_ids: Sequence[int], *,
-                 batch_size: int = 256) -> float:
-    """Share of images (with another image of their patient present) whose best-scored match is one."""
-    model.eval()
-    device = module_device(model)
-    features = embed_images(model.embed, images, device=device).to(device)
-    ids = torch.as_tensor(np.array(patient_ids), device=device)
-    hits, queries = 0, 0
-    batch_size = max(1, min(batch_size, 2**21 // len(features)))  # bounds the (queries x gallery) block
-    for start in range(0, len(features), batch_size):
-        q = features[start:start + batch_size]
-        logits = model.compare(q.unsqueeze(1).expand(-1, len(features), -1).reshape(-1, q.shape[1]),
-                               features.repeat(len(q), 1)).view(len(q), -1)
-        rows = torch.arange(start, start + len(q), device=device)
-        logits[torch.arange(len(q)), rows] = -torch.inf
-        same = ids[start:start + len(q)].unsqueeze(1) == ids.unsqueeze(0)
-        same[torch.arange(len(q)), rows] = False
-        has_match = same.any(dim=1)
-        best = logits.argmax(dim=1)
-        hits += int((same[torch.arange(len(q)), best] & has_match).sum())
-        queries += int(has_match.sum())
-    if queries == 0:
+def linkage_hit_rates(embeddings, patient_ids: Sequence[int], ranks: Sequence[int] = (1, 5)) -> dict:
+    """Share of queries (every image whose patient has another image) with a right match within the
+    first ``r`` gallery images, per ``r`` in ``ranks``: ``{"queries": n, "rank_1": ..., "rank_5": ...}``.
+    The rank-1 share is the retrieval P@1."""
+    ids = np.asarray(patient_ids)
+    indices, _ = nearest_matches(embeddings, max(ranks))
+    _, inverse, counts = np.unique(ids, return_inverse=True, return_counts=True)
+    queries = counts[inverse] >= 2
+    if not queries.any():
         raise ValueError("no image has another image of the same patient among these images")
-    return hits / queries
+    same = ids[indices] == ids[:, None]
+    return {"queries": int(queries.sum()),
+            **{f"rank_{r}": float(same[queries, :r].any(axis=1).mean()) for r in ranks}}
 
 
 def pair_gaps(pairs: pd.DataFrame, meta: pd.DataFrame) -> pd.DataFrame:

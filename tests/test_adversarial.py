@@ -237,6 +237,16 @@ def test_nan_loss_stops_the_adversarial_loop_naming_the_epoch(tmp_path):
     assert not any(tmp_path.iterdir())
 
 
+def test_patience_stops_the_generator_once_the_validation_total_stops_falling(tmp_path):
+    anonymizer, siamese, classifier = networks()
+    result = train_adversarial(anonymizer, siamese, classifier, pair_loader(), pair_loader(seed=1),
+                               max_epochs=30, lr=1e-2, patience=1, checkpoint_path=tmp_path / "gen",
+                               config={"a": 1}, seed=0)
+    totals = [r["val_total"] for r in result.history]
+    assert len(totals) == result.best_epoch + 1 < 30  # one epoch without improvement, then stop
+    assert min(totals[:-1]) <= totals[-1]
+
+
 @METHODS
 def test_pretraining_reduces_the_reconstruction_error(tmp_path, make_anonymizer):
     torch.manual_seed(0)

@@ -238,16 +238,17 @@ def test_tables_and_figure_from_results():
                 "fidelity": {"ssim": 0.9, "psnr": None if method == "identity" else 30.0}}
 
     results = [fake("identity", {}, 0.9, 0.85),
-               fake("flow_field", {"mu": 0.04, "image_size": 64}, 0.7, 0.84),
-               fake("flow_field", {"mu": 0.004, "image_size": 64}, 0.88, 0.85),
+               fake("flow_field", {"mu": 0.01, "image_size": 64}, 0.7, 0.84),
+               fake("flow_field", {"mu": 0.04, "image_size": 64}, 0.88, 0.85),
                fake("dp_pix", {"b": 4, "eps": 0.1, "m": 1.0, "seed": 0}, 0.55, 0.6)]
     table = evaluate.comparison_table(results)
     assert list(table["method"]) == ["no anonymization", "PriCheXy-Net", "PriCheXy-Net", "DP-Pix"]
     assert table.loc[0, "attack AUC % (re-trained)"] == "90.0 ± 2.0" and table.loc[0, "PSNR dB"] == "∞"
-    # mu 0.04 at 64 px is the paper's mu 0.01 at 256 px; mu 0.004 has no published number
+    # mu is a share of the image: 0.01 at 64 px is the paper's 0.01 at 256 px; 0.04 has no published number
     assert table.loc[1, "published attack AUC %"] == "57.7 ± 4.0"
     assert table.loc[2, "published attack AUC %"] == ""
     assert "unconfirmed" in table.loc[3, "published values"]
+    assert table.loc[1, "setting"] == "mu = 0.01 (at most 0.32 px at 64 px)"
     figure = plot_tradeoff(evaluate.results_table(results))
     assert len(figure.axes) == 1
     with pytest.raises(ValueError, match="lacks column"):

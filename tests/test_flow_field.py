@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from cxrlib.anonymize.flow_field import (
-    FlowFieldAnonymizer, GaussianSmoothing, displacement_bound_pixels, identity_grid, mu_for_image_size,
+    FlowFieldAnonymizer, GaussianSmoothing, displacement_bound_pixels, identity_grid, jacobian_determinant,
+    worst_case_jacobian,
     scaled_smoothing,
 )
 from cxrlib.config import load_profile
@@ -92,14 +93,51 @@ def test_smoothing_preserves_a_constant_field_away_from_the_border_and_reduces_n
         GaussianSmoothing(2, kernel_size=3, sigma=0.0)
 
 
-def test_smoothing_and_mu_scale_with_image_size():
+def test_smoothing_scales_with_the_image_and_mu_does_not():
     assert scaled_smoothing(256) == (9, 2.0)
     assert scaled_smoothing(64) == (3, 0.5)
-    assert mu_for_image_size(0.01, 256) == pytest.approx(0.01)
-    assert displacement_bound_pixels(mu_for_image_size(0.01, 64), 64) == pytest.approx(
-        displacement_bound_pixels(0.01, 256))
+    # the bound in units of sigma is the paper's 0.64 at every size
+    for size in (64, 128, 256):
+        sigma = scaled_smoothing(size)[1]
+        assert displacement_bound_pixels(0.01, size) / sigma == pytest.approx(0.64, abs=0.02)
     paper = load_profile("paper").anonymization
     assert (paper.smoothing_kernel, paper.smoothing_sigma) == scaled_smoothing(256)
+
+
+def test_jacobian_determinant_of_known_fields():
+    zero = torch.zeros(2, 2, 8, 8)
+    assert torch.equal(jacobian_determinant(zero), torch.ones(2, 8, 8))
+    coords = torch.arange(8.0)
+    # a shift by a constant keeps areas; a stretch by 1.5 along x has determinant 1.5
+    shift = torch.stack([torch.full((8, 8), 0.7), torch.full((8, 8), -0.3)]).unsqueeze(0)
+    assert torch.allclose(jacobian_determinant(shift), torch.ones(1, 8, 8))
+    stretch = torch.stack([0.5 * coords.expand(8, 8), torch.zeros(8, 8)]).unsqueeze(0)
+    assert torch.allclose(jacobian_determinant(stretch), torch.full((1, 8, 8), 1.5))
+    # u_x = -2 x maps x to -x: the image is flipped over itself, determinant -1
+    folding = torch.stack([-2.0 * coords.expand(8, 8), torch.zeros(8, 8)]).unsqueeze(0)
+    assert torch.allclose(jacobian_determinant(folding), torch.full((1, 8, 8), -1.0))
+    # a shear: det = 1 - dux/dy * duy/dx
+    shear = torch.stack([0.5 * coords[:, None].expand(8, 8), 0.5 * coords.expand(8, 8)]).unsqueeze(0)
+    assert torch.allclose(jacobian_determinant(shear), torch.full((1, 8, 8), 0.75))
+    with pytest.raises(ValueError, match=r"\(B, 2, H, W\)"):
+        jacobian_determinant(torch.zeros(2, 8, 8))
+
+
+def test_no_generator_folds_the_cpu_geometry_while_pixel_scaled_mu_did():
+    section, size = load_profile("cpu").anonymization, load_profile("cpu").image_size
+    kernel, sigma = section.smoothing_kernel, section.smoothing_sigma
+    assert worst_case_jacobian(max(section.mu_values), size, kernel, sigma, steps=150) > 0.5
+    # the former rule: mu 0.04 kept the paper's displacement in pixels with the resized kernel
+    assert worst_case_jacobian(0.04, size, kernel, sigma, steps=150) < 0
+
+
+def test_anonymizer_reports_its_smallest_jacobian():
+    images = torch.rand(3, 1, SIZE, SIZE, generator=torch.Generator().manual_seed(0))
+    assert make(0.0).smallest_jacobian(images) == pytest.approx(1.0)
+    strong = make(0.5)
+    with torch.no_grad():
+        expected = jacobian_determinant(strong.displacement_pixels(images)).min()
+    assert strong.smallest_jacobian(images, batch_size=2) == pytest.approx(float(expected))
 
 
 def test_generator_is_deterministic_in_eval_mode_and_gradients_flow():

@@ -100,3 +100,11 @@ def test_ssim_psnr():
     assert noisy["ssim"] < 0.95 and 15 < noisy["psnr"] < 25
     with pytest.raises(ValueError, match="must both be"):
         ssim_psnr(x, x[:1])
+
+
+def test_retrieval_metrics_can_rank_by_length_as_well_as_direction():
+    """Two patients along one direction, told apart by the vectors' length (as by an image's mean and sd)."""
+    embeddings = np.array([[1.0, 0.0], [1.2, 0.05], [5.0, 0.02], [5.5, 0.0]])
+    labels = [0, 0, 1, 1]
+    assert retrieval_metrics(embeddings, labels, normalize=False)["precision_at_1"] == 1.0
+    assert retrieval_metrics(embeddings, labels)["precision_at_1"] < 1.0

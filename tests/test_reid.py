@@ -14,11 +14,13 @@ from cxrlib.data.cache import prepare_cache
 from cxrlib.data.chestxray14 import DataError, make_splits, read_metadata
 from cxrlib.data.datasets import ImageDataset, PairDataset
 from cxrlib.data.pairs import make_pairs
-from cxrlib.reid import (TRAINING_FREE_BASELINES, Images, PatientBlockSampler, RetrievalLoss, auc_by_gap,
-                         baseline_features, baseline_pair_scores, black_out_boxes, evaluate_retrieval,
-                         linkage_attack, linkage_top1, pair_gaps, pair_scores, retrieval_augmentation,
-                         run_checkpoint, text_box_effect, train_retrieval, train_verification,
-                         training_free_baselines, verification_runs)
+from cxrlib.metrics import retrieval_metrics, verification_metrics
+from cxrlib.reid import (IDENTITY_CUES, TRAINING_FREE_BASELINES, Images, PatientBlockSampler, RetrievalLoss,
+                         auc_by_gap, baseline_features, baseline_pair_scores, black_out_boxes,
+                         build_retrieval_network, evaluate_retrieval, identity_cues, linkage_attack,
+                         linkage_hit_rates, linkage_queries, nearest_matches, pair_gaps, pair_scores,
+                         retrieval_augmentation, run_checkpoint, text_box_effect, train_retrieval,
+                         train_verification, verification_runs)
 from tests.conftest import write_tiny_dataset
 
 SIZE = 32
@@ -171,9 +173,20 @@ def test_verification_runs_report_mean_and_std(trained, verification_config, tmp
     assert summary["std"]["auc"] == pytest.approx(np.std(aucs, ddof=1))
     assert run_checkpoint(base, 0) == base
     assert run_checkpoint(base, 1).with_suffix(".safetensors").is_file()
+    assert all(r["best_epoch"] == r["epochs"] == r["max_epochs"] == 1 and not r["stopped_early"]
+               for r in summary["runs"])
 
 
-def test_training_free_baselines_find_identical_copies(data):
+def test_verification_runs_record_early_stopping_against_the_cap(trained, verification_config, tmp_path):
+    # a huge learning rate makes the validation loss worse after the first epoch: patience 1 stops at 2
+    stopped = dataclasses.replace(verification_config, max_epochs=6, patience=1, lr=5.0)
+    summary = verification_runs(trained["train"], trained["val"], trained["images"], trained["pairs"],
+                                stopped, seed=3, checkpoint_path=tmp_path / "snn", runs=1, progress=False)
+    run = summary["runs"][0]
+    assert run["max_epochs"] == 6 and run["epochs"] == run["best_epoch"] + 1 < 6 and run["stopped_early"]
+
+
+def test_identity_cues_find_identical_copies(data):
     images = Images.from_cache(data["cache"], data["splits"].test["image"])
     duplicated = Images(images.names + tuple(n + "_copy" for n in images.names),
                         np.concatenate([images.pixels, images.pixels]))
@@ -181,11 +194,28 @@ def test_training_free_baselines_find_identical_copies(data):
     pairs = pd.DataFrame({"img1": list(images.names[:5]) * 2,
                           "img2": [n + "_copy" for n in images.names[:5]] + list(images.names[5:10]),
                           "label": [1] * 5 + [0] * 5})
-    results = training_free_baselines(duplicated, pairs, ids)
-    assert set(results) == set(TRAINING_FREE_BASELINES)
+    results = identity_cues(duplicated, pairs, ids)
+    assert list(results) == list(TRAINING_FREE_BASELINES)
     for kind, result in results.items():
-        assert result["precision_at_1"] == 1.0 and result["verification_auc"] == 1.0, kind
-        assert set(result) == {"verification_auc", "map_at_r", "r_precision", "precision_at_1"}
+        assert result["retrieval"]["precision_at_1"] == 1.0 and result["verification"]["auc"] == 1.0, kind
+        assert set(result["retrieval"]) == {"map_at_r", "r_precision", "precision_at_1"}
+        assert len(result["verification"]["roc"]["fpr"]) >= 2
+
+
+def test_identity_cues_put_the_networks_on_the_same_pairs(trained, data):
+    torch.manual_seed(0)
+    retrieval = build_retrieval_network(load_profile("smoke").retrieval)
+    test = data["splits"].test
+    ids = test.set_index("image").loc[list(trained["images"].names), "patient_id"].to_numpy()
+    cues = identity_cues(trained["images"], trained["pairs"], ids, siamese=trained["model"], retrieval=retrieval,
+                         n_bootstrap=10)
+    assert list(cues) == list(IDENTITY_CUES)
+    assert cues["siamese"]["retrieval"] is None
+    assert cues["retrieval"]["retrieval"] == pytest.approx(evaluate_retrieval(retrieval, trained["images"], ids))
+    siamese_auc = cues["siamese"]["verification"]["auc"]
+    direct = pair_scores(trained["model"], trained["images"], trained["pairs"])
+    assert siamese_auc == pytest.approx(verification_metrics(trained["pairs"]["label"], direct, n_bootstrap=0)["auc"])
+    assert all(len(c["verification"]["auc_ci"]) == 2 for c in cues.values())
 
 
 def test_intensity_baselines_are_blind_to_where_pixels_are(data):
@@ -238,19 +268,50 @@ def test_retrieval_loss_leaves_the_memory_alone_on_validation():
     assert loss.training.queue_idx == 4
 
 
-def test_linkage_attack_ranks_gallery_without_the_query(trained, data):
-    test = data["splits"].test
-    queries = list(trained["images"].names[:3])
-    table = linkage_attack(trained["model"], trained["images"], test["patient_id"], queries, k=5)
-    assert len(table) == 15 and list(table.columns) == ["query", "rank", "match", "score", "same_patient"]
+def _clustered_embeddings(patients: int = 6, per_patient: int = 3, spread: float = 0.05, seed: int = 0):
+    """Each patient a random direction; its images small perturbations of it."""
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(patients, 8))
+    ids = np.repeat(np.arange(patients), per_patient)
+    return centres[ids] + spread * rng.normal(size=(len(ids), 8)), ids
+
+
+def test_linkage_attack_ranks_by_the_embedding_without_the_query():
+    embeddings, ids = _clustered_embeddings()
+    ids = np.r_[ids, 99]  # one patient with a single image stays in the gallery as a distractor
+    embeddings = np.vstack([embeddings, np.ones(8)])
+    images = Images(tuple(f"img{i}" for i in range(len(ids))), np.zeros((len(ids), 4, 4), np.uint8))
+    table = linkage_attack(embeddings, images, ids, ["img0", "img4"], k=5)
+    assert len(table) == 10 and list(table.columns) == ["query", "rank", "match", "distance", "same_patient"]
     for query, rows in table.groupby("query"):
         assert query not in rows["match"].tolist()
-        assert rows["score"].is_monotonic_decreasing
-    top1 = linkage_top1(trained["model"], trained["images"], test["patient_id"], batch_size=7)
-    first = table[table["rank"] == 1]
-    assert 0 <= top1 <= 1
-    assert top1 > 0.3  # well above chance (1 / (patients - 1)) for a model that learned identity
-    assert first["same_patient"].dtype == bool
+        assert rows["distance"].is_monotonic_increasing
+        assert rows["same_patient"].tolist()[:2] == [True, True]  # its patient's two other images first
+        assert not rows["same_patient"].iloc[2:].any()
+    rates = linkage_hit_rates(embeddings, ids)
+    assert rates == {"queries": len(ids) - 1, "rank_1": 1.0, "rank_5": 1.0}
+
+
+def test_linkage_hit_rates_rank_as_retrieval_metrics_do():
+    embeddings, ids = _clustered_embeddings(patients=10, per_patient=2, spread=1.5, seed=3)
+    rates = linkage_hit_rates(embeddings, ids, ranks=(1, 3))
+    assert 0 < rates["rank_1"] < 1  # noisy enough to miss some
+    assert rates["rank_3"] >= rates["rank_1"]
+    assert rates["rank_1"] == pytest.approx(retrieval_metrics(embeddings, ids)["precision_at_1"])
+    indices, distances = nearest_matches(embeddings, 3)
+    assert indices.shape == (20, 3) and (indices != np.arange(20)[:, None]).all()
+    with pytest.raises(ValueError, match="k must be between"):
+        nearest_matches(embeddings, 20)
+
+
+def test_linkage_queries_are_drawn_with_the_seed_among_repeat_patients():
+    ids = np.array([0, 0, 1, 2, 2, 2, 3])
+    first = linkage_queries(ids, 3, np.random.default_rng(5))
+    assert np.array_equal(first, linkage_queries(ids, 3, np.random.default_rng(5)))
+    assert set(first) <= {0, 1, 3, 4, 5} and len(set(first)) == 3
+    assert len(linkage_queries(ids, 50, np.random.default_rng(0))) == 5
+    with pytest.raises(ValueError, match="no image has another image"):
+        linkage_queries(np.arange(4), 2, np.random.default_rng(0))
 
 
 def test_auc_by_gap_bins_positive_pairs_by_years(data):

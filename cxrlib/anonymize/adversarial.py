@@ -142,8 +142,8 @@ def pretrain_anonymizer(anonymizer: Anonymizer, train_loader: DataLoader, val_lo
 def train_adversarial(anonymizer: Anonymizer, siamese: nn.Module, classifier: nn.Module,
                       train_loader: DataLoader, val_loader: DataLoader, *, max_epochs: int, lr: float = 1e-4,
                       siamese_lr: float = 1e-4, classifier_lr: float = 1e-4, w_ac: float = 1.0,
-                      w_ver: float = 1.0, update_adversaries: bool = True, checkpoint_path: str | Path,
-                      config: Mapping[str, Any], seed: int, progress: bool | None = None,
+                      w_ver: float = 1.0, update_adversaries: bool = True, patience: int | None = None,
+                      checkpoint_path: str | Path, config: Mapping[str, Any], seed: int, progress: bool | None = None,
                       accelerator: Accelerator | None = None) -> AdversarialResult:
     """Train ``anonymizer`` adversarially (see the module docstring); afterwards it holds the best weights.
 
@@ -155,7 +155,8 @@ def train_adversarial(anonymizer: Anonymizer, siamese: nn.Module, classifier: nn
     training, the state after every epoch (all three networks, their optimizers, the best
     anonymizer so far and the shuffling generator of ``train_loader``) is kept beside it, as
     :func:`~cxrlib.train.fit` keeps its own, and an interrupted run resumes from it.
-    Runs on ``accelerator.device`` with its mixed precision, in one process.
+    Runs on ``accelerator.device`` with its mixed precision, in one process. ``patience``: stop after
+    that many epochs without a lower validation total loss (None: all ``max_epochs``, as published).
     """
     if max_epochs < 1:
         raise ValueError(f"max_epochs must be at least 1, got {max_epochs}")
@@ -166,7 +167,7 @@ def train_adversarial(anonymizer: Anonymizer, siamese: nn.Module, classifier: nn
     last_path = last_checkpoint_path(path)
     training = {"config": dict(config), "seed": seed, "max_epochs": max_epochs, "lr": lr,
                 "siamese_lr": siamese_lr, "classifier_lr": classifier_lr, "w_ac": w_ac, "w_ver": w_ver,
-                "update_adversaries": update_adversaries}
+                "update_adversaries": update_adversaries, "patience": patience}
     identity = {"training": training}
     finished = finished_sidecar(path, identity)
     if finished is not None:
@@ -235,6 +236,8 @@ def train_adversarial(anonymizer: Anonymizer, siamese: nn.Module, classifier: nn
         save_training_state(last_path, tensors=tensors, optimizers=optimizers,
                             sidecar={**identity, "state": state})
         bar.set_postfix(total=f"{record['train_total']:.4f}", val=f"{record['val_total']:.4f}")
+        if patience is not None and epoch - state["best_epoch"] >= patience:
+            break
 
     anonymizer.load_state_dict(best_state)
     anonymizer.eval()

@@ -4,10 +4,22 @@ The generator ``G`` (U-Net, 1 channel in, 2 out, tanh) maps an image to a field 
 sampling grid is ``identity - mu * smooth(G(x))`` and the output is ``grid_sample(x, grid)`` with
 border padding and ``align_corners=True``.
 
-**Displacement bound.** Grid coordinates are normalized: with ``align_corners=True`` the S pixel
-centres span [-1, 1], so one unit is ``(S - 1) / 2`` pixels. The Gaussian kernel sums to one and
-``|G| <= 1``, so every pixel is sampled from at most ``mu * (S - 1) / 2`` pixels away along each axis
-(:func:`displacement_bound_pixels`):
+**Geometry: one rule, the image's own coordinates.** A radiograph at 64 px is the 256 px one
+resized, so the deformation of the anatomy must be the same at every size: mu is a share of the
+image (grid coordinates are normalized; with ``align_corners=True`` the S pixel centres span [-1, 1])
+and is never converted, and the smoothing kernel is the paper's (kernel 9, sigma 2 at 256 px) resized
+with the image (:func:`scaled_smoothing`: sigma ``2 * S / 256``, radius ``ceil(2 * sigma)``). Both
+lengths then scale together, so the displacement bound stays 0.64 sigma for mu 0.01 at every size, as
+in the official code, and the fields do not fold (:func:`jacobian_determinant` measures it;
+:func:`worst_case_jacobian` searches for the generator output that folds most). Keeping
+the displacement in *pixels* instead (mu times 255 / 63 at 64 px) while the kernel keeps the anatomy,
+as cxrlib once did, made the displacement 2.5 sigma, and fields could fold: at 64 px, kernel 3, sigma
+0.5, :func:`worst_case_jacobian` finds a determinant of -0.26 for that mu 0.04, and 0.79 for mu 0.01
+under this rule (0.93 for mu 0.01 at 256 px: a sub-pixel sigma sampled on the pixel grid smooths less).
+
+**Displacement bound.** One normalized unit is ``(S - 1) / 2`` pixels. The Gaussian kernel sums to one
+and ``|G| <= 1``, so every pixel is sampled from at most ``mu * (S - 1) / 2`` pixels away along each
+axis (:func:`displacement_bound_pixels`); in units of the image, the same at every size:
 
 ==========  ========  =======  =======  =======
 image size  mu        0.001    0.005    0.01
@@ -16,18 +28,12 @@ image size  mu        0.001    0.005    0.01
 64 px       pixels    0.03     0.16     0.32
 ==========  ========  =======  =======  =======
 
-**Small images.** The cpu profile works at 64 px; it scales mu by ``(256 - 1) / (64 - 1)`` (about 4,
-:func:`mu_for_image_size`) so that the bound in *pixels* matches the paper's at 256 px (mu 0.04 ->
-1.26 px). A 64 px image is a 4x downscaled radiograph, so the same pixel displacement is a 4x larger
-anatomical displacement; the notebook measures what the phantom's identity and findings tolerate.
-
 **Smoothing.** The official code smooths the whole grid (identity included) with a zero-padded
-Gaussian (kernel 9, sigma 2 at 256 px). Zero padding pulls the identity's border values towards 0, so
-even ``G = 0`` resamples the outer ``kernel // 2`` pixels from well inside the image. cxrlib smooths
-the displacement ``mu * G(x)`` instead: identical away from the border (a symmetric, normalized kernel
-leaves the linear identity unchanged there), exactly the identity for ``mu = 0`` or ``G = 0``, and the
-bound above holds everywhere. Kernel and sigma scale linearly with image size
-(:func:`scaled_smoothing`: sigma ``2 * S / 256``, radius ``ceil(2 * sigma)``).
+Gaussian. Zero padding pulls the identity's border values towards 0, so even ``G = 0`` resamples the
+outer ``kernel // 2`` pixels from well inside the image. cxrlib smooths the displacement
+``mu * G(x)`` instead: identical away from the border (a symmetric, normalized kernel leaves the
+linear identity unchanged there), exactly the identity for ``mu = 0`` or ``G = 0``, and the bound above
+holds everywhere.
 """
 
 from __future__ import annotations
@@ -60,15 +66,51 @@ def displacement_bound_pixels(mu: float, image_size: int) -> float:
     return mu * (image_size - 1) / 2
 
 
-def mu_for_image_size(mu_at_reference: float, image_size: int, reference_size: int = REFERENCE_SIZE) -> float:
-    """The mu giving ``image_size`` the same displacement bound in pixels as ``mu_at_reference`` at 256 px."""
-    return mu_at_reference * (reference_size - 1) / (image_size - 1)
-
-
 def scaled_smoothing(image_size: int, reference_size: int = REFERENCE_SIZE) -> tuple[int, float]:
     """(kernel, sigma) covering the same share of the image as the paper's (9, 2.0) at 256 px."""
     sigma = REFERENCE_SIGMA * image_size / reference_size
     return 2 * max(1, math.ceil(2 * sigma)) + 1, sigma
+
+
+def jacobian_determinant(displacement: torch.Tensor) -> torch.Tensor:
+    """det of the Jacobian of ``p -> p + displacement(p)`` per pixel, (B, S, S), from (B, 2, S, S)
+    displacements (x, y) in pixels (e.g. :meth:`FlowFieldAnonymizer.displacement_pixels`).
+
+    Central differences inside the image, one-sided at its border. Positive everywhere: the sampling
+    map keeps the orientation and does not fold; 1 is the identity; at or below 0 the image is folded
+    over itself there.
+    """
+    if displacement.ndim != 4 or displacement.shape[1] != 2:
+        raise ValueError(f"displacement must be (B, 2, H, W), got {tuple(displacement.shape)}")
+    dux_dy, dux_dx = torch.gradient(displacement[:, 0], dim=(1, 2))
+    duy_dy, duy_dx = torch.gradient(displacement[:, 1], dim=(1, 2))
+    return (1 + dux_dx) * (1 + duy_dy) - dux_dy * duy_dx
+
+
+def worst_case_jacobian(mu: float, image_size: int, smoothing_kernel: int, smoothing_sigma: float, *,
+                        steps: int = 300, seed: int = 0) -> float:
+    """The smallest Jacobian determinant a generator output (``|G| <= 1``) reaches when it is chosen to
+    fold the field: ``G = tanh(3 theta)`` with ``theta`` optimized (Adam, ``steps``) to lower a soft
+    minimum of the determinant over one image. An estimate from above of the geometry's true worst case:
+    above 0, no generator found can fold the image at this mu, size and smoothing.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    smoothing = GaussianSmoothing(2, smoothing_kernel, smoothing_sigma)
+    theta = torch.randn(1, 2, image_size, image_size, generator=generator).requires_grad_()
+    optimizer = torch.optim.Adam([theta], lr=0.1)
+    pixels = mu * (image_size - 1) / 2
+
+    def smallest(field: torch.Tensor) -> torch.Tensor:
+        return jacobian_determinant(-pixels * smoothing(field))
+
+    for _ in range(steps):
+        det = smallest(torch.tanh(3 * theta)).flatten()
+        loss = torch.logsumexp(-20 * det, 0) / 20  # a soft minimum, so that every low pixel pulls
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    with torch.no_grad():
+        return float(min(smallest(torch.tanh(3 * theta)).min(), smallest(torch.sign(theta)).min()))
 
 
 def identity_grid(size: int, device: torch.device | str | None = None) -> torch.Tensor:
@@ -149,6 +191,12 @@ class FlowFieldAnonymizer(Anonymizer):
         """Where each output pixel is sampled from, relative to itself, in pixels (B, 2, S, S), (x, y)."""
         return self.flow(images) * (self.image_size - 1) / 2
 
+    @torch.no_grad()
+    def smallest_jacobian(self, images: torch.Tensor, batch_size: int = 256) -> float:
+        """The smallest Jacobian determinant of the fields over ``images`` (> 0: nothing folds)."""
+        return min(float(jacobian_determinant(self.displacement_pixels(images[i:i + batch_size])).min())
+                   for i in range(0, len(images), batch_size))
+
     def anonymize(self, images: torch.Tensor) -> torch.Tensor:
         grid = (self.identity.to(images.dtype) + self.flow(images)).permute(0, 2, 3, 1)
         return F.grid_sample(images, grid.to(images.dtype), mode="bilinear", padding_mode="border",
@@ -196,7 +244,8 @@ def train_prichexy_net(config: AnonymizationConfig, image_size: int, *, siamese:
             anonymizer, siamese, classifier, batch_loader(pairs[0], config.batch_size, seed),
             batch_loader(pairs[1], config.batch_size), max_epochs=config.adversarial_epochs, lr=config.lr,
             siamese_lr=config.lr, classifier_lr=config.classifier_lr, w_ac=config.w_ac, w_ver=config.w_ver,
-            update_adversaries=config.update_adversaries, checkpoint_path=artifact_path(checkpoint_name(mu)),
+            update_adversaries=config.update_adversaries,
+            patience=config.adversarial_patience, checkpoint_path=artifact_path(checkpoint_name(mu)),
             config={"anonymization": dataclasses.asdict(config), "pretrained": pretraining.checkpoint_path.name,
                     **identity},
             seed=seed, progress=progress, accelerator=accelerator)

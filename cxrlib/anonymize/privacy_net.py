@@ -97,7 +97,8 @@ def train_privacy_net(config: AnonymizationConfig, *, siamese: nn.Module, classi
         batch_loader(pairs[1], config.batch_size),
         max_epochs=config.adversarial_epochs, lr=config.lr, siamese_lr=config.lr,
         classifier_lr=config.classifier_lr, w_ac=config.w_ac, w_ver=config.w_ver,
-        update_adversaries=config.update_adversaries, checkpoint_path=artifact_path("privacy_net"),
+        update_adversaries=config.update_adversaries,
+            patience=config.adversarial_patience, checkpoint_path=artifact_path("privacy_net"),
         config={"anonymization": dataclasses.asdict(config), "pretrained": pretraining.checkpoint_path.name,
                 **identity},
         seed=seed, progress=progress, accelerator=accelerator)

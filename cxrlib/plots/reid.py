@@ -1,4 +1,4 @@
-"""Figures and tables of notebook 01: ROC curves, the linkage attack, AUC by time between scans."""
+"""Figures and tables of notebook 01: ROC curves, what identifies (cues), the linkage attack, AUC by time."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
-from cxrlib.reid import Images
+from cxrlib.reid import IDENTITY_CUES, Images
 
 #: Packhäuser et al., Sci. Rep. 12:14851 (2022), ChestX-ray14 test set
 PUBLISHED = {"verification AUC": 0.9940, "verification accuracy": 0.9555, "retrieval mAP@R": 0.9748,
@@ -35,8 +35,51 @@ def plot_roc(curves: Mapping[str, Mapping], title: str = "") -> plt.Figure:
     return fig
 
 
+def identity_cue_table(cues: Mapping[str, Mapping]) -> pd.DataFrame:
+    """One row per cue of :func:`cxrlib.reid.identity_cues`: verification AUC (with its CI when
+    computed) and the retrieval metrics (empty for the siamese network)."""
+    rows = []
+    for kind, cue in cues.items():
+        verification, retrieval = cue["verification"], cue["retrieval"] or {}
+        ci = verification.get("auc_ci") or [np.nan, np.nan]
+        rows.append({"cue": IDENTITY_CUES.get(kind, kind), "verification AUC": verification["auc"],
+                     "AUC 95 % CI low": ci[0], "AUC 95 % CI high": ci[1],
+                     "retrieval mAP@R": retrieval.get("map_at_r", np.nan),
+                     "retrieval P@1": retrieval.get("precision_at_1", np.nan)})
+    return pd.DataFrame(rows)
+
+
+def plot_identity_cues(cues: Mapping[str, Mapping], title: str = "") -> plt.Figure:
+    """What identifies and what does not: ROC curves of every cue of :func:`cxrlib.reid.identity_cues`
+    on the same pairs (left) and their retrieval P@1 (right; the siamese network ranks no gallery)."""
+    fig, (roc, bars) = plt.subplots(1, 2, figsize=(10, 4.2), gridspec_kw={"width_ratios": [1.1, 1]})
+    roc.plot([0, 1], [0, 1], color="0.8", lw=0.8, ls="--")
+    colours = dict(zip(cues, plt.rcParams["axes.prop_cycle"].by_key()["color"]))
+    for kind, cue in cues.items():
+        v = cue["verification"]
+        roc.plot(v["roc"]["fpr"], v["roc"]["tpr"], lw=1.6, color=colours[kind],
+                 label=_auc_label(IDENTITY_CUES.get(kind, kind), v))
+    roc.set(xlabel="false positive rate", ylabel="true positive rate", xlim=(0, 1), ylim=(0, 1.01),
+            title="Verification on held-out pairs")
+    roc.legend(loc="lower right", fontsize=7)
+    ranked = [kind for kind in cues if cues[kind]["retrieval"] is not None]
+    p1 = [cues[kind]["retrieval"]["precision_at_1"] for kind in ranked]
+    y = np.arange(len(ranked))
+    bars.barh(y, p1, color=[colours[k] for k in ranked])
+    for yi, value in zip(y, p1):
+        bars.text(value + 0.01, yi, f"{value:.2f}", va="center", fontsize=8)
+    bars.set_yticks(y, [IDENTITY_CUES.get(k, k) for k in ranked], fontsize=8)
+    bars.invert_yaxis()
+    bars.set(xlim=(0, 1.1), xlabel="retrieval precision@1 (nearest other image is the same patient)",
+             title="Retrieval over all held-out images")
+    fig.suptitle(title or "What identifies a patient: intensity statistics, pixels, trained networks", fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
 def plot_linkage(images: Images, table: pd.DataFrame, title: str = "") -> plt.Figure:
-    """One row per query: the query, then its top matches with score; green frame = same patient."""
+    """One row per query: the query, then its nearest matches (``distance`` column of
+    :func:`cxrlib.reid.linkage_attack`); green frame = same patient."""
     queries = list(dict.fromkeys(table["query"]))
     k = int(table["rank"].max())
     fig, axes = plt.subplots(len(queries), k + 1, figsize=(1.7 * (k + 1), 1.9 * len(queries)),
@@ -48,7 +91,7 @@ def plot_linkage(images: Images, table: pd.DataFrame, title: str = "") -> plt.Fi
         for ax, match in zip(row[1:], matches.itertuples()):
             ax.imshow(images.pixels[images.rows([match.match])[0]], cmap="gray", vmin=0, vmax=255)
             colour = "tab:green" if match.same_patient else "tab:red"
-            ax.set_title(f"#{match.rank}  p={match.score:.2f}\n{match.match.removesuffix('.png')}",
+            ax.set_title(f"#{match.rank}  d={match.distance:.2f}\n{match.match.removesuffix('.png')}",
                          fontsize=7, color=colour)
             for spine in ax.spines.values():
                 spine.set(color=colour, linewidth=2.5)
@@ -57,7 +100,7 @@ def plot_linkage(images: Images, table: pd.DataFrame, title: str = "") -> plt.Fi
             ax.set_yticks([])
         for ax in row[1 + len(matches):]:
             ax.axis("off")
-    fig.suptitle(title or "Linkage attack: the gallery images scored most likely to be the query's patient",
+    fig.suptitle(title or "Linkage attack: the gallery images nearest to the query in the retrieval embedding",
                  fontsize=9)
     fig.tight_layout()
     return fig
