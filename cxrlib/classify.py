@@ -11,7 +11,6 @@ the AUC per finding, their mean, and a bootstrap 95 % CI of the mean (PAPERS.md 
 from __future__ import annotations
 
 import dataclasses
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -52,26 +51,12 @@ def make_optimizer(model: nn.Module, config: ClassifierConfig) -> torch.optim.Op
     raise ValueError(f"classifier optimizer must be 'sgd' or 'adam', got {config.optimizer!r}")
 
 
-def train_classifier(train_set: Dataset, val_set: Dataset, config: ClassifierConfig, *legacy: Any,
+def train_classifier(train_set: Dataset, val_set: Dataset, config: ClassifierConfig, *,
                      checkpoint_path: str | Path, seed: int, progress: bool | None = None,
                      accelerator: Accelerator | None = None,
                      num_workers: int = 0) -> tuple[Classifier, FitResult]:
     """Build the classifier (initialized from ``seed``) and train it on ``(image, labels)`` datasets
-    with the shared loop; a finished checkpoint is reused. Returns the classifier and the FitResult.
-
-    The older call ``train_classifier(model, train_set, val_set, config, ...)`` still trains the
-    given model and returns only the FitResult, with a DeprecationWarning, until notebooks 02 and 03
-    move to this one.
-    """
-    if isinstance(train_set, nn.Module):
-        warnings.warn("train_classifier(model, train_set, val_set, config) is deprecated: call "
-                      "train_classifier(train_set, val_set, config, seed=...), which builds the model "
-                      "from the seed and returns (model, fit_result)", DeprecationWarning, stacklevel=2)
-        model, (train_set, val_set, config) = train_set, (val_set, config, *legacy)
-        return _train(model, train_set, val_set, config, checkpoint_path=checkpoint_path, seed=seed,
-                      progress=progress, accelerator=accelerator, num_workers=num_workers)
-    if legacy:
-        raise TypeError(f"train_classifier takes 3 positional arguments, got {3 + len(legacy)}")
+    with the shared loop; a finished checkpoint is reused. Returns the classifier and the FitResult."""
     seed_everything(seed)
     model = build_classifier(config)
     return model, _train(model, train_set, val_set, config, checkpoint_path=checkpoint_path, seed=seed,

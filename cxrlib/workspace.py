@@ -58,6 +58,27 @@ def ensure_phantom(profile: Profile, root: Path | None = None, progress: bool | 
     return folder
 
 
+@dataclass(frozen=True)
+class Judges:
+    """The frozen siamese network and classifier with the fits that made (or loaded) them."""
+
+    siamese: Any
+    siamese_fit: Any
+    classifier: Any
+    classifier_fit: Any
+
+    @property
+    def identity(self) -> dict[str, str]:
+        """What an anonymizer trained against them records, so that new judges retrain it."""
+        return {"siamese": self.siamese_fit.checkpoint_path.name,
+                "classifier": self.classifier_fit.checkpoint_path.name}
+
+    def describe(self) -> str:
+        return "; ".join(f"{name}: {'trained now' if fit.trained else 'loaded'} (best epoch {fit.best_epoch} "
+                         f"of {len(fit.history)})"
+                         for name, fit in (("siamese network", self.siamese_fit), ("classifier", self.classifier_fit)))
+
+
 @dataclass
 class Workspace:
     profile: Profile
@@ -137,6 +158,31 @@ class Workspace:
 
     def pair_dataset(self, pairs: pd.DataFrame, transform=None) -> PairDataset:
         return PairDataset(self.cache, pairs, transform=transform)
+
+    def labeled_pairs(self, split: str, n_pairs: int):
+        """The anonymizers' training pairs of one split, each with the first image's 14 labels."""
+        from cxrlib.anonymize.adversarial import LabeledPairDataset
+
+        return LabeledPairDataset(self.pair_dataset(self.pairs(split, n_pairs, "anonymization")), self.metadata)
+
+    # -- the judges -------------------------------------------------------------------------------
+    @cached_property
+    def judges(self) -> Judges:
+        """The siamese network of notebook 01 and the 14-finding classifier, which the anonymizers
+        train against and every evaluation judges with: trained on first use (from the workspace
+        seed), loaded from ``artifacts/`` afterwards."""
+        from cxrlib.classify import train_classifier
+        from cxrlib.reid import train_verification
+
+        v, c = self.profile.verification, self.profile.classifier
+        siamese, siamese_fit = train_verification(
+            self.pair_dataset(self.pairs("train", v.train_pairs, "verification")),
+            self.pair_dataset(self.pairs("val", v.val_pairs, "verification")),
+            v, seed=self.seed, checkpoint_path=self.artifact_path("siamese", "verification"), progress=False)
+        classifier, classifier_fit = train_classifier(
+            self.images("train"), self.images("val"), c, seed=self.seed,
+            checkpoint_path=self.artifact_path("classifier", "classifier"), progress=False)
+        return Judges(siamese, siamese_fit, classifier, classifier_fit)
 
     # -- outputs ----------------------------------------------------------------------------------
     @cached_property
