@@ -1,4 +1,5 @@
-"""``cxrlib`` command line: generate the phantom, prepare the image cache, make a profile's data ready."""
+"""``cxrlib`` command line: generate the phantom, prepare the image cache, make a profile's data ready;
+for data publishers, anonymize a release and audit how linkable it is."""
 
 from __future__ import annotations
 
@@ -11,12 +12,52 @@ from cxrlib.data.chestxray14 import DataError
 
 
 def _phantom(args: argparse.Namespace) -> None:
+    import tempfile
+
     from cxrlib.data.phantom import generate_phantom
 
     start = time.perf_counter()
-    out = generate_phantom(args.out, n_patients=args.patients, size=args.size, seed=args.seed,
-                           max_followups=args.max_followups, overwrite=args.overwrite)
+    if args.format == "png":
+        out = generate_phantom(args.out, n_patients=args.patients, size=args.size, seed=args.seed,
+                               max_followups=args.max_followups, overwrite=args.overwrite)
+    else:
+        from cxrlib.publish.phantom_dicom import write_phantom_dicom
+
+        if args.out.exists() and not args.overwrite:
+            raise FileExistsError(f"{args.out} exists; pass --overwrite to replace it")
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=args.out.parent) as work:
+            source = generate_phantom(Path(work) / "png", n_patients=args.patients, size=args.size,
+                                      seed=args.seed, max_followups=args.max_followups)
+            out = write_phantom_dicom(source, args.out, seed=args.seed, overwrite=args.overwrite)
+        print(f"DICOM files in {out / 'images'}; planted PHI listed in {out / 'phi_truth.json'}")
     print(f"phantom written to {out} in {time.perf_counter() - start:.1f} s")
+
+
+def _anonymize(args: argparse.Namespace) -> int:
+    from tabulate import tabulate
+
+    from cxrlib.publish.batch import run_batch
+    from cxrlib.publish.deidentify import HeaderOptions, load_key
+    from cxrlib.publish.pipeline import ReleasePipeline, pixel_method
+
+    key = load_key(args.key)
+    method = pixel_method(args.method, model=args.model, artifacts_dir=args.artifacts, size=args.size,
+                          dp_b=args.dp_b, dp_eps=args.dp_eps, dp_m=args.dp_m, seed=args.seed)
+    header = HeaderOptions(keep_patient_characteristics=args.keep_patient_characteristics,
+                           keep_private_creators=tuple(args.keep_private))
+    pipeline = ReleasePipeline(key, method, detect_text=not args.no_text_detection, header=header)
+    start = time.perf_counter()
+    summary = run_batch(args.input, args.output, pipeline, settings=pipeline.settings(),
+                        progress=False if args.quiet else None)
+    seconds = time.perf_counter() - start
+    rows = [["written", summary.done], ["already done (skipped)", summary.skipped],
+            ["failed", len(summary.failed)]]
+    print(tabulate(rows, headers=["files", "count"]))
+    for name, problem in summary.failed:
+        print(f"  failed: {name}: {problem}", file=sys.stderr)
+    print(f"pixels: {method.describe()}; {summary.done} file(s) in {seconds:.1f} s; manifest in {args.output}")
+    return 0 if summary.ok else 1
 
 
 def _prepare(args: argparse.Namespace) -> None:
@@ -51,7 +92,49 @@ def build_parser() -> argparse.ArgumentParser:
     phantom.add_argument("--seed", type=int, default=42)
     phantom.add_argument("--max-followups", type=int, default=8, help="cap on scans per patient")
     phantom.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+    phantom.add_argument("--format", choices=("png", "dicom"), default="png",
+                         help="png: the ChestX-ray14 layout; dicom: DX/CR files with synthetic PHI in "
+                              "OUT/images and the planted values in OUT/phi_truth.json (for testing "
+                              "anonymize and audit)")
     phantom.set_defaults(run=_phantom)
+
+    anonymize = commands.add_parser(
+        "anonymize", help="de-identify a folder of DICOM files or PNGs (headers, burned-in text, pixels)",
+        description="Anonymize every file under INPUT (recursively) into OUTPUT with the same relative paths. "
+                    "DICOM headers follow the PS3.15 basic profile as an allow-list (private tags removed), "
+                    "patients get keyed pseudonyms, dates a per-patient shift. INPUT is never written; each "
+                    "output file is written atomically and recorded in OUTPUT/.cxrlib-manifest-*.jsonl, so "
+                    "a rerun after an interruption resumes. Files that cannot be read are reported and "
+                    "skipped; the exit code is 1 when any failed.")
+    anonymize.add_argument("input", type=Path, help="folder of DICOM files and/or PNGs (read only)")
+    anonymize.add_argument("output", type=Path, help="output folder (outside INPUT)")
+    anonymize.add_argument("--key", type=Path, required=True,
+                           help="secret key file (>= 32 bytes, e.g. `head -c 32 /dev/urandom > KEY`): the same "
+                                "key gives the same pseudonyms, UIDs and date shifts in every batch; keep it "
+                                "secret")
+    anonymize.add_argument("--method", choices=("none", "prichexy", "dp-pix", "privacy-net"), default="none",
+                           help="pixel anonymization: none; prichexy (PriCheXy-Net's deformation) or "
+                                "privacy-net (trained: --model or the newest in --artifacts); dp-pix "
+                                "(differentially private pixelization, --dp-b/--dp-eps/--dp-m)")
+    anonymize.add_argument("--model", type=Path, default=None,
+                           help="a trained anonymizer (NAME.safetensors with its NAME.json sidecar)")
+    anonymize.add_argument("--artifacts", type=Path, default=Path("artifacts"),
+                           help="where to look for trained anonymizers when --model is not given")
+    anonymize.add_argument("--size", type=int, default=None,
+                           help="square size the method runs at (default: the size a trained model records; "
+                                "dp-pix: the input's own size)")
+    anonymize.add_argument("--dp-b", type=int, default=8, help="DP-Pix cell size in pixels")
+    anonymize.add_argument("--dp-eps", type=float, default=0.1, help="DP-Pix privacy budget epsilon")
+    anonymize.add_argument("--dp-m", type=float, default=1.0, help="DP-Pix neighbourhood m (pixels that may differ)")
+    anonymize.add_argument("--seed", type=int, default=0, help="seed of DP-Pix's noise (per file: seed and file hash)")
+    anonymize.add_argument("--no-text-detection", action="store_true",
+                           help="skip burned-in text detection (BurnedInAnnotation is then never set to NO)")
+    anonymize.add_argument("--keep-patient-characteristics", action="store_true",
+                           help="keep sex, age, size and weight (PS3.15 Retain Patient Characteristics Option)")
+    anonymize.add_argument("--keep-private", action="append", default=[], metavar="CREATOR",
+                           help="keep private tags of this private creator (repeatable); all others are removed")
+    anonymize.add_argument("--quiet", action="store_true", help="no progress bar")
+    anonymize.set_defaults(run=_anonymize)
 
     prepare = commands.add_parser("prepare", help="decode and resize every image once into a uint8 cache")
     prepare.add_argument("data_dir", type=Path, help="a ChestX-ray14 (or phantom) folder")
@@ -71,11 +154,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        args.run(args)
+        code = args.run(args)
     except (DataError, ValueError, FileExistsError) as err:
         print(f"cxrlib {args.command}: error: {err}", file=sys.stderr)
         return 2
-    return 0
+    return code or 0
 
 
 if __name__ == "__main__":
