@@ -174,7 +174,7 @@ def run_batch(in_dir: str | Path, out_dir: str | Path, work: Callable[[Path, str
             manifest.record(entry)
             summary.failed.append((name, err.problem))
             summary.records.append(entry)
-            log.warning("%s", err)
+            log.info("skipped %s", err)
             continue
         output_hash = atomic_write_bytes(out_dir / result.output, result.data)
         entry = {"file": name, "status": "done", "input_sha256": input_hash, "output": result.output,

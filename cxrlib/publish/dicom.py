@@ -70,10 +70,17 @@ def read_dicom(path: str | Path, *, pixels: bool = True):
 
     path = Path(path)
     try:
-        return pydicom.dcmread(path, stop_before_pixels=not pixels)
-    except InvalidDicomError as err:
-        raise DataError(path, f"not a DICOM file ({err})") from err
-    except (OSError, EOFError, ValueError, KeyError, TypeError, AttributeError) as err:
+        try:
+            return pydicom.dcmread(path, stop_before_pixels=not pixels)
+        except InvalidDicomError as err:
+            # some exports lack the preamble and file meta; accept them only if they parse as an instance
+            ds = pydicom.dcmread(path, stop_before_pixels=not pixels, force=True)
+            if "SOPClassUID" not in ds:
+                raise DataError(path, f"not a DICOM file ({err})") from err
+            return ds
+    except DataError:
+        raise
+    except (OSError, EOFError, ValueError, KeyError, TypeError, AttributeError, IndexError) as err:
         raise DataError(path, f"unreadable DICOM ({type(err).__name__}: {err})") from err
 
 
@@ -86,10 +93,18 @@ def dicom_pixels(ds, path: str | Path) -> tuple[np.ndarray, PixelCodec]:
     path = Path(path)
     if "PixelData" not in ds:
         raise DataError(path, "DICOM without pixel data (not an image)")
-    frames = int(ds.get("NumberOfFrames", 1) or 1)
+    try:
+        frames = int(ds.get("NumberOfFrames", 1) or 1)
+        samples = int(ds.get("SamplesPerPixel", 1))
+        bits = int(ds.get("BitsStored", 0)) or None
+        signed = int(ds.get("PixelRepresentation", 0)) == 1
+        allocated = int(ds.get("BitsAllocated", 0))
+    except (ValueError, TypeError) as err:
+        raise DataError(path, f"malformed image attributes ({err})") from err
     if frames > 1:
         raise DataError(path, f"multi-frame image ({frames} frames): only single-frame radiographs are handled")
-    samples = int(ds.get("SamplesPerPixel", 1))
+    if allocated not in (8, 16):
+        raise DataError(path, f"{allocated} bits allocated per pixel: only 8- and 16-bit radiographs are handled")
     photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2"))
     if samples != 1 or photometric not in ("MONOCHROME1", "MONOCHROME2"):
         raise DataError(path, f"colour image ({photometric}, {samples} samples per pixel): only grayscale "
@@ -97,16 +112,17 @@ def dicom_pixels(ds, path: str | Path) -> tuple[np.ndarray, PixelCodec]:
     try:
         stored = ds.pixel_array
     except (NotImplementedError, RuntimeError, ValueError, TypeError, AttributeError) as err:
-        syntax = ds.file_meta.get("TransferSyntaxUID", "unknown")
-        name = getattr(syntax, "name", str(syntax))
-        raise DataError(path, f"cannot decode pixel data in transfer syntax {name} ({syntax}): install a "
-                              f"decoder for it, e.g. `pip install pylibjpeg pylibjpeg-libjpeg pylibjpeg-openjpeg` "
-                              f"({err})") from err
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        syntax = ds.file_meta.get("TransferSyntaxUID")
+        if syntax is not None and syntax.is_compressed:
+            raise DataError(path, f"cannot decode pixel data compressed as {syntax.name} ({syntax}): no installed "
+                                  "decoder reads it; install one, e.g. `pip install pylibjpeg pylibjpeg-libjpeg "
+                                  f"pylibjpeg-openjpeg` ({reason})") from err
+        raise DataError(path, f"corrupt pixel data ({reason})") from err
     if stored.ndim != 2:
         raise DataError(path, f"pixel array has shape {stored.shape}, expected one grayscale frame")
-    bits = int(ds.get("BitsStored", stored.dtype.itemsize * 8))
-    codec = _codec_for(stored, bits, int(ds.get("PixelRepresentation", 0)) == 1,
-                       photometric == "MONOCHROME1", stored.dtype)
+    codec = _codec_for(stored, bits or stored.dtype.itemsize * 8, signed, photometric == "MONOCHROME1",
+                       stored.dtype)
     return codec.to_display(stored), codec
 
 
@@ -115,8 +131,8 @@ def set_dicom_pixels(ds, display: np.ndarray, codec: PixelCodec) -> None:
     from pydicom.uid import ExplicitVRLittleEndian
 
     stored = codec.to_stored(display)
-    allocated = int(ds.get("BitsAllocated", stored.dtype.itemsize * 8))
-    stored = stored.astype(f"{'i' if codec.minimum < 0 else 'u'}{allocated // 8}")
+    allocated = int(ds.BitsAllocated)  # 8 or 16, checked when read
+    stored = stored.astype(f"<{'i' if codec.minimum < 0 else 'u'}{allocated // 8}")
     ds.PixelData = stored.tobytes()
     ds["PixelData"].VR = "OW" if allocated > 8 else "OB"
     ds["PixelData"].is_undefined_length = False
