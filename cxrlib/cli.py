@@ -81,6 +81,38 @@ def _data(args: argparse.Namespace) -> None:
     print(f"{kind}: {folder} ({len(cache.names)} images, cached at {cache.size} px)")
 
 
+def _audit(args: argparse.Namespace) -> None:
+    from cxrlib.config import load_profile
+    from cxrlib.publish.audit import audit_release, find_retrieval_network, load_retrieval_network, read_release
+    from cxrlib.publish.deidentify import load_key
+    from cxrlib.publish.report import CAVEAT, write_report
+
+    model_path = args.model or find_retrieval_network(args.artifacts, args.profile)
+    model = load_retrieval_network(model_path)
+    size = args.size or load_profile(args.profile).data.image_size
+    progress = False if args.quiet else None
+    release = read_release(args.data_dir, size, detect_text=not args.no_text_detection, progress=progress)
+    against = read_release(args.against, size, detect_text=False, progress=progress) if args.against else None
+    result = audit_release(release, model, against=against, key=load_key(args.key) if args.key else None,
+                           link_distance=args.link_distance, seed=args.seed, progress=not args.quiet)
+    result["model"] = str(model_path)
+    result["image_size"] = size
+    json_path, html_path = write_report(result, release, args.out or Path(args.data_dir).with_name(
+        Path(args.data_dir).name + "_audit"))
+    print(f"{result['images']} images audited in {result['seconds']:.1f} s ({len(result['unreadable'])} unreadable)")
+    if "retrieval" in result:
+        r = result["retrieval"]
+        print(f"internal linkage: P@1 {r['precision_at_1']:.4f}, mAP@R {r['map_at_r']:.4f}; "
+              f"{result['patients_relinked']:.1%} of patients with follow-ups re-linked")
+    if "against" in result and "top1" in result["against"]:
+        print(f"linkage attack against {args.against}: top-1 {result['against']['top1']:.1%}")
+    if "headers" in result:
+        print(f"headers: {len(result['headers']['table_e1_1_present'])} Table E.1-1 attribute(s) still present, "
+              f"{result['headers']['files_with_private_tags']} file(s) with private tags")
+    print(f"report: {html_path} and {json_path}")
+    print(CAVEAT)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cxrlib", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -135,6 +167,36 @@ def build_parser() -> argparse.ArgumentParser:
                            help="keep private tags of this private creator (repeatable); all others are removed")
     anonymize.add_argument("--quiet", action="store_true", help="no progress bar")
     anonymize.set_defaults(run=_anonymize)
+
+    audit = commands.add_parser(
+        "audit", help="how linkable is a release? re-identification risk, header and pixel findings, report",
+        description="Embed every image under DATA_DIR (DICOM or PNG) with a trained re-identification "
+                    "(retrieval) network and report internal linkage (P@1, mAP@R, patients re-linked, ROC "
+                    "when patient ids are known; nearest-neighbour distances and suspected clusters when not), "
+                    "the linkage attack against --against, Table E.1-1 attributes and private tags still in "
+                    "the headers, suspected burned-in text and near-duplicates. Writes audit.html and "
+                    "audit.json. A low linkage score from one model is evidence, not proof, of anonymity.")
+    audit.add_argument("data_dir", type=Path, help="the release: a folder of DICOM files and/or PNGs")
+    audit.add_argument("--against", type=Path, default=None,
+                       help="another image set to link the release to (e.g. the raw images it was made from)")
+    audit.add_argument("--key", type=Path, default=None,
+                       help="the anonymization key: pseudonymizes --against's patient ids, so a raw set can be "
+                            "scored against its anonymized release")
+    audit.add_argument("--model", type=Path, default=None,
+                       help="a retrieval network (NAME.safetensors + NAME.json); default: the newest notebook "
+                            "01 trained for --profile under --artifacts")
+    audit.add_argument("--profile", default="cpu", help="profile whose model and image size to use (smoke, cpu, paper)")
+    audit.add_argument("--artifacts", type=Path, default=Path("artifacts"), help="where trained models live")
+    audit.add_argument("--size", type=int, default=None,
+                       help="image size the model was trained at (default: the profile's)")
+    audit.add_argument("--link-distance", type=float, default=None,
+                       help="embedding distance below which two images count as a suspected same-patient link "
+                            "(default: the 10 %% quantile of nearest-neighbour distances)")
+    audit.add_argument("--no-text-detection", action="store_true", help="skip the burned-in text search")
+    audit.add_argument("--out", type=Path, default=None, help="report folder (default: DATA_DIR_audit beside it)")
+    audit.add_argument("--seed", type=int, default=0, help="seed of the pair sample for the ROC of large releases")
+    audit.add_argument("--quiet", action="store_true", help="no progress bars")
+    audit.set_defaults(run=_audit)
 
     prepare = commands.add_parser("prepare", help="decode and resize every image once into a uint8 cache")
     prepare.add_argument("data_dir", type=Path, help="a ChestX-ray14 (or phantom) folder")
