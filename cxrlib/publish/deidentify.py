@@ -300,9 +300,12 @@ def deidentify_dataset(ds, pseudonymizer: Pseudonymizer, options: HeaderOptions 
         applied.append("pixels")
         out.BurnedInAnnotation = "NO"
     out.PatientIdentityRemoved = "YES"
-    out.DeidentificationMethod = (f"cxrlib: PS3.15 basic profile (allow-list), keyed pseudonyms, "
-                                  f"per-patient date shift; pixels: {pixels_method}"
-                                  + ("; burned-in text blacked out" if burned_in_cleaned else ""))[:64]
+    # LO values hold 64 characters; the attribute takes several values
+    method = ["cxrlib: PS3.15 basic profile as an allow-list", "keyed pseudonyms and UIDs (HMAC-SHA256)",
+              "dates shifted per patient", f"pixels: {pixels_method}"]
+    if burned_in_cleaned:
+        method.append("burned-in text detected and blacked out")
+    out.DeidentificationMethod = [m[:64] for m in method]
     codes = []
     for name in applied:
         value, meaning = OPTION_CODES[name]

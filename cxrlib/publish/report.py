@@ -162,7 +162,8 @@ def render_html(result: dict, release: Release) -> str:
         rows = [(k, v) for k, v in h["table_e1_1_present"].items()]
         parts.append(f"<p>{h['files']} DICOM files; {h['files_without_identity_removed']} without "
                      f"PatientIdentityRemoved = YES; {h['files_with_private_tags']} with private tags. "
-                     f"BurnedInAnnotation: {html.escape(str(h['burned_in_annotation']))}.</p>")
+                     "BurnedInAnnotation: " + html.escape(", ".join(f"{v} in {n} files" for v, n in h["burned_in_annotation"].items()))
+                     + ".</p>")
         parts.append(_table(rows, ("PS3.15 Table E.1-1 attribute still present", "files")) if rows
                      else "<p>No Table E.1-1 attribute carries a value.</p>")
     else:
