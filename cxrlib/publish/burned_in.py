@@ -16,7 +16,8 @@ import numpy as np
 from scipy import ndimage
 
 
-def detect_text(image: np.ndarray, *, contrast: float = 0.12, brightness: float = 0.55) -> list[list[int]]:
+def detect_text(image: np.ndarray, *, contrast: float = 0.2, brightness: float = 0.85,
+                join: int = 3) -> list[list[int]]:
     """Boxes ``[x0, y0, x1, y1]`` (pixels, end exclusive) of text-like regions of a [0, 1] (H, W) image."""
     h, w = image.shape
     n = min(h, w)
@@ -25,7 +26,12 @@ def detect_text(image: np.ndarray, *, contrast: float = 0.12, brightness: float 
     strokes = (tophat > contrast) & (image > brightness)
     if not strokes.any():
         return []
-    joined = ndimage.binary_closing(strokes, structure=np.ones((max(3, stroke), 2 * stroke + 1)))
+    # glyphs of a line, and lines of a block, lie within a few stroke widths of each other
+    # a closing by separable min/max filters on bytes: the same as binary_closing, many times faster
+    size = (join * stroke, join * stroke + 1)
+    mask = strokes.view(np.uint8)
+    joined = ndimage.minimum_filter(ndimage.maximum_filter(mask, size=size, mode="constant"), size=size,
+                                    mode="constant").astype(bool)
     joined |= strokes
     labels, count = ndimage.label(joined)
     boxes = []

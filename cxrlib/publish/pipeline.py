@@ -22,7 +22,7 @@ from cxrlib.anonymize.base import Anonymizer, load_anonymizer
 from cxrlib.artifacts import read_sidecar
 from cxrlib.data.chestxray14 import DataError
 from cxrlib.publish import burned_in, dicom
-from cxrlib.publish.batch import FileResult, sha256_file
+from cxrlib.publish.batch import FileResult
 from cxrlib.publish.deidentify import HeaderOptions, Pseudonymizer, deidentify_dataset
 
 #: the command line's method names and the registered anonymizer each one loads
@@ -127,8 +127,7 @@ class ReleasePipeline:
         out = anonymizer(small.to(device)).float().cpu()
         return _resize(out, tuple(x.shape[-2:]))[0, 0].numpy(), len(boxes)
 
-    def __call__(self, path: Path, name: str) -> FileResult:
-        file_hash = sha256_file(path)
+    def __call__(self, path: Path, name: str, file_hash: str) -> FileResult:
         if dicom.is_png(path):
             image, codec = dicom.read_png(path)
             image, found = self.pixels(image, file_hash)
