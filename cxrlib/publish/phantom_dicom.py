@@ -15,6 +15,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import shutil
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -177,8 +178,10 @@ def _dataset(row, person: dict, rng: np.random.Generator, pixels: np.ndarray):
 
 
 def write_phantom_dicom(phantom_dir: str | Path, out_dir: str | Path, *, seed: int = 0,
-                        overwrite: bool = False, progress: bool | None = None) -> Path:
-    """Write the phantom at ``phantom_dir`` as DICOM into ``out_dir`` (see the module docstring)."""
+                        images: Sequence[str] | None = None, overwrite: bool = False,
+                        progress: bool | None = None) -> Path:
+    """Write the phantom at ``phantom_dir`` (or only its ``images``) as DICOM into ``out_dir`` (see the
+    module docstring)."""
     phantom_dir, out_dir = Path(phantom_dir), Path(out_dir)
     if out_dir.exists() and not overwrite:
         raise FileExistsError(f"{out_dir} exists; pass overwrite=True (--overwrite) to replace it")
@@ -186,6 +189,11 @@ def write_phantom_dicom(phantom_dir: str | Path, out_dir: str | Path, *, seed: i
     if not truth_csv.is_file():
         raise DataError(phantom_dir, f"not a phantom folder (no {PHANTOM_TRUTH})")
     meta = read_metadata(find_metadata_file(phantom_dir))
+    if images is not None:
+        unknown = sorted(set(images) - set(meta["image"]))
+        if unknown:
+            raise DataError(phantom_dir, f"{len(unknown)} requested image(s) are not in this phantom, e.g. {unknown[:3]}")
+        meta = meta[meta["image"].isin(set(images))]
     rng = np.random.default_rng(seed)
     people = _patients(meta, rng)
     partial = out_dir.with_name(out_dir.name + ".partial")
