@@ -26,6 +26,7 @@ h1{font-size:1.6em;margin-bottom:.2em} h2{font-size:1.2em;margin-top:1.8em;borde
 .card .v{font-size:1.6em;font-weight:600} .card .k{color:#556;font-size:.85em}
 table{border-collapse:collapse;margin:.6em 0;font-size:.92em} td,th{border:1px solid #dde;padding:.25em .6em;text-align:left}
 th{background:#f0f2f6} .muted{color:#667;font-size:.9em} img{max-width:100%}
+ul.attrs{columns:3;font-size:.9em;padding-left:1.2em} ul.attrs li{break-inside:avoid}
 """
 
 
@@ -76,7 +77,14 @@ def _pairs_figure(release: Release, result: dict, count: int = 6) -> str:
     import matplotlib.pyplot as plt
 
     nn = result["nearest_neighbour"]
-    order = np.argsort(nn["distance"])[:count]
+    order, seen = [], set()
+    for i in np.argsort(nn["distance"]):  # mutual nearest neighbours would show the same pair twice
+        pair = frozenset((int(i), int(nn["index"][i])))
+        if pair not in seen:
+            seen.add(pair)
+            order.append(int(i))
+        if len(order) == count:
+            break
     fig, axes = plt.subplots(2, len(order), figsize=(1.7 * len(order), 3.9), squeeze=False)
     for column, i in enumerate(order):
         j = nn["index"][i]
@@ -89,7 +97,7 @@ def _pairs_figure(release: Release, result: dict, count: int = 6) -> str:
             for spine in ax.spines.values():
                 spine.set_color(colour), spine.set_linewidth(3)
             ax.set_xlabel(Path(release.images.names[k]).name[-22:], fontsize=7)
-        axes[0, column].set_title(f"d = {nn['distance'][i]:.2f}" + {True: "\nsame patient", False: "\nother patient",
+        axes[0, column].set_title(f"d = {nn['distance'][i]:.3f}" + {True: "\nsame patient", False: "\nother patient",
                                                                    None: ""}[same], fontsize=8, color=colour)
     return _figure_png(fig)
 
@@ -159,13 +167,15 @@ def render_html(result: dict, release: Release) -> str:
     parts.append("<h2>Headers</h2>")
     if "headers" in result:
         h = result["headers"]
-        rows = [(k, v) for k, v in h["table_e1_1_present"].items()]
         parts.append(f"<p>{h['files']} DICOM files; {h['files_without_identity_removed']} without "
                      f"PatientIdentityRemoved = YES; {h['files_with_private_tags']} with private tags. "
                      "BurnedInAnnotation: " + html.escape(", ".join(f"{v} in {n} files" for v, n in h["burned_in_annotation"].items()))
                      + ".</p>")
-        parts.append(_table(rows, ("PS3.15 Table E.1-1 attribute still present", "files")) if rows
-                     else "<p>No Table E.1-1 attribute carries a value.</p>")
+        present = h["table_e1_1_present"]
+        parts.append(f"<p>{len(present)} attributes of PS3.15 Table E.1-1 still carry a value (files):</p>"
+                     "<ul class='attrs'>" + "".join(f"<li>{html.escape(k)} <span class='muted'>{v}</span></li>"
+                                                    for k, v in present.items()) + "</ul>"
+                     if present else "<p>No Table E.1-1 attribute carries a value.</p>")
     else:
         parts.append("<p>PNG files: no header to check.</p>")
     bt = result["burned_in_text"]
