@@ -115,3 +115,33 @@ def test_out_inside_in_and_bad_keys_are_refused_before_anything_is_written(tmp_p
     assert main(["anonymize", str(folder), str(tmp_path / "out"), "--key", str(tmp_path / "nokey")]) == 2
     assert "key file not found" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+def test_deid_data_files_lose_every_identifying_value(tmp_path, key):
+    """The synthetic DICOM sets of the deid-data package (colour, JPEG): header-only de-identification."""
+    import deid_data
+    from pathlib import Path
+
+    source = Path(deid_data.__file__).parent / "data"
+    folder = tmp_path / "in"
+    for sub in ("dicom-cookies", "humans", "animals"):
+        shutil.copytree(source / sub, folder / sub)
+    files = sorted(folder.rglob("*.dcm"))
+    assert len(files) >= 9
+    # colour JPEGs: the pixel steps refuse them, the header step alone copies their pixel data as stored
+    assert main(["anonymize", str(folder), str(tmp_path / "refused"), "--key", str(key), "--quiet"]) == 1
+    assert main(["anonymize", str(folder), str(tmp_path / "out"), "--key", str(key), "--no-text-detection",
+                 "--quiet"]) == 0
+    for path in files:
+        ds = pydicom.dcmread(path)
+        out_path = tmp_path / "out" / path.relative_to(folder)
+        out, raw = pydicom.dcmread(out_path), out_path.read_bytes()
+        planted = {str(e.value) for e in iter_elements(ds)
+                   if (e.keyword in TABLE_E1_1 or e.tag.is_private) and e.VR not in ("SQ", "OB", "OW", "UN")
+                   and len(str(e.value).strip()) >= 5}
+        assert planted, path
+        for value in planted:
+            assert value.encode() not in raw, f"{value!r} of {path.name} kept"
+        assert out.PatientIdentityRemoved == "YES"
+        assert out.PixelData == ds.PixelData
+        assert out.pixel_array.shape == ds.pixel_array.shape

@@ -134,8 +134,13 @@ class ReleasePipeline:
             return FileResult(name, dicom.png_bytes(image, codec), {"text_boxes": found})
         ds = dicom.read_dicom(path)
         changes_pixels = self.detect_text or self.method.anonymizer is not None
-        image, codec = dicom.dicom_pixels(ds, path)  # also refuses what is not a single grayscale image
-        image, found = self.pixels(image, file_hash) if changes_pixels else (image, 0)
+        if changes_pixels:
+            image, codec = dicom.dicom_pixels(ds, path)  # refuses what is not a single grayscale image
+            image, found = self.pixels(image, file_hash)
+        elif "PixelData" not in ds:
+            raise DataError(path, "DICOM without pixel data (not an image)")
+        else:
+            found = 0  # header only: the pixel data is copied as stored (colour, compressed, multi-frame)
         out = deidentify_dataset(ds, self.pseudonymizer, self.header,
                                  burned_in_cleaned=True if self.detect_text else None,
                                  pixels_method=self.method.describe())
