@@ -73,3 +73,26 @@ def test_newest_trained_anonymizer_is_found_and_a_wrong_kind_refused(setup):
         pixel_method("prichexy", model=root / "privacy_net.safetensors")
     with pytest.raises(ValueError, match="no trained privacy_net"):
         pixel_method("privacy-net", artifacts_dir=root / "artifacts")
+
+
+def test_a_second_reader_opens_the_written_files(setup, tmp_path):
+    """SimpleITK (ITK's GDCM reader, as DICOM viewers use) reads what pydicom reads."""
+    import SimpleITK as sitk
+    from pydicom.pixels import apply_modality_lut
+
+    root = setup["root"]
+    assert main(["anonymize", str(setup["dicom"] / "images"), str(tmp_path / "out"), "--key", str(root / "key"),
+                 "--method", "prichexy", "--artifacts", str(root / "artifacts"), "--quiet"]) == 0
+    files = sorted((tmp_path / "out").glob("*.dcm"))
+    assert {pydicom.dcmread(f).PhotometricInterpretation for f in files} >= {"MONOCHROME2"}
+    for path in files:
+        ds = pydicom.dcmread(path)
+        ours = apply_modality_lut(ds.pixel_array, ds)
+        theirs = sitk.GetArrayFromImage(sitk.ReadImage(str(path)))[0]
+        assert theirs.shape == ours.shape
+        if ds.PhotometricInterpretation == "MONOCHROME1":
+            # ITK/GDCM present MONOCHROME1 inverted (as MONOCHROME2): the same values, mirrored
+            slope, offset = np.polyfit(ours.ravel().astype(float), theirs.ravel().astype(float), 1)
+            assert slope == pytest.approx(-1.0) and np.allclose(theirs, -ours + offset), path.name
+        else:
+            assert np.array_equal(theirs, ours), path.name
