@@ -59,8 +59,12 @@ def test_pngs_go_through_the_same_pixel_step(setup, tmp_path):
                  "--method", "dp-pix", "--dp-b", "4", "--quiet"]) == 0
     from PIL import Image
 
+    from cxrlib.publish.deidentify import Pseudonymizer
+
+    number = Pseudonymizer((root / "key").read_bytes()).patient_number
     for source in sorted((setup["png"] / "images").glob("*.png")):
-        a, b = np.asarray(Image.open(source)), np.asarray(Image.open(tmp_path / "out" / source.name))
+        renamed = f"{number(int(source.name[:8])):08d}{source.name[8:]}"  # the id in the name is pseudonymized
+        a, b = np.asarray(Image.open(source)), np.asarray(Image.open(tmp_path / "out" / renamed))
         assert a.shape == b.shape and a.dtype == b.dtype and not np.array_equal(a, b)
 
 
@@ -96,3 +100,21 @@ def test_a_second_reader_opens_the_written_files(setup, tmp_path):
             assert slope == pytest.approx(-1.0) and np.allclose(theirs, -ours + offset), path.name
         else:
             assert np.array_equal(theirs, ours), path.name
+
+
+def test_chestxray14_folder_gets_pseudonymous_ids_in_names_metadata_and_lists(setup, tmp_path):
+    from cxrlib.data.chestxray14 import find_metadata_file, read_metadata
+    from cxrlib.publish.deidentify import Pseudonymizer
+
+    png, root = setup["png"], setup["root"]
+    assert main(["anonymize", str(png), str(tmp_path / "out"), "--key", str(root / "key"), "--quiet"]) == 1
+    out = tmp_path / "out"
+    before, after = read_metadata(find_metadata_file(png)), read_metadata(find_metadata_file(out))
+    pseudonym = Pseudonymizer((root / "key").read_bytes()).patient_number
+    assert sorted(after["patient_id"]) == sorted(pseudonym(int(p)) for p in before["patient_id"])
+    assert not set(after["patient_id"]) & set(before["patient_id"])
+    assert sorted(p.name for p in (out / "images").iterdir()) == sorted(after["image"])
+    listed = (out / "test_list.txt").read_text().split() + (out / "train_val_list.txt").read_text().split()
+    assert sorted(listed) == sorted(after["image"])
+    # the ground truth is no part of a release: refused, not copied
+    assert not (out / "phantom_truth.csv").exists()

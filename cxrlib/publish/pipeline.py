@@ -10,6 +10,8 @@ interpretation (see :mod:`cxrlib.publish.dicom`).
 
 from __future__ import annotations
 
+import re
+import tempfile
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,10 +22,12 @@ import torch.nn.functional as F
 
 from cxrlib.anonymize.base import Anonymizer, load_anonymizer
 from cxrlib.artifacts import read_sidecar
-from cxrlib.data.chestxray14 import DataError
+from cxrlib.data.chestxray14 import METADATA_NAMES, SPLIT_FILES, DataError, read_metadata, write_metadata
 from cxrlib.publish import burned_in, dicom
 from cxrlib.publish.batch import FileResult
 from cxrlib.publish.deidentify import HeaderOptions, Pseudonymizer, deidentify_dataset
+
+_CXR14_NAME = re.compile(r"^(\d{8})_(\d{3})\.png$")
 
 #: the command line's method names and the registered anonymizer each one loads
 METHODS = {"none": None, "prichexy": "flow_field", "dp-pix": "dp_pix", "privacy-net": "privacy_net"}
@@ -127,11 +131,39 @@ class ReleasePipeline:
         out = anonymizer(small.to(device)).float().cpu()
         return _resize(out, tuple(x.shape[-2:]))[0, 0].numpy(), len(boxes)
 
+    def png_name(self, name: str) -> str:
+        """ChestX-ray14 names carry the patient id (``00000001_000.png``): it becomes the keyed pseudonym."""
+        match = _CXR14_NAME.match(Path(name).name)
+        if not match:
+            return name
+        number = self.pseudonymizer.patient_number(int(match.group(1)))
+        return str(Path(name).with_name(f"{number:08d}_{match.group(2)}.png"))
+
+    def metadata(self, path: Path, name: str) -> FileResult:
+        """The ChestX-ray14 metadata CSV with pseudonymous patient ids and image names."""
+        meta = read_metadata(path)
+        meta["image"] = [Path(self.png_name(n)).name for n in meta["image"]]
+        meta["patient_id"] = [self.pseudonymizer.patient_number(int(p)) for p in meta["patient_id"]]
+        with tempfile.TemporaryDirectory() as work:
+            out = Path(work) / "metadata.csv"
+            write_metadata(meta.sort_values("image"), out)
+            data = out.read_bytes()
+        return FileResult(name.removesuffix(".gz"), data, {"kind": "metadata"})
+
+    def split_list(self, path: Path, name: str) -> FileResult:
+        names = [line.strip() for line in path.read_text().splitlines() if line.strip()]
+        mapped = sorted(Path(self.png_name(n)).name for n in names)
+        return FileResult(name, ("\n".join(mapped) + "\n").encode(), {"kind": "split list"})
+
     def __call__(self, path: Path, name: str, file_hash: str) -> FileResult:
+        if path.name in METADATA_NAMES:
+            return self.metadata(path, name)
+        if path.name in SPLIT_FILES.values():
+            return self.split_list(path, name)
         if dicom.is_png(path):
             image, codec = dicom.read_png(path)
             image, found = self.pixels(image, file_hash)
-            return FileResult(name, dicom.png_bytes(image, codec), {"text_boxes": found})
+            return FileResult(self.png_name(name), dicom.png_bytes(image, codec), {"text_boxes": found})
         ds = dicom.read_dicom(path)
         changes_pixels = self.detect_text or self.method.anonymizer is not None
         if changes_pixels:
