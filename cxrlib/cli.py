@@ -1,5 +1,6 @@
 """``cxrlib`` command line: generate the phantom, prepare the image cache, make a profile's data ready,
-write the README's results section from a run."""
+write the README's results section from a run; for data publishers, anonymize a release and audit how
+linkable it is."""
 
 from __future__ import annotations
 
@@ -12,12 +13,52 @@ from cxrlib.data.chestxray14 import DataError
 
 
 def _phantom(args: argparse.Namespace) -> None:
+    import tempfile
+
     from cxrlib.data.phantom import generate_phantom
 
     start = time.perf_counter()
-    out = generate_phantom(args.out, n_patients=args.patients, size=args.size, seed=args.seed,
-                           max_followups=args.max_followups, overwrite=args.overwrite)
+    if args.format == "png":
+        out = generate_phantom(args.out, n_patients=args.patients, size=args.size, seed=args.seed,
+                               max_followups=args.max_followups, overwrite=args.overwrite)
+    else:
+        from cxrlib.publish.phantom_dicom import write_phantom_dicom
+
+        if args.out.exists() and not args.overwrite:
+            raise FileExistsError(f"{args.out} exists; pass --overwrite to replace it")
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=args.out.parent) as work:
+            source = generate_phantom(Path(work) / "png", n_patients=args.patients, size=args.size,
+                                      seed=args.seed, max_followups=args.max_followups)
+            out = write_phantom_dicom(source, args.out, seed=args.seed, overwrite=args.overwrite)
+        print(f"DICOM files in {out / 'images'}; planted PHI listed in {out / 'phi_truth.json'}")
     print(f"phantom written to {out} in {time.perf_counter() - start:.1f} s")
+
+
+def _anonymize(args: argparse.Namespace) -> int:
+    from tabulate import tabulate
+
+    from cxrlib.publish.batch import run_batch
+    from cxrlib.publish.deidentify import HeaderOptions, load_key
+    from cxrlib.publish.pipeline import ReleasePipeline, pixel_method
+
+    key = load_key(args.key)
+    method = pixel_method(args.method, model=args.model, artifacts_dir=args.artifacts, size=args.size,
+                          dp_b=args.dp_b, dp_eps=args.dp_eps, dp_m=args.dp_m, seed=args.seed)
+    header = HeaderOptions(keep_patient_characteristics=args.keep_patient_characteristics,
+                           keep_private_creators=tuple(args.keep_private))
+    pipeline = ReleasePipeline(key, method, detect_text=not args.no_text_detection, header=header)
+    start = time.perf_counter()
+    summary = run_batch(args.input, args.output, pipeline, settings=pipeline.settings(),
+                        progress=False if args.quiet else None)
+    seconds = time.perf_counter() - start
+    rows = [["written", summary.done], ["already done (skipped)", summary.skipped],
+            ["failed", len(summary.failed)]]
+    print(tabulate(rows, headers=["files", "count"]))
+    for name, problem in summary.failed:
+        print(f"  failed: {name}: {problem}", file=sys.stderr)
+    print(f"pixels: {method.describe()}; {summary.done} file(s) in {seconds:.1f} s; manifest in {args.output}")
+    return 0 if summary.ok else 1
 
 
 def _prepare(args: argparse.Namespace) -> None:
@@ -53,6 +94,38 @@ def _report(args: argparse.Namespace) -> None:
           f"{'rewritten from' if changed else 'already matches'} {results}")
 
 
+def _audit(args: argparse.Namespace) -> None:
+    from cxrlib.config import load_profile
+    from cxrlib.publish.audit import audit_release, find_retrieval_network, load_retrieval_network, read_release
+    from cxrlib.publish.deidentify import load_key
+    from cxrlib.publish.report import CAVEAT, write_report
+
+    model_path = args.model or find_retrieval_network(args.artifacts, args.profile)
+    model = load_retrieval_network(model_path)
+    size = args.size or load_profile(args.profile).data.image_size
+    progress = False if args.quiet else None
+    release = read_release(args.data_dir, size, detect_text=not args.no_text_detection, progress=progress)
+    against = read_release(args.against, size, detect_text=False, progress=progress) if args.against else None
+    result = audit_release(release, model, against=against, key=load_key(args.key) if args.key else None,
+                           link_distance=args.link_distance, seed=args.seed, progress=not args.quiet)
+    result["model"] = str(model_path)
+    result["image_size"] = size
+    json_path, html_path = write_report(result, release, args.out or Path(args.data_dir).with_name(
+        Path(args.data_dir).name + "_audit"))
+    print(f"{result['images']} images audited in {result['seconds']:.1f} s ({len(result['unreadable'])} unreadable)")
+    if "retrieval" in result:
+        r = result["retrieval"]
+        print(f"internal linkage: P@1 {r['precision_at_1']:.4f}, mAP@R {r['map_at_r']:.4f}; "
+              f"{result['patients_relinked']:.1%} of patients with follow-ups re-linked")
+    if "against" in result and "top1" in result["against"]:
+        print(f"linkage attack against {args.against}: top-1 {result['against']['top1']:.1%}")
+    if "headers" in result:
+        print(f"headers: {len(result['headers']['table_e1_1_present'])} Table E.1-1 attribute(s) still present, "
+              f"{result['headers']['files_with_private_tags']} file(s) with private tags")
+    print(f"report: {html_path} and {json_path}")
+    print(CAVEAT)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cxrlib", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -64,7 +137,79 @@ def build_parser() -> argparse.ArgumentParser:
     phantom.add_argument("--seed", type=int, default=42)
     phantom.add_argument("--max-followups", type=int, default=8, help="cap on scans per patient")
     phantom.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+    phantom.add_argument("--format", choices=("png", "dicom"), default="png",
+                         help="png: the ChestX-ray14 layout; dicom: DX/CR files with synthetic PHI in "
+                              "OUT/images and the planted values in OUT/phi_truth.json (for testing "
+                              "anonymize and audit)")
     phantom.set_defaults(run=_phantom)
+
+    anonymize = commands.add_parser(
+        "anonymize", help="de-identify a folder of DICOM files or PNGs (headers, burned-in text, pixels)",
+        description="Anonymize every file under INPUT (recursively) into OUTPUT with the same relative paths. "
+                    "DICOM headers follow the PS3.15 basic profile as an allow-list (private tags removed), "
+                    "patients get keyed pseudonyms, dates a per-patient shift. INPUT is never written; each "
+                    "output file is written atomically and recorded in OUTPUT/.cxrlib-manifest-*.jsonl, so "
+                    "a rerun after an interruption resumes. Files that cannot be read are reported and "
+                    "skipped; the exit code is 1 when any failed.")
+    anonymize.add_argument("input", type=Path, help="folder of DICOM files and/or PNGs (read only)")
+    anonymize.add_argument("output", type=Path, help="output folder (outside INPUT)")
+    anonymize.add_argument("--key", type=Path, required=True,
+                           help="secret key file (>= 32 bytes, e.g. `head -c 32 /dev/urandom > KEY`): the same "
+                                "key gives the same pseudonyms, UIDs and date shifts in every batch; keep it "
+                                "secret")
+    anonymize.add_argument("--method", choices=("none", "prichexy", "dp-pix", "privacy-net"), default="none",
+                           help="pixel anonymization: none; prichexy (PriCheXy-Net's deformation) or "
+                                "privacy-net (trained: --model or the newest in --artifacts); dp-pix "
+                                "(differentially private pixelization, --dp-b/--dp-eps/--dp-m)")
+    anonymize.add_argument("--model", type=Path, default=None,
+                           help="a trained anonymizer (NAME.safetensors with its NAME.json sidecar)")
+    anonymize.add_argument("--artifacts", type=Path, default=Path("artifacts"),
+                           help="where to look for trained anonymizers when --model is not given")
+    anonymize.add_argument("--size", type=int, default=None,
+                           help="square size the method runs at (default: the size a trained model records; "
+                                "dp-pix: the input's own size)")
+    anonymize.add_argument("--dp-b", type=int, default=8, help="DP-Pix cell size in pixels")
+    anonymize.add_argument("--dp-eps", type=float, default=0.1, help="DP-Pix privacy budget epsilon")
+    anonymize.add_argument("--dp-m", type=float, default=1.0, help="DP-Pix neighbourhood m (pixels that may differ)")
+    anonymize.add_argument("--seed", type=int, default=0, help="seed of DP-Pix's noise (per file: seed and file hash)")
+    anonymize.add_argument("--no-text-detection", action="store_true",
+                           help="skip burned-in text detection (BurnedInAnnotation is then never set to NO)")
+    anonymize.add_argument("--keep-patient-characteristics", action="store_true",
+                           help="keep sex, age, size and weight (PS3.15 Retain Patient Characteristics Option)")
+    anonymize.add_argument("--keep-private", action="append", default=[], metavar="CREATOR",
+                           help="keep private tags of this private creator (repeatable); all others are removed")
+    anonymize.add_argument("--quiet", action="store_true", help="no progress bar")
+    anonymize.set_defaults(run=_anonymize)
+
+    audit = commands.add_parser(
+        "audit", help="how linkable is a release? re-identification risk, header and pixel findings, report",
+        description="Embed every image under DATA_DIR (DICOM or PNG) with a trained re-identification "
+                    "(retrieval) network and report internal linkage (P@1, mAP@R, patients re-linked, ROC "
+                    "when patient ids are known; nearest-neighbour distances and suspected clusters when not), "
+                    "the linkage attack against --against, Table E.1-1 attributes and private tags still in "
+                    "the headers, suspected burned-in text and near-duplicates. Writes audit.html and "
+                    "audit.json. A low linkage score from one model is evidence, not proof, of anonymity.")
+    audit.add_argument("data_dir", type=Path, help="the release: a folder of DICOM files and/or PNGs")
+    audit.add_argument("--against", type=Path, default=None,
+                       help="another image set to link the release to (e.g. the raw images it was made from)")
+    audit.add_argument("--key", type=Path, default=None,
+                       help="the anonymization key: pseudonymizes --against's patient ids, so a raw set can be "
+                            "scored against its anonymized release")
+    audit.add_argument("--model", type=Path, default=None,
+                       help="a retrieval network (NAME.safetensors + NAME.json); default: the newest notebook "
+                            "01 trained for --profile under --artifacts")
+    audit.add_argument("--profile", default="cpu", help="profile whose model and image size to use (smoke, cpu, paper)")
+    audit.add_argument("--artifacts", type=Path, default=Path("artifacts"), help="where trained models live")
+    audit.add_argument("--size", type=int, default=None,
+                       help="image size the model was trained at (default: the profile's)")
+    audit.add_argument("--link-distance", type=float, default=None,
+                       help="embedding distance below which two images count as a suspected same-patient link "
+                            "(default: the 10 %% quantile of nearest-neighbour distances)")
+    audit.add_argument("--no-text-detection", action="store_true", help="skip the burned-in text search")
+    audit.add_argument("--out", type=Path, default=None, help="report folder (default: DATA_DIR_audit beside it)")
+    audit.add_argument("--seed", type=int, default=0, help="seed of the pair sample for the ROC of large releases")
+    audit.add_argument("--quiet", action="store_true", help="no progress bars")
+    audit.set_defaults(run=_audit)
 
     prepare = commands.add_parser("prepare", help="decode and resize every image once into a uint8 cache")
     prepare.add_argument("data_dir", type=Path, help="a ChestX-ray14 (or phantom) folder")
@@ -90,11 +235,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        args.run(args)
+        code = args.run(args)
     except (DataError, ValueError, FileExistsError) as err:
         print(f"cxrlib {args.command}: error: {err}", file=sys.stderr)
         return 2
-    return 0
+    return code or 0
 
 
 if __name__ == "__main__":

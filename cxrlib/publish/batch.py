@@ -1,0 +1,192 @@
+"""The resumable batch runner that ``cxrlib anonymize`` uses: IN is only read, OUT is written atomically.
+
+Every output file is written to a temporary name beside its target, flushed to disk and renamed, then
+recorded in ``OUT/.cxrlib-manifest.jsonl`` (one JSON line per file: input and output SHA-256, status),
+so a run killed at any moment (``kill -9``) leaves no partial file under a final name, and a rerun skips
+what the manifest records as done (the output still there, with its hash). The per-file work is
+deterministic (keyed pseudonyms, seeded noise per file), so an interrupted and resumed run writes the
+same OUT as an uninterrupted one. A file that cannot be read is recorded as failed with the reason,
+and the batch goes on. Files stream one at a time: memory stays bounded whatever the folder's size.
+
+Several processes (``accelerate launch -m cxrlib anonymize ...``) split the files by rank
+(``RANK``/``WORLD_SIZE`` from the launcher); each writes its own manifest.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tqdm.auto import tqdm
+
+from cxrlib.data.chestxray14 import DataError
+
+log = logging.getLogger(__name__)
+
+MANIFEST_PREFIX = ".cxrlib-manifest"
+PARTIAL_MARK = ".partial-"
+
+
+def sha256_file(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> str:
+    """Write ``data`` to ``path`` through a temporary file and a rename; returns its SHA-256."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f"{path.name}{PARTIAL_MARK}{os.getpid()}")
+    # no fsync: a killed process loses nothing written before the rename (only a machine crash could,
+    # as for any file write); fsync per file cost most of the time of small files
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+    return hashlib.sha256(data).hexdigest()
+
+
+def check_folders(in_dir: str | Path, out_dir: str | Path) -> tuple[Path, Path]:
+    in_dir, out_dir = Path(in_dir).resolve(), Path(out_dir).resolve()
+    if not in_dir.is_dir():
+        raise DataError(in_dir, "input folder does not exist")
+    if out_dir == in_dir or in_dir in out_dir.parents:
+        raise DataError(out_dir, f"output folder lies inside the input folder {in_dir}; choose one outside "
+                                 "it (IN is never written to)")
+    if out_dir in in_dir.parents:
+        raise DataError(out_dir, f"output folder contains the input folder {in_dir}; choose another")
+    return in_dir, out_dir
+
+
+def input_files(in_dir: Path) -> list[Path]:
+    """Every regular file under ``in_dir``, sorted, hidden files and folders left out."""
+    return sorted(p for p in in_dir.rglob("*")
+                  if p.is_file() and not any(part.startswith(".") for part in p.relative_to(in_dir).parts))
+
+
+def _rank() -> tuple[int, int]:
+    return int(os.environ.get("RANK", 0)), max(1, int(os.environ.get("WORLD_SIZE", 1)))
+
+
+@dataclass
+class FileResult:
+    """What the per-file work returns: the output's path relative to OUT and its bytes, and notes."""
+
+    output: str
+    data: bytes
+    notes: dict = field(default_factory=dict)
+
+
+@dataclass
+class BatchSummary:
+    done: int = 0
+    skipped: int = 0
+    failed: list[tuple[str, str]] = field(default_factory=list)
+    records: list[dict] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.failed
+
+
+class Manifest:
+    """The append-only record of one rank's finished files, re-read on resume."""
+
+    def __init__(self, out_dir: Path, settings: dict, rank: int):
+        self.path = out_dir / f"{MANIFEST_PREFIX}-{rank}.jsonl"
+        self.entries: dict[str, dict] = {}
+        if self.path.is_file():
+            lines = self.path.read_text().splitlines()
+            first = json.loads(lines[0]) if lines else {}
+            if lines and first.get("settings") != settings:
+                raise DataError(self.path, "OUT was written with other settings (method, key, options); "
+                                           "use a new output folder or the same settings")
+            for line in lines[1:]:
+                try:
+                    entry = json.loads(line)
+                except json.JSONDecodeError:
+                    continue  # a line cut by a kill: that file is simply redone
+                self.entries[entry["file"]] = entry
+        else:
+            out_dir.mkdir(parents=True, exist_ok=True)
+            self._append({"settings": settings})
+
+    def _append(self, record: dict) -> None:
+        with open(self.path, "a") as f:
+            f.write(json.dumps(record, sort_keys=True) + "\n")
+
+    def is_done(self, name: str, input_hash: str, out_dir: Path) -> bool:
+        entry = self.entries.get(name)
+        if not entry or entry.get("status") != "done" or entry.get("input_sha256") != input_hash:
+            return False
+        output = out_dir / entry["output"]
+        return output.is_file() and sha256_file(output) == entry["output_sha256"]
+
+    def record(self, entry: dict) -> None:
+        self._append(entry)
+        self.entries[entry["file"]] = entry
+
+
+def remove_partials(out_dir: Path) -> int:
+    """Delete temporary files a killed run left behind; returns how many."""
+    leftovers = [p for p in out_dir.rglob(f"*{PARTIAL_MARK}*") if p.is_file()] if out_dir.is_dir() else []
+    for p in leftovers:
+        p.unlink()
+    return len(leftovers)
+
+
+def run_batch(in_dir: str | Path, out_dir: str | Path, work: Callable[[Path, str, str], FileResult], *,
+              settings: dict, progress: bool | None = None,
+              files: Callable[[Path], list[Path]] = input_files) -> BatchSummary:
+    """Apply ``work(path, relative_name, input_sha256)`` to every file of IN (this rank's share), writing OUT.
+
+    ``work`` raises :class:`DataError` for a file it cannot handle: recorded as failed, the batch goes
+    on. ``settings`` (JSON-able) are stored in the manifest; a rerun with other settings is refused.
+    """
+    in_dir, out_dir = check_folders(in_dir, out_dir)
+    rank, world = _rank()
+    removed = remove_partials(out_dir)
+    if removed:
+        log.info("removed %d partial file(s) of an interrupted run in %s", removed, out_dir)
+    manifest = Manifest(out_dir, settings, rank)
+    mine = files(in_dir)[rank::world]
+    summary = BatchSummary()
+    for path in tqdm(mine, desc="anonymizing", unit="file", disable=progress is False):
+        name = path.relative_to(in_dir).as_posix()
+        input_hash = sha256_file(path)
+        if manifest.is_done(name, input_hash, out_dir):
+            summary.skipped += 1
+            summary.records.append(manifest.entries[name])
+            continue
+        try:
+            result = work(path, name, input_hash)
+        except DataError as err:
+            entry = {"file": name, "status": "failed", "input_sha256": input_hash, "error": err.problem}
+            manifest.record(entry)
+            summary.failed.append((name, err.problem))
+            summary.records.append(entry)
+            log.info("skipped %s", err)
+            continue
+        output_hash = atomic_write_bytes(out_dir / result.output, result.data)
+        entry = {"file": name, "status": "done", "input_sha256": input_hash, "output": result.output,
+                 "output_sha256": output_hash, **result.notes}
+        manifest.record(entry)
+        summary.done += 1
+        summary.records.append(entry)
+    return summary
+
+
+def iter_manifest(out_dir: str | Path) -> Iterator[dict]:
+    """Every file entry of every rank's manifest in OUT."""
+    for path in sorted(Path(out_dir).glob(f"{MANIFEST_PREFIX}-*.jsonl")):
+        for line in path.read_text().splitlines()[1:]:
+            try:
+                yield json.loads(line)
+            except json.JSONDecodeError:
+                continue

@@ -1,0 +1,181 @@
+"""One file of a release through the publisher's pipeline: header, burned-in text, pixels.
+
+:class:`ReleasePipeline` is the per-file work of :func:`cxrlib.publish.batch.run_batch`. The pixel
+step calls the project's one anonymizer interface (``anonymizer(images) -> images`` on float
+(B, 1, H, W) in [0, 1]): a trained PriCheXy-Net or Privacy-Net loaded from its safetensors + JSON
+sidecar, or DP-Pix built from its parameters, applied at the resolution the method works at and
+resized back to the input's size; the result keeps the input's bit depth and photometric
+interpretation (see :mod:`cxrlib.publish.dicom`).
+"""
+
+from __future__ import annotations
+
+import re
+import tempfile
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from cxrlib.anonymize.base import Anonymizer, load_anonymizer
+from cxrlib.artifacts import read_sidecar
+from cxrlib.data.chestxray14 import METADATA_NAMES, SPLIT_FILES, DataError, read_metadata, write_metadata
+from cxrlib.publish import burned_in, dicom
+from cxrlib.publish.batch import FileResult
+from cxrlib.publish.deidentify import HeaderOptions, Pseudonymizer, deidentify_dataset
+
+_CXR14_NAME = re.compile(r"^(\d{8})_(\d{3})\.png$")
+
+#: the command line's method names and the registered anonymizer each one loads
+METHODS = {"none": None, "prichexy": "flow_field", "dp-pix": "dp_pix", "privacy-net": "privacy_net"}
+
+
+def find_trained(artifacts_dir: str | Path, registered: str) -> Path:
+    """The newest saved anonymizer of kind ``registered`` under ``artifacts_dir``."""
+    found = []
+    for sidecar in Path(artifacts_dir).rglob("*.json"):
+        weights = sidecar.with_suffix(".safetensors")
+        if not weights.is_file():
+            continue
+        try:
+            config = read_sidecar(sidecar).get("config", {})
+        except ValueError:
+            continue
+        if isinstance(config, dict) and config.get("anonymizer") == registered:
+            found.append(weights)
+    if not found:
+        raise DataError(artifacts_dir, f"no trained {registered} anonymizer here; run notebooks 02/03 "
+                                       "or pass --model PATH.safetensors")
+    return max(found, key=lambda p: p.stat().st_mtime)
+
+
+@dataclass
+class PixelMethod:
+    """An anonymizer and the square size it works at (None: the input's own size)."""
+
+    name: str
+    anonymizer: Anonymizer | None = None
+    size: int | None = None
+    source: str = ""
+
+    def describe(self) -> str:
+        return "none" if self.anonymizer is None else f"{self.anonymizer.describe()} at {self.size or 'input'} px"
+
+
+def pixel_method(method: str, *, model: str | Path | None = None, artifacts_dir: str | Path = "artifacts",
+                 size: int | None = None, dp_b: int = 8, dp_eps: float = 0.1, dp_m: float = 1.0,
+                 seed: int = 0) -> PixelMethod:
+    """Build the pixel step named on the command line (see :data:`METHODS`)."""
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}; choose from {', '.join(METHODS)}")
+    registered = METHODS[method]
+    if registered is None:
+        return PixelMethod(method)
+    if registered == "dp_pix":
+        from cxrlib.anonymize.dp_pix import DPPix
+
+        return PixelMethod(method, DPPix(dp_b, dp_eps, dp_m, seed), size, "parameters")
+    path = Path(model) if model else find_trained(artifacts_dir, registered)
+    anonymizer = load_anonymizer(path)
+    if anonymizer.name != registered:
+        raise DataError(path, f"holds a {anonymizer.name} anonymizer, not {registered} ({method})")
+    trained = anonymizer.params().get("image_size") or read_sidecar(path).get("image_size")
+    if trained is None and size is None:
+        raise DataError(path, "does not record the image size it was trained at; pass --size")
+    return PixelMethod(method, anonymizer, int(size or trained), str(path))
+
+
+def _resize(image: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    if tuple(image.shape[-2:]) == size:
+        return image
+    return F.interpolate(image, size=size, mode="bilinear", align_corners=False, antialias=True).clamp(0, 1)
+
+
+@dataclass
+class ReleasePipeline:
+    """The per-file work: de-identify the header, black out detected text, anonymize the pixels."""
+
+    key: bytes
+    method: PixelMethod
+    detect_text: bool = True
+    header: HeaderOptions = field(default_factory=HeaderOptions)
+
+    def __post_init__(self):
+        self.pseudonymizer = Pseudonymizer(self.key)
+
+    def settings(self) -> dict:
+        """What decides the output: stored in the manifest, so a resume never mixes settings."""
+        return {"method": self.method.describe(), "model": self.method.source, "detect_text": self.detect_text,
+                "keep_patient_characteristics": self.header.keep_patient_characteristics,
+                "keep_private_creators": list(self.header.keep_private_creators),
+                "key_check": self.pseudonymizer.patient("cxrlib-key-check")}
+
+    @torch.no_grad()
+    def pixels(self, image: np.ndarray, file_hash: str) -> tuple[np.ndarray, int]:
+        """Text blacked out (when detection runs), then the method; returns the image and text boxes found."""
+        boxes = burned_in.detect_text(image) if self.detect_text else []
+        if boxes:
+            image = burned_in.black_out(image, boxes)
+        anonymizer = self.method.anonymizer
+        if anonymizer is None:
+            return image, len(boxes)
+        if hasattr(anonymizer, "reset"):
+            anonymizer.reset(zlib.crc32(file_hash.encode()))  # per-file noise: a resumed run repeats it
+        x = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))[None, None]
+        size = self.method.size
+        small = _resize(x, (size, size)) if size else x
+        device = next(iter(anonymizer.buffers()), torch.empty(0)).device
+        out = anonymizer(small.to(device)).float().cpu()
+        return _resize(out, tuple(x.shape[-2:]))[0, 0].numpy(), len(boxes)
+
+    def png_name(self, name: str) -> str:
+        """ChestX-ray14 names carry the patient id (``00000001_000.png``): it becomes the keyed pseudonym."""
+        match = _CXR14_NAME.match(Path(name).name)
+        if not match:
+            return name
+        number = self.pseudonymizer.patient_number(int(match.group(1)))
+        return str(Path(name).with_name(f"{number:08d}_{match.group(2)}.png"))
+
+    def metadata(self, path: Path, name: str) -> FileResult:
+        """The ChestX-ray14 metadata CSV with pseudonymous patient ids and image names."""
+        meta = read_metadata(path)
+        meta["image"] = [Path(self.png_name(n)).name for n in meta["image"]]
+        meta["patient_id"] = [self.pseudonymizer.patient_number(int(p)) for p in meta["patient_id"]]
+        with tempfile.TemporaryDirectory() as work:
+            out = Path(work) / "metadata.csv"
+            write_metadata(meta.sort_values("image"), out)
+            data = out.read_bytes()
+        return FileResult(name.removesuffix(".gz"), data, {"kind": "metadata"})
+
+    def split_list(self, path: Path, name: str) -> FileResult:
+        names = [line.strip() for line in path.read_text().splitlines() if line.strip()]
+        mapped = sorted(Path(self.png_name(n)).name for n in names)
+        return FileResult(name, ("\n".join(mapped) + "\n").encode(), {"kind": "split list"})
+
+    def __call__(self, path: Path, name: str, file_hash: str) -> FileResult:
+        if path.name in METADATA_NAMES:
+            return self.metadata(path, name)
+        if path.name in SPLIT_FILES.values():
+            return self.split_list(path, name)
+        if dicom.is_png(path):
+            image, codec = dicom.read_png(path)
+            image, found = self.pixels(image, file_hash)
+            return FileResult(self.png_name(name), dicom.png_bytes(image, codec), {"text_boxes": found})
+        ds = dicom.read_dicom(path)
+        changes_pixels = self.detect_text or self.method.anonymizer is not None
+        if changes_pixels:
+            image, codec = dicom.dicom_pixels(ds, path)  # refuses what is not a single grayscale image
+            image, found = self.pixels(image, file_hash)
+        elif "PixelData" not in ds:
+            raise DataError(path, "DICOM without pixel data (not an image)")
+        else:
+            found = 0  # header only: the pixel data is copied as stored (colour, compressed, multi-frame)
+        out = deidentify_dataset(ds, self.pseudonymizer, self.header,
+                                 burned_in_cleaned=True if self.detect_text else None,
+                                 pixels_method=self.method.describe())
+        if changes_pixels:
+            dicom.set_dicom_pixels(out, image, codec)
+        return FileResult(name, dicom.dicom_bytes(out), {"text_boxes": found})

@@ -1,0 +1,73 @@
+"""The batch runner: kill -9 in the middle and a rerun give the same OUT as an uninterrupted run."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from cxrlib.cli import main
+from cxrlib.data.phantom import generate_phantom
+from cxrlib.publish.batch import MANIFEST_PREFIX, PARTIAL_MARK, sha256_file
+from cxrlib.publish.phantom_dicom import write_phantom_dicom
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _tree(folder: Path) -> dict[str, str]:
+    return {p.relative_to(folder).as_posix(): sha256_file(p) for p in sorted(folder.rglob("*"))
+            if p.is_file() and not p.name.startswith(MANIFEST_PREFIX)}
+
+
+def test_kill_and_resume_give_the_same_output_as_one_run(tmp_path):
+    png = generate_phantom(tmp_path / "png", n_patients=4, size=128, seed=5, max_followups=3, progress=False)
+    dicom = write_phantom_dicom(png, tmp_path / "dicom", progress=False)
+    release = tmp_path / "release"
+    for copy in range(12):  # enough files that the kill lands in the middle
+        shutil.copytree(dicom / "images", release / f"site{copy:02d}")
+    before = _tree(release)
+    key = tmp_path / "key"
+    key.write_bytes(b"s" * 32)
+    args = ["--key", str(key), "--method", "dp-pix", "--dp-b", "4", "--quiet"]
+    assert main(["anonymize", str(release), str(tmp_path / "whole"), *args]) == 0
+
+    out = tmp_path / "killed"
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    process = subprocess.Popen([sys.executable, "-m", "cxrlib", "anonymize", str(release), str(out), *args],
+                               env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    manifest = out / f"{MANIFEST_PREFIX}-0.jsonl"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if manifest.is_file() and len(manifest.read_text().splitlines()) > 10:
+            break
+        time.sleep(0.005)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    written = len(manifest.read_text().splitlines()) - 1
+    total = len(before)
+    assert 0 < written < total, f"the kill should land mid-run ({written} of {total} files done)"
+    # nothing under a final name is partial: every output file present is complete and recorded or redone
+    assert main(["anonymize", str(release), str(out), *args]) == 0
+    assert not [p for p in out.rglob(f"*{PARTIAL_MARK}*")]
+    assert _tree(out) == _tree(tmp_path / "whole")
+    assert _tree(release) == before, "IN changed"
+    # a third run finds everything done
+    assert main(["anonymize", str(release), str(out), *args]) == 0
+
+
+def test_rerun_with_other_settings_is_refused(tmp_path, capsys):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    from pydicom.data import get_testdata_file
+
+    shutil.copy(get_testdata_file("CT_small.dcm"), folder / "ct.dcm")
+    key = tmp_path / "key"
+    key.write_bytes(b"s" * 32)
+    assert main(["anonymize", str(folder), str(tmp_path / "out"), "--key", str(key), "--quiet"]) == 0
+    assert main(["anonymize", str(folder), str(tmp_path / "out"), "--key", str(key), "--method", "dp-pix",
+                 "--quiet"]) == 2
+    assert "other settings" in capsys.readouterr().err

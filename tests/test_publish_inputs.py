@@ -1,0 +1,147 @@
+"""`cxrlib anonymize` on files nobody here wrote (pydicom's test files) and on bad input."""
+
+from __future__ import annotations
+
+import shutil
+import warnings
+
+import numpy as np
+import pydicom
+import pytest
+from PIL import Image
+from pydicom.data import get_testdata_file, get_testdata_files
+
+from cxrlib.cli import main
+from cxrlib.publish.batch import iter_manifest
+from cxrlib.publish.deidentify import TABLE_E1_1, REPLACE, iter_elements
+from cxrlib.publish.dicom import read_png
+
+
+@pytest.fixture()
+def key(tmp_path):
+    path = tmp_path / "key"
+    path.write_bytes(bytes(range(32)))
+    return path
+
+
+def _failures(out) -> dict[str, str]:
+    return {e["file"]: e["error"] for e in iter_manifest(out) if e["status"] == "failed"}
+
+
+def test_pydicom_test_files_are_anonymized_or_refused_with_a_reason(tmp_path, key, capsys):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        files = get_testdata_files("*.dcm")
+    assert len(files) > 50
+    for f in files:
+        shutil.copy(f, folder)
+    code = main(["anonymize", str(folder), str(tmp_path / "out"), "--key", str(key), "--quiet"])
+    assert code == 1  # some are not single grayscale images
+    entries = {e["file"]: e for e in iter_manifest(tmp_path / "out")}
+    assert set(entries) == {p.name for p in folder.iterdir()}
+    done = [n for n, e in entries.items() if e["status"] == "done"]
+    failed = _failures(tmp_path / "out")
+    assert len(done) >= 10 and failed
+    for name, reason in failed.items():
+        assert reason, name
+    for name in done:
+        source = pydicom.dcmread(folder / name, force=True)
+        out = pydicom.dcmread(tmp_path / "out" / name)
+        assert out.PatientIdentityRemoved == "YES"
+        assert out.pixel_array.shape == source.pixel_array.shape
+        for elem in iter_elements(out):
+            assert not elem.tag.is_private, f"private {elem} in {name}"
+            assert elem.keyword not in TABLE_E1_1 or elem.keyword in REPLACE, f"{elem.keyword} left in {name}"
+        original_name = str(source.get("PatientName", ""))
+        if len(original_name) > 3:
+            assert original_name.encode() not in (tmp_path / "out" / name).read_bytes()
+    reasons = " ".join(failed.values())
+    assert "multi-frame" in failed["rtdose.dcm"]
+    assert "colour image" in failed["examples_rgb_color.dcm"]
+    assert "without pixel data" in failed["rtplan.dcm"]
+    assert "no installed decoder" in failed["JPEGLSNearLossless_08.dcm"]
+    assert "JPEG-LS" in failed["JPEGLSNearLossless_08.dcm"]
+    assert "corrupt pixel data" in failed["MR_truncated.dcm"]
+    assert "Traceback" not in reasons
+    assert "failed: JPEGLSNearLossless_08.dcm" in capsys.readouterr().err
+
+
+def test_a_text_file_named_dcm_is_reported_and_the_batch_goes_on(tmp_path, key):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    (folder / "notes.dcm").write_text("not an image\n")
+    shutil.copy(get_testdata_file("CT_small.dcm"), folder / "ct.dcm")
+    assert main(["anonymize", str(folder), str(tmp_path / "out"), "--key", str(key), "--quiet"]) == 1
+    assert "not a DICOM file" in _failures(tmp_path / "out")["notes.dcm"]
+    assert (tmp_path / "out" / "ct.dcm").is_file() and not (tmp_path / "out" / "notes.dcm").exists()
+
+
+def test_sixteen_bit_png_using_twelve_bits_keeps_its_values(tmp_path, key):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    values = rng.integers(200, 4000, (48, 48)).astype(np.uint16)
+    Image.fromarray(values).save(folder / "x.png")
+    display, codec = read_png(folder / "x.png")
+    assert display.min() == 0.0 and display.max() == 1.0  # contrast of the 12 bits used, not of 16
+    assert main(["anonymize", str(folder), str(tmp_path / "out"), "--key", str(key), "--no-text-detection",
+                 "--quiet"]) == 0
+    written = np.asarray(Image.open(tmp_path / "out" / "x.png"))
+    assert written.dtype == np.uint16 and np.array_equal(written, values)
+
+
+def test_image_beyond_the_decompression_bomb_limit_is_refused_clearly(tmp_path, key, monkeypatch):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    Image.fromarray(np.zeros((300, 300), np.uint8)).save(folder / "big.png")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 300 * 300 // 3)
+    assert main(["anonymize", str(folder), str(tmp_path / "out"), "--key", str(key), "--quiet"]) == 1
+    assert "too large to decode safely" in _failures(tmp_path / "out")["big.png"]
+
+
+def test_out_inside_in_and_bad_keys_are_refused_before_anything_is_written(tmp_path, key, capsys):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    shutil.copy(get_testdata_file("CT_small.dcm"), folder / "ct.dcm")
+    assert main(["anonymize", str(folder), str(folder / "out"), "--key", str(key)]) == 2
+    assert "inside the input folder" in capsys.readouterr().err
+    assert sorted(p.name for p in folder.iterdir()) == ["ct.dcm"]
+    short = tmp_path / "short"
+    short.write_bytes(b"abc")
+    assert main(["anonymize", str(folder), str(tmp_path / "out"), "--key", str(short)]) == 2
+    assert "at least 32" in capsys.readouterr().err
+    assert main(["anonymize", str(folder), str(tmp_path / "out"), "--key", str(tmp_path / "nokey")]) == 2
+    assert "key file not found" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_deid_data_files_lose_every_identifying_value(tmp_path, key):
+    """The synthetic DICOM sets of the deid-data package (colour, JPEG): header-only de-identification."""
+    import deid_data
+    from pathlib import Path
+
+    source = Path(deid_data.__file__).parent / "data"
+    folder = tmp_path / "in"
+    for sub in ("dicom-cookies", "humans", "animals"):
+        shutil.copytree(source / sub, folder / sub)
+    files = sorted(folder.rglob("*.dcm"))
+    assert len(files) >= 9
+    # colour JPEGs: the pixel steps refuse them, the header step alone copies their pixel data as stored
+    assert main(["anonymize", str(folder), str(tmp_path / "refused"), "--key", str(key), "--quiet"]) == 1
+    assert main(["anonymize", str(folder), str(tmp_path / "out"), "--key", str(key), "--no-text-detection",
+                 "--quiet"]) == 0
+    for path in files:
+        ds = pydicom.dcmread(path)
+        out_path = tmp_path / "out" / path.relative_to(folder)
+        out, raw = pydicom.dcmread(out_path), out_path.read_bytes()
+        planted = {str(e.value) for e in iter_elements(ds)
+                   if (e.keyword in TABLE_E1_1 or e.tag.is_private) and e.VR not in ("SQ", "OB", "OW", "UN")
+                   and len(str(e.value).strip()) >= 5}
+        assert planted, path
+        for value in planted:
+            assert value.encode() not in raw, f"{value!r} of {path.name} kept"
+        assert out.PatientIdentityRemoved == "YES"
+        assert out.PixelData == ds.PixelData
+        assert out.pixel_array.shape == ds.pixel_array.shape
