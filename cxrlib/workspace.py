@@ -184,6 +184,23 @@ class Workspace:
             checkpoint_path=self.artifact_path("classifier", "classifier"), progress=False)
         return Judges(siamese, siamese_fit, classifier, classifier_fit)
 
+    def anonymizer_path(self, name: str) -> Path:
+        """Where a learned anonymizer lives: it depends on its own section and on both judges'."""
+        return self.artifact_path(name, "anonymization", "verification", "classifier")
+
+    @property
+    def anonymizer_training(self) -> dict[str, Any]:
+        """The keywords that :func:`~cxrlib.anonymize.flow_field.train_prichexy_net` and
+        :func:`~cxrlib.anonymize.privacy_net.train_privacy_net` train from: the judges, the split's
+        images, the profile's labeled pairs, where checkpoints go, the seed."""
+        config = self.profile.anonymization
+        return dict(siamese=self.judges.siamese, classifier=self.judges.classifier,
+                    images=(self.images("train"), self.images("val")),
+                    pairs=(self.labeled_pairs("train", config.train_pairs),
+                           self.labeled_pairs("val", config.val_pairs)),
+                    artifact_path=self.anonymizer_path, identity=self.judges.identity, seed=self.seed,
+                    progress=False)
+
     # -- outputs ----------------------------------------------------------------------------------
     @cached_property
     def _data_key(self) -> str:
