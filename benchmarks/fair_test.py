@@ -7,9 +7,9 @@ against all others), and the siamese network trained as notebook 01 trains it (`
 seed and mean). Targets: mean + sd and histogram AUC <= 0.62, raw-pixel P@1 <= 0.5, siamese AUC >= 0.90.
 Also the phantom's generation time. Writes the figures as JSON with ``--json``.
 
-    OMP_NUM_THREADS=1 python benchmarks/fair_test.py [--profile cpu] [--runs 3] [--json fair_test.json]
+    OMP_NUM_THREADS=1 python benchmarks/fair_test.py [--profile cpu] [--runs 3] [--first-run 0] [--json fair_test.json]
 
-Trained models go to a temporary artifacts folder, so every run trains afresh.
+Trained models go to a temporary artifacts folder (every run trains afresh) unless ``--artifacts`` names one.
 """
 
 from __future__ import annotations
@@ -39,15 +39,22 @@ def main() -> None:
     parser.add_argument("--profile", default="cpu")
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--runs", type=int, default=3, help="siamese training runs (0: baselines only)")
+    parser.add_argument("--first-run", type=int, default=0,
+                        help="train runs first-run, first-run + 1, ... (seeds seed + run), so that several "
+                             "processes can share the runs; the pairs always come from --seed")
     parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument("--artifacts", type=Path, default=None,
+                        help="keep trained models here (a finished one is loaded, not retrained); default: "
+                             "a temporary folder, so every run trains afresh")
     args = parser.parse_args()
     torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
     profile = load_profile(args.profile)
     folder = phantom_dir(profile, project_root())
     started = time.perf_counter()
     generated = not folder.is_dir()
-    with tempfile.TemporaryDirectory() as artifacts:
-        ws = Workspace.open(profile, "", seed=args.seed, results_dir=Path(artifacts) / "results",
+    with tempfile.TemporaryDirectory() as scratch:
+        artifacts = args.artifacts or Path(scratch)
+        ws = Workspace.open(profile, "", seed=args.seed, results_dir=Path(scratch) / "results",
                             artifacts_dir=artifacts, progress=False)
         generation_s = time.perf_counter() - started if generated else None
         config = ws.profile.verification
@@ -63,7 +70,7 @@ def main() -> None:
         if args.runs:
             train_s = time.perf_counter()
             siamese = reid.verification_runs(ws.pair_dataset(pairs["train"]), ws.pair_dataset(pairs["val"]), images,
-                                             pairs["test"], config, seed=ws.seed, runs=args.runs,
+                                             pairs["test"], config, seed=ws.seed + args.first_run, runs=args.runs,
                                              checkpoint_path=ws.artifact_path("siamese", "verification"),
                                              progress=False)
             siamese["seconds"] = time.perf_counter() - train_s
