@@ -58,8 +58,8 @@ def main() -> None:
                             artifacts_dir=artifacts, progress=False)
         generation_s = time.perf_counter() - started if generated else None
         config = ws.profile.verification
-        pairs = {split: ws.pairs(split, n, "verification")
-                 for split, n in (("train", config.train_pairs), ("val", config.val_pairs), ("test", config.test_pairs))}
+        wanted = {"train": config.train_pairs, "val": config.val_pairs, "test": config.test_pairs}
+        pairs = {split: ws.pairs(split, n, "verification") for split, n in wanted.items()}
         test = ws.splits.test
         images = reid.Images.from_cache(ws.cache, test["image"])
         ids = test.set_index("image").loc[list(images.names), "patient_id"].to_numpy()

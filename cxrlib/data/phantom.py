@@ -162,11 +162,12 @@ _DRIFT_PER_DECADE = {"heart_rx": 0.008, "heart_ry": 0.005, "aorta_r": 0.005, "bo
                      "spine_curve": 0.0, "dome_v_r": 0.01, "soft_tissue": 0.02, "apex_v": 0.005}
 #: a patient's own drift per decade, as a share of the between-patient sd
 _INDIVIDUAL_DRIFT = 0.15
-#: Widens every between-patient shape sd above (not the densities: see :data:`_DENSITIES`). The cpu profile works at 64 px, one pixel per 6.7 mm, where
+#: Widens every between-patient shape sd above (not the densities: see :data:`_DENSITIES`). The cpu
+#: profile works at 64 px, one pixel per 6.7 mm, where
 #: the fine cues that identify real patients (rib and vessel detail) are gone and about a thousand
-#: training patients must teach a small network identity in minutes. Measured on a 1,500-patient phantom at 64 px
-#: (convnet siamese network, Adam 3e-3): test AUC 0.91 at 1.0 (15 epochs), 0.95 at 1.5 (12), while raw-pixel
-#: nearest-neighbour P@1 rises from 0.25 to 0.43, still below the 0.5 that would make pixels enough.
+#: training patients must teach a small network identity in minutes. Measured on a 1,500-patient phantom at
+#: 64 px before acquisition varied per scan (convnet siamese network, Adam 3e-3): test AUC 0.91 at 1.0 (15
+#: epochs), 0.95 at 1.5 (12), while raw-pixel nearest-neighbour P@1 rose from 0.25 to 0.43.
 POPULATION_SPREAD = 1.5
 #: densities keep their plain between-patient sd: widened, they made the exposure level identify patients
 _DENSITIES = ("soft_tissue", "bone_density", "lung_air")
@@ -1036,7 +1037,8 @@ def _detector(attenuation: np.ndarray, scan: dict, tex: Textures) -> tuple[np.nd
     np.exp(transmitted, out=transmitted)
     image = 1.0 - transmitted
     # quantum noise, larger where fewer photons arrive (behind dense tissue) and at low dose
-    noise = tex.window(tex.noise, (n, n), scan["noise_offset"]) * (scan["noise"] * n / 1024.0 / math.sqrt(scan["dose"]))
+    noise = tex.window(tex.noise, (n, n), scan["noise_offset"])
+    noise *= scan["noise"] * n / 1024.0 / math.sqrt(scan["dose"])
     noise *= image + 0.5
     image += noise
     image = _process(image, scan, n)
