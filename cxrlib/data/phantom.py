@@ -1037,8 +1037,8 @@ def _detector(attenuation: np.ndarray, scan: dict, tex: Textures) -> tuple[np.nd
     np.exp(transmitted, out=transmitted)
     image = 1.0 - transmitted
     # quantum noise, larger where fewer photons arrive (behind dense tissue) and at low dose
-    noise = tex.window(tex.noise, (n, n), scan["noise_offset"])
-    noise *= scan["noise"] * n / 1024.0 / math.sqrt(scan["dose"])
+    sd = scan["noise"] * n / 1024.0 / math.sqrt(scan["dose"])
+    noise = tex.window(tex.noise, (n, n), scan["noise_offset"]) * sd  # a new array: the tile stays
     noise *= image + 0.5
     image += noise
     image = _process(image, scan, n)
