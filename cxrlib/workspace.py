@@ -35,14 +35,13 @@ def project_root(start: Path | None = None) -> Path:
 
 
 def phantom_dir(profile: Profile, root: Path | None = None) -> Path:
-    """The profile's phantom folder; its name changes with the generator's code, so a phantom
+    """The profile's phantom folder; its name carries the generator's version, so a phantom
     written by an older renderer is never mistaken for the current one."""
-    from cxrlib.data import phantom
+    from cxrlib.data.phantom import PHANTOM_VERSION
 
-    renderer = hashlib.sha256(Path(phantom.__file__).read_bytes()).hexdigest()[:8]
     d = profile.data
     name = (f"{profile.name}_{d.phantom_patients}p_{d.image_size}px_{d.phantom_max_followups}f"
-            f"_seed{profile.seed}_{renderer}")
+            f"_seed{profile.seed}_v{PHANTOM_VERSION}")
     return (root or project_root()) / "data" / "phantom" / name
 
 

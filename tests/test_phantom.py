@@ -181,3 +181,62 @@ def test_finding_examples_differ_from_the_plain_scan_only_by_the_finding():
         changed = np.abs(image.astype(int) - plain) > 8
         # a visible change, but the same scan: most of the image is untouched
         assert 0 < changed.mean() < 0.5, label
+
+
+def test_acquisition_changes_the_histogram_not_the_anatomy():
+    patient = phantom.draw_patient(np.random.default_rng(5), "M", 50.0, marks=False)
+    anatomy = patient.anatomy_at(50.0)
+    textures = phantom.Textures(64, 0)
+    scans = [phantom.draw_scan(np.random.default_rng(seed), "PA") for seed in (11, 12)]
+    assert scans[0]["gamma"] != scans[1]["gamma"] and scans[0]["window_centre"] != scans[1]["window_centre"]
+    renders = [phantom.render(anatomy, scan, {}, 64, textures) for scan in scans]
+    quantiles = [np.quantile(image, np.linspace(0.05, 0.95, 19)) for image, _, _ in renders]
+    assert np.abs(quantiles[0] - quantiles[1]).mean() > 5  # gray levels
+    # the anatomy as seen differs only where the scan changes it (inspiration, view)
+    seen = [p for _, _, p in renders]
+    for name in patient.base:
+        if not name.startswith(("dome_", "rib_spacing", "heart_")):
+            assert seen[0][name] == seen[1][name], name
+
+
+def test_exposure_varies_more_within_patients_than_between(small_phantom):
+    meta = read_metadata(find_metadata_file(small_phantom))
+    locate = ImageLocator(small_phantom)
+    meta["mean"] = [load_image(locate(name)).mean() for name in meta["image"]]
+    several = meta[meta.groupby("patient_id")["image"].transform("size") > 1]
+    within = several.groupby("patient_id")["mean"].std().mean()
+    between = several.groupby("patient_id")["mean"].mean().std()
+    assert within > 0.8 * between, (within, between)
+    truth = read_truth(small_phantom)
+    assert truth["vendor"].nunique() == len(phantom.VENDORS)
+
+
+def test_rendering_is_supersampled_and_area_averaged():
+    assert [phantom.supersampling(n) for n in (32, 64, 128, 256, 1024)] == [4, 4, 2, 1, 1]
+    scan = phantom.draw_scan(np.random.default_rng(0), "PA")
+    scan.update(rotation_deg=0.0, shift_x=0.0, shift_y=0.0, magnification=1.0, blur_mm=0.0)
+    canvas = phantom._Canvas(64 * phantom.supersampling(64), scan)
+    canvas.blob(0.013, -0.021, 0.31, 0.31, 1.0, profile="flat")
+    disc = phantom._downsample(canvas.attenuation, phantom.supersampling(64))
+    assert disc.shape == (64, 64)
+    # the disc's edge pixels hold the share of their area it covers; its integral is its area
+    assert ((disc > 0.05) & (disc < 0.95)).sum() > 20
+    assert disc.sum() * (2.0 / 64) ** 2 == pytest.approx(np.pi * 0.31**2, rel=0.02)
+
+
+def test_lung_field_mask_outlines_two_lungs():
+    patient = phantom.draw_patient(np.random.default_rng(2), "F", 30.0, marks=False)
+    scan = phantom.draw_scan(np.random.default_rng(3), "PA")
+    mask = phantom.lung_field_mask(patient.anatomy_at(30.0), scan, {}, 64, phantom.Textures(64, 0))
+    assert mask.shape == (64, 64) and mask.dtype == bool
+    assert 0.1 < mask.mean() < 0.5
+    left, right = mask[:, :32].sum(), mask[:, 32:].sum()
+    assert 0.6 < left / right < 1.6
+
+
+def test_the_phantom_folder_is_named_by_the_version():
+    from cxrlib.config import load_profile
+    from cxrlib.workspace import phantom_dir
+
+    assert isinstance(phantom.PHANTOM_VERSION, int) and phantom.PHANTOM_VERSION >= 2
+    assert phantom_dir(load_profile("smoke")).name.endswith(f"_v{phantom.PHANTOM_VERSION}")

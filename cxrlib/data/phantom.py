@@ -8,9 +8,14 @@ soft tissue and breasts, bone density, lung vessel pattern) and, for some, disti
 (calcified granuloma, healed rib fracture, sternotomy wires, port, pacemaker). The parameters drift
 slowly with age. Each scan then varies what a radiographer varies: view position (AP magnifies the
 heart and brings the scapulae over the lungs), in-plane rotation, patient rotation, translation,
-magnification, inspiration depth, exposure and contrast curve, quantum noise, blur, collimation,
-burned-in text and side markers. Pixels therefore move between scans of one patient while the
-shapes and their ratios stay: raw-pixel matching fails, a network has to learn shape.
+magnification, inspiration depth, blur, collimation, burned-in text and side markers, and what a
+department varies: exposure and beam quality, dose (quantum noise), and the image processing of one of
+several simulated vendors (equalization, edge enhancement, contrast curve, automatic windowing). Pixels
+and global intensity statistics therefore change between scans of one patient while the shapes and their
+ratios stay: raw-pixel or histogram matching fails, a network has to learn shape.
+
+Rendering is supersampled (:func:`supersampling`) and box-averaged down to the output size, so a small
+phantom looks like a resized radiograph rather than point samples of the anatomy.
 
 Metadata (follow-up counts, ages, sex, view position, findings per scan, so also label frequency,
 co-occurrence and longitudinal structure) is resampled patient by patient from the real
@@ -43,6 +48,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from PIL import Image
+from scipy import ndimage
 from tqdm.auto import tqdm
 
 from cxrlib.data.chestxray14 import (
@@ -50,6 +56,8 @@ from cxrlib.data.chestxray14 import (
     write_metadata,
 )
 
+#: bump whenever the same arguments would give different files: it names the profile's phantom folder
+PHANTOM_VERSION = 2
 PHANTOM_TRUTH = "phantom_truth.csv"
 METADATA_FILE = "Data_Entry_2017_v2020.csv"
 #: detector width; sets OriginalImagePixelSpacing and the size of findings in millimetres
@@ -154,12 +162,15 @@ _DRIFT_PER_DECADE = {"heart_rx": 0.008, "heart_ry": 0.005, "aorta_r": 0.005, "bo
                      "spine_curve": 0.0, "dome_v_r": 0.01, "soft_tissue": 0.02, "apex_v": 0.005}
 #: a patient's own drift per decade, as a share of the between-patient sd
 _INDIVIDUAL_DRIFT = 0.15
-#: Widens every between-patient sd above. The cpu profile works at 64 px, one pixel per 6.7 mm, where
+#: Widens every between-patient shape sd above (not the densities: see :data:`_DENSITIES`). The cpu
+#: profile works at 64 px, one pixel per 6.7 mm, where
 #: the fine cues that identify real patients (rib and vessel detail) are gone and about a thousand
-#: training patients must teach a small network identity in minutes. Measured on a 1,500-patient phantom at 64 px
-#: (convnet siamese network, Adam 3e-3): test AUC 0.91 at 1.0 (15 epochs), 0.95 at 1.5 (12), while raw-pixel
-#: nearest-neighbour P@1 rises from 0.25 to 0.43, still below the 0.5 that would make pixels enough.
+#: training patients must teach a small network identity in minutes. Measured on a 1,500-patient phantom at
+#: 64 px before acquisition varied per scan (convnet siamese network, Adam 3e-3): test AUC 0.91 at 1.0 (15
+#: epochs), 0.95 at 1.5 (12), while raw-pixel nearest-neighbour P@1 rose from 0.25 to 0.43.
 POPULATION_SPREAD = 1.5
+#: densities keep their plain between-patient sd: widened, they made the exposure level identify patients
+_DENSITIES = ("soft_tissue", "bone_density", "lung_air")
 
 #: distinctive marks: probability per patient
 MARKS = {"granuloma": 0.15, "rib_fracture": 0.08, "sternotomy": 0.05, "port": 0.05, "pacemaker": 0.04}
@@ -182,7 +193,7 @@ class Patient:
 def draw_patient(rng: np.random.Generator, sex: str, base_age: float, marks: bool = True) -> Patient:
     names = list(ANATOMY_PARAMETERS)
     mean = np.array([ANATOMY_PARAMETERS[k][0] + _SEX_SHIFT[sex].get(k, 0.0) for k in names])
-    sd = np.array([ANATOMY_PARAMETERS[k][1] for k in names]) * POPULATION_SPREAD
+    sd = np.array([ANATOMY_PARAMETERS[k][1] * (1.0 if k in _DENSITIES else POPULATION_SPREAD) for k in names])
     # truncated at 2.5 sd: a phantom of a few hundred patients should not hold freaks
     z = np.clip(rng.standard_normal(len(names)), -2.5, 2.5)
     base = dict(zip(names, (mean + sd * z).tolist()))
@@ -238,14 +249,7 @@ def draw_scan(rng: np.random.Generator, view: str) -> dict:
         "heart_magnification": 1.12 if ap else 1.0,
         "scapula_shift": float(rng.uniform(0.1, 0.16) if ap else rng.uniform(-0.04, 0.02)),
         "clavicle_lift": float(rng.uniform(-0.08, -0.02) if ap else rng.uniform(-0.02, 0.02)),
-        # exposure varies within the narrow band an automatic exposure control allows: wider ranges
-        # (contrast 2.1-2.4, curve +-0.08, twice the noise and mottle) bury the patient's own densities
-        # (bone, lungs, soft tissue) at 64 px (siamese AUC 0.85; 0.87 with these and no faint findings)
-        "contrast": float(rng.uniform(2.2, 2.3)),
-        "curve": float(rng.uniform(-0.027, 0.027)),
-        "brightness": float(rng.normal(0.0, 0.005)),
-        # quantum noise sd at 1024 px; smaller images average it down like a resized release image
-        "noise": float(rng.uniform(0.01, 0.035)),
+        **draw_acquisition(rng),
         "blur_mm": float(rng.uniform(0.6, 3.0)),
         "mottle": float(rng.uniform(0.0075, 0.02)),
         "gastric_bubble": float(rng.uniform(0.0, 0.07) * (rng.random() < 0.7)),
@@ -266,6 +270,40 @@ def draw_scan(rng: np.random.Generator, view: str) -> dict:
     scan["marker"] = str(rng.choice(["L", "R"])) if rng.random() < 0.5 else ""
     scan["marker_corner"] = str(rng.choice([c for c in corners if c not in {t["corner"] for t in text}]))
     return scan
+
+
+#: Simulated vendors' processing: ranges of histogram equalization strength, unsharp-mask (edge
+#: enhancement) radius in mm and amount, and contrast curve (gamma). Each scan is processed by one of them.
+VENDORS = {
+    "linear": {"equalize": (0.0, 0.15), "unsharp_mm": (4.0, 8.0), "unsharp": (0.0, 0.3), "gamma": (0.8, 1.25)},
+    "equalized": {"equalize": (0.5, 0.9), "unsharp_mm": (3.0, 6.0), "unsharp": (0.2, 0.6), "gamma": (0.7, 1.1)},
+    "edge_enhanced": {"equalize": (0.2, 0.5), "unsharp_mm": (1.5, 4.0), "unsharp": (0.6, 1.4), "gamma": (0.9, 1.4)},
+    "soft": {"equalize": (0.0, 0.4), "unsharp_mm": (8.0, 16.0), "unsharp": (0.3, 0.8), "gamma": (1.1, 1.7)},
+}
+
+
+def draw_acquisition(rng: np.random.Generator) -> dict:
+    """Exposure, beam quality, dose and processing of one acquisition, as they vary across a department's
+    rooms and days: wide enough that an image's global intensity says little about whose chest it shows."""
+    vendor = str(rng.choice(list(VENDORS)))
+    ranges = VENDORS[vendor]
+    return {
+        "vendor": vendor,
+        # effective attenuation scale: low kVp gives high contrast, high kVp flattens bone and soft tissue
+        "contrast": float(rng.uniform(1.4, 3.2)),
+        # relative dose: quantum noise sd goes as 1/sqrt(dose)
+        "dose": float(np.exp(rng.normal(0.0, 0.5))),
+        "equalize": float(rng.uniform(*ranges["equalize"])),
+        "unsharp_mm": float(rng.uniform(*ranges["unsharp_mm"])),
+        "unsharp": float(rng.uniform(*ranges["unsharp"])),
+        "gamma": float(np.exp(rng.uniform(*np.log(ranges["gamma"])))),
+        # automatic windowing on the image's own 1 %-99 % range, then the operator's (or preset's) shift
+        # of the centre (in window widths) and scale of the width
+        "window_centre": float(rng.normal(0.0, 0.08)),
+        "window_width": float(np.exp(rng.normal(0.0, 0.2))),
+        # quantum noise sd at 1024 px at the reference dose; smaller images average it down
+        "noise": float(rng.uniform(0.01, 0.035)),
+    }
 
 
 # --------------------------------------------------------------------------------------------------
@@ -360,16 +398,24 @@ def _apply_modifiers(p: dict, scan: dict, findings: dict) -> dict:
 # Rendering
 # --------------------------------------------------------------------------------------------------
 
+def supersampling(size: int) -> int:
+    """How many rendered pixels per output pixel and axis: at least 256 rendered pixels across, at most 4x."""
+    return min(max(256 // size, 1), 4)
+
+
 class Textures:
-    """Seeded noise tiles twice the image size; each scan reads windows at its own offsets."""
+    """Seeded noise tiles twice the image size; each scan reads windows at its own offsets. ``coarse``
+    and ``fine`` (anatomy, findings) are at the rendering resolution, ``noise`` and ``mottle`` (detector)
+    at the output size."""
 
     def __init__(self, size: int, seed: int):
         rng = _rng(seed, _TEXTURE, size)
-        n = 2 * size
+        canvas = size * supersampling(size)
         self.size = size
-        self.noise = self._filtered(rng, n, 0.5)
-        self.coarse = self._filtered(rng, n, 0.035 * size)
-        self.fine = self._filtered(rng, n, 0.009 * size)
+        self.noise = self._filtered(rng, 2 * size, 0.5)
+        self.coarse = self._filtered(rng, 2 * canvas, 0.035 * canvas)
+        self.fine = self._filtered(rng, 2 * canvas, 0.009 * canvas)
+        self.mottle = self._filtered(rng, 2 * size, 0.035 * size)
 
     @staticmethod
     def _filtered(rng: np.random.Generator, n: int, sigma_px: float) -> np.ndarray:
@@ -410,6 +456,8 @@ class _Canvas:
         self.air = np.zeros((size, size), np.float32)
         #: mediastinum and heart: they hide the lung behind them
         self.solid = np.zeros((size, size), np.float32)
+        #: the lung fields as a segmentation would outline them (the visible lung, not behind the heart)
+        self.lung = np.zeros((size, size), np.float32)
 
     def window(self, u0: float, u1: float, v0: float, v1: float):
         """Pixel slices covering a patient-coordinate box, and the patient coordinates there."""
@@ -610,6 +658,10 @@ def _hemithorax(cv: _Canvas, p: dict, side: float, tex: Textures, scan: dict) ->
     depth = np.clip((1.0 - r) * 1.5, 0.0, 1.0)
     np.sqrt(depth, out=depth)
     depth *= below
+    field = _step(1.0 - r, eps)
+    field *= below
+    field *= cv.solid[sl] < 0.5
+    np.maximum(cv.lung[sl], field, out=cv.lung[sl])
     hidden = 1.0 - 0.9 * cv.solid[sl]
     depth *= hidden
     collapse = p["collapse" + sfx]
@@ -965,25 +1017,31 @@ def _place(image: np.ndarray, bitmap: np.ndarray, corner: str, level: float) -> 
     return [x0, y0, x0 + w, y0 + h]
 
 
-def _detector(cv: _Canvas, scan: dict, tex: Textures) -> tuple[np.ndarray, list[list[int]]]:
-    """Attenuation -> displayed 8-bit image, with noise, collimation and burned-in annotation."""
-    n = cv.n
+def _downsample(image: np.ndarray, factor: int) -> np.ndarray:
+    """Box average over ``factor`` x ``factor`` blocks: each output pixel integrates its area."""
+    if factor == 1:
+        return image
+    n = image.shape[0] // factor
+    return image.reshape(n, factor, n, factor).mean(axis=(1, 3), dtype=np.float32)
+
+
+def _detector(attenuation: np.ndarray, scan: dict, tex: Textures) -> tuple[np.ndarray, list[list[int]]]:
+    """Attenuation at the output size -> displayed 8-bit image: exposure, dose noise, the vendor's
+    processing, automatic windowing, collimation and burned-in annotation."""
+    n = attenuation.shape[0]
     # superimposed soft tissue and bowel gas: low-frequency mottle inside the body, new every scan
-    mottle = tex.window(tex.coarse, (n, n), scan["noise_offset"] // 11) * scan["mottle"]
+    mottle = tex.window(tex.mottle, (n, n), scan["noise_offset"] // 11) * scan["mottle"]
     mottle += 1.0
-    transmitted = cv.attenuation
-    transmitted *= mottle
+    transmitted = attenuation * mottle
     transmitted *= -scan["contrast"]
     np.exp(transmitted, out=transmitted)
-    # image = (1 - transmitted) * (1 + curve * transmitted): a contrast curve bending the mid-tones
     image = 1.0 - transmitted
-    transmitted *= scan["curve"]
-    transmitted += 1.0
-    image *= transmitted
-    # quantum noise, larger where fewer photons arrive (behind dense tissue)
-    noise = tex.window(tex.noise, (n, n), scan["noise_offset"]) * (scan["noise"] * n / 1024.0)
+    # quantum noise, larger where fewer photons arrive (behind dense tissue) and at low dose
+    sd = scan["noise"] * n / 1024.0 / math.sqrt(scan["dose"])
+    noise = tex.window(tex.noise, (n, n), scan["noise_offset"]) * sd  # a new array: the tile stays
     noise *= image + 0.5
     image += noise
+    image = _process(image, scan, n)
     for side in ("left", "right", "top", "bottom"):
         width = int(round(scan[f"collimation_{side}"] * n))
         if width:
@@ -994,16 +1052,38 @@ def _detector(cv: _Canvas, scan: dict, tex: Textures) -> tuple[np.ndarray, list[
     if scan["marker"]:
         boxes.append(_place(image, _side_marker(scan["marker"]), scan["marker_corner"], 1.0))
     image *= 255.0
-    image += 0.5 + 255.0 * scan["brightness"]
+    image += 0.5
     np.clip(image, 0.0, 255.0, out=image)
     return image.astype(np.uint8), boxes
 
 
-def render(patient_anatomy: dict, scan: dict, findings: dict, size: int,
-           textures: Textures) -> tuple[np.ndarray, list[list[int]], dict]:
-    """One radiograph: (uint8 image, burned-in text boxes, the anatomy as seen on this scan)."""
+def _process(image: np.ndarray, scan: dict, n: int) -> np.ndarray:
+    """A vendor's processing of the detector signal: histogram equalization blended in, unsharp-mask
+    edge enhancement, a contrast curve, then windowing on the image's own range, shifted and scaled."""
+    low, high = np.percentile(image, (1.0, 99.0))
+    image = (image - low) * (1.0 / max(high - low, 1e-6))
+    if scan["equalize"] > 0.0:
+        ranks = np.empty(image.size, np.float32)
+        ranks[np.argsort(image, axis=None, kind="stable")] = np.linspace(0.0, 1.0, image.size, dtype=np.float32)
+        image += scan["equalize"] * (ranks.reshape(image.shape) - image)
+    sigma_px = scan["unsharp_mm"] * n / FIELD_OF_VIEW_MM
+    if scan["unsharp"] > 0.0 and sigma_px > 0.3:
+        image += scan["unsharp"] * (image - ndimage.gaussian_filter(image, sigma_px, mode="nearest"))
+    np.clip(image, 0.0, 1.0, out=image)
+    image **= scan["gamma"]
+    low, high = np.percentile(image, (1.0, 99.0))
+    width = max(high - low, 1e-6) * scan["window_width"]
+    centre = 0.5 * (low + high) + scan["window_centre"] * width
+    image -= centre
+    image *= 1.0 / width
+    image += 0.5
+    return np.clip(image, 0.0, 1.0, out=image)
+
+
+def _draw(patient_anatomy: dict, scan: dict, findings: dict, size: int, textures: Textures) -> tuple[_Canvas, dict]:
+    """The scan's anatomy, drawn on a canvas at the rendering resolution."""
     p = _apply_modifiers(patient_anatomy, scan, findings)
-    cv = _Canvas(size, scan)
+    cv = _Canvas(size * supersampling(size), scan)
     _body(cv, p)
     _mediastinum(cv, p, scan)
     cv.attenuation += 0.12 * cv.solid
@@ -1019,8 +1099,22 @@ def render(patient_anatomy: dict, scan: dict, findings: dict, size: int,
     _lesions(cv, p, findings, textures)
     _marks(cv, p, scan)
     _support_devices(cv, scan)
-    image, boxes = _detector(cv, scan, textures)
+    return cv, p
+
+
+def render(patient_anatomy: dict, scan: dict, findings: dict, size: int,
+           textures: Textures) -> tuple[np.ndarray, list[list[int]], dict]:
+    """One radiograph: (uint8 image, burned-in text boxes, the anatomy as seen on this scan)."""
+    cv, p = _draw(patient_anatomy, scan, findings, size, textures)
+    image, boxes = _detector(_downsample(cv.attenuation, supersampling(size)), scan, textures)
     return image, boxes, p
+
+
+def lung_field_mask(patient_anatomy: dict, scan: dict, findings: dict, size: int, textures: Textures) -> np.ndarray:
+    """The scan's lung fields at ``size`` px (bool), outlined as a segmentation would: the visible lung
+    above the domes, not the part hidden behind heart and mediastinum."""
+    cv, _ = _draw(patient_anatomy, scan, findings, size, textures)
+    return _downsample(cv.lung, supersampling(size)) >= 0.5
 
 
 def cardiothoracic_ratio(p: dict) -> float:
@@ -1122,7 +1216,7 @@ def _write_png(image: np.ndarray, path: Path) -> None:
 
 def _truth_row(name: str, patient: Patient, anatomy: dict, seen: dict, scan: dict, findings: dict,
                boxes: list[list[int]]) -> dict:
-    row = {"image": name, "text_boxes": json.dumps(boxes), "marker": scan["marker"],
+    row = {"image": name, "text_boxes": json.dumps(boxes), "marker": scan["marker"], "vendor": scan["vendor"],
            "cardiothoracic_ratio": cardiothoracic_ratio(seen)}
     row.update({f"scan_{k}": v for k, v in scan.items() if not isinstance(v, (list, str))})
     row.update({f"severity_{label}": findings[label]["severity"] if label in findings else 0.0

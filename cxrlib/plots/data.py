@@ -54,3 +54,27 @@ def plot_image_grid(images, titles=None, ncols: int = 6, size: float = 2.0) -> p
             ax.set_title(titles[i], fontsize=8)
     fig.tight_layout()
     return fig
+
+
+def plot_lung_field_comparison(real: pd.DataFrame, phantom: pd.DataFrame, comparison: pd.DataFrame) -> plt.Figure:
+    """One histogram per lung-field statistic (columns of ``real`` and ``phantom``, as
+    :func:`cxrlib.data.lung_fields.lung_field_statistics` names them), real against phantom, with the
+    real central range of ``comparison`` shaded."""
+    names = list(comparison.index)
+    ncols = 5
+    nrows = -(-len(names) // ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(3.6 * ncols, 2.8 * nrows), squeeze=False)
+    for ax, name in zip(axes.flat, names):
+        values = pd.concat([real[name], phantom[name]])
+        bins = np.linspace(values.quantile(0.005), values.quantile(0.995), 30)
+        ax.hist(real[name].clip(bins[0], bins[-1]), bins=bins, density=True, alpha=0.55, label=f"real ({len(real)})")
+        ax.hist(phantom[name].clip(bins[0], bins[-1]), bins=bins, density=True, alpha=0.55,
+                label=f"phantom ({len(phantom)})")
+        ax.axvspan(comparison.at[name, "real_low"], comparison.at[name, "real_high"], color="grey", alpha=0.12)
+        ax.set(xlabel=name.replace("_", " "), yticks=[])
+    for ax in axes.flat[len(names):]:
+        ax.axis("off")
+    axes.flat[0].legend(fontsize=8)
+    fig.suptitle("Lung fields: real masks (torchxrayvision) against the phantom; grey: real central 95 %")
+    fig.tight_layout()
+    return fig
