@@ -17,6 +17,7 @@ EXPECTED_METRICS = {
     "02_prichexy_net": ["prichexy_net.json"],
     "03_baselines_and_tradeoff": ["tradeoff.json", "tradeoff.csv", "tradeoff.md"],
     "04_ldm_synthesis": ["synthesis.json"],
+    "05_publishing_a_release": ["publishing.json", "05_release_audits.csv"],
 }
 
 
@@ -43,6 +44,7 @@ def test_every_notebook_executes_on_smoke(tmp_path):
         "the 'cxrlib' Jupyter kernel is not registered; run ./run_tests.sh (scripts/setup.sh registers it)")
     results, artifacts = tmp_path / "results", tmp_path / "artifacts"
     figures: set[Path] = set()
+    assert set(EXPECTED_METRICS) == {path.stem for path in NOTEBOOKS}
     for path in NOTEBOOKS:
         papermill.execute_notebook(
             str(path), str(tmp_path / path.name), kernel_name="cxrlib", cwd=str(ROOT / "notebooks"),
