@@ -29,9 +29,19 @@ class DataConfig:
     #: phantom generated when no data folder is given (ignored on real data)
     phantom_patients: int
     phantom_max_followups: int
-    #: share of the train/val patients held out for validation, patient-wise. The official code takes
-    #: the first 75,708 of 86,524 train_val entries for training, i.e. 12.5 % for validation.
+    #: share of the train/val patients held out for validation, patient-wise, when the validation split
+    #: is seeded (no official lists, or ``official_train_count`` None)
     val_fraction: float = 0.125
+    #: with the official lists: the first this many entries of train_val_list.txt train, the rest
+    #: validate (the official code's rule: 75,708 of 86,524; the list is sorted by patient)
+    official_train_count: int | None = None
+    #: pair purposes (``Workspace.pairs``) that read PriCheXy-Net's published pair files instead of
+    #: drawing pairs, on real ChestX-ray14 (never on a phantom, whose image names they do not match)
+    official_pairs_for: tuple[str, ...] = ()
+    #: dry runs only (``run_all.sh --max-steps``): every training and evaluation loop stops after this
+    #: many batches (see ``dry_run``); 0, the default, caps nothing. Part of the data section, so a
+    #: capped run's checkpoints are never taken for a real run's.
+    max_steps: int = 0
     #: share of patients for testing when the folder has no official split lists (real: 25,596/112,120)
     test_fraction: float = 0.228
     #: decode workers for the image cache
@@ -211,9 +221,16 @@ class Profile:
 
 
 def _paper() -> Profile:
+    # Retrieval trains at the profile's 256 px, not at the official code's native 1024 px: one cache
+    # serves every model, and ResNet-50 at 1024 px needs 16 times the activations of 256 px
+    # (benchmarks/bench_scale.py measures both); the official test script's 1024 -> 224 sweep shows
+    # retrieval holding up at lower resolutions.
     return Profile(
         name="paper",
-        data=DataConfig(image_size=256, phantom_patients=30_805, phantom_max_followups=184, workers=8),
+        # the official split and validation rule; PriCheXy-Net, its baselines and the re-training
+        # attack use PriCheXy-Net's own pair files (the published comparison was made on them)
+        data=DataConfig(image_size=256, phantom_patients=30_805, phantom_max_followups=184, workers=8,
+                        official_train_count=75_708, official_pairs_for=("anonymization",)),
         verification=VerificationConfig(backbone="resnet50", pretrained=True),
         retrieval=RetrievalConfig(backbone="resnet50", pretrained=True),
         classifier=ClassifierConfig(backbone="densenet121", pretrained=True),

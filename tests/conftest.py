@@ -44,3 +44,18 @@ def tiny_dataset(tmp_path: Path) -> Path:
     folder = tmp_path / "cxr14"
     write_tiny_dataset(folder)
     return folder
+
+
+#: the NIH release's official split lists, gzipped (tests/data/chestxray14/)
+OFFICIAL_LISTS = Path(__file__).resolve().parent / "data" / "chestxray14"
+
+
+@pytest.fixture(scope="session")
+def official_lists_dir(tmp_path_factory) -> Path:
+    """A folder holding the official train_val_list.txt and test_list.txt, as in the release."""
+    import gzip
+
+    folder = tmp_path_factory.mktemp("official_lists")
+    for name in ("train_val_list.txt", "test_list.txt"):
+        (folder / name).write_bytes(gzip.decompress((OFFICIAL_LISTS / f"{name}.gz").read_bytes()))
+    return folder
