@@ -208,3 +208,17 @@ def test_split_list_may_be_gzipped(tiny_dataset):
     names = meta["image"].tolist()[:5]
     (tiny_dataset / "list.txt.gz").write_bytes(gzip.compress(("\n".join(names) + "\n").encode()))
     assert read_split_list(tiny_dataset / "list.txt.gz", meta) == names
+
+
+def test_release_layout_of_a_flat_folder(tiny_dataset):
+    from cxrlib.data.chestxray14 import to_release_layout
+
+    meta = read_metadata(find_metadata_file(tiny_dataset))
+    to_release_layout(tiny_dataset)
+    assert not (tiny_dataset / "images").exists()
+    folders = sorted(p.parent.name for p in tiny_dataset.glob("images_*/images"))
+    assert folders == [f"images_{i:03d}" for i in range(1, 13)]
+    locator = ImageLocator(tiny_dataset)
+    locator.check(meta["image"].tolist())
+    assert locator(meta["image"].iloc[0]).parent.parent.name == "images_001"
+    assert locator(meta["image"].iloc[-1]).parent.parent.name == "images_012"

@@ -302,6 +302,30 @@ class ImageLocator:
                             f"e.g. {missing[:3]}")
 
 
+#: the release ships its images in twelve archives, each unpacking to ``images_00X/images/``
+RELEASE_FOLDERS = 12
+
+
+def to_release_layout(data_dir: str | Path) -> Path:
+    """Move a flat ``images/`` folder into the release's ``images_001/images/ ... images_012/images/``.
+
+    Images are spread in name order (so by patient) over the twelve folders, as the release's
+    archives are; ``images/`` is removed. Used to lay out a phantom exactly like a downloaded release.
+    """
+    data_dir = Path(data_dir)
+    flat = data_dir / "images"
+    names = sorted(p.name for p in flat.glob("*.png")) if flat.is_dir() else []
+    if not names:
+        raise DataError(flat, "no images to lay out: expected a flat images/ folder of PNGs")
+    for number, chunk in enumerate(np.array_split(np.asarray(names), RELEASE_FOLDERS), start=1):
+        folder = data_dir / f"images_{number:03d}" / "images"
+        folder.mkdir(parents=True, exist_ok=True)
+        for name in chunk:
+            (flat / name).rename(folder / name)
+    flat.rmdir()
+    return data_dir
+
+
 def load_image(path: str | Path, size: int | None = None) -> np.ndarray:
     """Decode one radiograph as a 2-D uint8 array, whatever its PNG mode; resized to ``size``.
 
