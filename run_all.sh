@@ -7,10 +7,14 @@ cd "$(dirname "$0")"
 usage() {
   cat <<USAGE
 usage: ./run_all.sh [--profile smoke|cpu|paper] [--data-dir CHESTXRAY14_DIR] [--seed N] [--results DIR]
+                   [--max-steps N]
   --profile   what to run (default cpu: the phantom, about 40 min on 2 cores; paper needs a GPU)
   --data-dir  a ChestX-ray14 folder (default: the profile's phantom, generated on first use)
   --seed      training and sampling seed (default 42)
   --results   output folder (default results/<profile>)
+  --max-steps a dry run: the profile's models and sizes, every training and evaluation loop capped at
+              N steps (batches capped at 4), e.g. --profile paper --data-dir DIR --max-steps 2 proves
+              the paper path runs before days of GPU time are spent; its results say nothing
 USAGE
 }
 
@@ -21,12 +25,13 @@ while [ $# -gt 0 ]; do
     --data-dir) data_dir="$(cd "$2" && pwd)"; shift 2 ;;
     --seed) seed="$2"; shift 2 ;;
     --results) results="$2"; shift 2 ;;
+    --max-steps) export CXRLIB_MAX_STEPS="$2"; shift 2 ;;
     -h|--help) usage; exit 0 ;;
     *) echo "run_all.sh: unknown argument $1" >&2; usage >&2; exit 2 ;;
   esac
 done
 case "$profile" in smoke|cpu|paper) ;; *) echo "run_all.sh: unknown profile '$profile'" >&2; exit 2 ;; esac
-results="${results:-results/$profile}"
+results="${results:-results/$profile${CXRLIB_MAX_STEPS:+-dry-run}}"
 mkdir -p "$results/notebooks"
 results="$(cd "$results" && pwd)"
 

@@ -9,6 +9,8 @@ it sits on top, beside the plots.
 from __future__ import annotations
 
 import hashlib
+import os
+import warnings
 import zlib
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -18,11 +20,16 @@ from typing import Any
 import pandas as pd
 
 from cxrlib.artifacts import write_json
-from cxrlib.config import Profile, load_profile
+from cxrlib.config import DRY_RUN_BATCH, Profile, load_profile
 from cxrlib.data.cache import ImageCache, prepare_cache
 from cxrlib.data.chestxray14 import DataError, Splits, find_metadata_file, make_splits, read_metadata
 from cxrlib.data.datasets import ImageDataset, PairDataset
-from cxrlib.data.pairs import make_pairs, max_positive_pairs, read_pair_file, write_pair_file
+from cxrlib.data.pairs import (make_pairs, max_positive_pairs, official_pair_file, read_pair_file,
+                               write_pair_file)
+
+
+#: set by ``run_all.sh --max-steps N``: every notebook opens its profile as a dry run (``max_steps=N``)
+MAX_STEPS_VARIABLE = "CXRLIB_MAX_STEPS"
 
 
 def project_root(start: Path | None = None) -> Path:
@@ -94,6 +101,8 @@ class Workspace:
              results_dir: str | Path | None = None, artifacts_dir: str | Path | None = None,
              progress: bool | None = None, **overrides: Any) -> "Workspace":
         if isinstance(profile, str):
+            if os.environ.get(MAX_STEPS_VARIABLE):
+                overrides.setdefault("max_steps", int(os.environ[MAX_STEPS_VARIABLE]))
             profile = load_profile(profile, **overrides)
         root = project_root()
         is_phantom = not str(data_dir)
@@ -113,11 +122,24 @@ class Workspace:
                 if self.is_phantom else f"ChestX-ray14 at {self.data_dir}")
         return f"{kind}, {d.image_size} px, profile '{self.profile.name}', seed {self.seed}"
 
+    @property
+    def is_chestxray14(self) -> bool:
+        """Real ChestX-ray14 (a folder without the phantom's ground truth), where the profile's
+        official validation rule and pair files apply."""
+        return not self.is_phantom and self.sidecar is None
+
     @cached_property
     def splits(self) -> Splits:
         d = self.profile.data
-        return make_splits(self.metadata, self.data_dir, seed=self.seed, val_fraction=d.val_fraction,
-                           test_fraction=d.test_fraction)
+        official = d.official_train_count if self.is_chestxray14 else None
+        splits = make_splits(self.metadata, self.data_dir, seed=self.seed, val_fraction=d.val_fraction,
+                             test_fraction=d.test_fraction, official_train_count=official)
+        if not d.max_steps:
+            return splits
+        # a dry run: each split holds at most max_steps batches (whole patients, those with several
+        # images first, so that pairs and patient blocks exist)
+        limit = d.max_steps * DRY_RUN_BATCH
+        return Splits(*(_first_patients(frame, limit) for _, frame in splits.items()), source=splits.source)
 
     @cached_property
     def cache(self) -> ImageCache:
@@ -135,18 +157,30 @@ class Workspace:
         return ImageDataset(self.cache, self.splits[split], target=target, transform=transform)
 
     def pairs(self, split: str, n_pairs: int, purpose: str) -> pd.DataFrame:
-        """Seeded pairs of one split, written once as an official-format pair file and re-read.
+        """The verification pairs of one split for ``purpose``.
 
-        Small splits (the smoke phantom) may allow fewer distinct same-patient pairs than the profile
-        asks for; then the balanced set is as large as they allow, and a message says so."""
+        On real ChestX-ray14, purposes the profile lists in ``data.official_pairs_for`` read
+        PriCheXy-Net's published pair files. Otherwise seeded pairs are drawn, written once as an
+        official-format pair file and re-read; where a split allows fewer distinct same-patient pairs
+        than asked (small phantoms), the balanced set is as large as it allows, and a warning says so.
+        """
         frame = self.splits[split]
+        if self.is_chestxray14 and purpose in self.profile.data.official_pairs_for:
+            path = official_pair_file(split)
+            pairs = read_pair_file(path, known_images=frame["image"])
+            if len(pairs) != n_pairs:
+                warnings.warn(f"{split} split, {purpose}: PriCheXy-Net's pair file {path.name} holds "
+                              f"{len(pairs)} pairs; using them instead of {n_pairs}", stacklevel=2)
+            return pairs
         allowed = 2 * max_positive_pairs(frame)
         if allowed < 2:
             raise DataError(self.data_dir, f"the {split} split has no patient with two images, so no "
                                            "verification pairs; use more patients")
+        if self.profile.data.max_steps:
+            n_pairs = min(n_pairs, self.profile.data.max_steps * DRY_RUN_BATCH)
         if n_pairs > allowed:
-            print(f"{split} split: its patients allow {allowed // 2} distinct same-patient pairs; "
-                  f"using {allowed} pairs instead of {n_pairs}")
+            warnings.warn(f"{split} split: its patients allow {allowed // 2} distinct same-patient pairs; "
+                          f"using {allowed} pairs instead of {n_pairs}", stacklevel=2)
             n_pairs = allowed
         path = self.artifacts_dir / self.profile.name / self._data_key / "pairs" / (
             f"{purpose}_{split}_{n_pairs}_seed{self.seed}.txt")
@@ -235,6 +269,13 @@ class Workspace:
         table.to_csv(csv, index=False)
         markdown.write_text(table.to_markdown(index=False) + "\n")
         return csv, markdown
+
+
+def _first_patients(frame: pd.DataFrame, limit: int) -> pd.DataFrame:
+    """Whole patients of ``frame``, most images first, up to ``limit`` images (at least two patients)."""
+    sizes = frame.groupby("patient_id").size().sort_values(ascending=False, kind="stable")
+    kept = sizes.index[: max(2, int((sizes.cumsum() <= limit).sum()))]
+    return frame[frame["patient_id"].isin(kept)].reset_index(drop=True)
 
 
 __all__ = ["Workspace", "project_root", "phantom_dir", "ensure_phantom", "DataError"]

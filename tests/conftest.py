@@ -51,3 +51,18 @@ def real_meta() -> pd.DataFrame:
     """ChestX-ray14's full metadata (112,120 rows, shipped with torchxrayvision), read once per test
     session; shared, so tests must not modify it (take a copy)."""
     return read_metadata(real_metadata_path())
+
+
+#: the NIH release's official split lists, gzipped (tests/data/chestxray14/)
+OFFICIAL_LISTS = Path(__file__).resolve().parent / "data" / "chestxray14"
+
+
+@pytest.fixture(scope="session")
+def official_lists_dir(tmp_path_factory) -> Path:
+    """A folder holding the official train_val_list.txt and test_list.txt, as in the release."""
+    import gzip
+
+    folder = tmp_path_factory.mktemp("official_lists")
+    for name in ("train_val_list.txt", "test_list.txt"):
+        (folder / name).write_bytes(gzip.decompress((OFFICIAL_LISTS / f"{name}.gz").read_bytes()))
+    return folder

@@ -162,3 +162,58 @@ def test_non_image_with_png_name(tmp_path):
     path.write_text("this is not an image")
     with pytest.raises(DataError, match="not a readable image"):
         load_image(path)
+
+
+def test_official_split_lists_of_the_release(real_meta, official_lists_dir):
+    train_val = read_split_list(official_lists_dir / "train_val_list.txt", real_meta)
+    test = read_split_list(official_lists_dir / "test_list.txt", real_meta)
+    assert (len(train_val), len(test)) == (86_524, 25_596)
+    assert set(train_val) | set(test) == set(real_meta["image"])
+    patient = real_meta.set_index("image")["patient_id"]
+    assert set(patient[train_val]).isdisjoint(patient[test])
+
+
+def test_official_validation_rule_on_the_real_lists(real_meta, official_lists_dir):
+    from cxrlib.config import load_profile
+
+    rule = load_profile("paper").data.official_train_count
+    splits = make_splits(real_meta, official_lists_dir, seed=0, official_train_count=rule)
+    assert splits.source == "official"
+    assert (len(splits.train), len(splits.val), len(splits.test)) == (75_708, 10_816, 25_596)
+    listed = (official_lists_dir / "train_val_list.txt").read_text().split()
+    assert set(splits.train["image"]) == set(listed[:75_708])
+    patients = [set(frame["patient_id"]) for _, frame in splits.items()]
+    assert not (patients[0] & patients[1] or patients[0] & patients[2] or patients[1] & patients[2])
+    # the seeded rule (profiles without official_train_count) gives another validation split
+    seeded = make_splits(real_meta, official_lists_dir, seed=0)
+    assert set(seeded.val["image"]) != set(splits.val["image"]) and len(seeded.test) == 25_596
+
+
+def test_official_validation_rule_refuses_a_cut_through_a_patient(tiny_dataset):
+    meta = read_metadata(find_metadata_file(tiny_dataset))
+    (tiny_dataset / "train_val_list.txt").write_text("\n".join(meta[meta["patient_id"] < 5]["image"]) + "\n")
+    (tiny_dataset / "test_list.txt").write_text("\n".join(meta[meta["patient_id"] >= 5]["image"]) + "\n")
+    assert len(make_splits(meta, tiny_dataset, seed=0, official_train_count=6).train) == 6
+    with pytest.raises(DataError, match="train_val_list.txt: entry 7 does not end at a patient boundary"):
+        make_splits(meta, tiny_dataset, seed=0, official_train_count=7)
+
+
+def test_split_list_may_be_gzipped(tiny_dataset):
+    meta = read_metadata(find_metadata_file(tiny_dataset))
+    names = meta["image"].tolist()[:5]
+    (tiny_dataset / "list.txt.gz").write_bytes(gzip.compress(("\n".join(names) + "\n").encode()))
+    assert read_split_list(tiny_dataset / "list.txt.gz", meta) == names
+
+
+def test_release_layout_of_a_flat_folder(tiny_dataset):
+    from cxrlib.data.chestxray14 import to_release_layout
+
+    meta = read_metadata(find_metadata_file(tiny_dataset))
+    to_release_layout(tiny_dataset)
+    assert not (tiny_dataset / "images").exists()
+    folders = sorted(p.parent.name for p in tiny_dataset.glob("images_*/images"))
+    assert folders == [f"images_{i:03d}" for i in range(1, 13)]
+    locator = ImageLocator(tiny_dataset)
+    locator.check(meta["image"].tolist())
+    assert locator(meta["image"].iloc[0]).parent.parent.name == "images_001"
+    assert locator(meta["image"].iloc[-1]).parent.parent.name == "images_012"

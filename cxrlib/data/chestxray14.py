@@ -168,12 +168,22 @@ def write_metadata(meta: pd.DataFrame, path: str | Path) -> None:
     tmp.replace(path)
 
 
+def read_text(path: str | Path) -> str:
+    """A text file, plain or gzipped (by its ``.gz`` suffix), with a clear error when unreadable."""
+    path = Path(path)
+    try:
+        return gzip.decompress(path.read_bytes()).decode() if path.suffix == ".gz" else path.read_text()
+    except (OSError, EOFError, gzip.BadGzipFile, UnicodeDecodeError) as err:
+        raise DataError(path, f"cannot be read as text ({err})") from err
+
+
 def read_split_list(path: str | Path, meta: pd.DataFrame) -> list[str]:
-    """Image names of an official split list, checked against the metadata."""
+    """Image names of an official split list (plain or gzipped), in file order, checked against the
+    metadata."""
     path = Path(path)
     if not path.is_file():
         raise DataError(path, "split list not found")
-    names = [line.strip() for line in path.read_text().splitlines() if line.strip()]
+    names = [line.strip() for line in read_text(path).splitlines() if line.strip()]
     if not names:
         raise DataError(path, "split list is empty")
     unknown = sorted(set(names) - set(meta["image"]))
@@ -213,30 +223,51 @@ def split_patients(patients: np.ndarray, fraction: float, seed: int) -> tuple[np
 
 
 def make_splits(meta: pd.DataFrame, data_dir: str | Path | None, *, seed: int,
-                val_fraction: float = 0.125, test_fraction: float = 0.228) -> Splits:
-    """Official test split when ``test_list.txt`` is present, else a seeded patient-wise one; the
-    validation patients are always a seeded patient-wise share of the train/val patients."""
+                val_fraction: float = 0.125, test_fraction: float = 0.228,
+                official_train_count: int | None = None) -> Splits:
+    """Official test split when ``test_list.txt`` is present, else a seeded patient-wise one.
+
+    Validation: with the official lists and ``official_train_count``, the official code's rule: the
+    first ``official_train_count`` entries of ``train_val_list.txt`` train and the rest validate
+    (patient-wise, because the list is sorted by patient; a patient cut in two is an error). Otherwise
+    a seeded patient-wise ``val_fraction`` of the train/val patients.
+    """
     data_dir = Path(data_dir) if data_dir is not None else None
     lists = {k: data_dir / v for k, v in SPLIT_FILES.items()} if data_dir else {}
-    if lists and all(p.is_file() for p in lists.values()):
-        train_val = meta[meta["image"].isin(read_split_list(lists["train_val"], meta))]
+    official = bool(lists) and all(p.is_file() for p in lists.values())
+    if official:
+        train_val_names = read_split_list(lists["train_val"], meta)
+        train_val = meta[meta["image"].isin(train_val_names)]
         test = meta[meta["image"].isin(read_split_list(lists["test"], meta))]
         overlap = set(train_val["patient_id"]) & set(test["patient_id"])
         if overlap:
             raise DataError(lists["test"], f"{len(overlap)} patient(s) also in train_val_list.txt")
-        source = "official"
     else:
         keep, held = split_patients(meta["patient_id"].to_numpy(), test_fraction, seed)
         train_val = meta[meta["patient_id"].isin(keep)]
         test = meta[meta["patient_id"].isin(held)]
-        source = "seeded"
-    keep, held = split_patients(train_val["patient_id"].to_numpy(), val_fraction, seed + 1)
-    return Splits(
-        train=train_val[train_val["patient_id"].isin(keep)].reset_index(drop=True),
-        val=train_val[train_val["patient_id"].isin(held)].reset_index(drop=True),
-        test=test.reset_index(drop=True),
-        source=source,
-    )
+    if official and official_train_count is not None:
+        train, val = _official_validation(train_val, train_val_names, official_train_count,
+                                          lists["train_val"])
+    else:
+        keep, held = split_patients(train_val["patient_id"].to_numpy(), val_fraction, seed + 1)
+        train = train_val[train_val["patient_id"].isin(keep)]
+        val = train_val[train_val["patient_id"].isin(held)]
+    return Splits(train=train.reset_index(drop=True), val=val.reset_index(drop=True),
+                  test=test.reset_index(drop=True), source="official" if official else "seeded")
+
+
+def _official_validation(train_val: pd.DataFrame, names: list[str], train_count: int,
+                         path: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
+    if not 0 < train_count < len(names):
+        raise DataError(path, f"cannot train on its first {train_count} entries: it lists {len(names)} images")
+    first, rest = set(names[:train_count]), set(names[train_count:])
+    train, val = train_val[train_val["image"].isin(first)], train_val[train_val["image"].isin(rest)]
+    cut = set(train["patient_id"]) & set(val["patient_id"])
+    if cut:
+        raise DataError(path, f"entry {train_count} does not end at a patient boundary: patient(s) "
+                              f"{sorted(cut)[:3]} fall on both sides, so validation would not be patient-wise")
+    return train, val
 
 
 class ImageLocator:
@@ -269,6 +300,30 @@ class ImageLocator:
             raise DataError(self.data_dir / "images",
                             f"{len(missing)} image(s) listed in the metadata are missing on disk, "
                             f"e.g. {missing[:3]}")
+
+
+#: the release ships its images in twelve archives, each unpacking to ``images_00X/images/``
+RELEASE_FOLDERS = 12
+
+
+def to_release_layout(data_dir: str | Path) -> Path:
+    """Move a flat ``images/`` folder into the release's ``images_001/images/ ... images_012/images/``.
+
+    Images are spread in name order (so by patient) over the twelve folders, as the release's
+    archives are; ``images/`` is removed. Used to lay out a phantom exactly like a downloaded release.
+    """
+    data_dir = Path(data_dir)
+    flat = data_dir / "images"
+    names = sorted(p.name for p in flat.glob("*.png")) if flat.is_dir() else []
+    if not names:
+        raise DataError(flat, "no images to lay out: expected a flat images/ folder of PNGs")
+    for number, chunk in enumerate(np.array_split(np.asarray(names), RELEASE_FOLDERS), start=1):
+        folder = data_dir / f"images_{number:03d}" / "images"
+        folder.mkdir(parents=True, exist_ok=True)
+        for name in chunk:
+            (flat / name).rename(folder / name)
+    flat.rmdir()
+    return data_dir
 
 
 def load_image(path: str | Path, size: int | None = None) -> np.ndarray:
