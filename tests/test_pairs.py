@@ -3,7 +3,7 @@ import pandas as pd
 import pytest
 
 from cxrlib.config import load_profile
-from cxrlib.data.chestxray14 import DataError, make_splits, read_metadata, real_metadata_path
+from cxrlib.data.chestxray14 import DataError, make_splits, read_metadata
 from cxrlib.data.pairs import (OFFICIAL_PAIR_FILES, make_pairs, max_positive_pairs, official_pair_file,
                                read_pair_file, write_pair_file)
 
@@ -37,9 +37,9 @@ def test_real_metadata_pairs_balanced_disjoint_reproducible(real_splits):
 
 
 @pytest.fixture(scope="module")
-def official_splits(official_lists_dir):
+def official_splits(real_meta, official_lists_dir):
     """The paper profile's split of the real metadata: official lists, official validation rule."""
-    return make_splits(read_metadata(real_metadata_path()), official_lists_dir, seed=0,
+    return make_splits(real_meta, official_lists_dir, seed=0,
                        official_train_count=load_profile("paper").data.official_train_count)
 
 
