@@ -63,7 +63,8 @@ def main() -> None:
         test = ws.splits.test
         images = reid.Images.from_cache(ws.cache, test["image"])
         ids = test.set_index("image").loc[list(images.names), "patient_id"].to_numpy()
-        baselines = reid.training_free_baselines(images, pairs["test"], ids)
+        baselines = {kind: {"verification_auc": cue["verification"]["auc"], **cue["retrieval"]}
+                     for kind, cue in reid.identity_cues(images, pairs["test"], ids).items()}
         figures = {f"{kind} AUC": b["verification_auc"] for kind, b in baselines.items()}
         figures.update({f"{kind} P@1": b["precision_at_1"] for kind, b in baselines.items()})
         siamese = None
