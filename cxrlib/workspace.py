@@ -126,7 +126,7 @@ class Workspace:
     def is_chestxray14(self) -> bool:
         """Real ChestX-ray14 (a folder without the phantom's ground truth), where the profile's
         official validation rule and pair files apply."""
-        return not self.is_phantom and self.sidecar is None
+        return not self.is_phantom and self.phantom_truth is None
 
     @cached_property
     def splits(self) -> Splits:
