@@ -36,7 +36,7 @@ def identity_data(n_patients: int = 24, per_patient: int = 4, seed: int = 0) -> 
         pattern = rng.uniform(0.15, 0.85, (SIZE, SIZE))
         for follow_up in range(per_patient):
             name = f"{patient:08d}_{follow_up:03d}.png"
-            scan = np.clip(pattern + rng.normal(0, 0.08, (SIZE, SIZE)), 0, 1)
+            scan = np.clip(pattern + rng.normal(0, 0.05, (SIZE, SIZE)), 0, 1)
             names.append(name)
             pixels.append(np.round(scan * 255).astype(np.uint8))
             rows.append({"image": name, "patient_id": patient,

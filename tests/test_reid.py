@@ -178,8 +178,8 @@ def test_verification_runs_report_mean_and_std(trained, verification_config, tmp
 
 
 def test_verification_runs_record_early_stopping_against_the_cap(trained, verification_config, tmp_path):
-    # a huge learning rate makes the validation loss worse after the first epoch: patience 1 stops at 2
-    stopped = dataclasses.replace(verification_config, max_epochs=6, patience=1, lr=5.0)
+    # with a learning rate of 0 the validation loss never falls again: patience 1 stops after epoch 2
+    stopped = dataclasses.replace(verification_config, max_epochs=6, patience=1, lr=0.0)
     summary = verification_runs(trained["train"], trained["val"], trained["images"], trained["pairs"],
                                 stopped, seed=3, checkpoint_path=tmp_path / "snn", runs=1, progress=False)
     run = summary["runs"][0]
