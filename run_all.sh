@@ -8,7 +8,8 @@ usage() {
   cat <<USAGE
 usage: ./run_all.sh [--profile smoke|cpu|paper] [--data-dir CHESTXRAY14_DIR] [--seed N] [--results DIR]
                    [--max-steps N]
-  --profile   what to run (default cpu: the phantom, about 40 min on 2 cores; paper needs a GPU)
+  --profile   what to run (default cpu: the phantom; results/cpu/timings.tsv holds the last run's times;
+              paper needs a GPU)
   --data-dir  a ChestX-ray14 folder (default: the profile's phantom, generated on first use)
   --seed      training and sampling seed (default 42)
   --results   output folder (default results/<profile>)

@@ -83,15 +83,17 @@ def _data(args: argparse.Namespace) -> None:
 
 
 def _report(args: argparse.Namespace) -> None:
-    from cxrlib.report import has_section, update_readme
+    from cxrlib.report import DOCUMENTS, has_section, update_readme
 
-    results = args.results or Path("results") / args.profile
-    if not has_section(args.readme, args.profile):
-        print(f"{args.readme} has no results section for profile {args.profile}; nothing written")
-        return
-    changed = update_readme(args.readme, results, args.profile)
-    print(f"{args.readme}: results section of profile {args.profile} "
-          f"{'rewritten from' if changed else 'already matches'} {results}")
+    results = args.results or args.root / "results" / args.profile
+    for name, blocks in DOCUMENTS.items():
+        document = args.root / name
+        if not document.is_file() or not has_section(document, args.profile):
+            print(f"{document} has no results section for profile {args.profile}; nothing written")
+            continue
+        changed = update_readme(document, results, args.profile, blocks)
+        print(f"{document}: results section of profile {args.profile} "
+              f"{'rewritten from' if changed else 'already matches'} {results}")
 
 
 def _audit(args: argparse.Namespace) -> None:
@@ -224,10 +226,13 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--data-dir", type=Path, default=None, help="a ChestX-ray14 folder instead of the phantom")
     data.set_defaults(run=_data)
 
-    report = commands.add_parser("report", help="write the README's results section from results/PROFILE/*.json")
+    report = commands.add_parser("report", help="write the generated sections of README.md and data/README.md "
+                                                "from results/PROFILE/*.json")
     report.add_argument("--profile", default="cpu", help="the profile whose section to write")
-    report.add_argument("--results", type=Path, default=None, help="the run's results (default: results/PROFILE)")
-    report.add_argument("--readme", type=Path, default=Path("README.md"), help="the README to update")
+    report.add_argument("--results", type=Path, default=None,
+                        help="the run's results (default: ROOT/results/PROFILE)")
+    report.add_argument("--root", type=Path, default=Path("."),
+                        help="the project folder holding README.md and data/README.md (default: here)")
     report.set_defaults(run=_report)
     return parser
 

@@ -246,12 +246,14 @@ def _paper() -> Profile:
 
 def _cpu() -> Profile:
     # Sized from measured 2-core training throughput (ResNet-18 at 64 px: ~186 img/s) for a first run
-    # of about 40 minutes (run_all.sh measured 38 min 54 s on 2 cores, results/cpu/timings.tsv).
+    # of at most 45 minutes on 2 cores (the last run's times: results/cpu/timings.tsv).
     return Profile(
         name="cpu",
         # 2,000 patients (about 5,200 images): with 400, the classifier saw a handful of examples of most
-        # findings and the siamese network a few hundred identities (measured at 64 px, 12 epochs:
-        # siamese AUC 0.95 with 1,500 or 2,000 patients; 2,000 for the classifier's rarer findings)
+        # findings and the siamese network a few hundred identities (measured at 64 px, 12 epochs, on
+        # phantom version 1: siamese AUC 0.95 with 1,500 or 2,000 patients; 2,000 for the classifier's
+        # rarer findings). On version 3 (acquisition varied per scan, framed as real radiographs) the
+        # siamese AUC over seeds 42-44 is 0.918 / 0.911 / 0.907 (benchmarks/results/fair_test_cpu_*.json)
         data=DataConfig(image_size=64, phantom_patients=2000, phantom_max_followups=8),
         # convnet, not ResNet-18: five times cheaper per image on a CPU (2.6 vs 12.5 ms per training
         # image, measured), which three verification runs and retrieval need to fit the notebook's

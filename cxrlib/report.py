@@ -1,10 +1,13 @@
-"""The README's results section, written from what a run saved under ``results/<profile>/``.
+"""The README's results section (and data/README.md's fair-test figures), written from what a run saved
+under ``results/<profile>/``.
 
-Every number a reader sees in that section comes from the metrics JSON (and ``timings.tsv``) of the
-run; nothing is typed by hand. :func:`results_section` builds the Markdown from the blocks in
-:data:`BLOCKS`, in order, each a function of the loaded results that returns its paragraph or table
-(or None when the run did not write what it needs); :func:`update_readme` puts it between the
-markers :func:`markers` names, which ``cxrlib report`` (called at the end of ``run_all.sh``) does.
+Every number a reader sees in those sections comes from the metrics JSON (and ``timings.tsv``) of the
+run; nothing is typed by hand. :func:`results_section` builds the Markdown from a tuple of blocks
+(:data:`BLOCKS` for the README, :data:`FAIR_TEST_BLOCKS` for data/README.md; :data:`DOCUMENTS` maps
+each document to its blocks), in order, each a function of the loaded results that returns its
+paragraph or table (or None when the run did not write what it needs); :func:`update_readme` puts it
+between the markers :func:`markers` names, which ``cxrlib report`` (called at the end of
+``run_all.sh``) does.
 
 Adding a figure to a table is one entry: a row of :data:`REIDENTIFICATION_COLUMNS` (metric name ->
 where its value sits in ``reidentification.json``); rows of the anonymization table are every result
@@ -26,11 +29,12 @@ import pandas as pd
 from cxrlib.anonymize.flow_field import displacement_bound_pixels
 from cxrlib.evaluate import PUBLISHED, comparison_table
 from cxrlib.plots.reid import comparison_table as reidentification_table
+from cxrlib.plots.reid import identity_cue_table
 
 Results = Mapping[str, Any]
 
 #: the JSON files a run writes, by the name the blocks use
-RESULT_FILES = ("data", "reidentification", "tradeoff", "synthesis")
+RESULT_FILES = ("data", "reidentification", "prichexy_net", "tradeoff", "synthesis")
 
 #: columns of the re-identification table: label -> {metric: path in reidentification.json}; the
 #: first label is completed with the run's data description
@@ -39,9 +43,9 @@ REIDENTIFICATION_COLUMNS: dict[str, dict[str, tuple[str, ...]]] = {
              "verification accuracy": ("verification", "accuracy"),
              "retrieval mAP@R": ("retrieval", "map_at_r"),
              "retrieval P@1": ("retrieval", "precision_at_1")},
-    "ours: raw-pixel baseline": {"verification AUC": ("raw_pixel_baseline", "verification_auc"),
-                                 "retrieval mAP@R": ("raw_pixel_baseline", "map_at_r"),
-                                 "retrieval P@1": ("raw_pixel_baseline", "precision_at_1")},
+    "ours: raw-pixel baseline": {"verification AUC": ("identity_cues", "raw_pixels", "verification", "auc"),
+                                 "retrieval mAP@R": ("identity_cues", "raw_pixels", "retrieval", "map_at_r"),
+                                 "retrieval P@1": ("identity_cues", "raw_pixels", "retrieval", "precision_at_1")},
 }
 
 
@@ -155,11 +159,14 @@ def reidentification_block(results: Results) -> str | None:
     runs = reid["verification_runs"]
     gaps = [f"{row['auc']:.3f} ({_gap_bin(row['bin'])})" for row in reid["auc_by_age_gap"]
             if math.isfinite(row["high"])]
+    linkage = reid["linkage_attack"]
     return (f"**Re-identification** (notebook 01; seed {reid['context']['seed']}, bootstrap 95 % CI of the AUC "
             f"{low:.3f}–{high:.3f}; {_number(len(runs['runs']))} seeds: AUC {runs['mean']['auc']:.3f} ± "
             f"{runs['std']['auc']:.3f}). Black boxes over the burned-in text change the AUC by "
             f"{_signed(reid['text_boxes']['auc_change'], 3)}; by years between the two scans the AUC is "
-            f"{_words(gaps)}.")
+            f"{_words(gaps)}. The linkage attack, ranking every other test image by the retrieval embedding, "
+            f"puts an image of the same patient first for {100 * linkage['rank_1']:.1f} % of "
+            f"{_count(linkage['queries'])} queries and among the first five for {100 * linkage['rank_5']:.1f} %.")
 
 
 def reidentification_table_block(results: Results) -> str | None:
@@ -171,6 +178,35 @@ def reidentification_table_block(results: Results) -> str | None:
         name = f"{label}: {reid['context']['data']}" if i == 0 else label
         columns[name] = {metric: _at(reid, path) for metric, path in rows.items()}
     return reidentification_table(columns).round(4).to_markdown(index=False)
+
+
+def identity_cues_block(results: Results) -> str | None:
+    """What identifies and what does not: every cue of notebook 01 on the same held-out pairs."""
+    if "reidentification" not in results or "identity_cues" not in results["reidentification"]:
+        return None
+    reid = results["reidentification"]
+    table = identity_cue_table(reid["identity_cues"])
+    runs = reid["verification_runs"]
+    per_seed = ", ".join(f"{run['auc']:.3f}" for run in runs["runs"])
+    return (f"On the held-out test patients of notebook 01 ({reid['context']['data']}), the same "
+            "balanced test pairs for every cue and every test image as a retrieval query:\n\n"
+            + table.round(3).to_markdown(index=False)
+            + f"\n\nThe siamese network over {_number(len(runs['runs']))} training seeds: verification AUC "
+            f"{runs['mean']['auc']:.3f} ± {runs['std']['auc']:.3f} ({per_seed}).")
+
+
+def lung_fields_block(results: Results) -> str | None:
+    """Where the phantom's lung fields lie outside the real masks' range (notebook 00)."""
+    lungs = results.get("data", {}).get("lung_fields")
+    if not lungs or lungs.get("comparison") is None:
+        return None
+    outside = lungs["outside_real_range"]
+    found = "; ".join(f"**{name.replace('_', ' ')}** {text}" for name, text in outside.items())
+    return (f"Notebook 00 compares the phantom's lung fields with the {_count(lungs['real_masks'])} real lung "
+            f"masks shipped in torchxrayvision ({_count(lungs['real_masks_with_two_lungs'])} show two lungs). "
+            + (f"More than 10 % of the phantom's scans lie outside the real central 95 % for: {found}."
+               if outside else "Every statistic of the phantom lies within the real central 95 %.")
+            + " Heights, widths and centroids not named lie within the real range.")
 
 
 def tradeoff_block(results: Results) -> str | None:
@@ -216,16 +252,15 @@ def tradeoff_reading_block(results: Results) -> str | None:
                                                          if lose_more else [])
         text += f"; the baselines {' and '.join(clauses)}"
     text += "."
-    dp_pix = [r for r in tradeoff["results"] if r["method"] == "dp_pix"]
-    if dp_pix:
-        coarsest = max(dp_pix, key=lambda r: r["params"]["b"])
-        b = coarsest["params"]["b"]
-        largest = max(flow, key=lambda r: r["params"]["mu"])["params"]
-        text += (f" A likely reason, from the DP-Pix rows (attack AUC "
-                 f"{100 * coarsest['privacy']['attack_auc_mean']:.1f} % at b = {b}): much of the phantom's "
-                 f"identity sits in coarse densities that survive {b} x {b}-pixel cells, and a deformation of "
-                 f"at most {displacement_bound_pixels(largest['mu'], largest['image_size']):.1f} px moves none "
-                 "of them (see [`data/README.md`](data/README.md), \"Why it is a fair test\").")
+    largest = max(flow, key=lambda r: r["params"]["mu"])["params"]
+    text += (f" PriCheXy-Net's largest mu ({largest['mu']:g}, a share of the image as in the paper) moves a pixel "
+             f"by at most {displacement_bound_pixels(largest['mu'], largest['image_size']):.2f} px at "
+             f"{largest['image_size']} px")
+    per_mu = results.get("prichexy_net", {}).get("per_mu")
+    if per_mu:
+        smallest = min(row["min_jacobian_determinant"] for row in per_mu)
+        text += f"; the smallest Jacobian determinant of its learned fields is {smallest:.3f}, so no field folds"
+    text += "."
     return text
 
 
@@ -260,22 +295,33 @@ def synthesis_figure_block(results: Results) -> str | None:
             if figure.is_file() else None)
 
 
-BLOCKS: tuple[Callable[[Results], str | None], ...] = (
-    run_block, reidentification_block, reidentification_table_block, tradeoff_block, tradeoff_table_block,
-    tradeoff_reading_block, tradeoff_figure_block, synthesis_block, synthesis_figure_block,
+Block = Callable[[Results], str | None]
+
+BLOCKS: tuple[Block, ...] = (
+    run_block, reidentification_block, reidentification_table_block, identity_cues_block, tradeoff_block,
+    tradeoff_table_block, tradeoff_reading_block, tradeoff_figure_block, synthesis_block, synthesis_figure_block,
 )
 
+#: data/README.md's figures of the phantom as a fair test
+FAIR_TEST_BLOCKS: tuple[Block, ...] = (identity_cues_block, lung_fields_block)
 
-def results_section(results_dir: str | Path, link_root: str | Path = ".") -> str:
-    """The Markdown of the results section for the run in ``results_dir``, its links relative to
-    ``link_root`` (the README's folder)."""
+#: the documents ``cxrlib report`` writes (paths relative to the project root) and their blocks
+DOCUMENTS: dict[str, tuple[Block, ...]] = {"README.md": BLOCKS, "data/README.md": FAIR_TEST_BLOCKS}
+
+
+def results_section(results_dir: str | Path, link_root: str | Path = ".", blocks: Sequence[Block] = BLOCKS) -> str:
+    """The Markdown of ``blocks`` for the run in ``results_dir``, its links relative to ``link_root``
+    (the document's folder)."""
     results = {**load_results(results_dir), "link_root": Path(link_root).resolve()}
-    blocks = [block for block in (make(results) for make in BLOCKS) if block]
-    return "\n\n".join(block if block.startswith(("|", "!")) else _wrapped(block) for block in blocks) + "\n"
+    written = [block for block in (make(results) for make in blocks) if block]
+    return "\n\n".join(_wrapped(block) for block in written) + "\n"
 
 
-def _wrapped(paragraph: str) -> str:
-    return textwrap.fill(paragraph, width=110, break_long_words=False, break_on_hyphens=False)
+def _wrapped(block: str) -> str:
+    """Paragraphs wrapped at 110 characters; tables and figures as they are."""
+    return "\n\n".join(part if part.startswith(("|", "!")) else
+                       textwrap.fill(part, width=110, break_long_words=False, break_on_hyphens=False)
+                       for part in block.split("\n\n"))
 
 
 def replace_section(text: str, section: str, profile: str, *, where: str = "README") -> str:
@@ -302,11 +348,14 @@ def has_section(readme: str | Path, profile: str) -> bool:
     return markers(profile)[0] in Path(readme).read_text()
 
 
-def update_readme(readme: str | Path, results_dir: str | Path, profile: str) -> bool:
-    """Write the results section of ``profile`` into ``readme`` (atomically); True when it changed."""
+def update_readme(readme: str | Path, results_dir: str | Path, profile: str,
+                  blocks: Sequence[Block] = BLOCKS) -> bool:
+    """Write the section of ``profile`` (made of ``blocks``) into ``readme`` (atomically); True when it
+    changed."""
     readme = Path(readme)
     text = readme.read_text()
-    updated = replace_section(text, results_section(results_dir, readme.parent), profile, where=str(readme))
+    updated = replace_section(text, results_section(results_dir, readme.parent, blocks), profile,
+                              where=str(readme))
     if updated == text:
         return False
     tmp = readme.with_name(readme.name + ".partial")

@@ -9,17 +9,18 @@ from pathlib import Path
 import pytest
 
 from cxrlib.cli import main
-from cxrlib.report import (ReportError, current_section, markers, replace_section, results_section,
+from cxrlib.report import (DOCUMENTS, ReportError, current_section, markers, replace_section, results_section,
                            update_readme)
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "results" / "cpu"
 
 
-def test_readme_results_section_agrees_with_results_cpu():
-    readme = (ROOT / "README.md").read_text()
-    assert current_section(readme, "cpu") == results_section(RESULTS, ROOT), (
-        "README.md's results section differs from results/cpu: run `cxrlib report --profile cpu` "
+@pytest.mark.parametrize("document", list(DOCUMENTS))
+def test_generated_sections_agree_with_results_cpu(document):
+    path = ROOT / document
+    assert current_section(path.read_text(), "cpu") == results_section(RESULTS, path.parent, DOCUMENTS[document]), (
+        f"{document}'s generated section differs from results/cpu: run `cxrlib report --profile cpu` "
         "(run_all.sh does) instead of editing the section by hand")
 
 
@@ -72,12 +73,14 @@ def test_bad_readme_or_results_are_refused(tmp_path):
 
 def test_report_command_writes_the_section_or_says_there_is_none(copied_results, capsys):
     results, readme = copied_results
-    assert main(["report", "--profile", "cpu", "--results", str(results), "--readme", str(readme)]) == 0
-    assert "rewritten from" in capsys.readouterr().out
+    root = readme.parent
+    assert main(["report", "--profile", "cpu", "--results", str(results), "--root", str(root)]) == 0
+    out = capsys.readouterr().out
+    assert "README.md: results section of profile cpu rewritten from" in out
+    assert "data/README.md has no results section for profile cpu" in out  # not in this copy
     assert "stale text" not in readme.read_text()
-    assert main(["report", "--profile", "smoke", "--results", str(results), "--readme", str(readme)]) == 0
+    assert main(["report", "--profile", "smoke", "--results", str(results), "--root", str(root)]) == 0
     assert "no results section for profile smoke" in capsys.readouterr().out
-    broken = readme.parent / "broken.md"
-    broken.write_text(markers("cpu")[0] + "\n")
-    assert main(["report", "--profile", "cpu", "--results", str(results), "--readme", str(broken)]) == 2
+    readme.write_text(markers("cpu")[0] + "\n")
+    assert main(["report", "--profile", "cpu", "--results", str(results), "--root", str(root)]) == 2
     assert "marker" in capsys.readouterr().err
