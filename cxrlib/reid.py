@@ -432,10 +432,12 @@ def normalized(embeddings) -> np.ndarray:
 
 def nearest_matches(embeddings, k: int) -> tuple[np.ndarray, np.ndarray]:
     """Each row's ``k`` nearest other rows by distance of the L2-normalized embeddings (the ranking
-    :func:`cxrlib.metrics.retrieval_metrics` scores): (indices, distances), both (N, k), nearest first."""
+    :func:`cxrlib.metrics.retrieval_metrics` scores): (indices, distances), both (N, k), nearest first;
+    every other row when there are fewer than ``k`` (a dry run's gallery of a few images)."""
     x = torch.from_numpy(normalized(embeddings))
-    if not 1 <= k < len(x):
-        raise ValueError(f"k must be between 1 and {len(x) - 1} (the gallery minus the query), got {k}")
+    if k < 1 or len(x) < 2:
+        raise ValueError(f"need k >= 1 and a gallery of at least 2 images, got k = {k} and {len(x)} images")
+    k = min(k, len(x) - 1)
     distances = torch.cdist(x, x)
     distances.fill_diagonal_(math.inf)  # never match a query with itself
     top = torch.topk(distances, k, dim=1, largest=False)

@@ -300,8 +300,10 @@ def test_linkage_hit_rates_rank_as_retrieval_metrics_do():
     assert rates["rank_1"] == pytest.approx(retrieval_metrics(embeddings, ids)["precision_at_1"])
     indices, distances = nearest_matches(embeddings, 3)
     assert indices.shape == (20, 3) and (indices != np.arange(20)[:, None]).all()
-    with pytest.raises(ValueError, match="k must be between"):
-        nearest_matches(embeddings, 20)
+    everyone, _ = nearest_matches(embeddings, 50)  # a gallery smaller than k: every other image, ranked
+    assert everyone.shape == (20, 19) and (everyone != np.arange(20)[:, None]).all()
+    with pytest.raises(ValueError, match="k >= 1"):
+        nearest_matches(embeddings, 0)
 
 
 def test_linkage_queries_are_drawn_with_the_seed_among_repeat_patients():
