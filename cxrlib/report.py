@@ -109,6 +109,14 @@ def _number(n: int) -> str:
     return _NUMBERS.get(n, str(n))
 
 
+def _has(payload: Mapping[str, Any], path: Sequence[str]) -> bool:
+    for key in path:
+        if not isinstance(payload, Mapping) or key not in payload:
+            return False
+        payload = payload[key]
+    return True
+
+
 def _at(payload: Mapping[str, Any], path: Sequence[str]) -> Any:
     for key in path:
         payload = payload[key]
@@ -159,14 +167,16 @@ def reidentification_block(results: Results) -> str | None:
     runs = reid["verification_runs"]
     gaps = [f"{row['auc']:.3f} ({_gap_bin(row['bin'])})" for row in reid["auc_by_age_gap"]
             if math.isfinite(row["high"])]
-    linkage = reid["linkage_attack"]
+    linkage = reid.get("linkage_attack")
+    attack = ("" if linkage is None else
+              " The linkage attack, ranking every other test image by the retrieval embedding, puts an image of "
+              f"the same patient first for {100 * linkage['rank_1']:.1f} % of {_count(linkage['queries'])} "
+              f"queries and among the first five for {100 * linkage['rank_5']:.1f} %.")
     return (f"**Re-identification** (notebook 01; seed {reid['context']['seed']}, bootstrap 95 % CI of the AUC "
             f"{low:.3f}–{high:.3f}; {_number(len(runs['runs']))} seeds: AUC {runs['mean']['auc']:.3f} ± "
             f"{runs['std']['auc']:.3f}). Black boxes over the burned-in text change the AUC by "
             f"{_signed(reid['text_boxes']['auc_change'], 3)}; by years between the two scans the AUC is "
-            f"{_words(gaps)}. The linkage attack, ranking every other test image by the retrieval embedding, "
-            f"puts an image of the same patient first for {100 * linkage['rank_1']:.1f} % of "
-            f"{_count(linkage['queries'])} queries and among the first five for {100 * linkage['rank_5']:.1f} %.")
+            f"{_words(gaps)}.{attack}")
 
 
 def reidentification_table_block(results: Results) -> str | None:
@@ -176,7 +186,9 @@ def reidentification_table_block(results: Results) -> str | None:
     columns = {}
     for i, (label, rows) in enumerate(REIDENTIFICATION_COLUMNS.items()):
         name = f"{label}: {reid['context']['data']}" if i == 0 else label
-        columns[name] = {metric: _at(reid, path) for metric, path in rows.items()}
+        values = {metric: _at(reid, path) for metric, path in rows.items() if _has(reid, path)}
+        if values:  # a run of older code may lack a column's figures
+            columns[name] = values
     return reidentification_table(columns).round(4).to_markdown(index=False)
 
 
@@ -257,7 +269,7 @@ def tradeoff_reading_block(results: Results) -> str | None:
              f"by at most {displacement_bound_pixels(largest['mu'], largest['image_size']):.2f} px at "
              f"{largest['image_size']} px")
     per_mu = results.get("prichexy_net", {}).get("per_mu")
-    if per_mu:
+    if per_mu and all("min_jacobian_determinant" in row for row in per_mu):
         smallest = min(row["min_jacobian_determinant"] for row in per_mu)
         text += f"; the smallest Jacobian determinant of its learned fields is {smallest:.3f}, so no field folds"
     text += "."
