@@ -153,28 +153,28 @@ def run(data_dir: Path, work: Path, *, steps: int, image_size: int, siamese_batc
 
     pairs = random_pairs(meta, (steps + 1) * siamese_batch, seed=0)
     val_pairs = random_pairs(meta, siamese_batch, seed=1)
-    siamese = lambda: SiameseNetwork(v.backbone, False, v.features)  # noqa: E731 - ImageNet weights do not change speed
-    ours = shared_loop_rate(siamese(), verification_loss, PairDataset(cache, pairs), PairDataset(cache, val_pairs),
-                            siamese_batch, work / "siamese", 2, channels_last)
-    official = official_style_rate(
-        siamese(), verification_loss,
-        DataLoader(DecodedPerItem(data_dir, pairs, meta, image_size), batch_size=siamese_batch, shuffle=True,
-                   num_workers=workers, drop_last=True), device, 2)
-    report["siamese"] = {"backbone": v.backbone, "batch": siamese_batch, "shared_loop_images_per_s": ours,
-                         "official_style_images_per_s": official, "speedup": ours / official}
+    def compare(build, loss_fn, train: Dataset, val: Dataset, official_items: Dataset, batch: int, name: str,
+                images_per_item: int) -> dict:
+        """Both loops on fresh networks of one kind: images/s and the shared loop's speed-up."""
+        ours = shared_loop_rate(build(), loss_fn, train, val, batch, work / name, images_per_item, channels_last)
+        official = official_style_rate(
+            build(), loss_fn, DataLoader(official_items, batch_size=batch, shuffle=True, num_workers=workers,
+                                         drop_last=True), device, images_per_item)
+        return {"batch": batch, "shared_loop_images_per_s": ours, "official_style_images_per_s": official,
+                "speedup": ours / official}
+
+    pairs = random_pairs(meta, (steps + 1) * siamese_batch, seed=0)
+    val_pairs = random_pairs(meta, siamese_batch, seed=1)
+    report["siamese"] = {"backbone": v.backbone, **compare(
+        lambda: SiameseNetwork(v.backbone, False, v.features),  # ImageNet weights do not change speed
+        verification_loss, PairDataset(cache, pairs), PairDataset(cache, val_pairs),
+        DecodedPerItem(data_dir, pairs, meta, image_size), siamese_batch, "siamese", 2)}
 
     rows = meta.sample((steps + 1) * classifier_batch, replace=True, random_state=0).reset_index(drop=True)
-    val_rows = meta.head(classifier_batch)
-    classifier = lambda: build_classifier(dataclasses.replace(c, pretrained=False))  # noqa: E731
-    ours = shared_loop_rate(classifier(), classifier_loss, ImageDataset(cache, rows), ImageDataset(cache, val_rows),
-                            classifier_batch, work / "classifier", 1, channels_last)
-    official = official_style_rate(
-        classifier(), classifier_loss,
-        DataLoader(DecodedPerItem(data_dir, None, rows, image_size), batch_size=classifier_batch, shuffle=True,
-                   num_workers=workers, drop_last=True), device, 1)
-    report["classifier"] = {"backbone": c.backbone, "input_size": c.input_size, "batch": classifier_batch,
-                            "shared_loop_images_per_s": ours, "official_style_images_per_s": official,
-                            "speedup": ours / official}
+    report["classifier"] = {"backbone": c.backbone, "input_size": c.input_size, **compare(
+        lambda: build_classifier(dataclasses.replace(c, pretrained=False)), classifier_loss,
+        ImageDataset(cache, rows), ImageDataset(cache, meta.head(classifier_batch)),
+        DecodedPerItem(data_dir, None, rows, image_size), classifier_batch, "classifier", 1)}
     return report
 
 
