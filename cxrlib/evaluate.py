@@ -59,6 +59,13 @@ from cxrlib.train import default_device
 #: prefix that tells an anonymized image from its original in the linkage test set
 ANONYMIZED = "anonymized:"
 
+#: the papers' claims a run is checked against (PAPERS.md): PriCheXy-Net keeps the classifier's mean
+#: AUC within 3 points of the original and lowers the re-trained attack's AUC by at least 15 points;
+#: a classifier below 0.80 mean AUC is too weak to judge utility with
+UTILITY_LOSS_AT_MOST = 0.03
+ATTACK_DROP_AT_LEAST = 0.15
+CLASSIFIER_AT_LEAST = 0.80
+
 
 def attack_config(verification: VerificationConfig, evaluation: EvaluationConfig) -> VerificationConfig:
     """The fresh attacker: a siamese network like the verification one, trained with the evaluation's recipe."""
@@ -166,6 +173,25 @@ def linkage_test_set(anonymized: Images, original: Images, pairs: pd.DataFrame) 
     return images, pairs.assign(img1=ANONYMIZED + pairs["img1"])
 
 
+def frozen_linkage(siamese: nn.Module, anonymized: Images, original: Images, pairs: pd.DataFrame, *,
+                   bootstrap_samples: int, seed: int) -> tuple[dict[str, Any], np.ndarray]:
+    """The frozen ``siamese`` network on ``pairs`` as (anonymized img1, real img2): verification
+    metrics with a bootstrap CI of the AUC, and the same-patient probabilities of the pairs."""
+    images, linkage_pairs = linkage_test_set(anonymized, original, pairs)
+    scores = pair_scores(siamese, images, linkage_pairs)
+    return verification_metrics(linkage_pairs["label"], scores, n_bootstrap=bootstrap_samples, seed=seed), scores
+
+
+def classifier_utility(classifier: nn.Module, images: Images, test_meta: pd.DataFrame, *, bootstrap_samples: int,
+                       seed: int, progress: bool | None = False) -> tuple[dict[str, Any], np.ndarray]:
+    """The frozen ``classifier`` on the images of ``test_meta`` (taken from ``images``, e.g. anonymized
+    ones): :func:`cxrlib.metrics.multilabel_auc`'s dict and the probabilities (N, 14)."""
+    labels = test_meta[list(LABELS)].to_numpy(dtype=np.float32)
+    data = TensorDataset(images.tensor(images.rows(test_meta["image"].tolist())), torch.tensor(labels))
+    probabilities, _ = predict(classifier, data, progress=progress)
+    return multilabel_auc(labels, probabilities, LABELS, n_bootstrap=bootstrap_samples, seed=seed), probabilities
+
+
 def state_digest(module: nn.Module) -> str:
     """SHA-256 of a module's state (names, dtypes, shapes, bytes): identifies trained weights."""
     digest = hashlib.sha256()
@@ -233,14 +259,11 @@ def evaluate_anonymizer(anonymizer: Anonymizer, setup: EvaluationSetup, *, devic
                                linkage_images, linkage_pairs, setup.attack, seed=setup.seed,
                                checkpoint_path=checkpoint, runs=setup.runs, progress=progress)
     setup.siamese.eval().to(device)
-    frozen = verification_metrics(linkage_pairs["label"], pair_scores(setup.siamese, linkage_images, linkage_pairs),
-                                  n_bootstrap=setup.bootstrap_samples, seed=setup.seed)
-
+    frozen, _ = frozen_linkage(setup.siamese, anonymized, setup.images, setup.test_pairs,
+                               bootstrap_samples=setup.bootstrap_samples, seed=setup.seed)
+    utility, _ = classifier_utility(setup.classifier, anonymized, setup.test_meta,
+                                    bootstrap_samples=setup.bootstrap_samples, seed=setup.seed, progress=progress)
     rows = anonymized.rows(setup.test_meta["image"].tolist())
-    labels = setup.test_meta[list(LABELS)].to_numpy(dtype=np.float32)
-    probabilities, _ = predict(setup.classifier, TensorDataset(anonymized.tensor(rows), torch.tensor(labels)),
-                               progress=progress)
-    utility = multilabel_auc(labels, probabilities, LABELS, n_bootstrap=setup.bootstrap_samples, seed=setup.seed)
 
     result = {
         "method": anonymizer.name, "params": anonymizer.params(), "label": anonymizer.describe(), "key": key,

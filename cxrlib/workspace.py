@@ -217,6 +217,17 @@ class Workspace:
             checkpoint_path=self.artifact_path("classifier", "classifier"), progress=False)
         return Judges(siamese, siamese_fit, classifier, classifier_fit)
 
+    @cached_property
+    def retrieval(self) -> tuple[Any, list]:
+        """The retrieval network of notebook 01 (ranks a gallery; the synthesis sampler's neighbour
+        search) and its fits, one per training phase: trained on first use, loaded afterwards."""
+        from cxrlib.reid import retrieval_augmentation, train_retrieval
+
+        config = self.profile.retrieval
+        return train_retrieval(self.images("train", target="patient", transform=retrieval_augmentation(config)),
+                               self.images("val", target="patient"), config, seed=self.seed,
+                               checkpoint_path=self.artifact_path("retrieval", "retrieval"), progress=False)
+
     def anonymizer_path(self, name: str) -> Path:
         """Where a learned anonymizer lives: it depends on its own section and on both judges'."""
         return self.artifact_path(name, "anonymization", "verification", "classifier")

@@ -45,7 +45,7 @@ from cxrlib.data.chestxray14 import LABELS, DataError
 from cxrlib.data.datasets import PairDataset
 from cxrlib.train import (FitResult, check_finite, finished_sidecar, fit, last_checkpoint_path,
                           load_training_state, make_accelerator, process_seed, remove_training_state,
-                          save_training_state, seed_everything)
+                          save_training_state, seed_everything, use_fast_layout)
 
 #: the quantities recorded per epoch, for training and validation
 LOSS_NAMES = ("ac", "ver", "log_ver", "total")
@@ -180,7 +180,10 @@ def train_adversarial(anonymizer: Anonymizer, siamese: nn.Module, classifier: nn
     accelerator = accelerator or make_accelerator()
     device = accelerator.device
     seed_everything(seed)
-    siamese, classifier = copy.deepcopy(siamese).to(device), copy.deepcopy(classifier).to(device)
+    # the adversaries in channels_last (faster, benchmarks/bench_cpu_paths.py); the anonymizer keeps the
+    # default layout (1.03-1.08x only), so that a saved one loaded elsewhere computes the same bits
+    siamese = use_fast_layout(copy.deepcopy(siamese).to(device))
+    classifier = use_fast_layout(copy.deepcopy(classifier).to(device))
     anonymizer.to(device)
     optimizers = {
         "optimizer": torch.optim.Adam(anonymizer.parameters(), lr=lr),

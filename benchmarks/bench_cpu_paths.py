@@ -1,0 +1,219 @@
+"""The CPU's fast paths for a profile's networks, side by side, and the training loop's overhead.
+
+For every network the profile trains (siamese, classifier, retrieval, PriCheXy-Net's generator,
+Privacy-Net, the autoencoder and the latent U-Net), one train step (forward, backward, Adam) and one
+inference pass on random inputs of the profile's shapes, in four variants: fp32, fp32 with the
+weights in ``channels_last``, bf16 autocast, bf16 autocast with ``channels_last``. Prints images per
+second and each variant's ratio to fp32, measured in the same run.
+
+Then the overhead of :func:`cxrlib.train.fit`: the siamese network trained for the same epochs on
+the same pairs, once through ``fit`` over a :class:`~cxrlib.data.datasets.PairDataset` (per-item
+reads from uint8 images, collation, checkpoints, validation) and once by a bare loop over the same
+batches already stacked as float tensors; the ratio of their train times is the overhead.
+
+    python benchmarks/bench_cpu_paths.py [--profile cpu] [--threads 2] [--json out.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader
+
+from cxrlib.anonymize.flow_field import FlowFieldAnonymizer
+from cxrlib.anonymize.privacy_net import PrivacyNetAnonymizer
+from cxrlib.classify import build_classifier
+from cxrlib.config import Profile, load_profile
+from cxrlib.data.datasets import PairDataset
+from cxrlib.data.images import Images
+from cxrlib.models.diffusion import build_autoencoder, build_unet, downsampling_factor
+from cxrlib.models.retrieval import RetrievalNetwork
+from cxrlib.models.siamese import SiameseNetwork
+from cxrlib.reid import verification_loss
+from cxrlib.train import fit, use_fast_layout
+
+VARIANTS = (("fp32", False, False), ("fp32 channels_last", False, True), ("bf16", True, False),
+            ("bf16 channels_last", True, True))
+
+
+def networks(profile: Profile) -> dict[str, tuple[Callable[[], nn.Module], Callable, int]]:
+    """name -> (build, loss(model, batch_size) on random inputs, training batch size)."""
+    size, v, r, c = profile.image_size, profile.verification, profile.retrieval, profile.classifier
+    a, s = profile.anonymization, profile.synthesis
+    latent = size // downsampling_factor(s)
+
+    def images(batch, channels=1, side=size):
+        return torch.rand(batch, channels, side, side)
+
+    def siamese(model, batch):
+        return F.binary_cross_entropy_with_logits(model(images(batch), images(batch)).float(),
+                                                  torch.randint(0, 2, (batch,)).float())
+
+    def classifier(model, batch):
+        return F.binary_cross_entropy_with_logits(model(images(batch)).float(),
+                                                  torch.randint(0, 2, (batch, 14)).float())
+
+    def embedding(model, batch):
+        return model(images(batch)).float().square().mean()
+
+    def image_to_image(model, batch):
+        x = images(batch)
+        return F.l1_loss(model(x).float(), x)
+
+    def autoencoder(model, batch):
+        x = images(batch) * 2 - 1
+        posterior = model.encode(x).latent_dist
+        return F.l1_loss(model.decode(posterior.sample()).sample.float(), x) + 1e-6 * posterior.kl().mean()
+
+    def latent_unet(model, batch):
+        noise = torch.randn(batch, s.latent_channels, latent, latent)
+        labels = torch.randint(0, 2, (batch, 14)).float()
+        return F.mse_loss(model(noise, torch.randint(0, s.train_timesteps, (batch,)), labels).float(), noise)
+
+    return {
+        "siamese": (lambda: SiameseNetwork(v.backbone, False, v.features), siamese, v.batch_size),
+        "classifier": (lambda: build_classifier(c), classifier, c.batch_size),
+        "retrieval": (lambda: RetrievalNetwork(r.backbone, False, r.embedding_dim, r.pool_size,
+                                               r.bottleneck_channels, r.hidden, r.head_dropout),
+                      embedding, r.batch_size),
+        "prichexy generator": (lambda: FlowFieldAnonymizer(a.mu_values[-1], size, a.generator_features,
+                                                           a.generator_poolings, a.smoothing_kernel,
+                                                           a.smoothing_sigma),
+                               image_to_image, a.batch_size),
+        "privacy-net": (lambda: PrivacyNetAnonymizer(a.privacy_net_features, a.privacy_net_poolings),
+                        image_to_image, a.batch_size),
+        "autoencoder": (lambda: build_autoencoder(s, size), autoencoder, s.batch_size),
+        "latent unet": (lambda: build_unet(s, size), latent_unet, s.batch_size),
+    }
+
+
+def throughput(build, loss_fn, batch: int, bf16: bool, channels_last: bool, steps: int) -> tuple[float, float]:
+    """(train, inference) images per second."""
+    torch.manual_seed(0)
+    model = build()
+    if channels_last:
+        use_fast_layout(model)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
+
+    def step():
+        optimizer.zero_grad(set_to_none=True)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            loss = loss_fn(model, batch)
+        loss.backward()
+        optimizer.step()
+
+    model.train()
+    train = _rate(step, steps) * batch
+    model.eval()
+    with torch.no_grad():
+        def forward():
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                loss_fn(model, 4 * batch)
+        inference = _rate(forward, steps) * 4 * batch
+    return train, inference
+
+
+def _rate(fn, steps: int, warmup: int = 2) -> float:
+    for _ in range(warmup):
+        fn()
+    started = time.perf_counter()
+    for _ in range(steps):
+        fn()
+    return steps / (time.perf_counter() - started)
+
+
+def loop_overhead(profile: Profile, pairs: int, epochs: int) -> dict[str, float]:
+    """Train seconds of ``fit`` over a PairDataset against a bare loop over the same float batches."""
+    config, size = profile.verification, profile.image_size
+    rng = np.random.default_rng(0)
+    names = [f"{i:05d}.png" for i in range(2 * pairs)]
+    images = Images(names, rng.integers(0, 256, (len(names), size, size), dtype=np.uint8))
+    frame = pd.DataFrame({"img1": rng.choice(names, pairs), "img2": rng.choice(names, pairs),
+                          "label": rng.integers(0, 2, pairs).astype(float)})
+    dataset = PairDataset(images, frame)
+    val = PairDataset(images, frame.iloc[: 4 * config.batch_size])
+
+    def model_and_optimizer():
+        torch.manual_seed(0)
+        model = SiameseNetwork(config.backbone, False, config.features)
+        return model, torch.optim.Adam(model.parameters(), lr=config.lr)
+
+    model, optimizer = model_and_optimizer()
+    with tempfile.TemporaryDirectory() as tmp:
+        result = fit(model, verification_loss,
+                     DataLoader(dataset, batch_size=config.batch_size, shuffle=True, drop_last=True),
+                     DataLoader(val, batch_size=config.batch_size), optimizer=optimizer, max_epochs=epochs,
+                     patience=epochs, checkpoint_path=Path(tmp) / "siamese", config={"bench": 1}, seed=0,
+                     progress=False)
+    fit_seconds = sum(epoch["train_seconds"] for epoch in result.history)
+
+    # the same number of batches of the same shapes, already float tensors in memory
+    batches = [next(iter(DataLoader(dataset, batch_size=config.batch_size)))
+               for _ in range(len(dataset) // config.batch_size)]
+    model, optimizer = model_and_optimizer()
+    use_fast_layout(model)  # as fit does
+    model.train()
+    started = time.perf_counter()
+    for _ in range(epochs):
+        for batch in batches:
+            optimizer.zero_grad(set_to_none=True)
+            verification_loss(model, batch).backward()
+            optimizer.step()
+    bare_seconds = time.perf_counter() - started
+    return {"fit_train_seconds": fit_seconds, "bare_loop_seconds": bare_seconds,
+            "overhead": fit_seconds / bare_seconds - 1}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--profile", default="cpu")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--steps", type=int, default=10, help="timed steps per network and variant")
+    parser.add_argument("--pairs", type=int, default=960, help="pairs per epoch of the overhead measure")
+    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--networks", nargs="*", default=None, help="only these (default: all)")
+    parser.add_argument("--fp32-only", action="store_true",
+                        help="skip the bf16 variants (on a CPU without AVX-512 BF16 they are slow to measure)")
+    parser.add_argument("--json", type=Path, default=None, help="also write the figures here")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    profile = load_profile(args.profile)
+    print(f"profile {profile.name}, {profile.image_size} px, {args.threads} thread(s), "
+          f"{torch.backends.cpu.get_cpu_capability()}")
+    figures: dict[str, dict] = {}
+    print(f"{'network':20s} {'variant':20s} {'train img/s':>12s} {'x fp32':>7s} {'infer img/s':>12s} {'x fp32':>7s}")
+    for name, (build, loss_fn, batch) in networks(profile).items():
+        if args.networks and name not in args.networks:
+            continue
+        figures[name] = {}
+        for variant, bf16, channels_last in VARIANTS:
+            if bf16 and args.fp32_only:
+                continue
+            train, inference = throughput(build, loss_fn, batch, bf16, channels_last, args.steps)
+            base = figures[name].get("fp32", {"train": train, "inference": inference})
+            figures[name][variant] = {"train": train, "inference": inference,
+                                      "train_ratio": train / base["train"],
+                                      "inference_ratio": inference / base["inference"]}
+            print(f"{name:20s} {variant:20s} {train:12.0f} {train / base['train']:7.2f} "
+                  f"{inference:12.0f} {inference / base['inference']:7.2f}", flush=True)
+    overhead = loop_overhead(profile, args.pairs, args.epochs)
+    print(f"fit over a PairDataset: {overhead['fit_train_seconds']:.1f} s of training; bare loop over the "
+          f"same batches in memory: {overhead['bare_loop_seconds']:.1f} s; overhead "
+          f"{100 * overhead['overhead']:+.1f} %")
+    if args.json:
+        args.json.write_text(json.dumps({"profile": profile.name, "threads": args.threads,
+                                         "networks": figures, "loop": overhead}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
