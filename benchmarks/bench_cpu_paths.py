@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import platform
 import tempfile
 import time
 from pathlib import Path
@@ -118,8 +120,8 @@ def throughput(build, loss_fn, batch: int, bf16: bool, channels_last: bool, step
     with torch.no_grad():
         def forward():
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-                loss_fn(model, 4 * batch)
-        inference = _rate(forward, steps) * 4 * batch
+                loss_fn(model, 2 * batch)
+        inference = _rate(forward, steps) * 2 * batch
     return train, inference
 
 
@@ -174,7 +176,7 @@ def loop_overhead(profile: Profile, pairs: int, epochs: int) -> dict[str, float]
             "overhead": fit_seconds / bare_seconds - 1}
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--profile", default="cpu")
     parser.add_argument("--threads", type=int, default=2)
@@ -185,11 +187,13 @@ def main() -> None:
     parser.add_argument("--fp32-only", action="store_true",
                         help="skip the bf16 variants (on a CPU without AVX-512 BF16 they are slow to measure)")
     parser.add_argument("--json", type=Path, default=None, help="also write the figures here")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     profile = load_profile(args.profile)
-    print(f"profile {profile.name}, {profile.image_size} px, {args.threads} thread(s), "
-          f"{torch.backends.cpu.get_cpu_capability()}")
+    about = machine()
+    print(f"profile {profile.name}, {profile.image_size} px, {args.threads} thread(s); {about['cpu']}, "
+          f"{about['cores']} cores, PyTorch {about['torch']} ({about['torch_cpu_capability']}), AVX-512: "
+          f"{'yes' if about['avx512'] else 'no'}, BF16/AMX flags: {', '.join(about['bf16_flags']) or 'none'}")
     figures: dict[str, dict] = {}
     print(f"{'network':20s} {'variant':20s} {'train img/s':>12s} {'x fp32':>7s} {'infer img/s':>12s} {'x fp32':>7s}")
     for name, (build, loss_fn, batch) in networks(profile).items():
@@ -211,8 +215,26 @@ def main() -> None:
           f"same batches in memory: {overhead['bare_loop_seconds']:.1f} s; overhead "
           f"{100 * overhead['overhead']:+.1f} %")
     if args.json:
-        args.json.write_text(json.dumps({"profile": profile.name, "threads": args.threads,
+        args.json.write_text(json.dumps({"profile": profile.name, "threads": args.threads, "machine": machine(),
                                          "networks": figures, "loop": overhead}, indent=1))
+
+
+def machine() -> dict[str, object]:
+    """What the figures depend on: the CPU, the instruction sets PyTorch uses, the versions."""
+    flags = set()
+    model = platform.processor()
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.is_file():
+        for line in cpuinfo.read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == "model name":
+                model = value.strip()
+            elif key.strip() == "flags":
+                flags = set(value.split())
+    return {"cpu": model, "cores": os.cpu_count(), "torch": torch.__version__,
+            "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
+            "bf16_flags": sorted(f for f in flags if "bf16" in f or f.startswith("amx")),
+            "avx512": any(f.startswith("avx512") for f in flags)}
 
 
 if __name__ == "__main__":

@@ -104,12 +104,15 @@ def predict(model: nn.Module, dataset: Dataset, *, anonymizer: nn.Module | None 
 
 def evaluate_classifier(model: nn.Module, dataset: Dataset, *, anonymizer: nn.Module | None = None,
                         bootstrap_samples: int = 1000, seed: int = 0, batch_size: int = 64,
-                        accelerator: Accelerator | None = None, progress: bool | None = None) -> dict[str, Any]:
-    """Per-finding AUC, mean AUC and its bootstrap 95 % CI on (optionally anonymized) ``dataset``.
+                        accelerator: Accelerator | None = None,
+                        progress: bool | None = None) -> tuple[dict[str, Any], np.ndarray]:
+    """Per-finding AUC, mean AUC and its bootstrap 95 % CI on (optionally anonymized) ``dataset``, and
+    the probabilities (N, 14).
 
-    Returns :func:`cxrlib.metrics.multilabel_auc`'s dict: ``per_class``, ``mean_auc``, ``ci``,
+    The metrics are :func:`cxrlib.metrics.multilabel_auc`'s dict: ``per_class``, ``mean_auc``, ``ci``,
     ``excluded`` (findings absent from, or present in every image of, the test set).
     """
     probabilities, labels = predict(model, dataset, anonymizer=anonymizer, batch_size=batch_size,
                                     accelerator=accelerator, progress=progress)
-    return multilabel_auc(labels, probabilities, labels=LABELS, n_bootstrap=bootstrap_samples, seed=seed)
+    metrics = multilabel_auc(labels, probabilities, labels=LABELS, n_bootstrap=bootstrap_samples, seed=seed)
+    return metrics, probabilities

@@ -47,10 +47,11 @@ def _anonymize(args: argparse.Namespace) -> int:
                           dp_b=args.dp_b, dp_eps=args.dp_eps, dp_m=args.dp_m, seed=args.seed)
     header = HeaderOptions(keep_patient_characteristics=args.keep_patient_characteristics,
                            keep_private_creators=tuple(args.keep_private))
-    pipeline = ReleasePipeline(key, method, detect_text=not args.no_text_detection, header=header)
+    pipeline = ReleasePipeline(key, method, detect_text=not args.no_text_detection, header=header,
+                               rename=not args.keep_names)
     start = time.perf_counter()
     summary = run_batch(args.input, args.output, pipeline, settings=pipeline.settings(),
-                        progress=False if args.quiet else None)
+                        progress=False if args.quiet else None, recorded_name=pipeline.recorded_name)
     seconds = time.perf_counter() - start
     rows = [["written", summary.done], ["already done (skipped)", summary.skipped],
             ["failed", len(summary.failed)]]
@@ -147,7 +148,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     anonymize = commands.add_parser(
         "anonymize", help="de-identify a folder of DICOM files or PNGs (headers, burned-in text, pixels)",
-        description="Anonymize every file under INPUT (recursively) into OUTPUT with the same relative paths. "
+        description="Anonymize every file under INPUT (recursively) into OUTPUT, under names that carry nothing of the "
+                    "input's (see --keep-names). "
                     "DICOM headers follow the PS3.15 basic profile as an allow-list (private tags removed), "
                     "patients get keyed pseudonyms, dates a per-patient shift. INPUT is never written; each "
                     "output file is written atomically and recorded in OUTPUT/.cxrlib-manifest-*.jsonl, so "
@@ -180,6 +182,11 @@ def build_parser() -> argparse.ArgumentParser:
                            help="keep sex, age, size and weight (PS3.15 Retain Patient Characteristics Option)")
     anonymize.add_argument("--keep-private", action="append", default=[], metavar="CREATOR",
                            help="keep private tags of this private creator (repeatable); all others are removed")
+    anonymize.add_argument("--keep-names", action="store_true",
+                           help="keep the input's file and folder names (they may carry names, ids or dates); by "
+                                "default DICOM files are written as STUDY/SERIES/SOP.dcm of their new UIDs and "
+                                "plain PNGs under a keyed hash of their path (ChestX-ray14 names always get "
+                                "pseudonymous patient numbers)")
     anonymize.add_argument("--quiet", action="store_true", help="no progress bar")
     anonymize.set_defaults(run=_anonymize)
 

@@ -211,6 +211,8 @@ class Profile:
     anonymization: AnonymizationConfig = field(default_factory=AnonymizationConfig)
     evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
     synthesis: SynthesisConfig = field(default_factory=SynthesisConfig)
+    #: the phantom's seed, part of the data (its folder name carries it); training, pairs and sampling
+    #: draw from the workspace's seed instead (``run_all.sh --seed``), so one phantom serves many seeds
     seed: int = 42
 
     @property

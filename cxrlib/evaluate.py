@@ -47,12 +47,12 @@ from torchmetrics.image import PeakSignalNoiseRatio, StructuralSimilarityIndexMe
 from cxrlib.anonymize.base import Anonymizer
 from cxrlib.anonymize.flow_field import displacement_bound_pixels
 from cxrlib.artifacts import write_json
-from cxrlib.classify import predict
+from cxrlib.classify import evaluate_classifier
 from cxrlib.config import EvaluationConfig, VerificationConfig
 from cxrlib.data.cache import ImageCache
 from cxrlib.data.chestxray14 import LABELS
 from cxrlib.data.datasets import PairDataset
-from cxrlib.metrics import multilabel_auc, verification_metrics
+from cxrlib.metrics import verification_metrics
 from cxrlib.reid import Images, pair_scores, run_checkpoint, verification_runs
 from cxrlib.train import default_device
 
@@ -188,8 +188,7 @@ def classifier_utility(classifier: nn.Module, images: Images, test_meta: pd.Data
     ones): :func:`cxrlib.metrics.multilabel_auc`'s dict and the probabilities (N, 14)."""
     labels = test_meta[list(LABELS)].to_numpy(dtype=np.float32)
     data = TensorDataset(images.tensor(images.rows(test_meta["image"].tolist())), torch.tensor(labels))
-    probabilities, _ = predict(classifier, data, progress=progress)
-    return multilabel_auc(labels, probabilities, LABELS, n_bootstrap=bootstrap_samples, seed=seed), probabilities
+    return evaluate_classifier(classifier, data, bootstrap_samples=bootstrap_samples, seed=seed, progress=progress)
 
 
 def state_digest(module: nn.Module) -> str:

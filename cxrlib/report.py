@@ -272,6 +272,11 @@ def tradeoff_reading_block(results: Results) -> str | None:
     if per_mu and all("min_jacobian_determinant" in row for row in per_mu):
         smallest = min(row["min_jacobian_determinant"] for row in per_mu)
         text += f"; the smallest Jacobian determinant of its learned fields is {smallest:.3f}, so no field folds"
+        if all("jacobian_lower_bound" in row for row in per_mu):
+            bound = min(row["jacobian_lower_bound"] for row in per_mu)
+            text += (f", and none can: at this geometry the determinant of any generator's field is at least "
+                     f"{bound:.3f}" if bound > 0 else
+                     f"; at this geometry a generator could fold (guaranteed bound {bound:.3f})")
     text += "."
     return text
 

@@ -39,13 +39,14 @@ def test_training_learns_the_findings_and_evaluation_reports_aucs(tmp_path):
     model, result = train_classifier(labelled_images(96), labelled_images(32, seed=1), config,
                                      checkpoint_path=tmp_path / "classifier", seed=0)
     assert result.trained and len(result.history) >= 1
-    metrics = evaluate_classifier(model, labelled_images(64, seed=2), bootstrap_samples=50, seed=0)
+    metrics, probabilities = evaluate_classifier(model, labelled_images(64, seed=2), bootstrap_samples=50, seed=0)
     per_class = metrics["per_class"]
     assert set(per_class) == set(LABELS)
     assert per_class[LABELS[0]] > 0.8 and per_class[LABELS[1]] > 0.8
     assert metrics["mean_auc"] == pytest.approx(np.nanmean(list(per_class.values())))
     low, high = metrics["ci"]
     assert low <= metrics["mean_auc"] <= high
+    assert probabilities.shape == (64, len(LABELS)) and ((probabilities >= 0) & (probabilities <= 1)).all()
 
     # the finished checkpoint is reused, not retrained
     again, reused = train_classifier(labelled_images(96), labelled_images(32, seed=1), config,

@@ -9,8 +9,7 @@ import torch
 
 from cxrlib.anonymize.flow_field import (
     FlowFieldAnonymizer, GaussianSmoothing, displacement_bound_pixels, identity_grid, jacobian_determinant,
-    worst_case_jacobian,
-    scaled_smoothing,
+    jacobian_lower_bound, scaled_smoothing, worst_case_jacobian,
 )
 from cxrlib.config import load_profile
 from cxrlib.models.unets import UNet
@@ -126,9 +125,30 @@ def test_jacobian_determinant_of_known_fields():
 def test_no_generator_folds_the_cpu_geometry_while_pixel_scaled_mu_did():
     section, size = load_profile("cpu").anonymization, load_profile("cpu").image_size
     kernel, sigma = section.smoothing_kernel, section.smoothing_sigma
-    assert worst_case_jacobian(max(section.mu_values), size, kernel, sigma, steps=150) > 0.5
+    bound = jacobian_lower_bound(max(section.mu_values), size, kernel, sigma)
+    assert 0 < bound <= worst_case_jacobian(max(section.mu_values), size, kernel, sigma, steps=150)
     # the former rule: mu 0.04 kept the paper's displacement in pixels with the resized kernel
     assert worst_case_jacobian(0.04, size, kernel, sigma, steps=150) < 0
+
+
+@pytest.mark.parametrize("size, kernel, sigma", [(16, 3, 0.5), (32, 5, 0.8), (24, 9, 2.0)])
+def test_jacobian_lower_bound_holds_for_the_fields_that_fold_most(size, kernel, sigma):
+    mu = 0.05
+    bound = jacobian_lower_bound(mu, size, kernel, sigma)
+    smoothing = GaussianSmoothing(2, kernel, sigma)
+    pixels = mu * (size - 1) / 2
+    generator = torch.Generator().manual_seed(size)
+    # sign fields (the extremes of |G| <= 1) and the ones that align every sign with the derivative filter
+    fields = [torch.sign(torch.randn(8, 2, size, size, generator=generator))]
+    stripes = torch.sign(torch.sin(torch.arange(size, dtype=torch.float32) * math.pi / 2 + 0.1))
+    fields.append(torch.stack([stripes.expand(size, size), stripes[:, None].expand(size, size)])[None])
+    fields.append(torch.stack([torch.sign(torch.arange(size) - size / 2 + 0.5).float().expand(size, size),
+                               torch.zeros(size, size)])[None])
+    for field in fields:
+        for scale in (1.0, -1.0):
+            det = jacobian_determinant(-pixels * smoothing(scale * field))
+            assert det.min() >= bound - 1e-6
+    assert bound <= worst_case_jacobian(mu, size, kernel, sigma, steps=100) + 1e-6
 
 
 def test_anonymizer_reports_its_smallest_jacobian():

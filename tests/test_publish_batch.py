@@ -12,7 +12,7 @@ from pathlib import Path
 
 from cxrlib.cli import main
 from cxrlib.data.phantom import generate_phantom
-from cxrlib.publish.batch import MANIFEST_PREFIX, PARTIAL_MARK, sha256_file
+from cxrlib.publish.batch import MANIFEST_PREFIX, PARTIAL_MARK, remove_partials, sha256_file
 from cxrlib.publish.phantom_dicom import write_phantom_dicom
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -71,3 +71,31 @@ def test_rerun_with_other_settings_is_refused(tmp_path, capsys):
     assert main(["anonymize", str(folder), str(tmp_path / "out"), "--key", str(key), "--method", "dp-pix",
                  "--quiet"]) == 2
     assert "other settings" in capsys.readouterr().err
+
+
+def test_two_processes_split_the_files_and_write_what_one_process_writes(tmp_path):
+    png = generate_phantom(tmp_path / "png", n_patients=6, size=64, seed=3, max_followups=3, progress=False)
+    release = write_phantom_dicom(png, tmp_path / "dicom", progress=False) / "images"
+    key = tmp_path / "key"
+    key.write_bytes(b"k" * 32)
+    args = ["--key", str(key), "--method", "dp-pix", "--dp-b", "4", "--quiet"]
+    assert main(["anonymize", str(release), str(tmp_path / "one"), *args]) == 0
+
+    out = tmp_path / "two"
+    launch = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+              "-m", "cxrlib", "anonymize", str(release), str(out), *args]
+    done = subprocess.run(launch, env={**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"},
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert _tree(out) == _tree(tmp_path / "one")
+    shares = [[line for line in (out / f"{MANIFEST_PREFIX}-{rank}.jsonl").read_text().splitlines()[1:]]
+              for rank in (0, 1)]
+    assert all(shares) and sum(map(len, shares)) == len(_tree(release)), "each file done by exactly one process"
+
+
+def test_a_starting_process_removes_its_own_leftovers_only(tmp_path):
+    own, other, orphan = (tmp_path / f"a.dcm{PARTIAL_MARK}{rank}-123" for rank in (0, 1, 2))
+    for path in (own, other, orphan):
+        path.write_bytes(b"x")
+    assert remove_partials(tmp_path, rank=0, world=2) == 2
+    assert other.is_file() and not own.exists() and not orphan.exists()

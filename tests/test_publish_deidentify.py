@@ -17,6 +17,7 @@ from cxrlib.publish.batch import iter_manifest, sha256_file
 from cxrlib.publish.deidentify import REPLACE, TABLE_E1_1, Pseudonymizer, iter_elements
 from cxrlib.publish.dicom import dicom_pixels
 from cxrlib.publish.phantom_dicom import write_phantom_dicom
+from cxrlib.publish.pipeline import output_of
 
 
 @pytest.fixture(scope="module")
@@ -37,8 +38,14 @@ def release(tmp_path_factory):
     return {"root": root, "in": dicom / "images", "truth": truth, "in_hashes": hashes, **outputs}
 
 
-def _datasets(folder: Path) -> dict[str, pydicom.Dataset]:
-    return {p.name: pydicom.dcmread(p) for p in sorted(folder.glob("*.dcm"))}
+def _output(folder: Path, name: str, key: Path) -> Path:
+    return output_of(folder, name, key.read_bytes())
+
+
+def _datasets(release, which: str, key: str = "key") -> dict[str, pydicom.Dataset]:
+    """Input file name -> the de-identified dataset written for it."""
+    return {p.name: pydicom.dcmread(_output(release[which], p.name, release["root"] / key))
+            for p in sorted(release["in"].glob("*.dcm"))}
 
 
 def test_input_folder_is_unchanged(release):
@@ -51,7 +58,7 @@ def test_no_planted_phi_anywhere_in_the_output(release):
     assert len(files) >= 10
     out = release["out"]
     for name, planted in files.items():
-        path = out / Path(name).name
+        path = _output(out, Path(name).name, release["root"] / "key")
         ds = pydicom.dcmread(path)
         raw = path.read_bytes()
         names = [part for person in planted["names"] for part in person.split("^") if len(part) > 1]
@@ -74,7 +81,7 @@ def test_no_planted_phi_anywhere_in_the_output(release):
 
 def test_every_table_e1_1_attribute_is_removed_or_replaced_as_the_profile_says(release):
     seen = set()
-    for path, ds in _datasets(release["out"]).items():
+    for path, ds in _datasets(release, "out").items():
         assert ds.PatientIdentityRemoved == "YES"
         codes = [item.CodeValue for item in ds.DeidentificationMethodCodeSequence]
         assert codes[:2] == ["113100", "113107"]
@@ -110,20 +117,21 @@ def test_uids_are_new_consistent_and_referenced_consistently(release, tmp_path):
     ds.save_as(study / "b.dcm")
     assert main(["anonymize", str(study), str(tmp_path / "out"), "--key", str(release["root"] / "key"),
                  "--quiet"]) == 0
-    a, b = (pydicom.dcmread(tmp_path / "out" / n) for n in ("a.dcm", "b.dcm"))
+    a, b = (pydicom.dcmread(_output(tmp_path / "out", n, release["root"] / "key")) for n in ("a.dcm", "b.dcm"))
     assert a.StudyInstanceUID == b.StudyInstanceUID != ds.StudyInstanceUID
     assert a.SeriesInstanceUID == b.SeriesInstanceUID != ds.SeriesInstanceUID
     assert a.SOPInstanceUID != b.SOPInstanceUID
     assert a.file_meta.MediaStorageSOPInstanceUID == a.SOPInstanceUID
     # the same input file in another batch gets the same UIDs
-    first = pydicom.dcmread(release["out"] / src.name)
+    first = _datasets(release, "out")[src.name]
     assert first.StudyInstanceUID == a.StudyInstanceUID and first.SOPInstanceUID == a.SOPInstanceUID
 
 
 def test_dates_shift_per_patient_and_keep_intervals(release):
     by_patient: dict[str, list[tuple[dt.date, dt.date]]] = {}
+    written = _datasets(release, "out")
     for name, planted in release["truth"]["files"].items():
-        out = pydicom.dcmread(release["out"] / Path(name).name)
+        out = written[Path(name).name]
         before = dt.datetime.strptime(planted["study_date"], "%Y%m%d").date()
         after = dt.datetime.strptime(out.StudyDate, "%Y%m%d").date()
         assert out.SeriesDate == out.AcquisitionDate == out.ContentDate == out.StudyDate
@@ -140,7 +148,8 @@ def test_dates_shift_per_patient_and_keep_intervals(release):
 
 
 def test_pseudonyms_are_stable_with_one_key_and_change_with_another(release):
-    first, again, other = (_datasets(release[k]) for k in ("out", "again", "other"))
+    first, again, other = (_datasets(release, k, key) for k, key in (("out", "key"), ("again", "key"),
+                                                                       ("other", "other_key")))
     assert first.keys() == again.keys() == other.keys()
     for name in first:
         assert first[name].PatientID == again[name].PatientID
@@ -150,15 +159,18 @@ def test_pseudonyms_are_stable_with_one_key_and_change_with_another(release):
     truth = release["truth"]["files"]
     pairs = {(truth[f"images/{n}"]["patient_id"], ds.PatientID) for n, ds in first.items()}
     assert len({p for p, _ in pairs}) == len(pairs) == len({q for _, q in pairs})
-    for a, b in zip(sorted(release["out"].iterdir()), sorted(release["again"].iterdir())):
-        if a.suffix == ".dcm":
-            assert sha256_file(a) == sha256_file(b), "two runs with one key wrote different files"
+    written = [sorted(p.relative_to(release[k]) for p in release[k].rglob("*.dcm")) for k in ("out", "again")]
+    assert written[0] == written[1], "two runs with one key named their files differently"
+    for name in written[0]:
+        assert sha256_file(release["out"] / name) == sha256_file(release["again"] / name), \
+            "two runs with one key wrote different files"
 
 
 def test_pixels_keep_depth_photometric_and_values_outside_text(release):
+    written = _datasets(release, "out")
     for name in sorted(release["truth"]["files"])[:6]:
         source = pydicom.dcmread(release["in"] / Path(name).name)
-        out = pydicom.dcmread(release["out"] / Path(name).name)
+        out = written[Path(name).name]
         for keyword in ("PhotometricInterpretation", "BitsAllocated", "BitsStored", "Rows", "Columns",
                         "PixelRepresentation"):
             assert out[keyword].value == source[keyword].value
@@ -173,7 +185,8 @@ def test_pixels_keep_depth_photometric_and_values_outside_text(release):
 
 def test_manifest_records_every_file_with_hashes(release):
     entries = list(iter_manifest(release["out"]))
-    assert {e["file"] for e in entries} == {p.name for p in release["in"].iterdir()}
+    key = Pseudonymizer((release["root"] / "key").read_bytes())
+    assert {e["file"] for e in entries} == {key.file_name(p.name) for p in release["in"].iterdir()}
     for e in entries:
         assert e["status"] == "done"
         assert sha256_file(release["out"] / e["output"]) == e["output_sha256"]
@@ -190,10 +203,34 @@ def test_keep_patient_characteristics_keeps_age_and_sex(release, tmp_path):
     assert main(["anonymize", str(release["in"]), str(tmp_path / "out"), "--key", str(release["root"] / "key"),
                  "--keep-patient-characteristics", "--no-text-detection", "--quiet"]) == 0
     src = sorted(release["in"].glob("*.dcm"))[0]
-    out = pydicom.dcmread(tmp_path / "out" / src.name)
+    out = pydicom.dcmread(_output(tmp_path / "out", src.name, release["root"] / "key"))
     source = pydicom.dcmread(src)
     assert out.PatientSex == source.PatientSex and out.PatientAge == source.PatientAge
     assert "113108" in [i.CodeValue for i in out.DeidentificationMethodCodeSequence]
     # text detection did not run: the input's flag is kept, never set to NO, pixels untouched
     assert out.BurnedInAnnotation == "YES"
     assert np.array_equal(out.pixel_array, source.pixel_array)
+
+
+def test_output_names_carry_nothing_of_the_input_names(release, tmp_path):
+    # a publisher's export often names files and folders after the patient
+    named = tmp_path / "export" / "DOE^JOHN_12345" / "20240131"
+    named.mkdir(parents=True)
+    for src in sorted(release["in"].glob("*.dcm"))[:2]:
+        shutil.copy(src, named / f"DOE_JOHN_{src.name}")
+    out = tmp_path / "out"
+    assert main(["anonymize", str(tmp_path / "export"), str(out), "--key", str(release["root"] / "key"),
+                 "--no-text-detection", "--quiet"]) == 0
+    written = [p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()]
+    assert len([w for w in written if w.endswith(".dcm")]) == 2
+    for text in ("DOE", "JOHN", "12345", "20240131"):
+        assert not any(text in w for w in written), f"{text} in an output name"
+        assert not any(text.encode() in (out / w).read_bytes() for w in written), f"{text} in OUT (manifest?)"
+    for name in written:
+        if name.endswith(".dcm"):
+            ds = pydicom.dcmread(out / name)
+            assert name == f"{ds.StudyInstanceUID}/{ds.SeriesInstanceUID}/{ds.SOPInstanceUID}.dcm"
+    # --keep-names keeps them, for a publisher who has checked them
+    assert main(["anonymize", str(tmp_path / "export"), str(tmp_path / "kept"), "--key", str(release["root"] / "key"),
+                 "--no-text-detection", "--keep-names", "--quiet"]) == 0
+    assert (tmp_path / "kept" / "DOE^JOHN_12345" / "20240131").is_dir()

@@ -13,8 +13,9 @@ from pydicom.data import get_testdata_file, get_testdata_files
 
 from cxrlib.cli import main
 from cxrlib.publish.batch import iter_manifest
-from cxrlib.publish.deidentify import TABLE_E1_1, REPLACE, iter_elements
+from cxrlib.publish.deidentify import TABLE_E1_1, REPLACE, Pseudonymizer, iter_elements
 from cxrlib.publish.dicom import read_png
+from cxrlib.publish.pipeline import output_of
 
 
 @pytest.fixture()
@@ -24,8 +25,14 @@ def key(tmp_path):
     return path
 
 
-def _failures(out) -> dict[str, str]:
-    return {e["file"]: e["error"] for e in iter_manifest(out) if e["status"] == "failed"}
+def _entries(out, folder, key) -> dict[str, dict]:
+    """Input name -> manifest entry (the manifest names inputs by their keyed hash)."""
+    names = {Pseudonymizer(key.read_bytes()).file_name(p.name): p.name for p in folder.iterdir()}
+    return {names[e["file"]]: e for e in iter_manifest(out)}
+
+
+def _failures(out, folder, key) -> dict[str, str]:
+    return {name: e["error"] for name, e in _entries(out, folder, key).items() if e["status"] == "failed"}
 
 
 def test_pydicom_test_files_are_anonymized_or_refused_with_a_reason(tmp_path, key, capsys):
@@ -39,16 +46,17 @@ def test_pydicom_test_files_are_anonymized_or_refused_with_a_reason(tmp_path, ke
         shutil.copy(f, folder)
     code = main(["anonymize", str(folder), str(tmp_path / "out"), "--key", str(key), "--quiet"])
     assert code == 1  # some are not single grayscale images
-    entries = {e["file"]: e for e in iter_manifest(tmp_path / "out")}
+    entries = _entries(tmp_path / "out", folder, key)
     assert set(entries) == {p.name for p in folder.iterdir()}
     done = [n for n, e in entries.items() if e["status"] == "done"]
-    failed = _failures(tmp_path / "out")
+    failed = _failures(tmp_path / "out", folder, key)
     assert len(done) >= 10 and failed
     for name, reason in failed.items():
         assert reason, name
     for name in done:
         source = pydicom.dcmread(folder / name, force=True)
-        out = pydicom.dcmread(tmp_path / "out" / name)
+        written = output_of(tmp_path / "out", name, key.read_bytes())
+        out = pydicom.dcmread(written)
         assert out.PatientIdentityRemoved == "YES"
         assert out.pixel_array.shape == source.pixel_array.shape
         for elem in iter_elements(out):
@@ -56,7 +64,7 @@ def test_pydicom_test_files_are_anonymized_or_refused_with_a_reason(tmp_path, ke
             assert elem.keyword not in TABLE_E1_1 or elem.keyword in REPLACE, f"{elem.keyword} left in {name}"
         original_name = str(source.get("PatientName", ""))
         if len(original_name) > 3:
-            assert original_name.encode() not in (tmp_path / "out" / name).read_bytes()
+            assert original_name.encode() not in written.read_bytes()
     reasons = " ".join(failed.values())
     assert "multi-frame" in failed["rtdose.dcm"]
     assert "colour image" in failed["examples_rgb_color.dcm"]
@@ -74,8 +82,9 @@ def test_a_text_file_named_dcm_is_reported_and_the_batch_goes_on(tmp_path, key):
     (folder / "notes.dcm").write_text("not an image\n")
     shutil.copy(get_testdata_file("CT_small.dcm"), folder / "ct.dcm")
     assert main(["anonymize", str(folder), str(tmp_path / "out"), "--key", str(key), "--quiet"]) == 1
-    assert "not a DICOM file" in _failures(tmp_path / "out")["notes.dcm"]
-    assert (tmp_path / "out" / "ct.dcm").is_file() and not (tmp_path / "out" / "notes.dcm").exists()
+    assert "not a DICOM file" in _failures(tmp_path / "out", folder, key)["notes.dcm"]
+    assert output_of(tmp_path / "out", "ct.dcm", key.read_bytes()).is_file()
+    assert len([p for p in (tmp_path / "out").rglob("*.dcm")]) == 1
 
 
 def test_sixteen_bit_png_using_twelve_bits_keeps_its_values(tmp_path, key):
@@ -88,7 +97,7 @@ def test_sixteen_bit_png_using_twelve_bits_keeps_its_values(tmp_path, key):
     assert display.min() == 0.0 and display.max() == 1.0  # contrast of the 12 bits used, not of 16
     assert main(["anonymize", str(folder), str(tmp_path / "out"), "--key", str(key), "--no-text-detection",
                  "--quiet"]) == 0
-    written = np.asarray(Image.open(tmp_path / "out" / "x.png"))
+    written = np.asarray(Image.open(output_of(tmp_path / "out", "x.png", key.read_bytes())))
     assert written.dtype == np.uint16 and np.array_equal(written, values)
 
 
@@ -98,7 +107,7 @@ def test_image_beyond_the_decompression_bomb_limit_is_refused_clearly(tmp_path, 
     Image.fromarray(np.zeros((300, 300), np.uint8)).save(folder / "big.png")
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 300 * 300 // 3)
     assert main(["anonymize", str(folder), str(tmp_path / "out"), "--key", str(key), "--quiet"]) == 1
-    assert "too large to decode safely" in _failures(tmp_path / "out")["big.png"]
+    assert "too large to decode safely" in _failures(tmp_path / "out", folder, key)["big.png"]
 
 
 def test_out_inside_in_and_bad_keys_are_refused_before_anything_is_written(tmp_path, key, capsys):
@@ -134,7 +143,7 @@ def test_deid_data_files_lose_every_identifying_value(tmp_path, key):
                  "--quiet"]) == 0
     for path in files:
         ds = pydicom.dcmread(path)
-        out_path = tmp_path / "out" / path.relative_to(folder)
+        out_path = output_of(tmp_path / "out", path.relative_to(folder).as_posix(), key.read_bytes())
         out, raw = pydicom.dcmread(out_path), out_path.read_bytes()
         planted = {str(e.value) for e in iter_elements(ds)
                    if (e.keyword in TABLE_E1_1 or e.tag.is_private) and e.VR not in ("SQ", "OB", "OW", "UN")

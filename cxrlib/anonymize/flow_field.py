@@ -11,11 +11,10 @@ and is never converted, and the smoothing kernel is the paper's (kernel 9, sigma
 with the image (:func:`scaled_smoothing`: sigma ``2 * S / 256``, radius ``ceil(2 * sigma)``). Both
 lengths then scale together, so the displacement bound stays 0.64 sigma for mu 0.01 at every size, as
 in the official code, and the fields do not fold (:func:`jacobian_determinant` measures it;
-:func:`worst_case_jacobian` searches for the generator output that folds most). Keeping
-the displacement in *pixels* instead (mu times 255 / 63 at 64 px) while the kernel keeps the anatomy,
-as cxrlib once did, made the displacement 2.5 sigma, and fields could fold: at 64 px, kernel 3, sigma
-0.5, :func:`worst_case_jacobian` finds a determinant of -0.26 for that mu 0.04, and 0.79 for mu 0.01
-under this rule (0.93 for mu 0.01 at 256 px: a sub-pixel sigma sampled on the pixel grid smooths less).
+:func:`jacobian_lower_bound` proves it for every generator; :func:`worst_case_jacobian` searches
+for the output that folds most). Keeping the displacement in *pixels* instead (mu times 255 / 63 at
+64 px) while the kernel keeps the anatomy, as cxrlib once did, made the displacement 2.5 sigma, and
+fields could fold: at 64 px, kernel 3, sigma 0.5, the search finds a folding field for that mu 0.04.
 
 **Displacement bound.** One normalized unit is ``(S - 1) / 2`` pixels. The Gaussian kernel sums to one
 and ``|G| <= 1``, so every pixel is sampled from at most ``mu * (S - 1) / 2`` pixels away along each
@@ -87,12 +86,38 @@ def jacobian_determinant(displacement: torch.Tensor) -> torch.Tensor:
     return (1 + dux_dx) * (1 + duy_dy) - dux_dy * duy_dx
 
 
+def jacobian_lower_bound(mu: float, image_size: int, smoothing_kernel: int, smoothing_sigma: float) -> float:
+    """A guaranteed lower bound of :func:`jacobian_determinant` over every generator output (``|G| <= 1``).
+
+    Each partial derivative of the displacement is ``mu (S - 1) / 2`` times a fixed linear map of
+    ``G``: the finite difference of :func:`jacobian_determinant` (central, one-sided at the border)
+    after the separable, zero-padded Gaussian. Over ``|G| <= 1`` such a map is at most the L1 norm of
+    its row; for the separable filter that is the 1-D difference-of-Gaussian row's norm times the 1-D
+    Gaussian row's (at most 1). With every partial at most ``b`` in size, the determinant
+    ``(1 + a)(1 + d) - bc`` is at least ``(1 - b)^2 - b^2 = 1 - 2 b``. Above 0: no generator, trained or
+    adversarial, can fold the image at this mu, size and smoothing.
+    """
+    offsets = torch.arange(smoothing_kernel, dtype=torch.float64) - (smoothing_kernel - 1) / 2
+    profile = torch.exp(-0.5 * (offsets / smoothing_sigma) ** 2)
+    profile = profile / profile.sum()
+    radius = smoothing_kernel // 2
+    rows = torch.arange(image_size)
+    # the 1-D zero-padded filter as a matrix: blur[i, j] = profile[j - i + radius]
+    shift = rows[None, :] - rows[:, None] + radius
+    blur = torch.where((shift >= 0) & (shift < smoothing_kernel),
+                       profile[shift.clamp(0, smoothing_kernel - 1)], torch.zeros((), dtype=torch.float64))
+    difference = torch.gradient(blur, dim=0)[0]  # torch.gradient's own differences, applied to each column
+    derivative = difference.abs().sum(dim=1).max() * blur.abs().sum(dim=1).max()
+    bound = mu * (image_size - 1) / 2 * float(derivative)
+    return 1 - 2 * bound
+
+
 def worst_case_jacobian(mu: float, image_size: int, smoothing_kernel: int, smoothing_sigma: float, *,
                         steps: int = 300, seed: int = 0) -> float:
     """The smallest Jacobian determinant a generator output (``|G| <= 1``) reaches when it is chosen to
     fold the field: ``G = tanh(3 theta)`` with ``theta`` optimized (Adam, ``steps``) to lower a soft
-    minimum of the determinant over one image. An estimate from above of the geometry's true worst case:
-    above 0, no generator found can fold the image at this mu, size and smoothing.
+    minimum of the determinant over one image. A search, so an estimate from above of the true worst
+    case (which lies between :func:`jacobian_lower_bound` and this): below 0, a folding field exists.
     """
     generator = torch.Generator().manual_seed(seed)
     smoothing = GaussianSmoothing(2, smoothing_kernel, smoothing_sigma)

@@ -44,7 +44,8 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> str:
     """Write ``data`` to ``path`` through a temporary file and a rename; returns its SHA-256."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}{PARTIAL_MARK}{os.getpid()}")
+    # the rank in the name: a process starting up removes its own leftovers, never another's file in flight
+    tmp = path.with_name(f"{path.name}{PARTIAL_MARK}{_rank()[0]}-{os.getpid()}")
     # no fsync: a killed process loses nothing written before the rename (only a machine crash could,
     # as for any file write); fsync per file cost most of the time of small files
     tmp.write_bytes(data)
@@ -133,9 +134,15 @@ class Manifest:
         self.entries[entry["file"]] = entry
 
 
-def remove_partials(out_dir: Path) -> int:
-    """Delete temporary files a killed run left behind; returns how many."""
-    leftovers = [p for p in out_dir.rglob(f"*{PARTIAL_MARK}*") if p.is_file()] if out_dir.is_dir() else []
+def remove_partials(out_dir: Path, rank: int = 0, world: int = 1) -> int:
+    """Delete temporary files a killed run left behind: those of process ``rank`` and of ranks this
+    run of ``world`` processes does not have (a run with more processes before); returns how many."""
+
+    def leftover(path: Path) -> bool:
+        writer = path.name.rpartition(PARTIAL_MARK)[2].partition("-")[0]
+        return path.is_file() and (not writer.isdigit() or int(writer) == rank or int(writer) >= world)
+
+    leftovers = [p for p in out_dir.rglob(f"*{PARTIAL_MARK}*") if leftover(p)] if out_dir.is_dir() else []
     for p in leftovers:
         p.unlink()
     return len(leftovers)
@@ -143,15 +150,18 @@ def remove_partials(out_dir: Path) -> int:
 
 def run_batch(in_dir: str | Path, out_dir: str | Path, work: Callable[[Path, str, str], FileResult], *,
               settings: dict, progress: bool | None = None,
-              files: Callable[[Path], list[Path]] = input_files) -> BatchSummary:
+              files: Callable[[Path], list[Path]] = input_files,
+              recorded_name: Callable[[str], str] = str) -> BatchSummary:
     """Apply ``work(path, relative_name, input_sha256)`` to every file of IN (this rank's share), writing OUT.
 
     ``work`` raises :class:`DataError` for a file it cannot handle: recorded as failed, the batch goes
     on. ``settings`` (JSON-able) are stored in the manifest; a rerun with other settings is refused.
+    The manifest, which lies in OUT, records each input as ``recorded_name(relative_name)`` (e.g. a keyed
+    hash, so that input names carrying PHI never reach OUT).
     """
     in_dir, out_dir = check_folders(in_dir, out_dir)
     rank, world = _rank()
-    removed = remove_partials(out_dir)
+    removed = remove_partials(out_dir, rank, world)
     if removed:
         log.info("removed %d partial file(s) of an interrupted run in %s", removed, out_dir)
     manifest = Manifest(out_dir, settings, rank)
@@ -159,27 +169,33 @@ def run_batch(in_dir: str | Path, out_dir: str | Path, work: Callable[[Path, str
     summary = BatchSummary()
     for path in tqdm(mine, desc="anonymizing", unit="file", disable=progress is False):
         name = path.relative_to(in_dir).as_posix()
+        recorded = recorded_name(name)
         input_hash = sha256_file(path)
-        if manifest.is_done(name, input_hash, out_dir):
+        if manifest.is_done(recorded, input_hash, out_dir):
             summary.skipped += 1
-            summary.records.append(manifest.entries[name])
+            summary.records.append(manifest.entries[recorded])
             continue
         try:
             result = work(path, name, input_hash)
         except DataError as err:
-            entry = {"file": name, "status": "failed", "input_sha256": input_hash, "error": err.problem}
+            entry = {"file": recorded, "status": "failed", "input_sha256": input_hash, "error": err.problem}
             manifest.record(entry)
             summary.failed.append((name, err.problem))
             summary.records.append(entry)
             log.info("skipped %s", err)
             continue
         output_hash = atomic_write_bytes(out_dir / result.output, result.data)
-        entry = {"file": name, "status": "done", "input_sha256": input_hash, "output": result.output,
+        entry = {"file": recorded, "status": "done", "input_sha256": input_hash, "output": result.output,
                  "output_sha256": output_hash, **result.notes}
         manifest.record(entry)
         summary.done += 1
         summary.records.append(entry)
     return summary
+
+
+def output_names(out_dir: str | Path) -> dict[str, str]:
+    """Recorded input name -> output path (relative to OUT) of every file done, from the manifests."""
+    return {e["file"]: e["output"] for e in iter_manifest(out_dir) if e.get("status") == "done"}
 
 
 def iter_manifest(out_dir: str | Path) -> Iterator[dict]:

@@ -195,6 +195,10 @@ class Pseudonymizer:
     def patient(self, patient_id: str) -> str:
         return "ANON-" + self._digest("patient", patient_id.strip()).hex()[:16].upper()
 
+    def file_name(self, name: str) -> str:
+        """A keyed name for a file whose own name and folders may carry PHI (the suffix kept)."""
+        return self._digest("file", name).hex()[:24] + Path(name).suffix.lower()
+
     def patient_number(self, patient_id: int, digits: int = 8) -> int:
         """A keyed permutation of ``[1, 10**digits)``: distinct patients never collide (a format-preserving
         Feistel cipher with cycle walking), so numeric ids such as ChestX-ray14's stay numeric."""

@@ -24,7 +24,7 @@ from cxrlib.anonymize.base import Anonymizer, load_anonymizer
 from cxrlib.artifacts import read_sidecar
 from cxrlib.data.chestxray14 import METADATA_NAMES, SPLIT_FILES, DataError, read_metadata, write_metadata
 from cxrlib.publish import burned_in, dicom
-from cxrlib.publish.batch import FileResult
+from cxrlib.publish.batch import FileResult, output_names
 from cxrlib.publish.deidentify import HeaderOptions, Pseudonymizer, deidentify_dataset
 
 _CXR14_NAME = re.compile(r"^(\d{8})_(\d{3})\.png$")
@@ -102,6 +102,10 @@ class ReleasePipeline:
     method: PixelMethod
     detect_text: bool = True
     header: HeaderOptions = field(default_factory=HeaderOptions)
+    #: output names that carry nothing of the input's: DICOM files as STUDY/SERIES/SOP.dcm of their new
+    #: UIDs, plain PNGs by a keyed hash of their path (ChestX-ray14 names get pseudonymous patient numbers
+    #: either way); False keeps the input's relative paths, which may hold names, ids or dates
+    rename: bool = True
 
     def __post_init__(self):
         self.pseudonymizer = Pseudonymizer(self.key)
@@ -110,7 +114,7 @@ class ReleasePipeline:
         """What decides the output: stored in the manifest, so a resume never mixes settings."""
         return {"method": self.method.describe(), "model": self.method.source, "detect_text": self.detect_text,
                 "keep_patient_characteristics": self.header.keep_patient_characteristics,
-                "keep_private_creators": list(self.header.keep_private_creators),
+                "keep_private_creators": list(self.header.keep_private_creators), "rename": self.rename,
                 "key_check": self.pseudonymizer.patient("cxrlib-key-check")}
 
     @torch.no_grad()
@@ -132,10 +136,11 @@ class ReleasePipeline:
         return _resize(out, tuple(x.shape[-2:]))[0, 0].numpy(), len(boxes)
 
     def png_name(self, name: str) -> str:
-        """ChestX-ray14 names carry the patient id (``00000001_000.png``): it becomes the keyed pseudonym."""
+        """ChestX-ray14 names carry the patient id (``00000001_000.png``): it becomes the keyed pseudonym.
+        Other names are kept, or with :attr:`rename` replaced by a keyed hash of the path."""
         match = _CXR14_NAME.match(Path(name).name)
         if not match:
-            return name
+            return self.pseudonymizer.file_name(name) if self.rename else name
         number = self.pseudonymizer.patient_number(int(match.group(1)))
         return str(Path(name).with_name(f"{number:08d}_{match.group(2)}.png"))
 
@@ -178,4 +183,30 @@ class ReleasePipeline:
                                  pixels_method=self.method.describe())
         if changes_pixels:
             dicom.set_dicom_pixels(out, image, codec)
-        return FileResult(name, dicom.dicom_bytes(out), {"text_boxes": found})
+        return FileResult(self.dicom_name(out, name), dicom.dicom_bytes(out), {"text_boxes": found})
+
+    def recorded_name(self, name: str) -> str:
+        """How the manifest in OUT names an input: its keyed hash when outputs are renamed."""
+        return self.pseudonymizer.file_name(name) if self.rename else name
+
+    def dicom_name(self, ds, name: str) -> str:
+        """STUDY/SERIES/SOP.dcm of the de-identified UIDs (:attr:`rename`), else the input's name."""
+        if not self.rename:
+            return name
+        uids = [str(ds.get(keyword, "")) for keyword in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID")]
+        if not all(uids):  # not every file is a complete instance: a keyed name then
+            return self.pseudonymizer.file_name(name)
+        return "/".join(uids) + ".dcm"
+
+
+def output_of(out_dir: str | Path, input_name: str, key: bytes) -> Path:
+    """The file ``cxrlib anonymize`` wrote into ``out_dir`` for input ``input_name`` (relative to IN).
+
+    The manifest names inputs by a keyed hash (or, with ``--keep-names``, as they are), so only the
+    key's holder can tell which output came from which input. KeyError when none was written.
+    """
+    outputs = output_names(out_dir)
+    for recorded in (Pseudonymizer(key).file_name(input_name), input_name):
+        if recorded in outputs:
+            return Path(out_dir) / outputs[recorded]
+    raise KeyError(f"{out_dir}: no output recorded for {input_name}")

@@ -1,0 +1,28 @@
+"""benchmarks/bench_cpu_paths.py on the smoke profile: every network, every variant, the loop overhead."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_fast_path_benchmark_measures_every_network_and_variant(tmp_path, capsys):
+    spec = importlib.util.spec_from_file_location("bench_cpu_paths", ROOT / "benchmarks" / "bench_cpu_paths.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    bench.main(["--profile", "smoke", "--threads", "1", "--steps", "1", "--pairs", "64", "--epochs", "1",
+                "--json", str(tmp_path / "paths.json")])
+    figures = json.loads((tmp_path / "paths.json").read_text())
+    assert set(figures["networks"]) == {"siamese", "classifier", "retrieval", "prichexy generator", "privacy-net",
+                                        "autoencoder", "latent unet"}
+    for variants in figures["networks"].values():
+        assert [name for name, _, _ in bench.VARIANTS] == list(variants)
+        assert variants["fp32"]["train_ratio"] == 1.0
+        assert all(v["train"] > 0 and v["inference"] > 0 for v in variants.values())
+    loop = figures["loop"]
+    assert loop["fit_train_seconds"] > 0 and loop["bare_loop_seconds"] > 0
+    assert figures["machine"]["cores"] >= 1
+    assert "overhead" in capsys.readouterr().out
