@@ -88,7 +88,8 @@ def test_a_second_reader_opens_the_written_files(setup, tmp_path):
     root = setup["root"]
     assert main(["anonymize", str(setup["dicom"] / "images"), str(tmp_path / "out"), "--key", str(root / "key"),
                  "--method", "prichexy", "--artifacts", str(root / "artifacts"), "--quiet"]) == 0
-    files = sorted((tmp_path / "out").glob("*.dcm"))
+    files = sorted((tmp_path / "out").rglob("*.dcm"))  # STUDY/SERIES/SOP.dcm
+    assert len(files) == len(list((setup["dicom"] / "images").glob("*.dcm")))
     assert {pydicom.dcmread(f).PhotometricInterpretation for f in files} >= {"MONOCHROME2"}
     for path in files:
         ds = pydicom.dcmread(path)
