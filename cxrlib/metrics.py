@@ -186,9 +186,13 @@ def ssim_psnr(original: torch.Tensor, anonymized: torch.Tensor) -> dict[str, flo
         raise ValueError(f"original {tuple(original.shape)} and anonymized {tuple(anonymized.shape)} "
                          "must both be (B, C, H, W)")
     original, anonymized = original.float(), anonymized.float()
+    # per image, then averaged, as image-quality tables report it; over the images that changed, since
+    # one unchanged image (PSNR infinite) would make the mean infinite; inf only when none changed
+    changed = (anonymized != original).flatten(1).any(dim=1)
+    psnr = (float(peak_signal_noise_ratio(anonymized[changed], original[changed], data_range=1.0, dim=(1, 2, 3)))
+            if changed.any() else math.inf)
     return {"ssim": float(structural_similarity_index_measure(anonymized, original, data_range=1.0)),
-            # per image, then averaged, as image-quality tables report it
-            "psnr": float(peak_signal_noise_ratio(anonymized, original, data_range=1.0, dim=(1, 2, 3)))}
+            "psnr": psnr, "changed_images": int(changed.sum())}
 
 
 def quantiles(values, levels: Sequence[float] = (0.05, 0.5, 0.95)) -> dict[str, float]:

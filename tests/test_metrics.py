@@ -100,6 +100,12 @@ def test_ssim_psnr():
     assert noisy["ssim"] < 0.95 and 15 < noisy["psnr"] < 25
     with pytest.raises(ValueError, match="must both be"):
         ssim_psnr(x, x[:1])
+    # an unchanged image (a release where only some images lost burned-in text) leaves the mean finite
+    partly = x.clone()
+    partly[0] = (x[0] + 0.1 * torch.randn_like(x[0])).clamp(0, 1)
+    mixed, first = ssim_psnr(x, partly), ssim_psnr(x[:1], partly[:1])
+    assert mixed["changed_images"] == 1 and mixed["psnr"] == pytest.approx(first["psnr"])
+    assert same["changed_images"] == 0
 
 
 def test_retrieval_metrics_can_rank_by_length_as_well_as_direction():
