@@ -121,7 +121,7 @@ def use_fast_layout(model: torch.nn.Module) -> torch.nn.Module:
     """``model`` with its convolution weights in ``channels_last`` (in place; returned for chaining).
 
     On this project's 2-core CPUs the ``cpu`` profile's convolutional networks train up to 1.3x and
-    run inference up to 2x faster so; the latent diffusion U-Net (attention, group norm) is slower
+    run inference up to 2x faster in this layout; the latent diffusion U-Net (attention, group norm) is slower
     (``benchmarks/bench_cpu_paths.py`` prints the figures per network, ``benchmarks/results/cpu_paths.json``
     holds the last ones). Inputs need no conversion: convolutions hand their output on in the
     weights' layout.

@@ -181,7 +181,7 @@ def train_adversarial(anonymizer: Anonymizer, siamese: nn.Module, classifier: nn
     device = accelerator.device
     seed_everything(seed)
     # the adversaries in channels_last (faster, benchmarks/bench_cpu_paths.py); the anonymizer keeps the
-    # default layout (1.03-1.08x only), so that a saved one loaded elsewhere computes the same bits
+    # default layout, where the gain is smaller, so that a saved one loaded elsewhere computes the same bits
     siamese = use_fast_layout(copy.deepcopy(siamese).to(device))
     classifier = use_fast_layout(copy.deepcopy(classifier).to(device))
     anonymizer.to(device)
