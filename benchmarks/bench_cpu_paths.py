@@ -160,8 +160,7 @@ def loop_overhead(profile: Profile, pairs: int, epochs: int) -> dict[str, float]
     fit_seconds = sum(epoch["train_seconds"] for epoch in result.history)
 
     # the same number of batches of the same shapes, already float tensors in memory
-    batches = [next(iter(DataLoader(dataset, batch_size=config.batch_size)))
-               for _ in range(len(dataset) // config.batch_size)]
+    batches = list(DataLoader(dataset, batch_size=config.batch_size, drop_last=True))
     model, optimizer = model_and_optimizer()
     use_fast_layout(model)  # as fit does
     model.train()
