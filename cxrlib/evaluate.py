@@ -97,6 +97,8 @@ class EvaluationSetup:
     #: where results (JSON) and, while running, the attackers' checkpoints go
     directory: Path
     seed: int
+    #: attack runs trained side by side (:func:`cxrlib.reid.verification_runs`)
+    processes: int = 1
 
     def __post_init__(self):
         if self.runs < 1:
@@ -120,14 +122,15 @@ class EvaluationSetup:
     def from_cache(cls, cache: ImageCache, *, train_pairs: pd.DataFrame, val_pairs: pd.DataFrame,
                    test_pairs: pd.DataFrame, test_meta: pd.DataFrame, siamese: nn.Module,
                    classifier: nn.Module, verification: VerificationConfig, evaluation: EvaluationConfig,
-                   directory: str | Path, seed: int) -> EvaluationSetup:
+                   directory: str | Path, seed: int, processes: int = 1) -> EvaluationSetup:
         """A setup reading the images from ``cache``, the attacker and runs from the profile sections."""
         pairs = pd.concat([train_pairs, val_pairs, test_pairs])
         names = [*pairs["img1"], *pairs["img2"], *test_meta["image"]]
         return cls(images=Images.from_cache(cache, names), train_pairs=train_pairs, val_pairs=val_pairs,
                    test_pairs=test_pairs, test_meta=test_meta, siamese=siamese, classifier=classifier,
                    attack=attack_config(verification, evaluation), runs=evaluation.attack_runs,
-                   bootstrap_samples=evaluation.bootstrap_samples, directory=Path(directory), seed=seed)
+                   bootstrap_samples=evaluation.bootstrap_samples, directory=Path(directory), seed=seed,
+                   processes=processes)
 
     def protocol(self) -> str:
         a = self.attack
@@ -217,7 +220,7 @@ def evaluation_key(anonymizer: Anonymizer, setup: EvaluationSetup) -> str:
                   for p in (setup.train_pairs, setup.val_pairs, setup.test_pairs)],
         "test": _frame_digest(setup.test_meta[["image", *LABELS]]),
         "siamese": state_digest(setup.siamese), "classifier": state_digest(setup.classifier),
-        "attack": dataclasses.asdict(setup.attack), "runs": setup.runs,
+        "attack": dataclasses.asdict(setup.attack), "runs": setup.runs, "processes": setup.processes,
         "bootstrap_samples": setup.bootstrap_samples, "seed": setup.seed,
     }
     return hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[:12]
@@ -256,7 +259,8 @@ def evaluate_anonymizer(anonymizer: Anonymizer, setup: EvaluationSetup, *, devic
     checkpoint.parent.mkdir(parents=True, exist_ok=True)
     attack = verification_runs(PairDataset(anonymized, setup.train_pairs), PairDataset(anonymized, setup.val_pairs),
                                linkage_images, linkage_pairs, setup.attack, seed=setup.seed,
-                               checkpoint_path=checkpoint, runs=setup.runs, progress=progress)
+                               checkpoint_path=checkpoint, runs=setup.runs, processes=setup.processes,
+                               progress=progress)
     setup.siamese.eval().to(device)
     frozen, _ = frozen_linkage(setup.siamese, anonymized, setup.images, setup.test_pairs,
                                bootstrap_samples=setup.bootstrap_samples, seed=setup.seed)

@@ -30,7 +30,6 @@ import numpy as np
 import pandas as pd
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
-from tqdm.auto import tqdm
 
 from cxrlib.config import RetrievalConfig, VerificationConfig
 from cxrlib.data.images import Images, black_out_boxes  # noqa: F401  (black_out_boxes: part of reid's API)
@@ -38,6 +37,7 @@ from cxrlib.metrics import retrieval_metrics, verification_metrics
 from cxrlib.metrics import standardized_pixels as pixel_vectors
 from cxrlib.models.retrieval import RetrievalNetwork
 from cxrlib.models.siamese import SiameseNetwork
+from cxrlib.parallel import map_in_processes
 from cxrlib.train import FitResult, fit, map_batches, module_device, seed_everything
 
 Anonymizer = Callable[[torch.Tensor], torch.Tensor]
@@ -111,35 +111,40 @@ def run_checkpoint(checkpoint_path: str | Path, run: int) -> Path:
 
 def verification_runs(train: Dataset, val: Dataset, test_images: Images, test_pairs: pd.DataFrame,
                       config: VerificationConfig, *, seed: int, checkpoint_path: str | Path,
-                      runs: int | None = None, progress: bool | None = None) -> dict:
+                      runs: int | None = None, processes: int = 1, progress: bool | None = None) -> dict:
     """Train ``runs`` (default ``config.runs``) networks with seeds ``seed``, ``seed + 1``, ...; test each.
 
-    Returns ``{"runs": [per-run metrics, seed, best epoch, epochs run, epoch cap], "mean": {...},
-    "std": {...}}`` over :data:`RUN_METRICS`
-    (sample standard deviation; 0 for a single run). Trained runs are cached like any checkpoint.
+    The runs are independent: ``processes`` of them train side by side on a CPU
+    (:func:`cxrlib.parallel.map_in_processes`). Returns ``{"runs": [per-run metrics, seed, best
+    epoch, epochs run, epoch cap], "mean": {...}, "std": {...}}`` over :data:`RUN_METRICS` (sample
+    standard deviation; 0 for a single run). Trained runs are cached like any checkpoint.
     """
     runs = config.runs if runs is None else runs
     if runs < 1:
         raise ValueError(f"runs must be at least 1, got {runs}")
-    results = []
-    for run in tqdm(range(runs), desc="verification runs", unit="run", leave=False,
-                    disable=None if progress is None else not progress):
-        model, fitted = train_verification(train, val, config, seed=seed + run,
-                                           checkpoint_path=run_checkpoint(checkpoint_path, run),
-                                           progress=progress)
-        metrics = verification_metrics(test_pairs["label"], pair_scores(model, test_images, test_pairs),
-                                       n_bootstrap=0)
-        # best epoch, epochs run and the cap, so that a reader sees whether early stopping (patience
-        # exhausted) or the cap ended the run
-        results.append({"seed": seed + run, "best_epoch": fitted.best_epoch, "epochs": len(fitted.history),
-                        "max_epochs": config.max_epochs,
-                        "stopped_early": len(fitted.history) - fitted.best_epoch >= config.patience,
-                        "trained": fitted.trained,
-                        **{name: metrics[name] for name in RUN_METRICS}})
+    jobs = [(train, val, test_images, test_pairs, config, seed + run, run_checkpoint(checkpoint_path, run),
+             progress if processes <= 1 else False) for run in range(runs)]
+    results = map_in_processes(verification_run, jobs, processes=processes, desc="verification runs",
+                               progress=progress)
     table = pd.DataFrame(results)
     return {"runs": results,
             "mean": {name: float(table[name].mean()) for name in RUN_METRICS},
             "std": {name: float(table[name].std(ddof=1)) if runs > 1 else 0.0 for name in RUN_METRICS}}
+
+
+def verification_run(train: Dataset, val: Dataset, test_images: Images, test_pairs: pd.DataFrame,
+                     config: VerificationConfig, seed: int, checkpoint_path: Path,
+                     progress: bool | None = None) -> dict:
+    """One run of :func:`verification_runs`: train (or load) with ``seed``, test on ``test_pairs``."""
+    model, fitted = train_verification(train, val, config, seed=seed, checkpoint_path=checkpoint_path,
+                                       progress=progress)
+    metrics = verification_metrics(test_pairs["label"], pair_scores(model, test_images, test_pairs), n_bootstrap=0)
+    # best epoch, epochs run and the cap, so that a reader sees whether early stopping (patience
+    # exhausted) or the cap ended the run
+    return {"seed": seed, "best_epoch": fitted.best_epoch, "epochs": len(fitted.history),
+            "max_epochs": config.max_epochs,
+            "stopped_early": len(fitted.history) - fitted.best_epoch >= config.patience,
+            "trained": fitted.trained, **{name: metrics[name] for name in RUN_METRICS}}
 
 
 # -- training-free baselines -----------------------------------------------------------------------

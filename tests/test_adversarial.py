@@ -304,6 +304,13 @@ def test_prichexy_pipeline_pretrains_once_trains_every_mu_and_reuses_checkpoints
     x = torch.rand(2, 1, SIZE, SIZE)
     for mu in (0.05, 0.2):
         assert torch.equal(again.anonymizers[mu](x), trained.anonymizers[mu](x))
+    # both mu side by side in two processes (one thread each, as the tests run): the same generators
+    (tmp_path / "pool").mkdir()
+    side_by_side = train_prichexy_net(config, SIZE, processes=2,
+                                      **{**kwargs, "artifact_path": lambda name: tmp_path / "pool" / name})
+    assert all(r.trained for r in side_by_side.results.values())
+    for mu in (0.05, 0.2):
+        assert torch.equal(side_by_side.anonymizers[mu](x), trained.anonymizers[mu](x))
 
 
 def test_loss_and_score_figures_draw(tmp_path):

@@ -152,7 +152,8 @@ def test_results_are_cached_and_not_recomputed(tmp_path, monkeypatch):
     setup = make_setup(tmp_path)
     calls = {"runs": 0, "anonymize": 0}
 
-    def counting_runs(train, val, test_images, test_pairs, config, *, seed, checkpoint_path, runs, progress):
+    def counting_runs(train, val, test_images, test_pairs, config, *, seed, checkpoint_path, runs, processes,
+                      progress):
         calls["runs"] += 1
         # stands in for training: what verification_runs leaves behind, a checkpoint per run
         checkpoint_path.with_suffix(".safetensors").write_bytes(b"weights")

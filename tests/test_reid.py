@@ -177,6 +177,18 @@ def test_verification_runs_report_mean_and_std(trained, verification_config, tmp
                for r in summary["runs"])
 
 
+def test_runs_side_by_side_equal_runs_one_after_another(trained, verification_config, tmp_path):
+    # tests run with one thread (conftest), as the workers then do: the same arithmetic, so processes
+    # must not change a figure
+    one_epoch = dataclasses.replace(verification_config, max_epochs=1)
+    args = (trained["train"], trained["val"], trained["images"], trained["pairs"], one_epoch)
+    alone = verification_runs(*args, seed=7, checkpoint_path=tmp_path / "alone" / "snn", runs=2, progress=False)
+    side_by_side = verification_runs(*args, seed=7, checkpoint_path=tmp_path / "pool" / "snn", runs=2,
+                                     processes=2, progress=False)
+    assert side_by_side == alone
+    assert all(run["trained"] for run in side_by_side["runs"])
+
+
 def test_verification_runs_record_early_stopping_against_the_cap(trained, verification_config, tmp_path):
     # with a learning rate of 0 the validation loss never falls again: patience 1 stops after epoch 2
     stopped = dataclasses.replace(verification_config, max_epochs=6, patience=1, lr=0.0)

@@ -54,6 +54,7 @@ from cxrlib.anonymize.adversarial import AdversarialResult, batch_loader, pretra
 from cxrlib.anonymize.base import Anonymizer, register
 from cxrlib.config import AnonymizationConfig
 from cxrlib.models.unets import UNet
+from cxrlib.parallel import map_in_processes
 from cxrlib.train import FitResult
 
 REFERENCE_SIZE = 256
@@ -240,8 +241,10 @@ class PriCheXyNet:
 def train_prichexy_net(config: AnonymizationConfig, image_size: int, *, siamese: nn.Module,
                        classifier: nn.Module, images: tuple[Dataset, Dataset], pairs: tuple[Dataset, Dataset],
                        artifact_path: Callable[[str], Path], identity: Mapping[str, Any], seed: int,
-                       progress: bool | None = None, accelerator: Accelerator | None = None) -> PriCheXyNet:
-    """Pretrain the generator once, then train it adversarially for every mu of ``config.mu_values``.
+                       processes: int = 1, progress: bool | None = None,
+                       accelerator: Accelerator | None = None) -> PriCheXyNet:
+    """Pretrain the generator once, then train it adversarially for every mu of ``config.mu_values``
+    (``processes`` of them side by side on a CPU: :func:`cxrlib.parallel.map_in_processes`).
 
     As in the official code the generator is pretrained once, with the largest mu, to reproduce its
     input, and every mu starts from that generator. ``images`` are (train, val) datasets whose items
@@ -262,20 +265,28 @@ def train_prichexy_net(config: AnonymizationConfig, image_size: int, *, siamese:
         lr=config.pretrain_lr, max_epochs=config.pretrain_epochs, checkpoint_path=artifact_path("prichexy_pretrain"),
         config={"anonymizer": pretrained.config(), "batch_size": config.batch_size}, seed=seed,
         progress=progress, accelerator=accelerator)
-    anonymizers, results = {}, {}
-    for mu in config.mu_values:
-        anonymizer = pretrained.with_mu(mu)
-        results[mu] = train_adversarial(
-            anonymizer, siamese, classifier, batch_loader(pairs[0], config.batch_size, seed),
-            batch_loader(pairs[1], config.batch_size), max_epochs=config.adversarial_epochs, lr=config.lr,
-            siamese_lr=config.lr, classifier_lr=config.classifier_lr, w_ac=config.w_ac, w_ver=config.w_ver,
-            update_adversaries=config.update_adversaries,
-            patience=config.adversarial_patience, checkpoint_path=artifact_path(checkpoint_name(mu)),
-            config={"anonymization": dataclasses.asdict(config), "pretrained": pretraining.checkpoint_path.name,
-                    **identity},
-            seed=seed, progress=progress, accelerator=accelerator)
-        anonymizers[mu] = anonymizer.eval()
-    return PriCheXyNet(pretraining=pretraining, anonymizers=anonymizers, results=results)
+    settings = {"anonymization": dataclasses.asdict(config), "pretrained": pretraining.checkpoint_path.name,
+                **identity}
+    jobs = [(pretrained.with_mu(mu), siamese, classifier, pairs, config, artifact_path(checkpoint_name(mu)),
+             settings, seed, progress if processes <= 1 else False, accelerator) for mu in config.mu_values]
+    trained = map_in_processes(_train_adversarially, jobs, processes=1 if accelerator else processes,
+                               desc="PriCheXy-Net settings", progress=progress)
+    return PriCheXyNet(pretraining=pretraining, anonymizers={mu: a for mu, (a, _) in zip(config.mu_values, trained)},
+                       results={mu: r for mu, (_, r) in zip(config.mu_values, trained)})
+
+
+def _train_adversarially(anonymizer: FlowFieldAnonymizer, siamese: nn.Module, classifier: nn.Module,
+                         pairs: tuple[Dataset, Dataset], config: AnonymizationConfig, checkpoint_path: Path,
+                         settings: dict[str, Any], seed: int, progress: bool | None,
+                         accelerator: Accelerator | None) -> tuple[FlowFieldAnonymizer, AdversarialResult]:
+    """One mu of :func:`train_prichexy_net`: the pretrained generator trained against the judges."""
+    result = train_adversarial(
+        anonymizer, siamese, classifier, batch_loader(pairs[0], config.batch_size, seed),
+        batch_loader(pairs[1], config.batch_size), max_epochs=config.adversarial_epochs, lr=config.lr,
+        siamese_lr=config.lr, classifier_lr=config.classifier_lr, w_ac=config.w_ac, w_ver=config.w_ver,
+        update_adversaries=config.update_adversaries, patience=config.adversarial_patience,
+        checkpoint_path=checkpoint_path, config=settings, seed=seed, progress=progress, accelerator=accelerator)
+    return anonymizer.eval(), result
 
 
 def checkpoint_name(mu: float) -> str:

@@ -1,0 +1,73 @@
+"""Independent training runs side by side in worker processes, for CPUs whose cores a single small
+network cannot keep busy.
+
+On 2 cores the profile's networks train only 1.1-1.5x faster with 2 threads than with 1, while two
+single-thread processes together train 1.5-1.6x faster than one process with 2 threads, and three
+1.4x (``benchmarks/bench_cpu_paths.py --processes`` measures it). So runs that do not depend on each
+other (seeds of a repeated experiment, one setting each) go to a pool of ``processes`` spawned workers
+with ``threads // processes`` threads each (at least 1). On a GPU, or with one process or one job,
+the jobs run one after another in this process.
+
+A job's result depends on the threads it ran with (the order of floating-point sums changes), so a
+run is reproducible for the same ``processes`` and core count; the profile fixes ``processes``.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import logging
+import multiprocessing
+from typing import Any, Callable, Sequence
+
+import torch
+from tqdm.auto import tqdm
+
+log = logging.getLogger(__name__)
+
+
+def _use_threads(threads: int) -> None:
+    torch.set_num_threads(threads)
+
+
+def worker_threads(processes: int) -> int:
+    """Threads each of ``processes`` workers gets: this process's threads shared out, at least 1."""
+    return max(1, torch.get_num_threads() // processes)
+
+
+def map_in_processes(fn: Callable[..., Any], jobs: Sequence[tuple], *, processes: int, desc: str = "runs",
+                     progress: bool | None = None) -> list[Any]:
+    """``[fn(*job) for job in jobs]``, computed by up to ``processes`` spawned workers on a CPU.
+
+    ``fn`` must be importable (a module-level function) and jobs and results picklable. A failed
+    job's exception is raised here, after the pool is shut down. With ``processes <= 1``, a single
+    job, or a GPU present, the jobs run in this process, in order.
+    """
+    if processes < 1:
+        raise ValueError(f"processes must be at least 1, got {processes}")
+    bar = tqdm(total=len(jobs), desc=desc, unit="run", leave=False,
+               disable=None if progress is None else not progress)
+    processes = min(processes, len(jobs))
+    if processes <= 1 or torch.cuda.is_available():
+        results = []
+        for job in jobs:
+            results.append(fn(*job))
+            bar.update()
+        bar.close()
+        return results
+    threads = worker_threads(processes)
+    log.info("%d %s in %d processes of %d thread(s)", len(jobs), desc, processes, threads)
+    results: list[Any] = [None] * len(jobs)
+    with concurrent.futures.ProcessPoolExecutor(max_workers=processes,
+                                                mp_context=multiprocessing.get_context("spawn"),
+                                                initializer=_use_threads, initargs=(threads,)) as pool:
+        futures = {pool.submit(fn, *job): index for index, job in enumerate(jobs)}
+        try:
+            for future in concurrent.futures.as_completed(futures):
+                results[futures[future]] = future.result()
+                bar.update()
+        except BaseException:
+            pool.shutdown(wait=True, cancel_futures=True)
+            raise
+        finally:
+            bar.close()
+    return results
