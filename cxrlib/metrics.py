@@ -8,7 +8,6 @@ inputs may be NumPy arrays or tensors. Results are plain Python floats and lists
 from __future__ import annotations
 
 import math
-import warnings
 from collections.abc import Callable, Sequence
 
 import numpy as np
@@ -49,33 +48,70 @@ def _binary(y_true, y_score) -> tuple[np.ndarray, np.ndarray]:
     return y_true, y_score
 
 
-def bootstrap_ci(metric: Metric, y_true, y_score, n_samples: int = 1000, seed: int = 0,
-                 level: float = 0.95) -> tuple[float, float]:
-    """Percentile bootstrap confidence interval of ``metric(y_true, y_score)`` (95 % by default).
+def bootstrap_mean_aucs(y_true, scores: Sequence, n_samples: int = 1000, seed: int = 0) -> np.ndarray:
+    """ROC AUC on ``n_samples`` bootstrap resamples of the rows, for several score sets on the same
+    resamples (paired): an ``(n_samples, len(scores))`` array.
 
-    Resamples rows with replacement; a resample on which the metric is undefined (e.g. AUC of a
-    resample holding one class only) is drawn again.
+    ``y_true`` is (N,) or (N, C) binary; each of ``scores`` has its shape. With C columns the value is
+    the mean of the per-column AUCs defined on the resample (both labels present). A resample on
+    which no column is defined is drawn again. Each AUC is the Mann-Whitney statistic with ties
+    counted half, equal to :func:`sklearn.metrics.roc_auc_score` on the resampled rows, computed from
+    the resample's row counts for all resamples at once instead of one sklearn call per resample and
+    column (1,000 resamples of 1,137 images and 14 findings: well under a second instead of a minute).
     """
-    y_true, y_score = np.asarray(y_true), np.asarray(y_score)
+    y_true = np.asarray(y_true)
+    scores = [np.asarray(s, dtype=float) for s in scores]
     if n_samples < 1:
         raise ValueError(f"n_samples must be at least 1, got {n_samples}")
+    if any(s.shape != y_true.shape for s in scores):
+        raise ValueError(f"every score array must have the labels' shape {y_true.shape}")
+    y = y_true.reshape(len(y_true), -1).astype(bool)
+    columns = [s.reshape(len(s), -1) for s in scores]
     rng = np.random.default_rng(seed)
-    values: list[float] = []
-    attempts = 0
-    while len(values) < n_samples:
-        attempts += 1
+    # resamples in blocks of about 2e7 counts, so that ChestX-ray14's 25,596 test images fit in memory
+    block = max(1, 20_000_000 // max(1, len(y)))
+    values, attempts = [], 0
+    while sum(len(v) for v in values) < n_samples:
+        wanted = min(block, n_samples - sum(len(v) for v in values))
+        attempts += wanted
         if attempts > 10 * n_samples + 100:
-            raise ValueError("the metric is undefined on almost every bootstrap resample "
-                             "(too few samples of some class?)")
-        index = rng.integers(0, len(y_true), len(y_true))
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # sklearn warns on the resamples we discard anyway
-            try:
-                value = metric(y_true[index], y_score[index])
-            except ValueError:
-                continue
-        if math.isfinite(value):
-            values.append(value)
+            raise ValueError("the AUC is undefined on almost every bootstrap resample (too few samples of some class?)")
+        index = rng.integers(0, len(y), (wanted, len(y)))
+        aucs = [np.stack([resampled_auc(y[:, k], s[:, k], index) for k in range(y.shape[1])], axis=1)
+                for s in columns]
+        defined = ~np.isnan(aucs[0])  # where both labels occur: the same for every score set
+        keep = defined.any(axis=1)
+        values.append(np.stack([np.nanmean(a[keep], axis=1) for a in aucs], axis=1))
+    return np.concatenate(values)[:n_samples]
+
+
+def resampled_auc(y_true: np.ndarray, y_score: np.ndarray, index: np.ndarray) -> np.ndarray:
+    """``roc_auc_score(y_true[i], y_score[i])`` for every row ``i`` of ``index`` (B, N) at once; NaN
+    where the resample holds one label only."""
+    y_true = np.asarray(y_true).astype(bool)
+    n = len(y_true)
+    counts = np.zeros((len(index), n))
+    np.add.at(counts, (np.arange(len(index))[:, None], index), 1.0)
+    order = np.argsort(y_score, kind="stable")
+    ranked, positive = np.asarray(y_score)[order], y_true[order]
+    weights = counts[:, order]
+    negatives = np.where(positive, 0.0, weights)
+    below = np.concatenate([np.zeros((len(index), 1)), np.cumsum(negatives, axis=1)], axis=1)
+    # each positive beats the negatives of lower scores and ties (half) those of its own score
+    first = np.r_[True, ranked[1:] != ranked[:-1]]
+    starts = np.flatnonzero(first)
+    group = np.cumsum(first) - 1
+    ends = np.r_[starts[1:], n]
+    at = np.flatnonzero(positive)
+    lower, through = below[:, starts[group[at]]], below[:, ends[group[at]]]
+    wins = (weights[:, at] * (lower + 0.5 * (through - lower))).sum(axis=1)
+    pairs = weights[:, at].sum(axis=1) * below[:, -1]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(pairs > 0, wins / pairs, np.nan)
+
+
+def percentile_ci(values, level: float = 0.95) -> tuple[float, float]:
+    """The percentile interval holding ``level`` of ``values`` (a bootstrap CI)."""
     low, high = np.percentile(values, [50 * (1 - level), 50 * (1 + level)])
     return float(low), float(high)
 
@@ -108,7 +144,7 @@ def verification_metrics(y_true, y_score, *, threshold: float = 0.5, n_bootstrap
         "roc": roc_points(y_true, y_score),
     }
     if n_bootstrap:
-        result["auc_ci"] = list(bootstrap_ci(skm.roc_auc_score, y_true, y_score, n_bootstrap, seed))
+        result["auc_ci"] = list(percentile_ci(bootstrap_mean_aucs(y_true, [y_score], n_bootstrap, seed)[:, 0]))
     return result
 
 
@@ -137,11 +173,7 @@ def multilabel_auc(y_true, y_score, labels: Sequence[str] | None = None, n_boots
         "excluded": [label for label, ok in zip(labels, defined) if not ok],
     }
     if n_bootstrap:
-        def mean_auc(t, s):
-            aucs = _per_class_auc(t, s)
-            return float(np.nanmean(aucs)) if not np.isnan(aucs).all() else math.nan
-
-        result["ci"] = list(bootstrap_ci(mean_auc, y_true, y_score, n_bootstrap, seed))
+        result["ci"] = list(percentile_ci(bootstrap_mean_aucs(y_true, [y_score], n_bootstrap, seed)[:, 0]))
     return result
 
 

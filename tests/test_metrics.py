@@ -6,8 +6,8 @@ import torch
 from sklearn.metrics import roc_auc_score
 
 from cxrlib.data.chestxray14 import LABELS
-from cxrlib.metrics import (bootstrap_ci, multilabel_auc, retrieval_metrics, roc_points, ssim_psnr,
-                            verification_metrics)
+from cxrlib.metrics import (bootstrap_mean_aucs, multilabel_auc, percentile_ci, resampled_auc, retrieval_metrics,
+                            roc_points, ssim_psnr, verification_metrics)
 
 
 def _scores(n=200, separation=1.0, seed=0):
@@ -48,21 +48,46 @@ def test_verification_metrics_refuse_bad_input():
         roc_points([], [])
 
 
-def test_bootstrap_ci_is_seeded_and_narrows_with_more_data():
+def test_bootstrap_is_seeded_and_narrows_with_more_data():
     y, s = _scores(n=100)
-    assert bootstrap_ci(roc_auc_score, y, s, 100, seed=3) == bootstrap_ci(roc_auc_score, y, s, 100, seed=3)
-    small = np.diff(bootstrap_ci(roc_auc_score, y, s, 100, seed=0))[0]
+    assert np.array_equal(bootstrap_mean_aucs(y, [s], 100, seed=3), bootstrap_mean_aucs(y, [s], 100, seed=3))
+    small = np.diff(percentile_ci(bootstrap_mean_aucs(y, [s], 100, seed=0)))[0]
     y_big, s_big = _scores(n=1000)
-    big = np.diff(bootstrap_ci(roc_auc_score, y_big, s_big, 100, seed=0))[0]
+    big = np.diff(percentile_ci(bootstrap_mean_aucs(y_big, [s_big], 100, seed=0)))[0]
     assert big < small
 
 
-def test_bootstrap_ci_skips_undefined_resamples():
+def test_bootstrap_skips_undefined_resamples():
     # 1 positive in 20: many resamples miss it and AUC is undefined there
     y = np.r_[1, np.zeros(19, dtype=int)]
     s = np.linspace(1, 0, 20)
-    low, high = bootstrap_ci(roc_auc_score, y, s, 50, seed=0)
-    assert low == high == 1.0
+    values = bootstrap_mean_aucs(y, [s], 50, seed=0)
+    assert values.shape == (50, 1) and (values == 1.0).all()
+    with pytest.raises(ValueError, match="undefined"):
+        bootstrap_mean_aucs(np.zeros(20, dtype=int), [s], 50)
+
+
+def test_resampled_auc_equals_sklearn_on_each_resample_with_ties():
+    rng = np.random.default_rng(1)
+    y = rng.integers(0, 2, 40)
+    s = rng.integers(0, 5, 40) / 4  # many tied scores
+    index = rng.integers(0, 40, (30, 40))
+    index[0] = np.flatnonzero(y == 0)[0]  # one resample of a single negative row: undefined
+    aucs = resampled_auc(y, s, index)
+    assert math.isnan(aucs[0])
+    np.testing.assert_allclose(aucs[1:], [roc_auc_score(y[i], s[i]) for i in index[1:]], rtol=1e-12)
+
+
+def test_bootstrap_mean_of_columns_leaves_undefined_columns_out_and_pairs_score_sets():
+    rng = np.random.default_rng(2)
+    y = (rng.random((80, 3)) < 0.3).astype(int)
+    y[:, 2] = 0  # never defined
+    s = rng.random(y.shape)
+    values = bootstrap_mean_aucs(y, [s, 1 - s], 40, seed=5)
+    index = np.random.default_rng(5).integers(0, 80, (40, 80))  # the same resamples
+    expected = [np.mean([roc_auc_score(y[i, k], s[i, k]) for k in (0, 1)]) for i in index]
+    np.testing.assert_allclose(values[:, 0], expected, rtol=1e-12)
+    np.testing.assert_allclose(values[:, 1], 1 - values[:, 0], rtol=1e-12)
 
 
 def test_multilabel_auc_reports_single_valued_classes_as_nan_and_excludes_them():

@@ -5,8 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from cxrlib.data.chestxray14 import LABELS
-from cxrlib.metrics import bootstrap_ci, multilabel_auc
+from cxrlib.metrics import bootstrap_mean_aucs, multilabel_auc, percentile_ci
 
 
 #: "a classifier trained on synthetic images only is within 3.5 % AUC of one trained on real images"
@@ -20,21 +19,13 @@ def utility_gap(labels: np.ndarray, real_probabilities: np.ndarray, synthetic_pr
     paired bootstrap 95 % CI (both classifiers scored on the same resampled images)."""
     real = multilabel_auc(labels, real_probabilities, n_bootstrap=n_bootstrap, seed=seed)
     synthetic = multilabel_auc(labels, synthetic_probabilities, n_bootstrap=n_bootstrap, seed=seed)
-    columns = len(LABELS)
-
-    def gap(y_true, both):
-        return _mean_auc(y_true, both[:, :columns]) - _mean_auc(y_true, both[:, columns:])
-
-    both = np.hstack([real_probabilities, synthetic_probabilities])
     result = {"real": real, "synthetic": synthetic,
               "gap_points": 100 * (real["mean_auc"] - synthetic["mean_auc"]),
               "gap_percent_of_real": 100 * (real["mean_auc"] - synthetic["mean_auc"]) / real["mean_auc"],
               "published_gap_percent": PUBLISHED_AUC_GAP_PERCENT}
     if n_bootstrap:
-        low, high = bootstrap_ci(gap, np.asarray(labels), both, n_bootstrap, seed)
+        both = bootstrap_mean_aucs(labels, [real_probabilities, synthetic_probabilities], n_bootstrap, seed)
+        low, high = percentile_ci(both[:, 0] - both[:, 1])
         result["gap_points_ci"] = [100 * low, 100 * high]
     return result
 
-
-def _mean_auc(y_true: np.ndarray, y_score: np.ndarray) -> float:
-    return multilabel_auc(y_true, y_score, n_bootstrap=0)["mean_auc"]
