@@ -42,7 +42,8 @@ echo "== data ($profile)"
 cxrlib data --profile "$profile" ${data_dir:+--data-dir "$data_dir"}
 
 timings="$results/timings.tsv"
-printf "notebook\tseconds\n" > "$timings"
+# per notebook: one row per section (cxrlib timings, from papermill's cell times), then the whole notebook
+printf "notebook\tstage\tseconds\n" > "$timings"
 start_all=$SECONDS
 for notebook in notebooks/[0-9][0-9]_*.ipynb; do
   name="$(basename "$notebook")"
@@ -54,8 +55,9 @@ for notebook in notebooks/[0-9][0-9]_*.ipynb; do
     echo "run_all.sh: notebook $name FAILED; the executed copy with the error is $results/notebooks/$name" >&2
     exit 1
   fi
-  printf "%s\t%d\n" "$name" $((SECONDS - start)) >> "$timings"
+  cxrlib timings "$results/notebooks/$name" >> "$timings"
+  printf "%s\tall\t%d\n" "$name" $((SECONDS - start)) >> "$timings"
 done
-printf "total\t%d\n" $((SECONDS - start_all)) >> "$timings"
+printf "total\tall\t%d\n" $((SECONDS - start_all)) >> "$timings"
 cxrlib report --profile "$profile" --results "$results"
 echo "== done: figures, metrics and executed notebooks in $results (timings in $timings)"

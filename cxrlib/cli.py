@@ -97,6 +97,14 @@ def _report(args: argparse.Namespace) -> None:
               f"{'rewritten from' if changed else 'already matches'} {results}")
 
 
+def _timings(args: argparse.Namespace) -> None:
+    from cxrlib.report import stage_timings
+
+    for notebook in args.notebooks:
+        for stage, seconds in stage_timings(notebook):
+            print(f"{notebook.name}\t{' '.join(stage.split())}\t{seconds:.1f}")
+
+
 def _audit(args: argparse.Namespace) -> None:
     from cxrlib.config import load_profile
     from cxrlib.publish.audit import audit_release, find_retrieval_network, load_retrieval_network, read_release
@@ -241,6 +249,11 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--root", type=Path, default=Path("."),
                         help="the project folder holding README.md and data/README.md (default: here)")
     report.set_defaults(run=_report)
+
+    timings = commands.add_parser("timings", help="seconds per section of notebooks executed by papermill (TSV: "
+                                                  "notebook, section heading, seconds), from their cell timings")
+    timings.add_argument("notebooks", type=Path, nargs="+", help="executed notebooks")
+    timings.set_defaults(run=_timings)
     return parser
 
 

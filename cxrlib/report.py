@@ -60,6 +60,33 @@ def markers(profile: str) -> tuple[str, str]:
             f"<!-- end of the generated results of profile {profile} -->")
 
 
+#: the ``stage`` of a ``timings.tsv`` row that times a whole notebook (and of the ``total`` row)
+WHOLE_NOTEBOOK = "all"
+
+
+def stage_timings(notebook: str | Path) -> list[tuple[str, float]]:
+    """Seconds per section of a notebook executed by papermill, in order: each code cell's recorded
+    duration summed under the Markdown heading above it (``setup`` before the first heading)."""
+    notebook = Path(notebook)
+    try:
+        cells = json.loads(notebook.read_text())["cells"]
+    except (OSError, json.JSONDecodeError, KeyError) as err:
+        raise ReportError(f"{notebook}: not an executed notebook ({err})") from err
+    stages: dict[str, float] = {}
+    stage = "setup"
+    for cell in cells:
+        source = "".join(cell.get("source", ""))
+        if cell["cell_type"] == "markdown":
+            heading = next((line for line in source.splitlines() if line.startswith("#")), None)
+            stage = heading.lstrip("#").strip() if heading else stage
+        elif cell["cell_type"] == "code":
+            duration = cell.get("metadata", {}).get("papermill", {}).get("duration")
+            if duration is None:
+                raise ReportError(f"{notebook}: a code cell has no papermill duration (not executed by papermill?)")
+            stages[stage] = stages.get(stage, 0.0) + duration
+    return list(stages.items())
+
+
 def load_results(results_dir: str | Path) -> dict[str, Any]:
     """The metrics JSON files of a run (those present), by name, and ``timings`` (notebook -> s)."""
     results_dir = Path(results_dir)
@@ -73,7 +100,9 @@ def load_results(results_dir: str | Path) -> dict[str, Any]:
                 raise ReportError(f"{path}: not valid JSON ({err})") from err
     timings = results_dir / "timings.tsv"
     if timings.is_file():
-        table = pd.read_csv(timings, sep="\t")
+        table = pd.read_csv(timings, sep="\t", keep_default_na=False)
+        if "stage" in table.columns:  # one row per notebook section, then the notebook's own
+            table = table[table["stage"] == WHOLE_NOTEBOOK]
         results["timings"] = dict(zip(table["notebook"], table["seconds"]))
     if not results:
         raise ReportError(f"{results_dir}: no results (none of {', '.join(RESULT_FILES)}.json)")

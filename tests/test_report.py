@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from cxrlib.cli import main
-from cxrlib.report import (DOCUMENTS, ReportError, current_section, markers, replace_section, results_section,
-                           update_readme)
+from cxrlib.report import (DOCUMENTS, ReportError, current_section, load_results, markers, replace_section,
+                           results_section, stage_timings, update_readme)
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "results" / "cpu"
@@ -84,3 +84,35 @@ def test_report_command_writes_the_section_or_says_there_is_none(copied_results,
     readme.write_text(markers("cpu")[0] + "\n")
     assert main(["report", "--profile", "cpu", "--results", str(results), "--root", str(root)]) == 2
     assert "marker" in capsys.readouterr().err
+
+
+def _executed_notebook(path: Path, cells: list[tuple[str, str, float | None]]) -> Path:
+    path.write_text(json.dumps({"cells": [
+        {"cell_type": kind, "source": source,
+         "metadata": {} if seconds is None else {"papermill": {"duration": seconds}}}
+        for kind, source, seconds in cells]}))
+    return path
+
+
+def test_stage_timings_sum_code_cells_under_their_heading_and_feed_the_run_time(tmp_path, capsys):
+    notebook = _executed_notebook(tmp_path / "01_x.ipynb", [
+        ("code", "import cxrlib", 2.0), ("markdown", "## Training\nwhy", None), ("code", "fit()", 10.5),
+        ("markdown", "no heading here", None), ("code", "fit_more()", 4.0), ("markdown", "### Tests", None),
+        ("code", "test()", 1.25)])
+    assert stage_timings(notebook) == [("setup", 2.0), ("Training", 14.5), ("Tests", 1.25)]
+    assert main(["timings", str(notebook)]) == 0
+    assert capsys.readouterr().out.splitlines() == ["01_x.ipynb\tsetup\t2.0", "01_x.ipynb\tTraining\t14.5",
+                                                    "01_x.ipynb\tTests\t1.2"]
+    (tmp_path / "timings.tsv").write_text("notebook\tstage\tseconds\n01_x.ipynb\tTraining\t14.5\n"
+                                          "01_x.ipynb\tall\t18\ntotal\tall\t18\n")
+    (tmp_path / "data.json").write_text("{}")
+    assert load_results(tmp_path)["timings"] == {"01_x.ipynb": 18, "total": 18}
+
+
+def test_stage_timings_refuse_a_notebook_papermill_did_not_run(tmp_path):
+    notebook = _executed_notebook(tmp_path / "plain.ipynb", [("code", "x = 1", None)])
+    with pytest.raises(ReportError, match="plain.ipynb.*no papermill duration"):
+        stage_timings(notebook)
+    (tmp_path / "broken.ipynb").write_text("{")
+    with pytest.raises(ReportError, match="broken.ipynb"):
+        stage_timings(tmp_path / "broken.ipynb")
