@@ -6,12 +6,16 @@ inference pass on random inputs of the profile's shapes, in four variants: fp32,
 weights in ``channels_last``, bf16 autocast, bf16 autocast with ``channels_last``. Prints images per
 second and each variant's ratio to fp32, measured in the same run.
 
+With ``--processes N``, the same train step in N single-thread processes at once (each network in the
+layout its training uses), their images per second summed, against one process with ``--threads``:
+what :mod:`cxrlib.parallel` gains by training independent runs side by side.
+
 Then the overhead of :func:`cxrlib.train.fit`: the siamese network trained for the same epochs on
 the same pairs, once through ``fit`` over a :class:`~cxrlib.data.datasets.PairDataset` (per-item
 reads from uint8 images, collation, checkpoints, validation) and once by a bare loop over the same
 batches already stacked as float tensors; the ratio of their train times is the overhead.
 
-    python benchmarks/bench_cpu_paths.py [--profile cpu] [--threads 2] [--json out.json]
+    python benchmarks/bench_cpu_paths.py [--profile cpu] [--threads 2] [--processes 3] [--json out.json]
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import argparse
 import json
 import os
 import platform
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -41,6 +46,7 @@ from cxrlib.data.images import Images
 from cxrlib.models.diffusion import build_autoencoder, build_unet, downsampling_factor
 from cxrlib.models.retrieval import RetrievalNetwork
 from cxrlib.models.siamese import SiameseNetwork
+from cxrlib.parallel import map_in_processes
 from cxrlib.reid import verification_loss
 from cxrlib.train import fit, use_fast_layout
 
@@ -125,6 +131,33 @@ def throughput(build, loss_fn, batch: int, bf16: bool, channels_last: bool, step
     return train, inference
 
 
+#: the networks whose training keeps the contiguous layout (channels_last slows them down)
+CONTIGUOUS = ("autoencoder", "latent unet")
+
+
+def train_rate(profile_name: str, name: str, steps: int) -> float:
+    """Train images per second of network ``name`` in the layout its training uses, with this
+    process's threads (a worker of :func:`process_scaling`)."""
+    build, loss_fn, batch = networks(load_profile(profile_name))[name]
+    return throughput(build, loss_fn, batch, False, name not in CONTIGUOUS, steps)[0]
+
+
+def process_scaling(profile: Profile, names: list[str], processes: int, steps: int) -> dict[str, dict]:
+    """Per network: train images per second of this process, and summed over ``processes``
+    single-thread processes training at the same time."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))  # the workers import this module by name
+    figures = {}
+    for name in names:
+        alone = train_rate(profile.name, name, steps)
+        together = sum(map_in_processes(train_rate, [(profile.name, name, steps)] * processes,
+                                        processes=processes, progress=False))
+        figures[name] = {"one_process": alone, "threads": torch.get_num_threads(), "processes": processes,
+                         "together": together, "ratio": together / alone}
+        print(f"{name:20s} 1 process x {torch.get_num_threads()} threads {alone:6.0f} img/s; {processes} processes "
+              f"x 1 thread {together:6.0f} img/s together: {together / alone:.2f}x", flush=True)
+    return figures
+
+
 def _rate(fn, steps: int, warmup: int = 2) -> float:
     for _ in range(warmup):
         fn()
@@ -185,6 +218,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--networks", nargs="*", default=None, help="only these (default: all)")
     parser.add_argument("--fp32-only", action="store_true",
                         help="skip the bf16 variants (on a CPU without AVX-512 BF16 they are slow to measure)")
+    parser.add_argument("--processes", type=int, default=0,
+                        help="also train each network in this many single-thread processes at once (0: skip)")
     parser.add_argument("--json", type=Path, default=None, help="also write the figures here")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -209,13 +244,16 @@ def main(argv: list[str] | None = None) -> None:
                                       "inference_ratio": inference / base["inference"]}
             print(f"{name:20s} {variant:20s} {train:12.0f} {train / base['train']:7.2f} "
                   f"{inference:12.0f} {inference / base['inference']:7.2f}", flush=True)
+    names = [name for name in networks(profile) if not args.networks or name in args.networks]
+    scaling = process_scaling(profile, names, args.processes, args.steps) if args.processes else {}
     overhead = loop_overhead(profile, args.pairs, args.epochs)
     print(f"fit over a PairDataset: {overhead['fit_train_seconds']:.1f} s of training; bare loop over the "
           f"same batches in memory: {overhead['bare_loop_seconds']:.1f} s; overhead "
           f"{100 * overhead['overhead']:+.1f} %")
     if args.json:
         args.json.write_text(json.dumps({"profile": profile.name, "threads": args.threads, "machine": machine(),
-                                         "networks": figures, "loop": overhead}, indent=1))
+                                         "networks": figures, "processes": scaling, "loop": overhead},
+                                        indent=1))
 
 
 def machine() -> dict[str, object]:
