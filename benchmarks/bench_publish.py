@@ -7,7 +7,12 @@ detection, the method, write, manifest), and the time of ``cxrlib audit`` on a p
 of the ``cpu`` profile's networks (64 px) with its architectures, untrained unless ``--artifacts``
 holds trained ones; speed does not depend on the weights.
 
-    OMP_NUM_THREADS=1 python benchmarks/bench_publish.py [--images 40] [--sizes 256 1024] [--skip-audit]
+With ``--processes N`` each method also runs as a user would spread it over N cores, ``torchrun
+--nproc_per_node N -m cxrlib anonymize`` (one thread per process; the wall time includes the
+processes' start-up).
+
+    OMP_NUM_THREADS=1 python benchmarks/bench_publish.py [--images 40] [--sizes 256 1024] [--processes 2]
+                                                         [--skip-audit]
 """
 
 from __future__ import annotations
@@ -18,6 +23,8 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import argparse  # noqa: E402
 import dataclasses  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402
@@ -48,7 +55,16 @@ def methods(profile) -> dict[str, PixelMethod]:
             "prichexy": PixelMethod("prichexy", flow, size), "privacy-net": PixelMethod("privacy-net", privacy, size)}
 
 
-def bench_anonymize(size: int, images: int, work: Path, profile) -> None:
+def cli_method_arguments(name: str, method: PixelMethod, work: Path) -> list[str]:
+    """``cxrlib anonymize`` options for ``method``, its network saved under ``work`` when it has one."""
+    arguments = ["--method", name]
+    if name in ("prichexy", "privacy-net"):
+        path = save_weights(method.anonymizer, work / f"model-{name}", config=method.anonymizer.config())
+        arguments += ["--model", str(path), "--size", str(method.size)]
+    return arguments
+
+
+def bench_anonymize(size: int, images: int, work: Path, profile, processes: int = 0) -> None:
     patients = max(2, images // 2)
     png = generate_phantom(work / f"png{size}", n_patients=patients, size=size, seed=1, max_followups=2,
                            progress=False)
@@ -63,6 +79,17 @@ def bench_anonymize(size: int, images: int, work: Path, profile) -> None:
         assert summary.done == files and summary.ok
         print(f"anonymize {size:5d} px  {name:12s} {files / seconds:7.1f} images/s  ({files} files, {seconds:.1f} s)",
               flush=True)
+        if processes:
+            key = work / "key"
+            key.write_bytes(b"b" * 32)
+            launch = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
+                      str(processes), "-m", "cxrlib", "anonymize", str(dicom / "images"), str(out) + "-launched",
+                      "--key", str(key), *cli_method_arguments(name, method, work)]
+            start = time.perf_counter()
+            subprocess.run(launch, check=True, capture_output=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+            seconds = time.perf_counter() - start
+            print(f"anonymize {size:5d} px  {name:12s} {files / seconds:7.1f} images/s  with {processes} processes "
+                  f"(torchrun, start-up included: {seconds:.1f} s)", flush=True)
 
 
 def bench_audit(profile_name: str, artifacts: Path) -> None:
@@ -93,6 +120,8 @@ def main() -> None:
     parser.add_argument("--sizes", type=int, nargs="+", default=[256, 1024])
     parser.add_argument("--profile", default="cpu", help="profile of the networks and the audited phantom")
     parser.add_argument("--artifacts", type=Path, default=Path("artifacts"))
+    parser.add_argument("--processes", type=int, default=0,
+                        help="also run each method through torchrun with this many processes (0: skip)")
     parser.add_argument("--skip-audit", action="store_true")
     args = parser.parse_args()
     torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
@@ -100,7 +129,7 @@ def main() -> None:
     profile = load_profile(args.profile)
     with tempfile.TemporaryDirectory() as work:
         for size in args.sizes:
-            bench_anonymize(size, args.images, Path(work), profile)
+            bench_anonymize(size, args.images, Path(work), profile, args.processes)
     if not args.skip_audit:
         bench_audit(args.profile, args.artifacts)
 
