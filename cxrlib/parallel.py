@@ -35,32 +35,45 @@ def worker_threads(processes: int) -> int:
 
 
 def map_in_processes(fn: Callable[..., Any], jobs: Sequence[tuple], *, processes: int, desc: str = "runs",
-                     progress: bool | None = None) -> list[Any]:
+                     progress: bool | None = None, inline: Sequence[bool] | None = None) -> list[Any]:
     """``[fn(*job) for job in jobs]``, computed by up to ``processes`` spawned workers on a CPU.
 
     ``fn`` must be importable (a module-level function) and jobs and results picklable. A failed
     job's exception is raised here, after the pool is shut down. With ``processes <= 1``, a single
-    job, or a GPU present, the jobs run in this process, in order.
+    job, or a GPU present, the jobs run in this process, in order. Jobs flagged in ``inline`` (for
+    example those whose model only needs loading from a finished checkpoint) always run here: a
+    worker's start-up costs seconds.
     """
     if processes < 1:
         raise ValueError(f"processes must be at least 1, got {processes}")
+    inline = [False] * len(jobs) if inline is None else list(inline)
+    if len(inline) != len(jobs):
+        raise ValueError(f"inline has {len(inline)} flags for {len(jobs)} jobs")
+    pooled = [index for index, here in enumerate(inline) if not here]
+    if min(processes, len(pooled)) <= 1 or torch.cuda.is_available():
+        pooled = []
     bar = tqdm(total=len(jobs), desc=desc, unit="run", leave=False,
                disable=None if progress is None else not progress)
-    processes = min(processes, len(jobs))
-    if processes <= 1 or torch.cuda.is_available():
-        results = []
-        for job in jobs:
-            results.append(fn(*job))
-            bar.update()
-        bar.close()
-        return results
-    threads = worker_threads(processes)
-    log.info("%d %s in %d processes of %d thread(s)", len(jobs), desc, processes, threads)
     results: list[Any] = [None] * len(jobs)
+    try:
+        for index in sorted(set(range(len(jobs))) - set(pooled)):
+            results[index] = fn(*jobs[index])
+            bar.update()
+        if pooled:
+            _run_pool(fn, jobs, pooled, min(processes, len(pooled)), results, bar, desc)
+    finally:
+        bar.close()
+    return results
+
+
+def _run_pool(fn: Callable[..., Any], jobs: Sequence[tuple], pooled: list[int], processes: int,
+              results: list[Any], bar, desc: str) -> None:
+    threads = worker_threads(processes)
+    log.info("%d %s in %d processes of %d thread(s)", len(pooled), desc, processes, threads)
     with concurrent.futures.ProcessPoolExecutor(max_workers=processes,
                                                 mp_context=multiprocessing.get_context("spawn"),
                                                 initializer=_use_threads, initargs=(threads,)) as pool:
-        futures = {pool.submit(fn, *job): index for index, job in enumerate(jobs)}
+        futures = {pool.submit(fn, *jobs[index]): index for index in pooled}
         try:
             for future in concurrent.futures.as_completed(futures):
                 results[futures[future]] = future.result()
@@ -68,6 +81,3 @@ def map_in_processes(fn: Callable[..., Any], jobs: Sequence[tuple], *, processes
         except BaseException:
             pool.shutdown(wait=True, cancel_futures=True)
             raise
-        finally:
-            bar.close()
-    return results

@@ -38,7 +38,7 @@ from cxrlib.metrics import standardized_pixels as pixel_vectors
 from cxrlib.models.retrieval import RetrievalNetwork
 from cxrlib.models.siamese import SiameseNetwork
 from cxrlib.parallel import map_in_processes
-from cxrlib.train import FitResult, fit, map_batches, module_device, seed_everything
+from cxrlib.train import FitResult, checkpoint_finished, fit, map_batches, module_device, seed_everything
 
 Anonymizer = Callable[[torch.Tensor], torch.Tensor]
 
@@ -125,7 +125,7 @@ def verification_runs(train: Dataset, val: Dataset, test_images: Images, test_pa
     jobs = [(train, val, test_images, test_pairs, config, seed + run, run_checkpoint(checkpoint_path, run),
              progress if processes <= 1 else False) for run in range(runs)]
     results = map_in_processes(verification_run, jobs, processes=processes, desc="verification runs",
-                               progress=progress)
+                               progress=progress, inline=[checkpoint_finished(job[6]) for job in jobs])
     table = pd.DataFrame(results)
     return {"runs": results,
             "mean": {name: float(table[name].mean()) for name in RUN_METRICS},

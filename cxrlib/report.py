@@ -103,7 +103,8 @@ def load_results(results_dir: str | Path) -> dict[str, Any]:
         table = pd.read_csv(timings, sep="\t", keep_default_na=False)
         if "stage" in table.columns:  # one row per notebook section, then the notebook's own
             table = table[table["stage"] == WHOLE_NOTEBOOK]
-        results["timings"] = dict(zip(table["notebook"], table["seconds"]))
+        # whole seconds, as run_all.sh writes them (the sections' fractions made the column float)
+        results["timings"] = dict(zip(table["notebook"], table["seconds"].round().astype(int).tolist()))
     if not results:
         raise ReportError(f"{results_dir}: no results (none of {', '.join(RESULT_FILES)}.json)")
     results["directory"] = results_dir.resolve()

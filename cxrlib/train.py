@@ -349,6 +349,15 @@ def check_same_run(path: Path, sidecar: Mapping[str, Any], identity: Mapping[str
                                   "delete it or choose another checkpoint path")
 
 
+def checkpoint_finished(path: str | Path) -> bool:
+    """Whether a finished checkpoint is at ``path`` (of whichever run: loading it checks that)."""
+    sidecar = Path(path).with_suffix(".json")
+    try:
+        return sidecar.is_file() and bool(read_sidecar(path).get("finished"))
+    except (ArtifactError, OSError, ValueError):
+        return False
+
+
 def finished_sidecar(path: Path, identity: Mapping[str, Any]) -> dict[str, Any] | None:
     """The sidecar of a finished checkpoint of the run ``identity`` at ``path``; None when there is
     none or it did not finish; :class:`ArtifactError` when it belongs to another run."""

@@ -1,4 +1,5 @@
 import math
+import os
 
 import pytest
 import torch
@@ -26,3 +27,12 @@ def test_threads_are_shared_out_at_least_one_each(one_thread):
     assert worker_threads(3) == 1
     torch.set_num_threads(4)
     assert worker_threads(2) == 2 and worker_threads(3) == 1
+
+
+def test_inline_jobs_run_here_and_the_others_in_workers():
+    here = os.getpid()
+    pids = map_in_processes(os.getpid, [(), (), ()], processes=2, inline=[True, False, False], progress=False)
+    assert pids[0] == here and here not in pids[1:]
+    assert map_in_processes(os.getpid, [(), ()], processes=2, inline=[True, True], progress=False) == [here, here]
+    with pytest.raises(ValueError, match="2 flags for 3 jobs"):
+        map_in_processes(os.getpid, [(), (), ()], processes=2, inline=[True, False])

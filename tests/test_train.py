@@ -245,3 +245,16 @@ def test_process_seeds_differ_between_processes_and_epochs():
     seeds = {process_seed(7, epoch, rank) for epoch in range(1, 200) for rank in range(8)}
     assert len(seeds) == 199 * 8
     assert process_seed(7, 3, 0) == 10  # one process draws what it always drew
+
+
+def test_checkpoint_finished_reads_the_flag_of_whichever_run(tmp_path):
+    from cxrlib.train import checkpoint_finished
+
+    path = tmp_path / "model"
+    assert not checkpoint_finished(path)
+    path.with_suffix(".json").write_text(json.dumps({"finished": False}))
+    assert not checkpoint_finished(path)
+    path.with_suffix(".json").write_text(json.dumps({"finished": True, "config": {"other": 1}}))
+    assert checkpoint_finished(path)
+    path.with_suffix(".json").write_text("{")
+    assert not checkpoint_finished(path)

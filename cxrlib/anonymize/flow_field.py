@@ -55,7 +55,7 @@ from cxrlib.anonymize.base import Anonymizer, register
 from cxrlib.config import AnonymizationConfig
 from cxrlib.models.unets import UNet
 from cxrlib.parallel import map_in_processes
-from cxrlib.train import FitResult
+from cxrlib.train import FitResult, checkpoint_finished
 
 REFERENCE_SIZE = 256
 REFERENCE_KERNEL, REFERENCE_SIGMA = 9, 2.0
@@ -270,7 +270,8 @@ def train_prichexy_net(config: AnonymizationConfig, image_size: int, *, siamese:
     jobs = [(pretrained.with_mu(mu), siamese, classifier, pairs, config, artifact_path(checkpoint_name(mu)),
              settings, seed, progress if processes <= 1 else False, accelerator) for mu in config.mu_values]
     trained = map_in_processes(_train_adversarially, jobs, processes=1 if accelerator else processes,
-                               desc="PriCheXy-Net settings", progress=progress)
+                               desc="PriCheXy-Net settings", progress=progress,
+                               inline=[checkpoint_finished(job[5]) for job in jobs])
     return PriCheXyNet(pretraining=pretraining, anonymizers={mu: a for mu, (a, _) in zip(config.mu_values, trained)},
                        results={mu: r for mu, (_, r) in zip(config.mu_values, trained)})
 
