@@ -259,9 +259,9 @@ def _cpu() -> Profile:
         # phantom version 1: siamese AUC 0.95 with 1,500 or 2,000 patients; 2,000 for the classifier's
         # rarer findings). On version 3 (acquisition varied per scan, framed as real radiographs) the
         # siamese AUC over seeds 42-44 is 0.918 / 0.911 / 0.907 (benchmarks/results/fair_test_cpu_*.json)
-        # Three runs at once: on 2 cores three single-thread processes train the siamese network 1.4x
-        # faster together than one process with 2 threads (two: 1.56x, but the third seed then trains
-        # alone; benchmarks/bench_cpu_paths.py --processes)
+        # the three seeds at once, one thread each: on 2 cores they train faster together than one after
+        # another with 2 threads (two processes would leave the third seed alone on one thread;
+        # benchmarks/bench_cpu_paths.py --processes)
         data=DataConfig(image_size=64, phantom_patients=2000, phantom_max_followups=8, run_processes=3),
         # convnet, not ResNet-18: five times cheaper per image on a CPU (2.6 vs 12.5 ms per training
         # image, measured), which three verification runs and retrieval need to fit the notebook's

@@ -1,12 +1,13 @@
 """Independent training runs side by side in worker processes, for CPUs whose cores a single small
 network cannot keep busy.
 
-On 2 cores the profile's networks train only 1.1-1.5x faster with 2 threads than with 1, while two
-single-thread processes together train 1.5-1.6x faster than one process with 2 threads, and three
-1.4x (``benchmarks/bench_cpu_paths.py --processes`` measures it). So runs that do not depend on each
-other (seeds of a repeated experiment, one setting each) go to a pool of ``processes`` spawned workers
-with ``threads // processes`` threads each (at least 1). On a GPU, or with one process or one job,
-the jobs run one after another in this process.
+On 2 cores the profile's small networks train only somewhat faster with 2 threads than with 1, and
+several single-thread processes together get more done than one process with 2 threads: how much
+depends on the network and on run lengths (``benchmarks/bench_cpu_paths.py --processes`` measures
+it; notebook 01's seeds gain, notebook 03's short attacker runs barely do). So runs that do not
+depend on each other (seeds of a repeated experiment, one setting each) go to a pool of
+``processes`` spawned workers with ``threads // processes`` threads each (at least 1). On a GPU, or
+with one process or one job, the jobs run one after another in this process.
 
 A job's result depends on the threads it ran with (the order of floating-point sums changes), so a
 run is reproducible for the same ``processes`` and core count; the profile fixes ``processes``.
