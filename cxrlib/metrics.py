@@ -8,7 +8,7 @@ inputs may be NumPy arrays or tensors. Results are plain Python floats and lists
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -20,7 +20,6 @@ from torchmetrics.image.fid import FrechetInceptionDistance
 from cxrlib.data.chestxray14 import LABELS, NO_FINDING
 from cxrlib.train import default_device
 
-Metric = Callable[[np.ndarray, np.ndarray], float]
 
 #: the metric names of pytorch-metric-learning's AccuracyCalculator and ours
 _RETRIEVAL_METRICS = {"mean_average_precision_at_r": "map_at_r", "r_precision": "r_precision",
@@ -68,8 +67,9 @@ def bootstrap_mean_aucs(y_true, scores: Sequence, n_samples: int = 1000, seed: i
     y = y_true.reshape(len(y_true), -1).astype(bool)
     columns = [s.reshape(len(s), -1) for s in scores]
     rng = np.random.default_rng(seed)
-    # resamples in blocks of about 2e7 counts, so that ChestX-ray14's 25,596 test images fit in memory
-    block = max(1, 20_000_000 // max(1, len(y)))
+    # resamples in blocks of about 5e6 row counts (a few float arrays of that size while one block is
+    # scored), so that ChestX-ray14's 25,596 test images take hundreds of MB, not GB
+    block = max(1, 5_000_000 // max(1, len(y)))
     values, attempts = [], 0
     while sum(len(v) for v in values) < n_samples:
         wanted = min(block, n_samples - sum(len(v) for v in values))

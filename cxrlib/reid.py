@@ -122,10 +122,11 @@ def verification_runs(train: Dataset, val: Dataset, test_images: Images, test_pa
     runs = config.runs if runs is None else runs
     if runs < 1:
         raise ValueError(f"runs must be at least 1, got {runs}")
-    jobs = [(train, val, test_images, test_pairs, config, seed + run, run_checkpoint(checkpoint_path, run),
+    checkpoints = [run_checkpoint(checkpoint_path, run) for run in range(runs)]
+    jobs = [(train, val, test_images, test_pairs, config, seed + run, checkpoints[run],
              progress if processes <= 1 else False) for run in range(runs)]
     results = map_in_processes(verification_run, jobs, processes=processes, desc="verification runs",
-                               progress=progress, inline=[checkpoint_finished(job[6]) for job in jobs])
+                               progress=progress, inline=[checkpoint_finished(path) for path in checkpoints])
     table = pd.DataFrame(results)
     return {"runs": results,
             "mean": {name: float(table[name].mean()) for name in RUN_METRICS},

@@ -267,11 +267,12 @@ def train_prichexy_net(config: AnonymizationConfig, image_size: int, *, siamese:
         progress=progress, accelerator=accelerator)
     settings = {"anonymization": dataclasses.asdict(config), "pretrained": pretraining.checkpoint_path.name,
                 **identity}
-    jobs = [(pretrained.with_mu(mu), siamese, classifier, pairs, config, artifact_path(checkpoint_name(mu)),
-             settings, seed, progress if processes <= 1 else False, accelerator) for mu in config.mu_values]
+    checkpoints = [artifact_path(checkpoint_name(mu)) for mu in config.mu_values]
+    jobs = [(pretrained.with_mu(mu), siamese, classifier, pairs, config, path, settings, seed,
+             progress if processes <= 1 else False, accelerator) for mu, path in zip(config.mu_values, checkpoints)]
     trained = map_in_processes(_train_adversarially, jobs, processes=1 if accelerator else processes,
                                desc="PriCheXy-Net settings", progress=progress,
-                               inline=[checkpoint_finished(job[5]) for job in jobs])
+                               inline=[checkpoint_finished(path) for path in checkpoints])
     return PriCheXyNet(pretraining=pretraining, anonymizers={mu: a for mu, (a, _) in zip(config.mu_values, trained)},
                        results={mu: r for mu, (_, r) in zip(config.mu_values, trained)})
 
