@@ -99,3 +99,15 @@ def test_a_starting_process_removes_its_own_leftovers_only(tmp_path):
         path.write_bytes(b"x")
     assert remove_partials(tmp_path, rank=0, world=2) == 2
     assert other.is_file() and not own.exists() and not orphan.exists()
+
+
+def test_phantom_dicom_reads_the_release_layout_too(tmp_path):
+    # notebook 05 writes its raw export from the working data, which on ChestX-ray14 (and in the paper dry
+    # run) lies in images_00X/images/, not images/
+    from cxrlib.data.chestxray14 import to_release_layout
+
+    png = generate_phantom(tmp_path / "png", n_patients=3, size=32, seed=2, max_followups=2, progress=False)
+    flat = write_phantom_dicom(png, tmp_path / "flat", seed=1, progress=False)
+    release = write_phantom_dicom(to_release_layout(png), tmp_path / "release", seed=1, progress=False)
+    assert not (png / "images").exists()
+    assert _tree(flat) == _tree(release) and len(list((release / "images").glob("*.dcm"))) >= 3

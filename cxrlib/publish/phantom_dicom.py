@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from cxrlib.data.chestxray14 import DataError, find_metadata_file, load_image, read_metadata
+from cxrlib.data.chestxray14 import DataError, ImageLocator, find_metadata_file, load_image, read_metadata
 from cxrlib.data.phantom import PHANTOM_TRUTH
 from cxrlib.publish.batch import atomic_write_bytes
 from cxrlib.publish.dicom import dicom_bytes
@@ -201,10 +201,11 @@ def write_phantom_dicom(phantom_dir: str | Path, out_dir: str | Path, *, seed: i
     (partial / "images").mkdir(parents=True)
     truth = {"files": {}, "patients": {}}
     rows = list(meta.itertuples(index=False))
+    locate = ImageLocator(phantom_dir)  # the flat layout or the release's images_00X/images/
     for row in tqdm(rows, desc="writing DICOM", unit="image", disable=progress is False, leave=False):
         row = row._asdict()
         person = people[int(row["patient_id"])]
-        pixels = load_image(phantom_dir / "images" / row["image"])
+        pixels = load_image(locate(row["image"]))
         ds, planted, date = _dataset(row, person, rng, pixels)
         name = f"images/{Path(row['image']).stem}.dcm"
         atomic_write_bytes(partial / name, dicom_bytes(ds))
