@@ -70,9 +70,9 @@ def bootstrap_mean_aucs(y_true, scores: Sequence, n_samples: int = 1000, seed: i
     # resamples in blocks of about 5e6 row counts (a few float arrays of that size while one block is
     # scored), so that ChestX-ray14's 25,596 test images take hundreds of MB, not GB
     block = max(1, 5_000_000 // max(1, len(y)))
-    values, attempts = [], 0
-    while sum(len(v) for v in values) < n_samples:
-        wanted = min(block, n_samples - sum(len(v) for v in values))
+    values, kept, attempts = [], 0, 0
+    while kept < n_samples:
+        wanted = min(block, n_samples - kept)
         attempts += wanted
         if attempts > 10 * n_samples + 100:
             raise ValueError("the AUC is undefined on almost every bootstrap resample (too few samples of some class?)")
@@ -82,7 +82,8 @@ def bootstrap_mean_aucs(y_true, scores: Sequence, n_samples: int = 1000, seed: i
         defined = ~np.isnan(aucs[0])  # where both labels occur: the same for every score set
         keep = defined.any(axis=1)
         values.append(np.stack([np.nanmean(a[keep], axis=1) for a in aucs], axis=1))
-    return np.concatenate(values)[:n_samples]
+        kept += int(keep.sum())
+    return np.concatenate(values)
 
 
 def resampled_auc(y_true: np.ndarray, y_score: np.ndarray, index: np.ndarray) -> np.ndarray:

@@ -140,7 +140,7 @@ class ReleasePipeline:
         Other names are kept, or with :attr:`rename` replaced by a keyed hash of the path."""
         match = _CXR14_NAME.match(Path(name).name)
         if not match:
-            return self.pseudonymizer.file_name(name) if self.rename else name
+            return self.recorded_name(name)
         number = self.pseudonymizer.patient_number(int(match.group(1)))
         return str(Path(name).with_name(f"{number:08d}_{match.group(2)}.png"))
 
@@ -195,7 +195,7 @@ class ReleasePipeline:
             return name
         uids = [str(ds.get(keyword, "")) for keyword in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID")]
         if not all(uids):  # not every file is a complete instance: a keyed name then
-            return self.pseudonymizer.file_name(name)
+            return self.recorded_name(name)
         return "/".join(uids) + ".dcm"
 
 
