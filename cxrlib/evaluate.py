@@ -1,7 +1,8 @@
 """The privacy-utility protocol, one function for any anonymizer (PriCheXy-Net's evaluation).
 
-:func:`evaluate_anonymizer` judges ``anonymizer(images) -> images`` three ways and writes the
-protocol it followed into its result (the ``protocol`` field), so no number travels without it:
+:func:`evaluate_anonymizer` (several at once: :func:`evaluate_anonymizers`) judges ``anonymizer(images)
+-> images`` three ways and writes the protocol it followed into its result (the ``protocol`` field), so
+no number travels without it:
 
 * **Privacy -- the re-training attack.** A fresh siamese network is trained on pairs whose two images
   are both anonymized (training and validation), then tested on pairs of held-out patients whose
@@ -53,7 +54,8 @@ from cxrlib.data.cache import ImageCache
 from cxrlib.data.chestxray14 import LABELS
 from cxrlib.data.datasets import PairDataset
 from cxrlib.metrics import verification_metrics
-from cxrlib.reid import Images, pair_scores, run_checkpoint, verification_runs
+from cxrlib.reid import (Images, VerificationExperiment, pair_scores, run_checkpoint,
+                         verification_experiments)
 from cxrlib.train import default_device
 
 #: prefix that tells an anonymized image from its original in the linkage test set
@@ -97,7 +99,7 @@ class EvaluationSetup:
     #: where results (JSON) and, while running, the attackers' checkpoints go
     directory: Path
     seed: int
-    #: attack runs trained side by side (:func:`cxrlib.reid.verification_runs`)
+    #: attack runs trained side by side (:func:`cxrlib.reid.verification_experiments`)
     processes: int = 1
 
     def __post_init__(self):
@@ -240,56 +242,71 @@ def evaluate_anonymizer(anonymizer: Anonymizer, setup: EvaluationSetup, *, devic
     ``frozen_auc_ci``), ``utility`` (``mean_auc``, ``ci``, ``per_class``, ``excluded``), ``fidelity``
     (``ssim``, ``psnr``; PSNR is None when no pixel changed), ``counts``, ``seconds`` and ``key``.
     """
-    if not isinstance(anonymizer, Anonymizer):
-        raise TypeError(f"anonymizer must be a cxrlib Anonymizer, got {type(anonymizer).__name__}")
-    path = result_path(anonymizer, setup)
-    key = path.stem.rpartition("-")[2]
-    if path.is_file():
-        return json.loads(path.read_text())
+    return evaluate_anonymizers([anonymizer], setup, device=device, progress=progress)[0]
 
+
+def evaluate_anonymizers(anonymizers: Sequence[Anonymizer], setup: EvaluationSetup, *,
+                         device: torch.device | str | None = None, progress: bool | None = None) -> list[dict[str, Any]]:
+    """:func:`evaluate_anonymizer` of each of ``anonymizers``, their attackers trained in one pool.
+
+    Every anonymizer without a cached result anonymizes the images first; then all their attack runs
+    train side by side (``setup.processes`` workers), so the short runs of one method fill the cores
+    while the long runs of another finish. ``seconds`` of a result is the wall time of the call that
+    computed it, shared by the anonymizers computed together.
+    """
+    for anonymizer in anonymizers:
+        if not isinstance(anonymizer, Anonymizer):
+            raise TypeError(f"anonymizer must be a cxrlib Anonymizer, got {type(anonymizer).__name__}")
+    paths = [result_path(anonymizer, setup) for anonymizer in anonymizers]
+    # an anonymizer listed twice is computed once
+    todo = [index for index, path in enumerate(paths) if not path.is_file() and path not in paths[:index]]
     started = time.perf_counter()
     device = torch.device(device or default_device())
-    reset = getattr(anonymizer, "reset", None)
-    if callable(reset):
-        reset()
-    anonymized = anonymize_images(anonymizer, setup.images, device=device)
+    anonymized, experiments = {}, []
+    for index in todo:
+        anonymizer = anonymizers[index]
+        reset = getattr(anonymizer, "reset", None)
+        if callable(reset):
+            reset()
+        anonymized[index] = anonymize_images(anonymizer, setup.images, device=device)
+        linkage_images, linkage_pairs = linkage_test_set(anonymized[index], setup.images, setup.test_pairs)
+        checkpoint = setup.directory / "attackers" / paths[index].stem
+        checkpoint.parent.mkdir(parents=True, exist_ok=True)
+        experiments.append(VerificationExperiment(
+            PairDataset(anonymized[index], setup.train_pairs), PairDataset(anonymized[index], setup.val_pairs),
+            linkage_images, linkage_pairs, setup.attack, setup.seed, checkpoint, setup.runs))
+    attacks = verification_experiments(experiments, processes=setup.processes, progress=progress)
 
-    linkage_images, linkage_pairs = linkage_test_set(anonymized, setup.images, setup.test_pairs)
-    checkpoint = setup.directory / "attackers" / f"{anonymizer.name}-{key}"
-    checkpoint.parent.mkdir(parents=True, exist_ok=True)
-    attack = verification_runs(PairDataset(anonymized, setup.train_pairs), PairDataset(anonymized, setup.val_pairs),
-                               linkage_images, linkage_pairs, setup.attack, seed=setup.seed,
-                               checkpoint_path=checkpoint, runs=setup.runs, processes=setup.processes,
-                               progress=progress)
     setup.siamese.eval().to(device)
-    frozen, _ = frozen_linkage(setup.siamese, anonymized, setup.images, setup.test_pairs,
-                               bootstrap_samples=setup.bootstrap_samples, seed=setup.seed)
-    utility, _ = classifier_utility(setup.classifier, anonymized, setup.test_meta,
-                                    bootstrap_samples=setup.bootstrap_samples, seed=setup.seed, progress=progress)
-    rows = anonymized.rows(setup.test_meta["image"].tolist())
-
-    result = {
-        "method": anonymizer.name, "params": anonymizer.params(), "label": anonymizer.describe(), "key": key,
-        "protocol": setup.protocol(),
-        "privacy": {
-            "attack_auc_mean": attack["mean"]["auc"], "attack_auc_std": attack["std"]["auc"],
-            "attack_runs": attack["runs"], "frozen_auc": frozen["auc"], "frozen_auc_ci": frozen.get("auc_ci"),
-        },
-        "utility": {"mean_auc": utility["mean_auc"], "ci": utility.get("ci"), "per_class": utility["per_class"],
-                    "excluded": utility["excluded"]},
-        "fidelity": fidelity(setup.images.tensor(setup.images.rows(setup.test_meta["image"].tolist())),
-                             anonymized.tensor(rows)),
-        "counts": {"attack_train_pairs": len(setup.train_pairs), "attack_val_pairs": len(setup.val_pairs),
-                   "test_pairs": len(setup.test_pairs), "test_images": len(setup.test_meta),
-                   "anonymized_images": len(anonymized.names)},
-        "seconds": time.perf_counter() - started,
-    }
-    write_json(path, result)
-    for run in range(setup.runs):
-        weights = run_checkpoint(checkpoint, run).with_suffix(".safetensors")
-        weights.unlink(missing_ok=True)
-        weights.with_suffix(".json").unlink(missing_ok=True)
-    return result
+    test_names = setup.test_meta["image"].tolist()
+    for index, experiment, attack in zip(todo, experiments, attacks):
+        anonymizer, images = anonymizers[index], anonymized[index]
+        frozen, _ = frozen_linkage(setup.siamese, images, setup.images, setup.test_pairs,
+                                   bootstrap_samples=setup.bootstrap_samples, seed=setup.seed)
+        utility, _ = classifier_utility(setup.classifier, images, setup.test_meta,
+                                        bootstrap_samples=setup.bootstrap_samples, seed=setup.seed, progress=progress)
+        result = {
+            "method": anonymizer.name, "params": anonymizer.params(), "label": anonymizer.describe(),
+            "key": paths[index].stem.rpartition("-")[2], "protocol": setup.protocol(),
+            "privacy": {
+                "attack_auc_mean": attack["mean"]["auc"], "attack_auc_std": attack["std"]["auc"],
+                "attack_runs": attack["runs"], "frozen_auc": frozen["auc"], "frozen_auc_ci": frozen.get("auc_ci"),
+            },
+            "utility": {"mean_auc": utility["mean_auc"], "ci": utility.get("ci"),
+                        "per_class": utility["per_class"], "excluded": utility["excluded"]},
+            "fidelity": fidelity(setup.images.tensor(setup.images.rows(test_names)),
+                                 images.tensor(images.rows(test_names))),
+            "counts": {"attack_train_pairs": len(setup.train_pairs), "attack_val_pairs": len(setup.val_pairs),
+                       "test_pairs": len(setup.test_pairs), "test_images": len(setup.test_meta),
+                       "anonymized_images": len(images.names)},
+            "seconds": time.perf_counter() - started,
+        }
+        write_json(paths[index], result)
+        for run in range(setup.runs):
+            weights = run_checkpoint(experiment.checkpoint_path, run).with_suffix(".safetensors")
+            weights.unlink(missing_ok=True)
+            weights.with_suffix(".json").unlink(missing_ok=True)
+    return [json.loads(path.read_text()) for path in paths]
 
 
 def fidelity(original: torch.Tensor, anonymized: torch.Tensor, batch_size: int = 256) -> dict[str, float | None]:

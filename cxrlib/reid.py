@@ -3,7 +3,8 @@
 Two attacks on held-out patients:
 
 * **verification** -- a siamese network decides whether two radiographs show the same patient
-  (:func:`train_verification`, :func:`pair_scores`, several seeds with :func:`verification_runs`);
+  (:func:`train_verification`, :func:`pair_scores`, several seeds with :func:`verification_runs`,
+  several experiments' runs in one pool with :func:`verification_experiments`);
 * **retrieval** -- an embedding network ranks a gallery by identity (:func:`train_retrieval`,
   :func:`evaluate_retrieval`), trained with a contrastive loss over a cross-batch memory on batches
   grouped by patient (:class:`PatientBlockSampler`).
@@ -109,28 +110,63 @@ def run_checkpoint(checkpoint_path: str | Path, run: int) -> Path:
     return path if run == 0 else path.with_name(f"{path.name}-run{run}")
 
 
-def verification_runs(train: Dataset, val: Dataset, test_images: Images, test_pairs: pd.DataFrame,
-                      config: VerificationConfig, *, seed: int, checkpoint_path: str | Path,
-                      runs: int | None = None, processes: int = 1, progress: bool | None = None) -> dict:
-    """Train ``runs`` (default ``config.runs``) networks with seeds ``seed``, ``seed + 1``, ...; test each.
+@dataclasses.dataclass(eq=False)
+class VerificationExperiment:
+    """What :func:`verification_experiments` trains and tests ``runs`` times (seeds ``seed``, ``seed +
+    1``, ...): siamese networks on ``train``/``val`` pair datasets, tested on ``test_pairs`` of
+    ``test_images``; run ``i`` checkpoints at ``run_checkpoint(checkpoint_path, i)``."""
 
-    The runs are independent: ``processes`` of them train side by side on a CPU
-    (:func:`cxrlib.parallel.map_in_processes`). Returns ``{"runs": [per-run metrics, seed, best
+    train: Dataset
+    val: Dataset
+    test_images: Images
+    test_pairs: pd.DataFrame
+    config: VerificationConfig
+    seed: int
+    checkpoint_path: Path
+    runs: int
+
+    def __post_init__(self):
+        if self.runs < 1:
+            raise ValueError(f"runs must be at least 1, got {self.runs}")
+        self.checkpoint_path = Path(self.checkpoint_path)
+
+
+def verification_experiments(experiments: Sequence[VerificationExperiment], *, processes: int = 1,
+                             progress: bool | None = None) -> list[dict]:
+    """Every run of every experiment, in one pool of ``processes`` workers on a CPU
+    (:func:`cxrlib.parallel.map_in_processes`), so that a short run never leaves a core idle while a
+    long one of the same experiment finishes. Per experiment, ``{"runs": [per-run metrics, seed, best
     epoch, epochs run, epoch cap], "mean": {...}, "std": {...}}`` over :data:`RUN_METRICS` (sample
     standard deviation; 0 for a single run). Trained runs are cached like any checkpoint.
     """
-    runs = config.runs if runs is None else runs
-    if runs < 1:
-        raise ValueError(f"runs must be at least 1, got {runs}")
-    checkpoints = [run_checkpoint(checkpoint_path, run) for run in range(runs)]
-    jobs = [(train, val, test_images, test_pairs, config, seed + run, checkpoints[run],
-             progress if processes <= 1 else False) for run in range(runs)]
+    jobs, owners, finished = [], [], []
+    for index, e in enumerate(experiments):
+        for run in range(e.runs):
+            checkpoint = run_checkpoint(e.checkpoint_path, run)
+            jobs.append((e.train, e.val, e.test_images, e.test_pairs, e.config, e.seed + run, checkpoint,
+                         progress if processes <= 1 else False))
+            owners.append(index)
+            finished.append(checkpoint_finished(checkpoint))
     results = map_in_processes(verification_run, jobs, processes=processes, desc="verification runs",
-                               progress=progress, inline=[checkpoint_finished(path) for path in checkpoints])
-    table = pd.DataFrame(results)
-    return {"runs": results,
-            "mean": {name: float(table[name].mean()) for name in RUN_METRICS},
-            "std": {name: float(table[name].std(ddof=1)) if runs > 1 else 0.0 for name in RUN_METRICS}}
+                               progress=progress, inline=finished)
+    summaries = []
+    for index in range(len(experiments)):
+        runs = [result for result, owner in zip(results, owners) if owner == index]
+        table = pd.DataFrame(runs)
+        summaries.append({
+            "runs": runs, "mean": {name: float(table[name].mean()) for name in RUN_METRICS},
+            "std": {name: float(table[name].std(ddof=1)) if len(runs) > 1 else 0.0 for name in RUN_METRICS}})
+    return summaries
+
+
+def verification_runs(train: Dataset, val: Dataset, test_images: Images, test_pairs: pd.DataFrame,
+                      config: VerificationConfig, *, seed: int, checkpoint_path: str | Path,
+                      runs: int | None = None, processes: int = 1, progress: bool | None = None) -> dict:
+    """Train ``runs`` (default ``config.runs``) networks with seeds ``seed``, ``seed + 1``, ...; test
+    each: one :class:`VerificationExperiment` through :func:`verification_experiments`."""
+    experiment = VerificationExperiment(train, val, test_images, test_pairs, config, seed, checkpoint_path,
+                                        config.runs if runs is None else runs)
+    return verification_experiments([experiment], processes=processes, progress=progress)[0]
 
 
 def verification_run(train: Dataset, val: Dataset, test_images: Images, test_pairs: pd.DataFrame,

@@ -111,12 +111,12 @@ def test_attack_trains_on_anonymized_pairs_and_tests_anonymized_against_real(tmp
     setup = make_setup(tmp_path)
     seen = {}
 
-    def spy(train, val, test_images, test_pairs, config, **kwargs):
-        seen.update(train=train, val=val, test_images=test_images, test_pairs=test_pairs, config=config,
-                    kwargs=kwargs)
-        return {"runs": [{"auc": 0.5}], "mean": {"auc": 0.5}, "std": {"auc": 0.0}}
+    def spy(experiments, **kwargs):
+        (experiment,) = experiments
+        seen.update(vars(experiment), kwargs=kwargs)
+        return [{"runs": [{"auc": 0.5}], "mean": {"auc": 0.5}, "std": {"auc": 0.0}}]
 
-    monkeypatch.setattr(evaluate, "verification_runs", spy)
+    monkeypatch.setattr(evaluate, "verification_experiments", spy)
     evaluate.evaluate_anonymizer(Inverted(), setup, progress=False)
     original = setup.images
     for name, pairs in (("train", setup.train_pairs), ("val", setup.val_pairs)):
@@ -133,7 +133,8 @@ def test_attack_trains_on_anonymized_pairs_and_tests_anonymized_against_real(tmp
         torch.testing.assert_close(first, 1 - original.tensor(original.rows([theirs["img1"]])), atol=1 / 255, rtol=0)
         torch.testing.assert_close(second, original.tensor(original.rows([theirs["img2"]])))
         assert ours["label"] == theirs["label"]
-    assert seen["config"] == ATTACK and seen["kwargs"]["seed"] == setup.seed and seen["kwargs"]["runs"] == 1
+    assert seen["config"] == ATTACK and seen["seed"] == setup.seed and seen["runs"] == 1
+    assert seen["kwargs"]["processes"] == setup.processes
 
 
 def test_constant_images_leave_no_utility_and_no_fidelity(identity_evaluation):
@@ -152,20 +153,22 @@ def test_results_are_cached_and_not_recomputed(tmp_path, monkeypatch):
     setup = make_setup(tmp_path)
     calls = {"runs": 0, "anonymize": 0}
 
-    def counting_runs(train, val, test_images, test_pairs, config, *, seed, checkpoint_path, runs, processes,
-                      progress):
-        calls["runs"] += 1
-        # stands in for training: what verification_runs leaves behind, a checkpoint per run
-        checkpoint_path.with_suffix(".safetensors").write_bytes(b"weights")
-        checkpoint_path.with_suffix(".json").write_text("{}")
-        return {"runs": [{"auc": 0.6}], "mean": {"auc": 0.6}, "std": {"auc": 0.0}}
+    def counting_runs(experiments, *, processes, progress):
+        summaries = []
+        for experiment in experiments:
+            calls["runs"] += 1
+            # stands in for training: what verification_experiments leaves behind, a checkpoint per run
+            experiment.checkpoint_path.with_suffix(".safetensors").write_bytes(b"weights")
+            experiment.checkpoint_path.with_suffix(".json").write_text("{}")
+            summaries.append({"runs": [{"auc": 0.6}], "mean": {"auc": 0.6}, "std": {"auc": 0.0}})
+        return summaries
 
     class Counting(DPPix):
         def anonymize(self, images):
             calls["anonymize"] += 1
             return super().anonymize(images)
 
-    monkeypatch.setattr(evaluate, "verification_runs", counting_runs)
+    monkeypatch.setattr(evaluate, "verification_experiments", counting_runs)
     first = evaluate.evaluate_anonymizer(Counting(b=2, eps=1.0, seed=0), setup, progress=False)
     assert calls == {"runs": 1, "anonymize": 1}
     path = evaluate.result_path(Counting(b=2, eps=1.0, seed=0), setup)
@@ -268,3 +271,27 @@ def test_fidelity_matches_hand_computed_values():
     mixed = torch.cat([original[:1], shifted[1:]])
     assert math.isfinite(evaluate.fidelity(original, mixed)["psnr"])
     assert evaluate.fidelity(original, original.clone()) == {"ssim": pytest.approx(1.0), "psnr": None}
+
+
+def test_several_anonymizers_train_their_attackers_in_one_pool(identity_evaluation, tmp_path, monkeypatch):
+    setup, identity = identity_evaluation
+    fresh = make_setup(tmp_path, runs=2)
+    pools = []
+    real = evaluate.verification_experiments
+
+    def recording(experiments, **kwargs):
+        pools.append([(e.runs, e.seed) for e in experiments])
+        return real(experiments, **kwargs)
+
+    monkeypatch.setattr(evaluate, "verification_experiments", recording)
+    results = evaluate.evaluate_anonymizers([Identity(), Inverted(), Identity()], fresh, progress=False)
+    # one call trains every run of both methods; the repeated identity is computed once
+    assert pools == [[(2, fresh.seed), (2, fresh.seed)]]
+    assert results[0] == results[2] and [r["method"] for r in results[:2]] == ["identity", "test_inverted"]
+    assert [run["seed"] for run in results[1]["privacy"]["attack_runs"]] == [fresh.seed, fresh.seed + 1]
+    # the first run of each method is the run a lone evaluation trains
+    assert results[0]["privacy"]["attack_runs"][0]["auc"] == pytest.approx(
+        identity["privacy"]["attack_runs"][0]["auc"], abs=1e-6)
+    alone = evaluate.evaluate_anonymizer(Inverted(), make_setup(tmp_path / "alone", runs=2), progress=False)
+    assert alone["privacy"] == results[1]["privacy"]
+    assert not list((fresh.directory / "attackers").iterdir())
