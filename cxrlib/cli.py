@@ -1,5 +1,5 @@
 """``cxrlib`` command line: generate the phantom, prepare the image cache, make a profile's data ready,
-write the README's results section from a run; for data publishers, anonymize a release and audit how
+train the models that need no other model, write the README's results section from a run; for data publishers, anonymize a release and audit how
 linkable it is."""
 
 from __future__ import annotations
@@ -137,6 +137,26 @@ def _audit(args: argparse.Namespace) -> None:
     print(CAVEAT)
 
 
+#: what ``cxrlib train`` can train: the workspace property that trains (or loads) each model, and its fits
+TRAINABLE = {
+    "classifier": ("classifier", lambda trained: [trained[1]]),
+    "ldm": ("latent_diffusion", lambda trained: [trained.autoencoder_fit, trained.unet_fit]),
+}
+
+
+def _train(args: argparse.Namespace) -> None:
+    from cxrlib.workspace import Workspace
+
+    ws = Workspace.open(args.profile, args.data_dir or "", seed=args.seed, artifacts_dir=args.artifacts)
+    for model in args.models:
+        start = time.perf_counter()
+        attribute, fits_of = TRAINABLE[model]
+        fits = fits_of(getattr(ws, attribute))
+        done = ", ".join(f"{fit.checkpoint_path.name}: {'trained' if fit.trained else 'loaded'} (best epoch "
+                         f"{fit.best_epoch} of {len(fit.history)})" for fit in fits)
+        print(f"{model}: {done}; {time.perf_counter() - start:.0f} s")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cxrlib", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -249,6 +269,15 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--root", type=Path, default=Path("."),
                         help="the project folder holding README.md and data/README.md (default: here)")
     report.set_defaults(run=_report)
+
+    train = commands.add_parser("train", help="train (or load) a profile's models that need no other model, "
+                                              "into the artifacts folder the notebooks read")
+    train.add_argument("models", nargs="+", choices=sorted(TRAINABLE), help="what to train")
+    train.add_argument("--profile", default="cpu", help="smoke, cpu or paper")
+    train.add_argument("--data-dir", type=Path, default=None, help="a ChestX-ray14 folder instead of the phantom")
+    train.add_argument("--seed", type=int, default=42, help="training seed (the notebooks' seed parameter)")
+    train.add_argument("--artifacts", type=Path, default=None, help="artifacts folder (default: ROOT/artifacts)")
+    train.set_defaults(run=_train)
 
     timings = commands.add_parser("timings", help="seconds per section of notebooks executed by papermill (TSV: "
                                                   "notebook, section heading, seconds), from their cell timings")

@@ -172,11 +172,15 @@ def run_block(results: Results) -> str | None:
     if context is None or "data" not in results:
         return None
     timings = results.get("timings", {})
-    notebooks = [s for name, s in timings.items() if name != "total"]
+    notebooks = [s for name, s in timings.items() if name.endswith(".ipynb")]
+    # run_all.sh's other jobs: models trained beside the notebooks ("train ldm")
+    beside = {name: s for name, s in timings.items() if name != "total" and not name.endswith(".ipynb")}
     when = ""
     if notebooks:
-        when = (f" ({_minutes(timings.get('total', sum(notebooks)))} for the {_number(len(notebooks))} notebooks "
-                f"with the phantom already made: {_words([str(s) for s in notebooks])} s, "
+        jobs = f"; {_words([f'`{name}` {s} s' for name, s in beside.items()])} beside them, two jobs at a time" \
+            if beside else ""
+        when = (f" ({_minutes(timings.get('total', sum(notebooks)))} with the phantom already made: the "
+                f"{_number(len(notebooks))} notebooks {_words([str(s) for s in notebooks])} s{jobs}, "
                 f"`{_link(results, 'timings.tsv')}`)")
     working = results["data"]["working_data"]
     kind = "the phantom" if context.get("phantom") else "ChestX-ray14"

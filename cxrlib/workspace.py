@@ -204,18 +204,34 @@ class Workspace:
         """The siamese network of notebook 01 and the 14-finding classifier, which the anonymizers
         train against and every evaluation judges with: trained on first use (from the workspace
         seed), loaded from ``artifacts/`` afterwards."""
-        from cxrlib.classify import train_classifier
         from cxrlib.reid import train_verification
 
-        v, c = self.profile.verification, self.profile.classifier
+        v = self.profile.verification
         siamese, siamese_fit = train_verification(
             self.pair_dataset(self.pairs("train", v.train_pairs, "verification")),
             self.pair_dataset(self.pairs("val", v.val_pairs, "verification")),
             v, seed=self.seed, checkpoint_path=self.artifact_path("siamese", "verification"), progress=False)
-        classifier, classifier_fit = train_classifier(
-            self.images("train"), self.images("val"), c, seed=self.seed,
-            checkpoint_path=self.artifact_path("classifier", "classifier"), progress=False)
-        return Judges(siamese, siamese_fit, classifier, classifier_fit)
+        return Judges(siamese, siamese_fit, *self.classifier)
+
+    @cached_property
+    def classifier(self) -> tuple[Any, Any]:
+        """The 14-finding classifier trained on real images and its fit: trained on first use, loaded
+        afterwards (``run_all.sh`` trains it beside notebooks 00 and 01, ``cxrlib train classifier``)."""
+        from cxrlib.classify import train_classifier
+
+        return train_classifier(self.images("train"), self.images("val"), self.profile.classifier, seed=self.seed,
+                                checkpoint_path=self.artifact_path("classifier", "classifier"), progress=False)
+
+    @cached_property
+    def latent_diffusion(self) -> Any:
+        """Notebook 04's latent diffusion model (:class:`~cxrlib.synthesis.training.TrainedLatentDiffusion`),
+        trained on the training split's images on first use, loaded afterwards (``run_all.sh`` trains it
+        beside notebooks 00-02, ``cxrlib train ldm``)."""
+        from cxrlib.synthesis import train_latent_diffusion
+
+        return train_latent_diffusion(self.images("train"), self.images("val"), self.profile.synthesis,
+                                      self.profile.image_size, artifact_path=self.artifact_path, seed=self.seed,
+                                      progress=False)
 
     @cached_property
     def retrieval(self) -> tuple[Any, list]:
