@@ -346,11 +346,64 @@ def synthesis_figure_block(results: Results) -> str | None:
             if figure.is_file() else None)
 
 
+#: the CPU benchmarks' last figures (``benchmarks/bench_cpu_paths.py``, plain and ``--processes 3``),
+#: relative to the project root, where the README lies
+CPU_PATHS_BENCHMARK = Path("benchmarks/results/cpu_paths.json")
+CPU_PROCESSES_BENCHMARK = Path("benchmarks/results/cpu_processes.json")
+
+
+def _benchmark(results: Results, path: Path) -> dict | None:
+    """A benchmark's JSON beside the README, when it was measured with the run's profile."""
+    context = next((results[n]["context"] for n in RESULT_FILES if n in results), None)
+    file = Path(results["link_root"]) / path
+    if context is None or not file.is_file():
+        return None
+    try:
+        payload = json.loads(file.read_text())
+    except json.JSONDecodeError as err:
+        raise ReportError(f"{file}: not valid JSON ({err})") from err
+    return payload if payload.get("profile") == context["profile"] else None
+
+
+def cpu_paths_block(results: Results) -> str | None:
+    """The CPU's fast paths per network, as ratios to fp32 measured in one run, and the loop overhead."""
+    bench = _benchmark(results, CPU_PATHS_BENCHMARK)
+    if bench is None:
+        return None
+    machine, loop = bench["machine"], bench["loop"]
+    variants = [name for name in next(iter(bench["networks"].values())) if name != "fp32"]
+    side_by_side = (_benchmark(results, CPU_PROCESSES_BENCHMARK) or {}).get("processes", {})
+    header = ["network", "fp32 img/s (train / inference)", *(f"{v} / fp32" for v in variants)]
+    if side_by_side:
+        header.append("side by side / one process")
+    rows = []
+    for network, measured in bench["networks"].items():
+        row = [network, f"{measured['fp32']['train']:.0f} / {measured['fp32']['inference']:.0f}",
+               *(f"{measured[v]['train_ratio']:.2f} / {measured[v]['inference_ratio']:.2f}" for v in variants)]
+        if side_by_side:
+            row.append(f"{side_by_side[network]['ratio']:.2f}" if network in side_by_side else "")
+        rows.append(row)
+    table = pd.DataFrame(rows, columns=header).to_markdown(index=False)
+    processes = next(iter(side_by_side.values()), None)
+    together = (f" The last column: {processes['processes']} single-thread processes training side by side "
+                f"against one process of {processes['threads']} threads, images/s together "
+                f"(`{CPU_PROCESSES_BENCHMARK.as_posix()}`)." if processes else "")
+    return (f"**The CPU's fast paths** (`benchmarks/bench_cpu_paths.py`, one run with {bench['threads']} "
+            f"threads on {machine['cpu']}, {machine['cores']} cores, PyTorch {machine['torch']} with CPU "
+            f"capability {machine['torch_cpu_capability']}; `{CPU_PATHS_BENCHMARK.as_posix()}`): the "
+            f"training loop `fit` over the cache-backed datasets takes {loop['overhead']:.1%} longer than a "
+            f"bare loop over the same batches in memory ({loop['fit_train_seconds']:.1f} s against "
+            f"{loop['bare_loop_seconds']:.1f} s). Throughput of each variant as a ratio to fp32, train / "
+            f"inference, the `cpu` profile's networks at batch 32; ratios below 1 are slower, and the "
+            f"project keeps fp32 (with `channels_last` where it is faster).{together}\n\n{table}")
+
+
 Block = Callable[[Results], str | None]
 
 BLOCKS: tuple[Block, ...] = (
     run_block, reidentification_block, reidentification_table_block, identity_cues_block, tradeoff_block,
     tradeoff_table_block, tradeoff_reading_block, tradeoff_figure_block, synthesis_block, synthesis_figure_block,
+    cpu_paths_block,
 )
 
 #: data/README.md's figures of the phantom as a fair test

@@ -117,3 +117,26 @@ def test_stage_timings_refuse_a_notebook_papermill_did_not_run(tmp_path):
     (tmp_path / "broken.ipynb").write_text("{")
     with pytest.raises(ReportError, match="broken.ipynb"):
         stage_timings(tmp_path / "broken.ipynb")
+
+
+def test_cpu_fast_paths_come_from_the_benchmarks_beside_the_readme(copied_results):
+    results, readme = copied_results
+    root = readme.parent
+    assert "fast paths" not in results_section(results, root)  # no benchmark there: no block
+    (root / "benchmarks" / "results").mkdir(parents=True)
+    machine = {"cpu": "Test CPU", "cores": 2, "torch": "9.9", "torch_cpu_capability": "AVX2"}
+    network = {"fp32": {"train": 100.0, "inference": 300.0, "train_ratio": 1.0, "inference_ratio": 1.0},
+               "bf16": {"train": 25.0, "inference": 60.0, "train_ratio": 0.25, "inference_ratio": 0.2}}
+    paths = {"profile": "cpu", "threads": 2, "machine": machine, "networks": {"siamese": network},
+             "loop": {"fit_train_seconds": 10.5, "bare_loop_seconds": 10.0, "overhead": 0.05}}
+    (root / "benchmarks" / "results" / "cpu_paths.json").write_text(json.dumps(paths))
+    section = results_section(results, root)
+    flat = section.replace("\n", " ")
+    assert "5.0% longer than a bare loop" in flat and "Test CPU, 2 cores" in flat
+    assert "| siamese   | 100 / 300" in section and "0.25 / 0.20" in section
+    processes = {"profile": "cpu", "processes": {"siamese": {"threads": 2, "processes": 3, "ratio": 1.234}}}
+    (root / "benchmarks" / "results" / "cpu_processes.json").write_text(json.dumps(processes))
+    assert "1.23 |" in results_section(results, root)
+    # measured with another profile: left out
+    (root / "benchmarks" / "results" / "cpu_paths.json").write_text(json.dumps({**paths, "profile": "smoke"}))
+    assert "fast paths" not in results_section(results, root)
