@@ -43,69 +43,82 @@ source scripts/setup.sh
 echo "== data ($profile)"
 cxrlib data --profile "$profile" ${data_dir:+--data-dir "$data_dir"}
 
-# Two jobs side by side, each with half the cores: the profile's small networks keep one core busier
-# than two (on 2 cores the latent U-Net trains 1.7x faster as two 1-thread processes than as one of
-# 2 threads), so models that need no other model train beside the notebooks, and notebooks that do
-# not depend on each other run together. Order: the classifier and the latent diffusion model
-# (cxrlib train) beside 00 and 01; 02 once the classifier is there; then 03 beside 04 (which waits
-# for the latent diffusion model), and 05 after 03.
+# Jobs side by side, each with half the cores: the profile's small networks keep one core busier than
+# two (on 2 cores the latent U-Net trains 1.7x faster as two 1-thread processes than as one of 2
+# threads), so models that need no other model train beside the notebooks (cxrlib train), and every
+# job starts as soon as the jobs it needs are done.
 cores="$(nproc)"
 export OMP_NUM_THREADS="${OMP_NUM_THREADS:-$(( cores > 1 ? cores / 2 : 1 ))}"
 logs="$results/logs"
 timings="$results/timings.tsv"
 rm -rf "$logs"; mkdir -p "$logs"
-set -m  # each job its own process group, so that a failure stops a job's kernel and workers too
-declare -A job_pid job_start
-stop_jobs() { for pid in "${job_pid[@]}"; do kill -- "-$pid" 2>/dev/null || true; done; }
-trap 'stop_jobs; exit 130' INT TERM
 
-notebook_command() {
-  papermill "notebooks/$1" "$results/notebooks/$1" --kernel cxrlib --cwd notebooks --progress-bar \
-    -p profile "$profile" -p data_dir "$data_dir" -p seed "$seed" -p results_dir "$results" \
-    -p artifacts_dir "$artifacts"
-}
-
-start() {  # start NAME COMMAND...: run COMMAND in the background, its output in $logs/NAME.log
-  local name="$1"; shift
-  echo "== $name: started ($(date +%H:%M:%S))"
-  job_start[$name]=$SECONDS
-  "$@" > "$logs/$name.log" 2>&1 &
-  job_pid[$name]=$!
-}
-
-finish() {  # finish NAME: wait for job NAME; on failure stop the others and say where to look
-  local name="$1"
-  if ! wait "${job_pid[$name]}"; then
-    echo "run_all.sh: $name FAILED; its output: $logs/$name.log" >&2
-    if [[ "$name" == *.ipynb ]]; then echo "run_all.sh: the executed copy with the error: $results/notebooks/$name" >&2; fi
-    unset "job_pid[$name]"; stop_jobs; exit 1
-  fi
-  unset "job_pid[$name]"
-  local seconds=$(( SECONDS - job_start[$name] ))
-  printf "%s\tall\t%d\n" "$name" "$seconds" >> "$logs/job_seconds.tsv"
-  echo "== $name: done in ${seconds} s"
-}
-
-scheduled=" 00_data.ipynb 01_reidentification.ipynb 02_prichexy_net.ipynb 03_baselines_and_tradeoff.ipynb 04_ldm_synthesis.ipynb 05_publishing_a_release.ipynb "
+train=(cxrlib train --profile "$profile" ${data_dir:+--data-dir "$data_dir"} --seed "$seed" --artifacts "$artifacts")
+declare -A needs=(  # job -> the jobs whose models or results it reads
+  ["train classifier"]=""
+  ["train ldm"]=""
+  [00_data.ipynb]=""
+  [01_reidentification.ipynb]=""
+  [02_prichexy_net.ipynb]="01_reidentification.ipynb|train classifier"
+  [03_baselines_and_tradeoff.ipynb]="02_prichexy_net.ipynb"
+  [04_ldm_synthesis.ipynb]="01_reidentification.ipynb|train classifier|train ldm"
+  [05_publishing_a_release.ipynb]="02_prichexy_net.ipynb"
+)
 for notebook in notebooks/[0-9][0-9]_*.ipynb; do
-  if [[ "$scheduled" != *" $(basename "$notebook") "* ]]; then
-    echo "run_all.sh: $notebook is not in the schedule below; add it" >&2; exit 2
+  if [ -z "${needs[$(basename "$notebook")]+set}" ]; then
+    echo "run_all.sh: $notebook is not in the schedule (needs=...); add it" >&2; exit 2
   fi
 done
-train=(cxrlib train --profile "$profile" ${data_dir:+--data-dir "$data_dir"} --seed "$seed" --artifacts "$artifacts")
+
+run_job() {  # run_job NAME: the job's command, its output in $logs/NAME.log, its seconds in $logs/NAME.seconds
+  local name="$1" began=$SECONDS status=0
+  case "$name" in
+    train\ *) "${train[@]}" "${name#train }" ;;
+    *) papermill "notebooks/$name" "$results/notebooks/$name" --kernel cxrlib --cwd notebooks --progress-bar \
+         -p profile "$profile" -p data_dir "$data_dir" -p seed "$seed" -p results_dir "$results" \
+         -p artifacts_dir "$artifacts" ;;
+  esac > "$logs/$name.log" 2>&1 || status=$?
+  echo $(( SECONDS - began )) > "$logs/$name.seconds"
+  return $status
+}
+
+set -m  # each job its own process group, so that a failure stops a job's kernel and workers too
+declare -A running=() completed=()  # running: pid -> job; completed: job -> 1
+stop_jobs() { for pid in "${!running[@]}"; do kill -- "-$pid" 2>/dev/null || true; done; }
+trap 'stop_jobs; exit 130' INT TERM
+needed() {  # needed NAME: the jobs NAME needs, one per line
+  local -a list; IFS='|' read -r -a list <<< "${needs[$1]}"; printf '%s\n' "${list[@]}"
+}
+ready() {  # ready NAME: NAME is neither started nor done, and every job it needs is done
+  local need
+  [ -z "${completed[$1]+set}" ] && ! printf '%s\n' "${running[@]}" | grep -qxF "$1" || return 1
+  while read -r need; do [ -z "$need" ] || [ -n "${completed[$need]+set}" ] || return 1; done < <(needed "$1")
+}
 start_all=$SECONDS
-start "train classifier" "${train[@]}" classifier
-start "train ldm" "${train[@]}" ldm
-for name in 00_data.ipynb 01_reidentification.ipynb; do start "$name" notebook_command "$name"; finish "$name"; done
-finish "train classifier"
-start 02_prichexy_net.ipynb notebook_command 02_prichexy_net.ipynb; finish 02_prichexy_net.ipynb
-start 03_baselines_and_tradeoff.ipynb notebook_command 03_baselines_and_tradeoff.ipynb
-finish "train ldm"
-start 04_ldm_synthesis.ipynb notebook_command 04_ldm_synthesis.ipynb
-finish 03_baselines_and_tradeoff.ipynb
-start 05_publishing_a_release.ipynb notebook_command 05_publishing_a_release.ipynb
-finish 04_ldm_synthesis.ipynb
-finish 05_publishing_a_release.ipynb
+: > "$logs/job_seconds.tsv"
+while [ ${#completed[@]} -lt ${#needs[@]} ]; do
+  for name in "${!needs[@]}"; do
+    if ready "$name"; then
+      echo "== $name: started ($(date +%H:%M:%S))"
+      run_job "$name" &
+      running[$!]="$name"
+    fi
+  done
+  if [ ${#running[@]} -eq 0 ]; then
+    echo "run_all.sh: no job can start; the schedule (needs=...) names a job that is not in it, or a cycle" >&2
+    exit 2
+  fi
+  status=0; wait -n -p pid "${!running[@]}" || status=$?
+  name="${running[$pid]}"; unset "running[$pid]"
+  if [ $status -ne 0 ]; then
+    echo "run_all.sh: $name FAILED; its output: $logs/$name.log" >&2
+    if [[ "$name" == *.ipynb ]]; then echo "run_all.sh: the executed copy with the error: $results/notebooks/$name" >&2; fi
+    stop_jobs; exit 1
+  fi
+  completed[$name]=1
+  printf "%s\tall\t%d\n" "$name" "$(cat "$logs/$name.seconds")" >> "$logs/job_seconds.tsv"
+  echo "== $name: done in $(cat "$logs/$name.seconds") s"
+done
 # per notebook one row per section (cxrlib timings, from papermill's cell times); then each job's wall time
 printf "notebook\tstage\tseconds\n" > "$timings"
 cxrlib timings "$results"/notebooks/[0-9][0-9]_*.ipynb >> "$timings"

@@ -37,11 +37,17 @@ def package_versions() -> dict[str, str]:
     return versions
 
 
+def partial_path(path: Path) -> Path:
+    """Where to write ``path`` before renaming it into place: one name per process, since run_all.sh's
+    jobs run side by side and may write the same file (with the same content) at the same time."""
+    return path.with_name(f"{path.name}.{os.getpid()}.partial")
+
+
 def write_json(path: str | Path, payload: Any) -> Path:
     """Write JSON atomically (temporary file, then rename)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".partial")
+    tmp = partial_path(path)
     tmp.write_text(json.dumps(payload, indent=2, sort_keys=True, default=_jsonable) + "\n")
     os.replace(tmp, path)
     return path
@@ -86,7 +92,7 @@ def save_weights(module: torch.nn.Module, path: str | Path, *, config: dict[str,
     path = Path(path).with_suffix(".safetensors")
     path.parent.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
-    tmp = path.with_name(path.name + ".partial")
+    tmp = partial_path(path)
     save_file(state, str(tmp))
     sidecar = {"config": config, "metrics": metrics or {}, "versions": package_versions(), **(extra or {})}
     # sidecar last: its presence marks a complete save

@@ -1,6 +1,6 @@
 """``cxrlib`` command line: generate the phantom, prepare the image cache, make a profile's data ready,
-train the models that need no other model, write the README's results section from a run; for data publishers, anonymize a release and audit how
-linkable it is."""
+train the models that need no other model, write the README's results section from a run; for data
+publishers, anonymize a release and audit how linkable it is."""
 
 from __future__ import annotations
 

@@ -167,8 +167,13 @@ def _link(results: Results, name: str = "") -> str:
 
 # -- the blocks -------------------------------------------------------------------------------------
 
+def _context(results: Results) -> dict | None:
+    """The run's context (profile, seed, data), from the first metrics file that has one."""
+    return next((results[n]["context"] for n in RESULT_FILES if n in results), None)
+
+
 def run_block(results: Results) -> str | None:
-    context = next((results[n]["context"] for n in RESULT_FILES if n in results), None)
+    context = _context(results)
     if context is None or "data" not in results:
         return None
     timings = results.get("timings", {})
@@ -177,7 +182,7 @@ def run_block(results: Results) -> str | None:
     beside = {name: s for name, s in timings.items() if name != "total" and not name.endswith(".ipynb")}
     when = ""
     if notebooks:
-        jobs = f"; {_words([f'`{name}` {s} s' for name, s in beside.items()])} beside them, two jobs at a time" \
+        jobs = f"; {_words([f'`{name}` {s} s' for name, s in beside.items()])} beside them" \
             if beside else ""
         when = (f" ({_minutes(timings.get('total', sum(notebooks)))} with the phantom already made: the "
                 f"{_number(len(notebooks))} notebooks {_words([str(s) for s in notebooks])} s{jobs}, "
@@ -354,7 +359,7 @@ CPU_PROCESSES_BENCHMARK = Path("benchmarks/results/cpu_processes.json")
 
 def _benchmark(results: Results, path: Path) -> dict | None:
     """A benchmark's JSON beside the README, when it was measured with the run's profile."""
-    context = next((results[n]["context"] for n in RESULT_FILES if n in results), None)
+    context = _context(results)
     file = Path(results["link_root"]) / path
     if context is None or not file.is_file():
         return None
@@ -394,8 +399,8 @@ def cpu_paths_block(results: Results) -> str | None:
             f"training loop `fit` over the cache-backed datasets takes {loop['overhead']:.1%} longer than a "
             f"bare loop over the same batches in memory ({loop['fit_train_seconds']:.1f} s against "
             f"{loop['bare_loop_seconds']:.1f} s). Throughput of each variant as a ratio to fp32, train / "
-            f"inference, the `cpu` profile's networks at batch 32; ratios below 1 are slower, and the "
-            f"project keeps fp32 (with `channels_last` where it is faster).{together}\n\n{table}")
+            f"inference, the `{bench['profile']}` profile's networks at their training batch sizes; ratios "
+            f"below 1 are slower, and the project keeps fp32 (with `channels_last` where it is faster).{together}\n\n{table}")
 
 
 Block = Callable[[Results], str | None]

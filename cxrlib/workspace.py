@@ -111,7 +111,6 @@ class Workspace:
                  results_dir=Path(results_dir or root / "results" / profile.name),
                  artifacts_dir=Path(artifacts_dir or root / "artifacts"), progress=progress)
         ws.metadata = read_metadata(find_metadata_file(folder))
-        ws.results_dir.mkdir(parents=True, exist_ok=True)
         return ws
 
     # -- data -------------------------------------------------------------------------------------
@@ -293,6 +292,7 @@ class Workspace:
     def save_table(self, table: pd.DataFrame, name: str) -> tuple[Path, Path]:
         """A table as CSV and as Markdown."""
         csv, markdown = self.results_dir / f"{name}.csv", self.results_dir / f"{name}.md"
+        self.results_dir.mkdir(parents=True, exist_ok=True)  # the folder appears with its first result
         table.to_csv(csv, index=False)
         markdown.write_text(table.to_markdown(index=False) + "\n")
         return csv, markdown

@@ -1,5 +1,6 @@
 """The notebooks' entry point on a small phantom: pair requests capped to what a split allows."""
 
+import pandas as pd
 import pytest
 
 from cxrlib.data.chestxray14 import DataError
@@ -28,3 +29,11 @@ def test_pairs_of_a_split_without_repeat_patients_raise(tmp_path):
     ws = _workspace(tmp_path, max_followups=1)
     with pytest.raises(DataError, match="no patient with two images"):
         ws.pairs("train", 10, "verification")
+
+
+def test_results_folder_appears_with_the_first_result_only(tmp_path):
+    # `cxrlib train` opens a workspace to train models: it must not leave an empty results/<profile>/
+    ws = _workspace(tmp_path, max_followups=4)
+    assert not ws.results_dir.exists()
+    ws.save_table(pd.DataFrame({"a": [1]}), "table")
+    assert (ws.results_dir / "table.csv").is_file() and (ws.results_dir / "table.md").is_file()

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from cxrlib.artifacts import partial_path
 from cxrlib.data.chestxray14 import DataError, read_text
 
 PAIR_COLUMNS = ("img1", "img2", "label")
@@ -142,7 +143,7 @@ def _negative_pairs(groups: list[np.ndarray], n: int, rng: np.random.Generator):
 def write_pair_file(pairs: pd.DataFrame, path: str | Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".partial")
+    tmp = partial_path(path)
     with open(tmp, "w") as f:
         for a, b, label in pairs[list(PAIR_COLUMNS)].itertuples(index=False):
             f.write(f"{a}\t{b}\t{float(label):.1f}\n")
