@@ -26,7 +26,7 @@ from cxrlib.config import ClassifierConfig
 from cxrlib.data.chestxray14 import LABELS
 from cxrlib.metrics import multilabel_auc
 from cxrlib.models.classifier import Classifier
-from cxrlib.train import FitResult, fit, make_accelerator, seed_everything
+from cxrlib.train import FitResult, autocast, fit, make_accelerator, seed_everything
 
 
 def build_classifier(config: ClassifierConfig) -> Classifier:
@@ -94,7 +94,7 @@ def predict(model: nn.Module, dataset: Dataset, *, anonymizer: nn.Module | None 
     loader = DataLoader(dataset, batch_size=batch_size)
     for images, targets in tqdm(loader, desc="predict", leave=False, disable=None if progress is None else not progress):
         images = images.to(device)
-        with accelerator.autocast():
+        with autocast(accelerator):
             if anonymizer is not None:
                 images = anonymizer(images)
             probabilities.append(torch.sigmoid(model(images).float()).cpu())

@@ -177,7 +177,7 @@ def run_block(results: Results) -> str | None:
     if context is None or "data" not in results:
         return None
     timings = results.get("timings", {})
-    notebooks = [s for name, s in timings.items() if name.endswith(".ipynb")]
+    notebooks = [s for name, s in sorted(timings.items()) if name.endswith(".ipynb")]  # 00 to 05
     # run_all.sh's other jobs: models trained beside the notebooks ("train ldm")
     beside = {name: s for name, s in timings.items() if name != "total" and not name.endswith(".ipynb")}
     when = ""
@@ -189,6 +189,8 @@ def run_block(results: Results) -> str | None:
                 f"`{_link(results, 'timings.tsv')}`)")
     working = results["data"]["working_data"]
     kind = "the phantom" if context.get("phantom") else "ChestX-ray14"
+    if context.get("bf16"):
+        when += " in bf16 autocast (all networks but the latent diffusion model's)"
     caveat = (" the networks are small and trained for minutes: the numbers show the papers' qualitative "
               "picture, not their values, which need ChestX-ray14 and the `paper` profile."
               if context.get("phantom") else "")
@@ -390,6 +392,12 @@ def cpu_paths_block(results: Results) -> str | None:
         rows.append(row)
     table = pd.DataFrame(rows, columns=header).to_markdown(index=False)
     processes = next(iter(side_by_side.values()), None)
+    precision = ("On a CPU that computes bf16 in hardware, like this one, every network but the latent "
+                 "diffusion model's autoencoder and U-Net trains in bf16 autocast (`cxrlib.train.autocast`; "
+                 "`CXRLIB_CPU_BF16=0` keeps fp32), with `channels_last` where it is faster; elsewhere fp32."
+                 if machine["bf16_flags"] else
+                 "On a CPU without bf16 hardware, like this one, every network trains in fp32 (bf16 is "
+                 "emulated there), with `channels_last` where it is faster.")
     together = (f" The last column: {processes['processes']} single-thread processes training side by side "
                 f"against one process of {processes['threads']} threads, images/s together "
                 f"(`{CPU_PROCESSES_BENCHMARK.as_posix()}`)." if processes else "")
@@ -400,7 +408,7 @@ def cpu_paths_block(results: Results) -> str | None:
             f"bare loop over the same batches in memory ({loop['fit_train_seconds']:.1f} s against "
             f"{loop['bare_loop_seconds']:.1f} s). Throughput of each variant as a ratio to fp32, train / "
             f"inference, the `{bench['profile']}` profile's networks at their training batch sizes; ratios "
-            f"below 1 are slower, and the project keeps fp32 (with `channels_last` where it is faster).{together}\n\n{table}")
+            f"below 1 are slower. {precision}{together}\n\n{table}")
 
 
 Block = Callable[[Results], str | None]

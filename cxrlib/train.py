@@ -129,8 +129,20 @@ def use_fast_layout(model: torch.nn.Module) -> torch.nn.Module:
     return model.to(memory_format=torch.channels_last)
 
 
+#: set to 0 to keep fp32 on a CPU that computes bf16 in hardware (for figures comparable across machines)
+CPU_BF16_VARIABLE = "CXRLIB_CPU_BF16"
+
+
+def cpu_computes_bf16() -> bool:
+    """Whether this CPU has bf16 arithmetic in hardware (AVX-512 BF16 or AMX). Only there does bf16
+    autocast pay: without it PyTorch emulates bf16, 6-16x slower than fp32 (measured on an AVX2-only
+    AMD EPYC; ``benchmarks/bench_cpu_paths.py`` prints the ratios of the machine it runs on)."""
+    return torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+
+
 def make_accelerator() -> Accelerator:
-    """An Accelerator with bf16 mixed precision on CUDA (when the GPU supports it), fp32 otherwise.
+    """An Accelerator with bf16 mixed precision on CUDA (when the GPU supports it), fp32 otherwise; bf16
+    on a CPU is :func:`autocast`'s choice per network, which one Accelerate state per process cannot make.
 
     Shuffling samplers are re-seeded every epoch from the seed in force at ``prepare`` plus the epoch,
     so every process draws the same order and a resumed run draws what an uninterrupted one would.
@@ -142,6 +154,27 @@ def make_accelerator() -> Accelerator:
                        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True))
 
 
+def uses_bf16(accelerator: Accelerator | None = None, cpu_bf16: bool = True) -> bool:
+    """Whether :func:`autocast` computes in bf16 (with ``accelerator``, default: this machine's): on
+    CUDA where the GPU supports it; on a CPU that computes bf16 in hardware unless ``cpu_bf16`` is
+    False or ``CXRLIB_CPU_BF16=0``."""
+    if accelerator is None and torch.cuda.is_available():
+        return torch.cuda.is_bf16_supported()
+    if accelerator is not None and accelerator.device.type != "cpu":
+        return accelerator.mixed_precision == "bf16"
+    return cpu_bf16 and os.environ.get(CPU_BF16_VARIABLE, "1") != "0" and cpu_computes_bf16()
+
+
+def autocast(accelerator: Accelerator, cpu_bf16: bool = True):
+    """The mixed-precision context of a training or inference step. On a CPU with bf16 in hardware,
+    bf16 autocast trains the ``cpu`` profile's convolutional networks 1.2-1.8x faster than fp32
+    (``benchmarks/results/cpu_paths.json``); ``cpu_bf16=False`` keeps fp32 for networks it slows down
+    (the latent diffusion model's autoencoder and U-Net: 0.6-0.8x)."""
+    if accelerator.device.type != "cpu":
+        return accelerator.autocast()
+    return torch.autocast("cpu", dtype=torch.bfloat16, enabled=uses_bf16(accelerator, cpu_bf16))
+
+
 def last_checkpoint_path(checkpoint_path: str | Path) -> Path:
     path = Path(checkpoint_path).with_suffix(".safetensors")
     return path.with_name(path.stem + ".last.safetensors")
@@ -151,7 +184,7 @@ def fit(model: torch.nn.Module, loss_fn: LossFn, train_loader: torch.utils.data.
         val_loader: torch.utils.data.DataLoader, *, optimizer: torch.optim.Optimizer, max_epochs: int,
         patience: int, checkpoint_path: str | Path, config: Mapping[str, Any] | Any, seed: int,
         scheduler: Any = None, progress: bool | None = None, keep: str = "best",
-        accelerator: Accelerator | None = None, channels_last: bool = True) -> FitResult:
+        accelerator: Accelerator | None = None, channels_last: bool = True, cpu_bf16: bool = True) -> FitResult:
     """Train ``model`` with early stopping on validation loss; afterwards it holds the best weights.
 
     ``keep="last"`` instead trains all ``max_epochs`` and keeps the final weights, for schedules
@@ -167,6 +200,8 @@ def fit(model: torch.nn.Module, loss_fn: LossFn, train_loader: torch.utils.data.
     ``FloatingPointError`` naming the epoch; the best checkpoint written before stays as it was.
     The model is left in eval mode. ``channels_last``: the weights in that layout
     (:func:`use_fast_layout`), faster for most of the profile's networks; False keeps PyTorch's default.
+    ``cpu_bf16``: bf16 autocast on a CPU that computes bf16 in hardware (:func:`autocast`); each
+    epoch's history entry records whether it trained in bf16.
 
     Seeds: the samplers draw the data order from ``seed`` and the epoch, alike in every process;
     the random draws inside ``loss_fn`` come from :func:`process_seed`, different in each process.
@@ -230,17 +265,18 @@ def fit(model: torch.nn.Module, loss_fn: LossFn, train_loader: torch.utils.data.
                     loader.set_epoch(epoch)
             started = time.perf_counter()
             train_loss = _train_epoch(wrapped, loss_fn, train_loader, optimizer,
-                                      None if plateau else scheduler, accelerator, epoch, best_path,
-                                      state["best_epoch"])
+                                      None if plateau else scheduler, accelerator, cpu_bf16, epoch,
+                                      best_path, state["best_epoch"])
             train_seconds = time.perf_counter() - started
-            val_loss = _validation_loss(wrapped, loss_fn, val_loader, accelerator)
+            val_loss = _validation_loss(wrapped, loss_fn, val_loader, accelerator, cpu_bf16)
             check_finite(val_loss, "validation loss", epoch, _kept(best_path, state["best_epoch"]))
             if plateau:
                 scheduler.step(val_loss)
             state["epoch"] = epoch
             state["history"].append({"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss,
                                      "seconds": time.perf_counter() - started,
-                                     "train_seconds": train_seconds})
+                                     "train_seconds": train_seconds,
+                                     "bf16": uses_bf16(accelerator, cpu_bf16)})
             if keep == "last" or val_loss < state["best_val_loss"]:
                 state.update(best_epoch=epoch, best_val_loss=val_loss, bad_epochs=0)
                 if accelerator.is_main_process:
@@ -273,13 +309,13 @@ def fit(model: torch.nn.Module, loss_fn: LossFn, train_loader: torch.utils.data.
                      best_val_loss=state["best_val_loss"], checkpoint_path=best_path, trained=True)
 
 
-def _train_epoch(model, loss_fn, loader, optimizer, scheduler, accelerator, epoch, best_path,
+def _train_epoch(model, loss_fn, loader, optimizer, scheduler, accelerator, cpu_bf16, epoch, best_path,
                  best_epoch) -> float:
     model.train()
     total, count = torch.zeros((), device=accelerator.device), 0
     for batch in loader:
         optimizer.zero_grad(set_to_none=True)
-        with accelerator.autocast():
+        with autocast(accelerator, cpu_bf16):
             loss = loss_fn(model, batch)
         # every process checks every process's loss, so all stop together instead of one hanging
         losses = accelerator.gather(loss.detach().float().reshape(1))
@@ -294,11 +330,11 @@ def _train_epoch(model, loss_fn, loader, optimizer, scheduler, accelerator, epoc
 
 
 @torch.no_grad()
-def _validation_loss(model, loss_fn, loader, accelerator) -> float:
+def _validation_loss(model, loss_fn, loader, accelerator, cpu_bf16) -> float:
     model.eval()
     sums = torch.zeros(2, device=accelerator.device, dtype=torch.float64)
     for batch in loader:
-        with accelerator.autocast():
+        with autocast(accelerator, cpu_bf16):
             loss = loss_fn(model, batch)
         size = _batch_size(batch)
         sums += torch.stack([loss.detach().double() * size, torch.tensor(size, device=sums.device,

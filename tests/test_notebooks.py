@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 from pathlib import Path
 
@@ -44,8 +45,10 @@ def test_run_all_executes_every_notebook_on_smoke(tmp_path):
         "the 'cxrlib' Jupyter kernel is not registered; run ./run_tests.sh (scripts/setup.sh registers it)")
     results, artifacts = tmp_path / "results", tmp_path / "artifacts"
     assert set(EXPECTED_METRICS) == {path.stem for path in NOTEBOOKS}
+    # the default precision: bf16 autocast where the CPU computes bf16 in hardware (conftest turns it off)
+    env = {k: v for k, v in os.environ.items() if k != "CXRLIB_CPU_BF16"}
     run = subprocess.run([str(ROOT / "run_all.sh"), "--profile", "smoke", "--results", str(results),
-                          "--artifacts", str(artifacts)], cwd=ROOT, capture_output=True, text=True)
+                          "--artifacts", str(artifacts)], cwd=ROOT, capture_output=True, text=True, env=env)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     for path in NOTEBOOKS:
         for name in EXPECTED_METRICS[path.stem]:

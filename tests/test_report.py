@@ -124,7 +124,7 @@ def test_cpu_fast_paths_come_from_the_benchmarks_beside_the_readme(copied_result
     root = readme.parent
     assert "fast paths" not in results_section(results, root)  # no benchmark there: no block
     (root / "benchmarks" / "results").mkdir(parents=True)
-    machine = {"cpu": "Test CPU", "cores": 2, "torch": "9.9", "torch_cpu_capability": "AVX2"}
+    machine = {"cpu": "Test CPU", "cores": 2, "torch": "9.9", "torch_cpu_capability": "AVX2", "bf16_flags": []}
     network = {"fp32": {"train": 100.0, "inference": 300.0, "train_ratio": 1.0, "inference_ratio": 1.0},
                "bf16": {"train": 25.0, "inference": 60.0, "train_ratio": 0.25, "inference_ratio": 0.2}}
     paths = {"profile": "cpu", "threads": 2, "machine": machine, "networks": {"siamese": network},
@@ -134,6 +134,12 @@ def test_cpu_fast_paths_come_from_the_benchmarks_beside_the_readme(copied_result
     flat = section.replace("\n", " ")
     assert "5.0% longer than a bare loop" in flat and "Test CPU, 2 cores" in flat
     assert "| siamese   | 100 / 300" in section and "0.25 / 0.20" in section
+    assert "without bf16 hardware, like this one, every network trains in fp32" in flat
+    with_bf16 = {**paths, "machine": {**machine, "bf16_flags": ["avx512_bf16"]}}
+    (root / "benchmarks" / "results" / "cpu_paths.json").write_text(json.dumps(with_bf16))
+    assert "but the latent diffusion model's autoencoder and U-Net trains in bf16 autocast" in \
+        results_section(results, root).replace("\n", " ")
+    (root / "benchmarks" / "results" / "cpu_paths.json").write_text(json.dumps(paths))
     processes = {"profile": "cpu", "processes": {"siamese": {"threads": 2, "processes": 3, "ratio": 1.234}}}
     (root / "benchmarks" / "results" / "cpu_processes.json").write_text(json.dumps(processes))
     assert "1.23 |" in results_section(results, root)

@@ -11,6 +11,7 @@ import torch
 from safetensors.torch import load_file
 from torch.utils.data import DataLoader, TensorDataset
 
+from cxrlib import train
 from cxrlib.artifacts import ArtifactError
 from cxrlib.train import (FitResult, fit, last_checkpoint_path, make_accelerator, process_seed,
                           seed_everything)
@@ -170,6 +171,43 @@ def test_make_accelerator_uses_fp32_on_cpu():
     if torch.cuda.is_available():
         pytest.skip("CPU-only check")
     assert make_accelerator().mixed_precision == "no"
+
+
+@pytest.fixture
+def cpu_with_bf16(monkeypatch):
+    """A CPU that computes bf16 in hardware, as far as cxrlib can tell (bf16 runs emulated elsewhere)."""
+    if torch.cuda.is_available():
+        pytest.skip("CPU-only check")
+    monkeypatch.setattr(train, "cpu_computes_bf16", lambda: True)
+    monkeypatch.delenv(train.CPU_BF16_VARIABLE, raising=False)
+
+
+def test_autocast_on_cpu_is_bf16_only_where_the_hardware_computes_it(cpu_with_bf16, monkeypatch):
+    accelerator = make_accelerator()
+    layer = torch.nn.Linear(4, 4)
+    with train.autocast(accelerator):
+        assert layer(torch.rand(2, 4)).dtype == torch.bfloat16
+    with train.autocast(accelerator, cpu_bf16=False):  # the networks bf16 slows down
+        assert layer(torch.rand(2, 4)).dtype == torch.float32
+    monkeypatch.setenv(train.CPU_BF16_VARIABLE, "0")
+    with train.autocast(accelerator):
+        assert layer(torch.rand(2, 4)).dtype == torch.float32
+    monkeypatch.delenv(train.CPU_BF16_VARIABLE)
+    monkeypatch.setattr(train, "cpu_computes_bf16", lambda: False)
+    with train.autocast(accelerator):
+        assert layer(torch.rand(2, 4)).dtype == torch.float32
+
+
+@pytest.mark.parametrize("cpu_bf16", [True, False])
+def test_fit_records_the_precision_of_every_epoch_and_learns_in_bf16(tmp_path, cpu_with_bf16, cpu_bf16):
+    model = _model()
+    optimizer = torch.optim.Adam(model.parameters(), lr=0.05)
+    train_loader, val_loader = _loaders()
+    result = fit(model, _mse, train_loader, val_loader, optimizer=optimizer, max_epochs=4, patience=2,
+                 checkpoint_path=tmp_path / "net", config=CONFIG, seed=0, progress=False, cpu_bf16=cpu_bf16)
+    assert [h["bf16"] for h in result.history] == [cpu_bf16] * 4
+    assert result.history[-1]["val_loss"] < 0.5 * result.history[0]["val_loss"]
+    assert all(p.dtype == torch.float32 for p in model.parameters())  # autocast: weights stay fp32
 
 
 DDP_SCRIPT = textwrap.dedent("""

@@ -43,9 +43,9 @@ from cxrlib.anonymize.base import Anonymizer
 from cxrlib.artifacts import load_weights, save_weights
 from cxrlib.data.chestxray14 import LABELS, DataError
 from cxrlib.data.datasets import PairDataset
-from cxrlib.train import (FitResult, check_finite, finished_sidecar, fit, last_checkpoint_path,
+from cxrlib.train import (FitResult, autocast, check_finite, finished_sidecar, fit, last_checkpoint_path,
                           load_training_state, make_accelerator, process_seed, remove_training_state,
-                          save_training_state, seed_everything, use_fast_layout)
+                          save_training_state, seed_everything, use_fast_layout, uses_bf16)
 
 #: the quantities recorded per epoch, for training and validation
 LOSS_NAMES = ("ac", "ver", "log_ver", "total")
@@ -228,6 +228,7 @@ def train_adversarial(anonymizer: Anonymizer, siamese: nn.Module, classifier: nn
                                                                    accelerator=accelerator).items()})
         check_finite(record["val_total"], "adversarial validation loss", epoch, _kept(path, state))
         record["seconds"] = time.perf_counter() - started
+        record["bf16"] = uses_bf16(accelerator)
         state["history"].append(record)
         state["epoch"] = epoch
         if record["val_total"] < state["best_val_total"]:
@@ -267,7 +268,7 @@ def _training_step(anonymizer, siamese, classifier, batch, optimizer, siamese_op
     # the adversaries only pass gradients through to the anonymizer in this step
     _requires_grad(siamese, False)
     _requires_grad(classifier, False)
-    with accelerator.autocast():
+    with autocast(accelerator):
         losses = adversarial_losses(anonymizer, siamese, classifier, batch, w_ac=w_ac, w_ver=w_ver)
     optimizer.zero_grad(set_to_none=True)
     losses["total"].backward()
@@ -280,14 +281,14 @@ def _training_step(anonymizer, siamese, classifier, batch, optimizer, siamese_op
         anonymized = losses["anonymized"].detach()
         siamese.train()
         siamese_optimizer.zero_grad(set_to_none=True)
-        with accelerator.autocast():
+        with autocast(accelerator):
             snn_loss = F.binary_cross_entropy_with_logits(siamese(anonymized, x2).reshape(-1).float(),
                                                           same.float())
         snn_loss.backward()
         siamese_optimizer.step()
         classifier.train()
         classifier_optimizer.zero_grad(set_to_none=True)
-        with accelerator.autocast():
+        with autocast(accelerator):
             classifier_loss = F.binary_cross_entropy_with_logits(classifier(anonymized).float(),
                                                                  labels1.float())
         classifier_loss.backward()
@@ -306,7 +307,7 @@ def validation_losses(anonymizer: nn.Module, siamese: nn.Module, classifier: nn.
     sums, count = dict.fromkeys(LOSS_NAMES, 0.0), 0
     for batch in loader:
         batch = _to_device(batch, accelerator.device)
-        with accelerator.autocast():
+        with autocast(accelerator):
             losses = adversarial_losses(anonymizer, siamese, classifier, batch, w_ac=w_ac, w_ver=w_ver)
         size = batch[0].shape[0]
         for key in LOSS_NAMES:

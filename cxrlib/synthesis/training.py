@@ -85,8 +85,8 @@ def train_autoencoder(train_images: Dataset, val_images: Dataset, config: Synthe
         optimizer=torch.optim.AdamW(objective.parameters(), lr=config.autoencoder_lr),
         max_epochs=config.autoencoder_epochs, patience=config.patience,
         checkpoint_path=checkpoint_path, config=training_config(config, image_size, "autoencoder"),
-        # channels_last slows the autoencoder down too (benchmarks/bench_cpu_paths.py)
-        seed=seed, progress=progress, channels_last=False)
+        # channels_last and bf16 slow the autoencoder down too (benchmarks/bench_cpu_paths.py)
+        seed=seed, progress=progress, channels_last=False, cpu_bf16=False)
     return autoencoder, result
 
 
@@ -171,8 +171,8 @@ def train_latent_unet(posteriors: tuple[torch.Tensor, ...], val_posteriors: tupl
         max_epochs=config.unet_epochs, patience=config.patience, checkpoint_path=checkpoint_path,
         # not the scaling factor: it follows from the autoencoder, and its last digits from the device
         config=training_config(config, image_size, "unet"),
-        # channels_last slows this U-Net down (benchmarks/bench_cpu_paths.py)
-        seed=seed, progress=progress, channels_last=False)
+        # channels_last and bf16 slow this U-Net down (benchmarks/bench_cpu_paths.py)
+        seed=seed, progress=progress, channels_last=False, cpu_bf16=False)
     return unet, scheduler, result
 
 
