@@ -316,18 +316,20 @@ def _cpu() -> Profile:
             attack_backbone="convnet_spatial", attack_pretrained=False, attack_lr=3e-3, attack_max_epochs=25,
             attack_patience=3,
         ),
-        # 64 px -> 16x16x4 latents. Both networks train until their validation loss has not fallen for
-        # 4 epochs (the caps of 40 and 80 are safety nets): with fixed budgets of 5 and 12 epochs both
-        # were still improving at the cap (U-Net 0.0448 -> 0.0445 over its last 2 epochs; the
-        # autoencoder's validation loss jumps by up to 50 % between epochs, so patience 4, not 2).
-        # Guidance, measured on an earlier 400-patient phantom: synthetic-only classifier test mean AUC
-        # 0.49 at scale 1; 0.54-0.62 at 3, 0.52-0.63 at 6, 0.60 at 9, 0.58 at 12 (two trained models,
-        # several sampling seeds): above 1, within the run-to-run spread. 1,500 synthetic training
-        # images (not one per real one) bound the sampling time.
+        # sized from 1-thread timings (per image: autoencoder step 14 ms, U-Net step 8 ms); 64 px ->
+        # 16x16x4 latents. Fixed budgets of 5 and 12 epochs, and both are still improving there (U-Net
+        # 0.0448 -> 0.0445 over its last 2 epochs). Trained until its validation loss had not fallen for
+        # 4 epochs, the autoencoder ran 34 epochs (best 30: 0.0529 against 0.0805 at epoch 5), 26 minutes
+        # on one thread beside the other jobs, which would take run_all.sh past 45 minutes: the budgets
+        # stay until the latent diffusion model trains faster. Guidance, measured on an earlier
+        # 400-patient phantom: synthetic-only classifier test mean AUC 0.49 at scale 1; 0.54-0.62 at 3,
+        # 0.52-0.63 at 6, 0.60 at 9, 0.58 at 12 (two trained models, several sampling seeds): above 1,
+        # within the run-to-run spread. 1,500 synthetic training images (not one per real one) bound
+        # the sampling time.
         synthesis=SynthesisConfig(
-            latent_channels=4, autoencoder_channels=(8, 16, 32), autoencoder_epochs=40,
-            autoencoder_lr=2e-3, unet_channels=(32, 64, 64), unet_layers_per_block=1, unet_epochs=80,
-            patience=4, unet_lr=1e-3, batch_size=16, sampling_steps=15, samples_per_class=6, max_retries=5,
+            latent_channels=4, autoencoder_channels=(8, 16, 32), autoencoder_epochs=5,
+            autoencoder_lr=2e-3, unet_channels=(32, 64, 64), unet_layers_per_block=1, unet_epochs=12,
+            unet_lr=1e-3, batch_size=16, sampling_steps=15, samples_per_class=6, max_retries=5,
             synthetic_images=1500,
         ),
     )
