@@ -48,7 +48,7 @@ from cxrlib.models.retrieval import RetrievalNetwork
 from cxrlib.models.siamese import SiameseNetwork
 from cxrlib.parallel import map_in_processes
 from cxrlib.reid import verification_loss
-from cxrlib.train import fit, use_fast_layout
+from cxrlib.train import autocast, fit, make_accelerator, use_fast_layout
 
 VARIANTS = (("fp32", False, False), ("fp32 channels_last", False, True), ("bf16", True, False),
             ("bf16 channels_last", True, True))
@@ -196,12 +196,15 @@ def loop_overhead(profile: Profile, pairs: int, epochs: int) -> dict[str, float]
     batches = list(DataLoader(dataset, batch_size=config.batch_size, drop_last=True))
     model, optimizer = model_and_optimizer()
     use_fast_layout(model)  # as fit does
+    accelerator = make_accelerator()
     model.train()
     started = time.perf_counter()
     for _ in range(epochs):
         for batch in batches:
             optimizer.zero_grad(set_to_none=True)
-            verification_loss(model, batch).backward()
+            with autocast(accelerator):  # the precision fit trains in (bf16 where the CPU computes it)
+                loss = verification_loss(model, batch)
+            loss.backward()
             optimizer.step()
     bare_seconds = time.perf_counter() - started
     return {"fit_train_seconds": fit_seconds, "bare_loop_seconds": bare_seconds,
