@@ -83,15 +83,15 @@ run_job() {  # run_job NAME: the job's command, its output in $logs/NAME.log, it
 }
 
 set -m  # each job its own process group, so that a failure stops a job's kernel and workers too
-declare -A running=() completed=()  # running: pid -> job; completed: job -> 1
+declare -A running=() started=() completed=()  # running: pid -> job; started, completed: job -> 1
 stop_jobs() { for pid in "${!running[@]}"; do kill -- "-$pid" 2>/dev/null || true; done; }
 trap 'stop_jobs; exit 130' INT TERM
 needed() {  # needed NAME: the jobs NAME needs, one per line
   local -a list; IFS='|' read -r -a list <<< "${needs[$1]}"; printf '%s\n' "${list[@]}"
 }
-ready() {  # ready NAME: NAME is neither started nor done, and every job it needs is done
+ready() {  # ready NAME: NAME has not started, and every job it needs is done
   local need
-  [ -z "${completed[$1]+set}" ] && ! printf '%s\n' "${running[@]}" | grep -qxF "$1" || return 1
+  [ -z "${started[$1]+set}" ] || return 1
   while read -r need; do [ -z "$need" ] || [ -n "${completed[$need]+set}" ] || return 1; done < <(needed "$1")
 }
 start_all=$SECONDS
@@ -101,7 +101,7 @@ while [ ${#completed[@]} -lt ${#needs[@]} ]; do
     if ready "$name"; then
       echo "== $name: started ($(date +%H:%M:%S))"
       run_job "$name" &
-      running[$!]="$name"
+      running[$!]="$name"; started[$name]=1
     fi
   done
   if [ ${#running[@]} -eq 0 ]; then

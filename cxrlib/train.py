@@ -27,6 +27,7 @@ that is not a loss of one model): which run a checkpoint belongs to (:func:`chec
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import os
 import random
@@ -133,6 +134,7 @@ def use_fast_layout(model: torch.nn.Module) -> torch.nn.Module:
 CPU_BF16_VARIABLE = "CXRLIB_CPU_BF16"
 
 
+@functools.cache  # autocast asks every batch; the answer is the machine's
 def cpu_computes_bf16() -> bool:
     """Whether this CPU has bf16 arithmetic in hardware (AVX-512 BF16 or AMX). Only there does bf16
     autocast pay: without it PyTorch emulates bf16, 6-16x slower than fp32 (measured on an AVX2-only
@@ -168,8 +170,8 @@ def uses_bf16(accelerator: Accelerator | None = None, cpu_bf16: bool = True) -> 
 def autocast(accelerator: Accelerator, cpu_bf16: bool = True):
     """The mixed-precision context of a training or inference step. On a CPU with bf16 in hardware,
     bf16 autocast trains the ``cpu`` profile's convolutional networks 1.3-1.8x faster than fp32, both
-    in ``channels_last`` (measured on an AMD EPYC with AVX-512 BF16, ``benchmarks/results/cpu_paths.json``);
-    ``cpu_bf16=False`` keeps fp32 for networks it slows down (the latent diffusion model's autoencoder
+    in ``channels_last`` (measured on an AMD EPYC with AVX-512 BF16,
+    ``benchmarks/results/cpu_paths.json``); ``cpu_bf16=False`` keeps fp32 for networks it slows down (the latent diffusion model's autoencoder
     and U-Net: 0.6-0.9x)."""
     if accelerator.device.type != "cpu":
         return accelerator.autocast()
@@ -185,7 +187,8 @@ def fit(model: torch.nn.Module, loss_fn: LossFn, train_loader: torch.utils.data.
         val_loader: torch.utils.data.DataLoader, *, optimizer: torch.optim.Optimizer, max_epochs: int,
         patience: int, checkpoint_path: str | Path, config: Mapping[str, Any] | Any, seed: int,
         scheduler: Any = None, progress: bool | None = None, keep: str = "best",
-        accelerator: Accelerator | None = None, channels_last: bool = True, cpu_bf16: bool = True) -> FitResult:
+        accelerator: Accelerator | None = None, channels_last: bool = True,
+        cpu_bf16: bool = True) -> FitResult:
     """Train ``model`` with early stopping on validation loss; afterwards it holds the best weights.
 
     ``keep="last"`` instead trains all ``max_epochs`` and keeps the final weights, for schedules

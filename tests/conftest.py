@@ -7,7 +7,8 @@ import os
 # the machine has 2 cores; tests must not oversubscribe them
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 # fp32 on every CPU, so that the figures the tests compare do not depend on the CI machine's bf16
-# hardware; the bf16 path has its own tests (test_train.py), and test_notebooks.py runs run_all.sh without this
+# hardware; the bf16 path has its own tests (test_train.py), and test_notebooks.py runs run_all.sh
+# without this
 os.environ["CXRLIB_CPU_BF16"] = "0"
 
 from pathlib import Path
