@@ -171,8 +171,8 @@ def autocast(accelerator: Accelerator, cpu_bf16: bool = True):
     """The mixed-precision context of a training or inference step. On a CPU with bf16 in hardware,
     bf16 autocast trains the ``cpu`` profile's convolutional networks 1.3-1.8x faster than fp32, both
     in ``channels_last`` (measured on an AMD EPYC with AVX-512 BF16,
-    ``benchmarks/results/cpu_paths.json``); ``cpu_bf16=False`` keeps fp32 for networks it slows down (the latent diffusion model's autoencoder
-    and U-Net: 0.6-0.9x)."""
+    ``benchmarks/results/cpu_paths.json``); ``cpu_bf16=False`` keeps fp32 for networks it slows
+    down (the latent diffusion model's autoencoder and U-Net: 0.6-0.9x)."""
     if accelerator.device.type != "cpu":
         return accelerator.autocast()
     return torch.autocast("cpu", dtype=torch.bfloat16, enabled=uses_bf16(accelerator, cpu_bf16))
