@@ -43,7 +43,8 @@ from cxrlib.classify import build_classifier
 from cxrlib.config import Profile, load_profile
 from cxrlib.data.datasets import PairDataset
 from cxrlib.data.images import Images
-from cxrlib.models.diffusion import build_autoencoder, build_unet, downsampling_factor
+from cxrlib.models.diffusion import (build_autoencoder, build_unet, decode_latents, downsampling_factor,
+                                     encode_images)
 from cxrlib.models.retrieval import RetrievalNetwork
 from cxrlib.models.siamese import SiameseNetwork
 from cxrlib.parallel import map_in_processes
@@ -80,8 +81,8 @@ def networks(profile: Profile) -> dict[str, tuple[Callable[[], nn.Module], Calla
 
     def autoencoder(model, batch):
         x = images(batch) * 2 - 1
-        posterior = model.encode(x).latent_dist
-        return F.l1_loss(model.decode(posterior.sample()).sample.float(), x) + 1e-6 * posterior.kl().mean()
+        posterior = encode_images(model, x)
+        return F.l1_loss(decode_latents(model, posterior.sample()).float(), x) + 1e-6 * posterior.kl().mean()
 
     def latent_unet(model, batch):
         noise = torch.randn(batch, s.latent_channels, latent, latent)

@@ -173,6 +173,8 @@ class SynthesisConfig:
     """Latent diffusion; the paper leaves most of these unpublished (see PAPERS.md section 4)."""
 
     latent_channels: int = 4
+    #: side of the pixel patches the autoencoder takes as channels (1: it starts at full resolution)
+    autoencoder_patch_size: int = 1
     autoencoder_channels: tuple[int, ...] = (64, 128, 256)
     autoencoder_epochs: int = 100
     autoencoder_lr: float = 1e-4
@@ -297,8 +299,9 @@ def _cpu() -> Profile:
             # phantom: lr 1e-3, batch 32 barely moved the frozen siamese AUC; lr 3e-3, batch 16 lowered it).
             # Epochs of 640 pairs (40 steps, ~12 s on 2 cores on the 2,000-patient phantom of commit
             # 13126f2, results/cpu/prichexy_net.json), trained until the validation total has not fallen
-            # for 3 epochs, at most 15 (there 3 epochs were a fixed budget and the best epoch was always 2)
-            pretrain_epochs=3, batch_size=16, adversarial_epochs=15, adversarial_patience=3, lr=3e-3,
+            # for 3 epochs (there 3 epochs were a fixed budget and the best epoch was always 2). The cap of
+            # 40 is a safety net: Privacy-Net (~7 s an epoch) was still improving at a cap of 15
+            pretrain_epochs=3, batch_size=16, adversarial_epochs=40, adversarial_patience=3, lr=3e-3,
             # DP-Pix at b 4 and 8: at b 2 the noise scale (m / (b^2 eps) = 2.5 on [0, 1]) leaves nothing of
             # the image, and each setting costs notebook 03 three attackers
             train_pairs=640, val_pairs=192, test_pairs=1000, dp_pix_b=(4, 8),
@@ -316,21 +319,23 @@ def _cpu() -> Profile:
             attack_backbone="convnet_spatial", attack_pretrained=False, attack_lr=3e-3, attack_max_epochs=25,
             attack_patience=3,
         ),
-        # sized from 1-thread timings (per image: autoencoder step 14 ms, U-Net step 8 ms); 64 px ->
-        # 16x16x4 latents. Fixed budgets of 5 and 12 epochs, and both are still improving there (U-Net
-        # 0.0448 -> 0.0445 over its last 2 epochs). Trained until its validation loss had not fallen for
-        # 4 epochs, the autoencoder ran 34 epochs (best 30: 0.0529 against 0.0805 at epoch 5), 26 minutes
-        # on one thread beside the other jobs, which would take run_all.sh past 45 minutes: the budgets
-        # stay until the latent diffusion model trains faster. Guidance, measured on an earlier
-        # 400-patient phantom: synthetic-only classifier test mean AUC 0.49 at scale 1; 0.54-0.62 at 3,
-        # 0.52-0.63 at 6, 0.60 at 9, 0.58 at 12 (two trained models, several sampling seeds): above 1,
-        # within the run-to-run spread. 1,500 synthetic training images (not one per real one) bound
-        # the sampling time.
+        # 64 px -> 16x16x4 latents. The autoencoder takes 2x2 pixel patches as 4 channels and runs at
+        # 32 and 16 px: against widths (8, 16, 32) from 64 px, validation L1 after 5 epochs 0.081 for both,
+        # 1.85x the training images/s on one thread (both measured on the 2,000-patient phantom). Fixed
+        # budgets of 8 and 12 epochs, and both are still improving there: trained until its validation
+        # loss had not fallen for 4 epochs, the full-resolution autoencoder ran 34 epochs (best 30: 0.0529
+        # against 0.0805 at epoch 5), the U-Net (batch 16, lr 1e-3) was still improving after 21 (0.0544
+        # against 0.0581 at epoch 12), too long for run_all.sh's budget. Dividing the learning rate by 10
+        # on a plateau stops both sooner but higher (autoencoder 0.068 after 11 epochs, U-Net 0.064 after
+        # 9). Guidance, measured on an earlier 400-patient phantom: synthetic-only classifier test mean AUC
+        # 0.49 at scale 1; 0.54-0.62 at 3, 0.52-0.63 at 6, 0.60 at 9, 0.58 at 12 (two trained models,
+        # several sampling seeds): above 1, within the run-to-run spread. As many synthetic training images
+        # as real ones, as the paper has it: with 1,500 the real classifier trained on a random 1,500 of the
+        # real training images scored 0.789 against 0.853 with all, so the gap measured the smaller set too.
         synthesis=SynthesisConfig(
-            latent_channels=4, autoencoder_channels=(8, 16, 32), autoencoder_epochs=5,
+            latent_channels=4, autoencoder_patch_size=2, autoencoder_channels=(16, 32), autoencoder_epochs=8,
             autoencoder_lr=2e-3, unet_channels=(32, 64, 64), unet_layers_per_block=1, unet_epochs=12,
             unet_lr=1e-3, batch_size=16, sampling_steps=15, samples_per_class=6, max_retries=5,
-            synthetic_images=1500,
         ),
     )
 

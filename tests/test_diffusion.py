@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -13,9 +15,10 @@ from cxrlib.models.diffusion import (LatentDiffusion, build_autoencoder, build_n
 SIZE = 32
 
 
-@pytest.fixture(scope="module")
-def config():
-    return load_profile("smoke").synthesis
+@pytest.fixture(scope="module", params=[1, 2], ids=["full-resolution", "patches"])
+def config(request):
+    """The smoke autoencoder as it is, and taking 2 x 2 pixel patches as channels."""
+    return dataclasses.replace(load_profile("smoke").synthesis, autoencoder_patch_size=request.param)
 
 
 @pytest.fixture(scope="module")
@@ -29,6 +32,7 @@ def test_autoencoder_round_trip_shapes(config, model):
     images = torch.rand(2, 1, SIZE, SIZE)
     latents = model.encode(images)
     factor = downsampling_factor(config)
+    assert factor == config.autoencoder_patch_size * 2 ** (len(config.autoencoder_channels) - 1)
     assert latents.shape == (2, config.latent_channels, SIZE // factor, SIZE // factor)
     decoded = model.decode(latents)
     assert decoded.shape == images.shape
@@ -66,8 +70,10 @@ def test_condition_shape_is_checked(model):
 
 
 def test_image_size_must_fit_the_autoencoder(config):
-    with pytest.raises(ValueError, match="not divisible"):
+    with pytest.raises(ValueError, match="not divisible.*autoencoder_patch_size"):
         build_autoencoder(config, 33)
+    with pytest.raises(ValueError, match="not divisible"):
+        build_autoencoder(dataclasses.replace(config, autoencoder_patch_size=3), 32)
 
 
 def test_save_and_load_by_path_offline(model, tmp_path, monkeypatch):
@@ -81,7 +87,10 @@ def test_save_and_load_by_path_offline(model, tmp_path, monkeypatch):
     with torch.no_grad():
         assert torch.allclose(loaded.unet(latents, t, labels), model.unet(latents, t, labels))
         images = torch.rand(2, 1, SIZE, SIZE)
-        assert torch.allclose(loaded.encode(images), model.encode(images), atol=1e-6)
+        latents = model.encode(images)
+        assert torch.allclose(loaded.encode(images), latents, atol=1e-6)
+        # the patch size comes back with the weights: the loaded model decodes to the same pixels
+        assert torch.allclose(loaded.decode(latents), model.decode(latents), atol=1e-6)
     assert loaded.scheduler.config.num_train_timesteps == model.scheduler.config.num_train_timesteps
 
 

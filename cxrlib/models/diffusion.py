@@ -29,8 +29,10 @@ from pathlib import Path
 import torch
 from diffusers import AutoencoderKL, DDIMScheduler, DDPMScheduler, UNet2DModel
 from diffusers.configuration_utils import ConfigMixin, register_to_config
+from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
 from diffusers.models.modeling_utils import ModelMixin
 from torch import nn
+from torch.nn import functional as F
 
 from cxrlib.config import SynthesisConfig
 from cxrlib.data.chestxray14 import LABELS
@@ -44,24 +46,47 @@ def _norm_groups(channels: tuple[int, ...]) -> int:
 
 
 def downsampling_factor(config: SynthesisConfig) -> int:
-    return 2 ** (len(config.autoencoder_channels) - 1)
+    """Image side over latent side: the patch size, then a halving per width after the first."""
+    return config.autoencoder_patch_size * 2 ** (len(config.autoencoder_channels) - 1)
 
 
 def build_autoencoder(config: SynthesisConfig, image_size: int) -> AutoencoderKL:
-    """A 1-channel KL autoencoder; each width after the first halves the resolution."""
+    """A KL autoencoder of 1-channel images; each width after the first halves the resolution.
+
+    With ``autoencoder_patch_size`` p > 1 the image enters as p x p patches stacked into p² channels
+    (``pixel_unshuffle``, lossless) and leaves through the inverse: the network never runs at full
+    resolution, where its narrow first width makes convolutions slow on a CPU. The saved model keeps
+    p as its ``in_channels`` (p²), since the images have one channel (:func:`encode_images`).
+    """
     factor = downsampling_factor(config)
     if image_size % factor:
         raise ValueError(f"image size {image_size} is not divisible by the autoencoder's downsampling "
-                         f"factor {factor} (synthesis.autoencoder_channels={config.autoencoder_channels})")
+                         f"factor {factor} (synthesis.autoencoder_patch_size={config.autoencoder_patch_size}, "
+                         f"autoencoder_channels={config.autoencoder_channels})")
     levels = len(config.autoencoder_channels)
+    channels = config.autoencoder_patch_size ** 2
     return AutoencoderKL(
-        in_channels=1, out_channels=1, latent_channels=config.latent_channels,
+        in_channels=channels, out_channels=channels, latent_channels=config.latent_channels,
         down_block_types=("DownEncoderBlock2D",) * levels, up_block_types=("UpDecoderBlock2D",) * levels,
         block_out_channels=tuple(config.autoencoder_channels), layers_per_block=1,
         norm_num_groups=_norm_groups(tuple(config.autoencoder_channels)), sample_size=image_size,
         # replaced by 1 / std of the training latents once the autoencoder is trained
         scaling_factor=1.0,
     )
+
+
+def _patch_size(autoencoder: AutoencoderKL) -> int:
+    return math.isqrt(autoencoder.config.in_channels)
+
+
+def encode_images(autoencoder: AutoencoderKL, images: torch.Tensor) -> DiagonalGaussianDistribution:
+    """The posterior of images in [-1, 1] (B, 1, S, S)."""
+    return autoencoder.encode(F.pixel_unshuffle(images, _patch_size(autoencoder))).latent_dist
+
+
+def decode_latents(autoencoder: AutoencoderKL, latents: torch.Tensor) -> torch.Tensor:
+    """Images in about [-1, 1] (B, 1, S, S) from unscaled latents."""
+    return F.pixel_shuffle(autoencoder.decode(latents).sample, _patch_size(autoencoder))
 
 
 class ConditionalLatentUNet(ModelMixin, ConfigMixin):
@@ -142,12 +167,11 @@ class LatentDiffusion:
 
     def encode(self, images: torch.Tensor) -> torch.Tensor:
         """Scaled latent means of images in [0, 1] (B, 1, S, S)."""
-        posterior = self.autoencoder.encode(images * 2 - 1).latent_dist
-        return posterior.mean * self.scaling_factor
+        return encode_images(self.autoencoder, images * 2 - 1).mean * self.scaling_factor
 
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         """Images in [0, 1] from scaled latents."""
-        decoded = self.autoencoder.decode(latents / self.scaling_factor).sample
+        decoded = decode_latents(self.autoencoder, latents / self.scaling_factor)
         return ((decoded + 1) / 2).clamp(0, 1)
 
     def save(self, folder: str | Path) -> Path:

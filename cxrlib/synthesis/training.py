@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 
 from cxrlib.config import SynthesisConfig
 from cxrlib.models.diffusion import (LatentDiffusion, build_autoencoder, build_noise_scheduler,
-                                     build_unet)
+                                     build_unet, decode_latents, encode_images)
 from cxrlib.train import FitResult, default_device, fit, seed_everything, tqdm_disabled
 
 
@@ -37,10 +37,10 @@ class AutoencoderObjective(nn.Module):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         target = images * 2 - 1
-        posterior = self.autoencoder.encode(target).latent_dist
+        posterior = encode_images(self.autoencoder, target)
         # validation decodes the posterior mean, so that its loss does not depend on random draws
         latents = posterior.sample() if self.training else posterior.mode()
-        reconstruction = self.autoencoder.decode(latents).sample
+        reconstruction = decode_latents(self.autoencoder, latents)
         # the KL weight is defined, as in latent diffusion, against a reconstruction loss summed over
         # pixels; both are per pixel here, which keeps the same balance
         kl = posterior.kl().mean() / target[0].numel()
@@ -49,8 +49,8 @@ class AutoencoderObjective(nn.Module):
 
 #: the synthesis fields each trained part depends on (the U-Net also on the autoencoder's); sampling
 #: and sampler settings are not among them, so turning those knobs never retrains anything
-AUTOENCODER_FIELDS = ("latent_channels", "autoencoder_channels", "autoencoder_epochs", "autoencoder_lr",
-                      "kl_weight", "batch_size", "patience")
+AUTOENCODER_FIELDS = ("latent_channels", "autoencoder_patch_size", "autoencoder_channels",
+                      "autoencoder_epochs", "autoencoder_lr", "kl_weight", "batch_size", "patience")
 UNET_FIELDS = ("unet_channels", "unet_layers_per_block", "unet_epochs", "unet_lr", "train_timesteps",
                "condition_dropout", "min_snr_gamma")
 
@@ -99,7 +99,7 @@ def encode_posteriors(autoencoder: nn.Module, images: Dataset, *, batch_size: in
     means, stds, labels = [], [], []
     for x, y in tqdm(DataLoader(images, batch_size=batch_size), desc="encode", leave=False,
                      disable=tqdm_disabled(progress)):
-        posterior = autoencoder.encode(x.to(device) * 2 - 1).latent_dist
+        posterior = encode_images(autoencoder, x.to(device) * 2 - 1)
         means.append(posterior.mean.float().cpu())
         stds.append(posterior.std.float().cpu())
         labels.append(y.float())
