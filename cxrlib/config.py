@@ -322,12 +322,12 @@ def _cpu() -> Profile:
         # 64 px -> 16x16x4 latents. The autoencoder takes 2x2 pixel patches as 4 channels and runs at
         # 32 and 16 px: against widths (8, 16, 32) from 64 px, validation L1 after 5 epochs 0.081 for both,
         # 1.85x the training images/s on one thread (both measured on the 2,000-patient phantom). Fixed
-        # budgets of 8 and 12 epochs, and both are still improving there: trained until its validation
-        # loss had not fallen for 4 epochs, the full-resolution autoencoder ran 34 epochs (best 30: 0.0529
-        # against 0.0805 at epoch 5), the U-Net (batch 16, lr 1e-3) was still improving after 21 (0.0544
-        # against 0.0581 at epoch 12), too long for run_all.sh's budget. Dividing the learning rate by 10
-        # on a plateau stops both sooner but higher (autoencoder 0.068 after 11 epochs, U-Net 0.064 after
-        # 9). Guidance, measured on an earlier 400-patient phantom: synthetic-only classifier test mean AUC
+        # budgets of 8 and 12 epochs, short of convergence: trained until its validation loss had not
+        # fallen for 4 epochs, the full-resolution autoencoder ran 34 epochs (best 30: 0.0529 against
+        # 0.0805 at epoch 5), and the U-Net was still improving after 21 (0.0544 against 0.0581 at epoch
+        # 12), too long for run_all.sh's budget. Dividing the learning rate by 10 on a plateau stops both
+        # sooner but higher (autoencoder 0.068 after 11 epochs; U-Net at batch 32, 1.4x the images/s,
+        # 0.064 after 9). Guidance, measured on an earlier 400-patient phantom: synthetic-only classifier test mean AUC
         # 0.49 at scale 1; 0.54-0.62 at 3, 0.52-0.63 at 6, 0.60 at 9, 0.58 at 12 (two trained models,
         # several sampling seeds): above 1, within the run-to-run spread. As many synthetic training images
         # as real ones, as the paper has it: with 1,500 the real classifier trained on a random 1,500 of the
