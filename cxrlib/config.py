@@ -327,11 +327,12 @@ def _cpu() -> Profile:
         # 0.0805 at epoch 5), and the U-Net was still improving after 21 (0.0544 against 0.0581 at epoch
         # 12), too long for run_all.sh's budget. Dividing the learning rate by 10 on a plateau stops both
         # sooner but higher (autoencoder 0.068 after 11 epochs; U-Net at batch 32, 1.4x the images/s,
-        # 0.064 after 9). Guidance, measured on an earlier 400-patient phantom: synthetic-only classifier test mean AUC
-        # 0.49 at scale 1; 0.54-0.62 at 3, 0.52-0.63 at 6, 0.60 at 9, 0.58 at 12 (two trained models,
-        # several sampling seeds): above 1, within the run-to-run spread. As many synthetic training images
-        # as real ones, as the paper has it: with 1,500 the real classifier trained on a random 1,500 of the
-        # real training images scored 0.789 against 0.853 with all, so the gap measured the smaller set too.
+        # 0.064 after 9). Guidance, measured on an earlier 400-patient phantom: synthetic-only classifier
+        # test mean AUC 0.49 at scale 1; 0.54-0.62 at 3, 0.52-0.63 at 6, 0.60 at 9, 0.58 at 12 (two trained
+        # models, several sampling seeds): above 1, within the run-to-run spread. As many synthetic
+        # training images as real ones, as the paper has it: the real classifier trained on a random 1,500
+        # of the real training images scored 0.789 against 0.850 with all, so a gap measured with 1,500
+        # synthetic images measured the smaller set too.
         synthesis=SynthesisConfig(
             latent_channels=4, autoencoder_patch_size=2, autoencoder_channels=(16, 32), autoencoder_epochs=8,
             autoencoder_lr=2e-3, unet_channels=(32, 64, 64), unet_layers_per_block=1, unet_epochs=12,
