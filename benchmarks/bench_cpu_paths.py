@@ -43,12 +43,12 @@ from cxrlib.classify import build_classifier
 from cxrlib.config import Profile, load_profile
 from cxrlib.data.datasets import PairDataset
 from cxrlib.data.images import Images
-from cxrlib.models.diffusion import (build_autoencoder, build_unet, decode_latents, downsampling_factor,
-                                     encode_images)
+from cxrlib.models.diffusion import build_autoencoder, build_noise_scheduler, build_unet, downsampling_factor
 from cxrlib.models.retrieval import RetrievalNetwork
 from cxrlib.models.siamese import SiameseNetwork
 from cxrlib.parallel import map_in_processes
 from cxrlib.reid import verification_loss
+from cxrlib.synthesis.training import AutoencoderObjective, diffusion_loss
 from cxrlib.train import autocast, fit, make_accelerator, use_fast_layout
 
 VARIANTS = (("fp32", False, False), ("fp32 channels_last", False, True), ("bf16", True, False),
@@ -79,15 +79,16 @@ def networks(profile: Profile) -> dict[str, tuple[Callable[[], nn.Module], Calla
         x = images(batch)
         return F.l1_loss(model(x).float(), x)
 
-    def autoencoder(model, batch):
-        x = images(batch) * 2 - 1
-        posterior = encode_images(model, x)
-        return F.l1_loss(decode_latents(model, posterior.sample()).float(), x) + 1e-6 * posterior.kl().mean()
+    def objective(model, batch):
+        return model(images(batch))
+
+    scheduler = build_noise_scheduler(s)
 
     def latent_unet(model, batch):
-        noise = torch.randn(batch, s.latent_channels, latent, latent)
-        labels = torch.randint(0, 2, (batch, 14)).float()
-        return F.mse_loss(model(noise, torch.randint(0, s.train_timesteps, (batch,)), labels).float(), noise)
+        shape = (batch, s.latent_channels, latent, latent)
+        posteriors = torch.randn(shape), torch.rand(shape), torch.randint(0, 2, (batch, 14)).float()
+        return diffusion_loss(model, posteriors, scheduler=scheduler, scaling_factor=1.0,
+                              condition_dropout=s.condition_dropout, min_snr_gamma=s.min_snr_gamma)
 
     return {
         "siamese": (lambda: SiameseNetwork(v.backbone, False, v.features), siamese, v.batch_size),
@@ -101,7 +102,8 @@ def networks(profile: Profile) -> dict[str, tuple[Callable[[], nn.Module], Calla
                                image_to_image, a.batch_size),
         "privacy-net": (lambda: PrivacyNetAnonymizer(a.privacy_net_features, a.privacy_net_poolings),
                         image_to_image, a.batch_size),
-        "autoencoder": (lambda: build_autoencoder(s, size), autoencoder, s.batch_size),
+        "autoencoder": (lambda: AutoencoderObjective(build_autoencoder(s, size), s.kl_weight), objective,
+                        s.batch_size),
         "latent unet": (lambda: build_unet(s, size), latent_unet, s.batch_size),
     }
 
