@@ -13,7 +13,8 @@ what :mod:`cxrlib.parallel` gains by training independent runs side by side.
 Then the overhead of :func:`cxrlib.train.fit`: the siamese network trained for the same epochs on
 the same pairs, once through ``fit`` over a :class:`~cxrlib.data.datasets.PairDataset` (per-item
 reads from uint8 images, collation, checkpoints, validation) and once by a bare loop over the same
-batches already stacked as float tensors; the ratio of their train times is the overhead.
+batches already stacked as float tensors; the ratio of their train times is the overhead, the median
+of ``--repeats`` rounds of the two (one round alone moves by several points from run to run).
 
     python benchmarks/bench_cpu_paths.py [--profile cpu] [--threads 2] [--processes 3] [--json out.json]
 """
@@ -170,8 +171,13 @@ def _rate(fn, steps: int, warmup: int = 2) -> float:
     return steps / (time.perf_counter() - started)
 
 
-def loop_overhead(profile: Profile, pairs: int, epochs: int) -> dict[str, float]:
-    """Train seconds of ``fit`` over a PairDataset against a bare loop over the same float batches."""
+def loop_overhead(profile: Profile, pairs: int, epochs: int, repeats: int) -> dict[str, object]:
+    """Train seconds of ``fit`` over a PairDataset against a bare loop over the same float batches.
+
+    One untimed bare epoch first warms the kernels up (else whichever loop runs first pays for it),
+    then ``repeats`` rounds of fit and bare loop, one after the other, so that the machine's drift
+    during the run touches both alike; the overhead is the median of the rounds' ratios.
+    """
     config, size = profile.verification, profile.image_size
     rng = np.random.default_rng(0)
     names = [f"{i:05d}.png" for i in range(2 * pairs)]
@@ -180,38 +186,46 @@ def loop_overhead(profile: Profile, pairs: int, epochs: int) -> dict[str, float]
                           "label": rng.integers(0, 2, pairs).astype(float)})
     dataset = PairDataset(images, frame)
     val = PairDataset(images, frame.iloc[: 4 * config.batch_size])
+    # the same number of batches of the same shapes, already float tensors in memory
+    batches = list(DataLoader(dataset, batch_size=config.batch_size, drop_last=True))
+    accelerator = make_accelerator()
 
     def model_and_optimizer():
         torch.manual_seed(0)
         model = SiameseNetwork(config.backbone, False, config.features)
         return model, torch.optim.Adam(model.parameters(), lr=config.lr)
 
-    model, optimizer = model_and_optimizer()
-    with tempfile.TemporaryDirectory() as tmp:
-        result = fit(model, verification_loss,
-                     DataLoader(dataset, batch_size=config.batch_size, shuffle=True, drop_last=True),
-                     DataLoader(val, batch_size=config.batch_size), optimizer=optimizer, max_epochs=epochs,
-                     patience=epochs, checkpoint_path=Path(tmp) / "siamese", config={"bench": 1}, seed=0,
-                     progress=False)
-    fit_seconds = sum(epoch["train_seconds"] for epoch in result.history)
+    def fit_seconds() -> float:
+        model, optimizer = model_and_optimizer()
+        with tempfile.TemporaryDirectory() as tmp:
+            result = fit(model, verification_loss,
+                         DataLoader(dataset, batch_size=config.batch_size, shuffle=True, drop_last=True),
+                         DataLoader(val, batch_size=config.batch_size), optimizer=optimizer, max_epochs=epochs,
+                         patience=epochs, checkpoint_path=Path(tmp) / "siamese", config={"bench": 1}, seed=0,
+                         progress=False)
+        return sum(epoch["train_seconds"] for epoch in result.history)
 
-    # the same number of batches of the same shapes, already float tensors in memory
-    batches = list(DataLoader(dataset, batch_size=config.batch_size, drop_last=True))
-    model, optimizer = model_and_optimizer()
-    use_fast_layout(model)  # as fit does
-    accelerator = make_accelerator()
-    model.train()
-    started = time.perf_counter()
-    for _ in range(epochs):
-        for batch in batches:
-            optimizer.zero_grad(set_to_none=True)
-            with autocast(accelerator):  # the precision fit trains in (bf16 where the CPU computes it)
-                loss = verification_loss(model, batch)
-            loss.backward()
-            optimizer.step()
-    bare_seconds = time.perf_counter() - started
-    return {"fit_train_seconds": fit_seconds, "bare_loop_seconds": bare_seconds,
-            "overhead": fit_seconds / bare_seconds - 1}
+    def bare_seconds(bare_epochs: int) -> float:
+        model, optimizer = model_and_optimizer()
+        use_fast_layout(model)  # as fit does
+        model.train()
+        started = time.perf_counter()
+        for _ in range(bare_epochs):
+            for batch in batches:
+                optimizer.zero_grad(set_to_none=True)
+                with autocast(accelerator):  # the precision fit trains in (bf16 where the CPU computes it)
+                    loss = verification_loss(model, batch)
+                loss.backward()
+                optimizer.step()
+        return time.perf_counter() - started
+
+    bare_seconds(1)
+    rounds = []
+    for _ in range(repeats):
+        fitted, bare = fit_seconds(), bare_seconds(epochs)
+        rounds.append({"fit_train_seconds": fitted, "bare_loop_seconds": bare, "overhead": fitted / bare - 1})
+    middle = sorted(rounds, key=lambda r: r["overhead"])[(repeats - 1) // 2]  # the median round (lower one if even)
+    return {**middle, "repeats": repeats, "rounds": rounds}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -221,6 +235,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--steps", type=int, default=10, help="timed steps per network and variant")
     parser.add_argument("--pairs", type=int, default=960, help="pairs per epoch of the overhead measure")
     parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=5, help="rounds of fit and bare loop (median reported)")
     parser.add_argument("--networks", nargs="*", default=None, help="only these (default: all)")
     parser.add_argument("--fp32-only", action="store_true",
                         help="skip the bf16 variants (on a CPU without AVX-512 BF16 they are slow to measure)")
@@ -252,10 +267,12 @@ def main(argv: list[str] | None = None) -> None:
                   f"{inference:12.0f} {inference / base['inference']:7.2f}", flush=True)
     names = [name for name in networks(profile) if not args.networks or name in args.networks]
     scaling = process_scaling(profile, names, args.processes, args.steps) if args.processes else {}
-    overhead = loop_overhead(profile, args.pairs, args.epochs)
+    overhead = loop_overhead(profile, args.pairs, args.epochs, args.repeats)
+    spread = [r["overhead"] for r in overhead["rounds"]]
     print(f"fit over a PairDataset: {overhead['fit_train_seconds']:.1f} s of training; bare loop over the "
           f"same batches in memory: {overhead['bare_loop_seconds']:.1f} s; overhead "
-          f"{100 * overhead['overhead']:+.1f} %")
+          f"{100 * overhead['overhead']:+.1f} % (median of {args.repeats} rounds, "
+          f"{100 * min(spread):+.1f} to {100 * max(spread):+.1f} %)")
     if args.json:
         args.json.write_text(json.dumps({"profile": profile.name, "threads": args.threads, "machine": machine(),
                                          "networks": figures, "processes": scaling, "loop": overhead},

@@ -378,6 +378,7 @@ def cpu_paths_block(results: Results) -> str | None:
     if bench is None:
         return None
     machine, loop = bench["machine"], bench["loop"]
+    spread = [round_["overhead"] for round_ in loop["rounds"]]
     variants = [name for name in next(iter(bench["networks"].values())) if name != "fp32"]
     side_by_side = (_benchmark(results, CPU_PROCESSES_BENCHMARK) or {}).get("processes", {})
     header = ["network", "fp32 img/s (train / inference)", *(f"{v} / fp32" for v in variants)]
@@ -407,7 +408,8 @@ def cpu_paths_block(results: Results) -> str | None:
             f"training loop `fit` over the cache-backed datasets takes {abs(loop['overhead']):.1%} "
             f"{'longer' if loop['overhead'] >= 0 else 'less time'} than a "
             f"bare loop over the same batches in memory ({loop['fit_train_seconds']:.1f} s against "
-            f"{loop['bare_loop_seconds']:.1f} s). Throughput of each variant as a ratio to fp32, train / "
+            f"{loop['bare_loop_seconds']:.1f} s; the median of {loop['repeats']} rounds, which ranged from "
+            f"{min(spread):+.1%} to {max(spread):+.1%}). Throughput of each variant as a ratio to fp32, train / "
             f"inference, the `{bench['profile']}` profile's networks at their training batch sizes; ratios "
             f"below 1 are slower. {precision}{together}\n\n{table}")
 

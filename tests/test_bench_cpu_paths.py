@@ -18,7 +18,7 @@ def test_fast_path_benchmark_measures_every_network_and_variant(tmp_path, capsys
     spec.loader.exec_module(bench)
     monkeypatch.setitem(sys.modules, "bench_cpu_paths", bench)  # as when run as a script: workers import it
     bench.main(["--profile", "smoke", "--threads", "1", "--steps", "1", "--pairs", "64", "--epochs", "1",
-                "--processes", "2", "--networks", "siamese", "--json", str(tmp_path / "paths.json")])
+                "--repeats", "3", "--processes", "2", "--networks", "siamese", "--json", str(tmp_path / "paths.json")])
     figures = json.loads((tmp_path / "paths.json").read_text())
     assert set(figures["networks"]) == {"siamese"}
     assert set(bench.networks(bench.load_profile("smoke"))) == {
@@ -31,6 +31,7 @@ def test_fast_path_benchmark_measures_every_network_and_variant(tmp_path, capsys
         assert variants["fp32"]["train_ratio"] == 1.0
         assert all(v["train"] > 0 and v["inference"] > 0 for v in variants.values())
     loop = figures["loop"]
-    assert loop["fit_train_seconds"] > 0 and loop["bare_loop_seconds"] > 0
+    assert loop["fit_train_seconds"] > 0 and loop["bare_loop_seconds"] > 0 and len(loop["rounds"]) == 3
+    assert loop["overhead"] == sorted(r["overhead"] for r in loop["rounds"])[1]  # the median round
     assert figures["machine"]["cores"] >= 1
     assert "overhead" in capsys.readouterr().out

@@ -128,11 +128,13 @@ def test_cpu_fast_paths_come_from_the_benchmarks_beside_the_readme(copied_result
     network = {"fp32": {"train": 100.0, "inference": 300.0, "train_ratio": 1.0, "inference_ratio": 1.0},
                "bf16": {"train": 25.0, "inference": 60.0, "train_ratio": 0.25, "inference_ratio": 0.2}}
     paths = {"profile": "cpu", "threads": 2, "machine": machine, "networks": {"siamese": network},
-             "loop": {"fit_train_seconds": 10.5, "bare_loop_seconds": 10.0, "overhead": 0.05}}
+             "loop": {"fit_train_seconds": 10.5, "bare_loop_seconds": 10.0, "overhead": 0.05, "repeats": 3,
+                      "rounds": [{"overhead": o} for o in (0.05, -0.02, 0.11)]}}
     (root / "benchmarks" / "results" / "cpu_paths.json").write_text(json.dumps(paths))
     section = results_section(results, root)
     flat = section.replace("\n", " ")
     assert "5.0% longer than a bare loop" in flat and "Test CPU, 2 cores" in flat
+    assert "the median of 3 rounds, which ranged from -2.0% to +11.0%" in flat
     assert "| siamese   | 100 / 300" in section and "0.25 / 0.20" in section
     assert "without bf16 hardware, like this one, every network trains in fp32" in flat
     with_bf16 = {**paths, "machine": {**machine, "bf16_flags": ["avx512_bf16"]}}
