@@ -176,12 +176,8 @@ def verification_run(train: Dataset, val: Dataset, test_images: Images, test_pai
     model, fitted = train_verification(train, val, config, seed=seed, checkpoint_path=checkpoint_path,
                                        progress=progress)
     metrics = verification_metrics(test_pairs["label"], pair_scores(model, test_images, test_pairs), n_bootstrap=0)
-    # best epoch, epochs run and the cap, so that a reader sees whether early stopping (patience
-    # exhausted) or the cap ended the run
-    return {"seed": seed, "best_epoch": fitted.best_epoch, "epochs": len(fitted.history),
-            "max_epochs": config.max_epochs,
-            "stopped_early": len(fitted.history) - fitted.best_epoch >= config.patience,
-            "trained": fitted.trained, **{name: metrics[name] for name in RUN_METRICS}}
+    return {"seed": seed, **fitted.record(), "trained": fitted.trained,
+            **{name: metrics[name] for name in RUN_METRICS}}
 
 
 # -- training-free baselines -----------------------------------------------------------------------

@@ -200,6 +200,52 @@ def run_block(results: Results) -> str | None:
             f"{context['image_size']} px),{caveat}")
 
 
+def training_records(results: Results) -> dict[str, list[Mapping[str, Any]]]:
+    """Every training's record (:func:`cxrlib.train.training_record`) in the metrics files, grouped by
+    where it sits: ``file.key.key`` with ``[]`` for the runs of a list, a trailing ``.training`` dropped."""
+    found: dict[str, list[Mapping[str, Any]]] = {}
+
+    def walk(value: Any, where: str) -> None:
+        if isinstance(value, Mapping):
+            if "ended_by" in value:
+                found.setdefault(where.removesuffix(".training"), []).append(value)
+            for key, item in value.items():
+                walk(item, f"{where}.{key}")
+        elif isinstance(value, list):
+            for item in value:
+                walk(item, f"{where}[]")
+
+    for name in RESULT_FILES:
+        walk(results.get(name), name)
+    return found
+
+
+def training_block(results: Results) -> str | None:
+    records = training_records(results)
+    if not records:
+        return None
+
+    def span(runs: Sequence[Mapping[str, Any]], key: str) -> str:
+        values = sorted({run[key] for run in runs})
+        return str(values[0]) if len(values) == 1 else f"{values[0]}–{values[-1]}"
+
+    rows = [[f"`{where}`", len(runs),
+             ", ".join(f"{ended} {sum(run['ended_by'] == ended for run in runs)}"
+                       for ended in sorted({run["ended_by"] for run in runs})),
+             span(runs, "best_epoch"), span(runs, "epochs"), span(runs, "max_epochs")]
+            for where, runs in records.items()]
+    table = pd.DataFrame(rows, columns=["training (where its record is)", "runs", "ended by", "best epoch",
+                                        "epochs run", "cap"]).to_markdown(index=False)
+    runs = [run for group in records.values() for run in group]
+    ended = {kind: sum(run["ended_by"] == kind for run in runs)
+             for kind in ("early stopping", "epoch cap", "fixed budget")}
+    return (f"**How each training ended** (every model's record in the metrics files): {ended['early stopping']} "
+            f"of {len(runs)} trainings stopped early, when their validation loss had not improved for their "
+            f"patience; {ended['epoch cap']} ran into their epoch cap and may still have been learning; "
+            f"{ended['fixed budget']} had a fixed budget (a schedule run to its end, or a patience not below "
+            f"the cap).\n\n{table}")
+
+
 def reidentification_block(results: Results) -> str | None:
     if "reidentification" not in results:
         return None
@@ -417,9 +463,9 @@ def cpu_paths_block(results: Results) -> str | None:
 Block = Callable[[Results], str | None]
 
 BLOCKS: tuple[Block, ...] = (
-    run_block, reidentification_block, reidentification_table_block, identity_cues_block, tradeoff_block,
-    tradeoff_table_block, tradeoff_reading_block, tradeoff_figure_block, synthesis_block, synthesis_figure_block,
-    cpu_paths_block,
+    run_block, training_block, reidentification_block, reidentification_table_block, identity_cues_block,
+    tradeoff_block, tradeoff_table_block, tradeoff_reading_block, tradeoff_figure_block, synthesis_block,
+    synthesis_figure_block, cpu_paths_block,
 )
 
 #: data/README.md's figures of the phantom as a fair test

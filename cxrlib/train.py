@@ -49,6 +49,23 @@ from cxrlib.artifacts import (ArtifactError, config_differences, load_weights, r
 LossFn = Callable[[torch.nn.Module, Any], torch.Tensor]
 
 
+def training_record(epochs_run: int, best_epoch: int, max_epochs: int, patience: int | None) -> dict[str, Any]:
+    """How a training ended, for the metrics files: best epoch, epochs run, the cap, and ``ended_by``.
+
+    ``ended_by`` is "early stopping" (the validation loss had not improved for ``patience`` epochs),
+    "epoch cap" (the cap came first, so the model may still have been learning) or "fixed budget"
+    (it could not stop early: no patience, or a patience not below the cap).
+    """
+    if patience is None or patience >= max_epochs:
+        ended_by = "fixed budget"
+    elif epochs_run - best_epoch >= patience:
+        ended_by = "early stopping"
+    else:
+        ended_by = "epoch cap"
+    return {"best_epoch": best_epoch, "epochs": epochs_run, "max_epochs": max_epochs, "patience": patience,
+            "ended_by": ended_by}
+
+
 @dataclass
 class FitResult:
     #: one dict per epoch: ``epoch`` (1-based), ``train_loss``, ``val_loss``, ``seconds`` (the whole
@@ -59,6 +76,13 @@ class FitResult:
     checkpoint_path: Path
     #: False when a finished checkpoint was loaded instead of training
     trained: bool
+    max_epochs: int
+    #: None for a schedule meant to run to its end (``fit(keep="last")``)
+    patience: int | None
+
+    def record(self) -> dict[str, Any]:
+        """:func:`training_record` of this fit."""
+        return training_record(len(self.history), self.best_epoch, self.max_epochs, self.patience)
 
 
 def seed_everything(seed: int) -> None:
@@ -220,6 +244,7 @@ def fit(model: torch.nn.Module, loss_fn: LossFn, train_loader: torch.utils.data.
         if len(loader) == 0:
             raise ValueError(f"{name} yields no batches: its dataset is empty")
     config = _config_dict(config)
+    stopping_patience = None if keep == "last" else patience
     if channels_last:
         use_fast_layout(model)
     best_path = Path(checkpoint_path).with_suffix(".safetensors")
@@ -234,7 +259,7 @@ def fit(model: torch.nn.Module, loss_fn: LossFn, train_loader: torch.utils.data.
         model.to(accelerator.device).eval()  # where a freshly trained model would be
         return FitResult(history=finished["history"], best_epoch=finished["epoch"],
                          best_val_loss=finished["metrics"]["val_loss"], checkpoint_path=best_path,
-                         trained=False)
+                         trained=False, max_epochs=max_epochs, patience=stopping_patience)
 
     # alike in every process: the seedable samplers take their seed from here at prepare
     seed_everything(seed)
@@ -310,7 +335,8 @@ def fit(model: torch.nn.Module, loss_fn: LossFn, train_loader: torch.utils.data.
         accelerator.free_memory()
     model.eval()
     return FitResult(history=state["history"], best_epoch=state["best_epoch"],
-                     best_val_loss=state["best_val_loss"], checkpoint_path=best_path, trained=True)
+                     best_val_loss=state["best_val_loss"], checkpoint_path=best_path, trained=True,
+                     max_epochs=max_epochs, patience=stopping_patience)
 
 
 def _train_epoch(model, loss_fn, loader, optimizer, scheduler, accelerator, cpu_bf16, epoch, best_path,

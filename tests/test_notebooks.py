@@ -64,7 +64,7 @@ def test_run_all_executes_every_notebook_on_smoke(tmp_path):
     assert metrics["context"]["profile"] == "smoke"
     # the models run_all.sh trains beside the notebooks are the ones the notebooks then load
     synthesis = json.loads((results / "synthesis.json").read_text())
-    assert synthesis["unet"]["epochs"] >= 1 and "ldm: " in (results / "logs" / "train ldm.log").read_text()
+    assert synthesis["unet"]["training"]["epochs"] >= 1 and "ldm: " in (results / "logs" / "train ldm.log").read_text()
     executed_04 = (results / "notebooks" / "04_ldm_synthesis.ipynb").read_text()
     assert "loaded from ldm-" in executed_04
     jobs = {line.split("\t")[0] for line in (results / "timings.tsv").read_text().splitlines()

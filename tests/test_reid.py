@@ -173,7 +173,8 @@ def test_verification_runs_report_mean_and_std(trained, verification_config, tmp
     assert summary["std"]["auc"] == pytest.approx(np.std(aucs, ddof=1))
     assert run_checkpoint(base, 0) == base
     assert run_checkpoint(base, 1).with_suffix(".safetensors").is_file()
-    assert all(r["best_epoch"] == r["epochs"] == r["max_epochs"] == 1 and not r["stopped_early"]
+    # patience 4 against a cap of 1: it could not have stopped early
+    assert all(r["best_epoch"] == r["epochs"] == r["max_epochs"] == 1 and r["ended_by"] == "fixed budget"
                for r in summary["runs"])
 
 
@@ -195,7 +196,8 @@ def test_verification_runs_record_early_stopping_against_the_cap(trained, verifi
     summary = verification_runs(trained["train"], trained["val"], trained["images"], trained["pairs"],
                                 stopped, seed=3, checkpoint_path=tmp_path / "snn", runs=1, progress=False)
     run = summary["runs"][0]
-    assert run["max_epochs"] == 6 and run["epochs"] == run["best_epoch"] + 1 < 6 and run["stopped_early"]
+    assert run["max_epochs"] == 6 and run["epochs"] == run["best_epoch"] + 1 < 6
+    assert run["ended_by"] == "early stopping" and run["patience"] == 1
 
 
 def test_identity_cues_find_identical_copies(data):

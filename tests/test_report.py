@@ -10,7 +10,8 @@ import pytest
 
 from cxrlib.cli import main
 from cxrlib.report import (DOCUMENTS, ReportError, current_section, load_results, markers, replace_section,
-                           results_section, stage_timings, update_readme)
+                           results_section, stage_timings, training_block, training_records, update_readme)
+from cxrlib.train import training_record
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "results" / "cpu"
@@ -148,3 +149,16 @@ def test_cpu_fast_paths_come_from_the_benchmarks_beside_the_readme(copied_result
     # measured with another profile: left out
     (root / "benchmarks" / "results" / "cpu_paths.json").write_text(json.dumps({**paths, "profile": "smoke"}))
     assert "fast paths" not in results_section(results, root)
+
+
+def test_training_block_finds_every_record_and_counts_how_each_ended():
+    results = {"reidentification": {"verification_runs": {"runs": [
+                   {"seed": 1, **training_record(9, 6, 15, 3)}, {"seed": 2, **training_record(15, 15, 15, 3)}]}},
+               "synthesis": {"unet": {"training": training_record(12, 12, 12, 20), "best_val_loss": 0.05},
+                             "history": [{"epoch": 1}]}}
+    assert set(training_records(results)) == {"reidentification.verification_runs.runs[]", "synthesis.unet"}
+    block = training_block(results)
+    assert "1 of 3 trainings stopped early" in block and "1 ran into their epoch cap" in block
+    assert "1 had a fixed budget" in block
+    assert "| `reidentification.verification_runs.runs[]` |      2 | early stopping 1, epoch cap 1 | 6–15" in block
+    assert training_block({"synthesis": {"unet": {"best_val_loss": 0.05}}}) is None

@@ -14,7 +14,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from cxrlib import train
 from cxrlib.artifacts import ArtifactError
 from cxrlib.train import (FitResult, fit, last_checkpoint_path, make_accelerator, process_seed,
-                          seed_everything)
+                          seed_everything, training_record)
 
 CONFIG = {"model": "linear", "features": 4}
 
@@ -77,6 +77,8 @@ def test_early_stopping_keeps_first_epoch(tmp_path):
     model = _model()
     result = _fit(model, tmp_path / "net", sign=-1.0, max_epochs=10, patience=2)
     assert len(result.history) == 3 and result.best_epoch == 1
+    assert result.record() == {"best_epoch": 1, "epochs": 3, "max_epochs": 10, "patience": 2,
+                               "ended_by": "early stopping"}
     saved = load_file(str(tmp_path / "net.safetensors"))
     assert all(torch.equal(saved[k], v) for k, v in model.state_dict().items())
 
@@ -88,6 +90,7 @@ def test_keep_last_trains_every_epoch_and_keeps_the_final_weights(tmp_path):
     result = fit(model, _mse, train, val, optimizer=optimizer, max_epochs=4, patience=1,
                  checkpoint_path=tmp_path / "net", config=CONFIG, seed=0, keep="last", progress=False)
     assert len(result.history) == 4 and result.best_epoch == 4
+    assert result.record()["ended_by"] == "fixed budget"  # a schedule run to its end, not a cap
     assert result.best_val_loss == result.history[-1]["val_loss"]
     with pytest.raises(ValueError, match="keep must be"):
         fit(model, _mse, train, val, optimizer=optimizer, max_epochs=1, patience=1,
@@ -104,8 +107,20 @@ def test_finished_checkpoint_is_reused_without_training(tmp_path):
     fresh = _model(seed=1)
     again = _fit(fresh, tmp_path / "net", loss_fn=must_not_train)
     assert not again.trained and again.best_epoch == first.best_epoch
-    assert again.history == first.history
+    assert again.history == first.history and again.record() == first.record()
     assert all(torch.equal(a, b) for a, b in zip(_weights(fresh).values(), _weights(trained).values()))
+
+
+@pytest.mark.parametrize("epochs_run, best_epoch, max_epochs, patience, ended_by", [
+    (9, 6, 40, 3, "early stopping"),
+    (40, 39, 40, 3, "epoch cap"),     # still improving when the cap came
+    (40, 37, 40, 3, "early stopping"),  # patience ran out at the cap itself
+    (12, 12, 12, 20, "fixed budget"),   # a patience above the cap can never stop it
+    (5, 2, 5, None, "fixed budget"),
+])
+def test_training_record_says_what_ended_the_training(epochs_run, best_epoch, max_epochs, patience, ended_by):
+    record = training_record(epochs_run, best_epoch, max_epochs, patience)
+    assert record["ended_by"] == ended_by and record["epochs"] == epochs_run and record["max_epochs"] == max_epochs
 
 
 @pytest.mark.parametrize("change", [{"config": {"model": "linear", "features": 8}}, {"seed": 1}])

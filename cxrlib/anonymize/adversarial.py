@@ -45,7 +45,7 @@ from cxrlib.data.chestxray14 import LABELS, DataError
 from cxrlib.data.datasets import PairDataset
 from cxrlib.train import (FitResult, autocast, check_finite, finished_sidecar, fit, last_checkpoint_path,
                           load_training_state, make_accelerator, process_seed, remove_training_state,
-                          save_training_state, seed_everything, use_fast_layout, uses_bf16)
+                          save_training_state, seed_everything, training_record, use_fast_layout, uses_bf16)
 
 #: the quantities recorded per epoch, for training and validation
 LOSS_NAMES = ("ac", "ver", "log_ver", "total")
@@ -118,6 +118,12 @@ class AdversarialResult:
     checkpoint_path: Path
     #: False when a finished checkpoint was loaded instead of training
     trained: bool
+    max_epochs: int
+    patience: int | None
+
+    def record(self) -> dict[str, Any]:
+        """:func:`~cxrlib.train.training_record` of this training."""
+        return training_record(len(self.history), self.best_epoch, self.max_epochs, self.patience)
 
 
 def pretrain_anonymizer(anonymizer: Anonymizer, train_loader: DataLoader, val_loader: DataLoader, *,
@@ -175,7 +181,7 @@ def train_adversarial(anonymizer: Anonymizer, siamese: nn.Module, classifier: nn
         anonymizer.eval()
         return AdversarialResult(history=finished["history"], best_epoch=finished["best_epoch"],
                                  best_val_total=finished["metrics"]["val_total"], checkpoint_path=path,
-                                 trained=False)
+                                 trained=False, max_epochs=max_epochs, patience=patience)
 
     accelerator = accelerator or make_accelerator()
     device = accelerator.device
@@ -250,7 +256,8 @@ def train_adversarial(anonymizer: Anonymizer, siamese: nn.Module, classifier: nn
                         "finished": True})
     remove_training_state(last_path)
     return AdversarialResult(history=state["history"], best_epoch=state["best_epoch"],
-                             best_val_total=state["best_val_total"], checkpoint_path=path, trained=True)
+                             best_val_total=state["best_val_total"], checkpoint_path=path, trained=True,
+                             max_epochs=max_epochs, patience=patience)
 
 
 def _kept(path: Path, state: dict[str, Any]) -> str:
