@@ -23,8 +23,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import sys
 import tempfile
 import time
@@ -50,7 +48,7 @@ from cxrlib.models.siamese import SiameseNetwork
 from cxrlib.parallel import map_in_processes
 from cxrlib.reid import verification_loss
 from cxrlib.synthesis.training import AutoencoderObjective, diffusion_loss
-from cxrlib.train import autocast, fit, make_accelerator, use_fast_layout
+from cxrlib.train import autocast, fit, machine_description, make_accelerator, use_fast_layout
 
 VARIANTS = (("fp32", False, False), ("fp32 channels_last", False, True), ("bf16", True, False),
             ("bf16 channels_last", True, True))
@@ -245,7 +243,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     profile = load_profile(args.profile)
-    about = machine()
+    about = machine_description()
     print(f"profile {profile.name}, {profile.image_size} px, {args.threads} thread(s); {about['cpu']}, "
           f"{about['cores']} cores, PyTorch {about['torch']} ({about['torch_cpu_capability']}), AVX-512: "
           f"{'yes' if about['avx512'] else 'no'}, BF16/AMX flags: {', '.join(about['bf16_flags']) or 'none'}")
@@ -274,27 +272,9 @@ def main(argv: list[str] | None = None) -> None:
           f"{100 * overhead['overhead']:+.1f} % (median of {args.repeats} rounds, "
           f"{100 * min(spread):+.1f} to {100 * max(spread):+.1f} %)")
     if args.json:
-        args.json.write_text(json.dumps({"profile": profile.name, "threads": args.threads, "machine": machine(),
+        args.json.write_text(json.dumps({"profile": profile.name, "threads": args.threads, "machine": about,
                                          "networks": figures, "processes": scaling, "loop": overhead},
                                         indent=1))
-
-
-def machine() -> dict[str, object]:
-    """What the figures depend on: the CPU, the instruction sets PyTorch uses, the versions."""
-    flags = set()
-    model = platform.processor()
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.is_file():
-        for line in cpuinfo.read_text().splitlines():
-            key, _, value = line.partition(":")
-            if key.strip() == "model name":
-                model = value.strip()
-            elif key.strip() == "flags":
-                flags = set(value.split())
-    return {"cpu": model, "cores": os.cpu_count(), "torch": torch.__version__,
-            "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
-            "bf16_flags": sorted(f for f in flags if "bf16" in f or f.startswith("amx")),
-            "avx512": any(f.startswith("avx512") for f in flags)}
 
 
 if __name__ == "__main__":

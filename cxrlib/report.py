@@ -184,7 +184,10 @@ def run_block(results: Results) -> str | None:
     if notebooks:
         jobs = f"; {_words([f'`{name}` {s} s' for name, s in beside.items()])} beside them" \
             if beside else ""
-        when = (f" ({_minutes(timings.get('total', sum(notebooks)))} with the phantom already made: the "
+        machine = context.get("machine")
+        where = "" if machine is None else \
+            f" on {machine['cpu']} ({machine['cores']} cores{', ' + machine['gpu'] if machine['gpu'] else ''})"
+        when = (f" ({_minutes(timings.get('total', sum(notebooks)))}{where} with the phantom already made: the "
                 f"{_number(len(notebooks))} notebooks {_words([str(s) for s in notebooks])} s{jobs}, "
                 f"`{_link(results, 'timings.tsv')}`)")
     working = results["data"]["working_data"]

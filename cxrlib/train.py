@@ -30,6 +30,7 @@ import dataclasses
 import functools
 import math
 import os
+import platform
 import random
 import time
 from collections.abc import Callable, Mapping
@@ -164,6 +165,27 @@ def cpu_computes_bf16() -> bool:
     autocast pay: without it PyTorch emulates bf16, 6-16x slower than fp32 (measured on an AVX2-only
     AMD EPYC; ``benchmarks/bench_cpu_paths.py`` prints the ratios of the machine it runs on)."""
     return torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+
+
+@functools.cache
+def machine_description() -> dict[str, Any]:
+    """What timings and bf16 results depend on: the CPU model and core count, the instruction sets
+    PyTorch uses, its bf16/AMX flags, the GPU (None without one) and the PyTorch version."""
+    flags: set[str] = set()
+    model = platform.processor()
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.is_file():
+        for line in cpuinfo.read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == "model name":
+                model = value.strip()
+            elif key.strip() == "flags":
+                flags = set(value.split())
+    return {"cpu": model, "cores": os.cpu_count(), "torch": torch.__version__,
+            "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
+            "bf16_flags": sorted(f for f in flags if "bf16" in f or f.startswith("amx")),
+            "avx512": any(f.startswith("avx512") for f in flags),
+            "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None}
 
 
 def make_accelerator() -> Accelerator:

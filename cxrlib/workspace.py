@@ -26,7 +26,7 @@ from cxrlib.data.chestxray14 import DataError, Splits, find_metadata_file, make_
 from cxrlib.data.datasets import ImageDataset, PairDataset
 from cxrlib.data.pairs import (make_pairs, max_positive_pairs, official_pair_file, read_pair_file,
                                write_pair_file)
-from cxrlib.train import uses_bf16
+from cxrlib.train import machine_description, uses_bf16
 
 
 #: set by ``run_all.sh --max-steps N``: every notebook opens its profile as a dry run (``max_steps=N``)
@@ -281,7 +281,9 @@ class Workspace:
         return {"profile": self.profile.name, "data": self.data_description, "seed": self.seed,
                 "image_size": self.profile.data.image_size, "phantom": self.is_phantom,
                 # bf16 autocast for every network but the latent diffusion model's (cxrlib.train.autocast)
-                "bf16": uses_bf16()}
+                "bf16": uses_bf16(),
+                # timings, and results trained in bf16, depend on the machine
+                "machine": {key: machine_description()[key] for key in ("cpu", "cores", "gpu")}}
 
     def save_metrics(self, name: str, payload: dict[str, Any]) -> Path:
         return write_json(self.results_dir / f"{name}.json", {"context": self.context(), **payload})

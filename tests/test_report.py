@@ -41,12 +41,16 @@ def test_section_follows_the_json_and_keeps_the_rest_of_the_readme(copied_result
     synthesis["synthetic_classifier"]["training_images"] = 4321
     synthesis["utility"]["synthetic"]["mean_auc"] = 0.5125
     (results / "synthesis.json").write_text(json.dumps(synthesis))
+    data = json.loads((results / "data.json").read_text())
+    data["context"]["machine"] = {"cpu": "Test CPU", "cores": 2, "gpu": None}
+    (results / "data.json").write_text(json.dumps(data))
     assert update_readme(readme, results, "cpu")
     text = readme.read_text()
     assert text.startswith("# title\n\n## Results\n\n") and text.endswith("\n\n## After\n")
     assert "stale text" not in text
     section = current_section(text, "cpu")
     assert "trained on 4,321 synthetic images only reaches mean AUC 0.512" in section.replace("\n", " ")
+    assert "on Test CPU (2 cores) with the phantom already made" in section.replace("\n", " ")
     assert "(results/cpu/figures/tradeoff.png)" in section  # links relative to the README
     assert not update_readme(readme, results, "cpu")  # a second run changes nothing
 
