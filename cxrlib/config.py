@@ -185,6 +185,9 @@ class SynthesisConfig:
     #: early-stopping patience (epochs) of both the autoencoder and the U-Net
     patience: int = 20
     unet_lr: float = 1e-4
+    #: decay of the exponential moving average of the U-Net's weights that is validated and kept
+    #: (0: the weights of the last step)
+    unet_ema_decay: float = 0.0
     batch_size: int = 32
     train_timesteps: int = 1000
     sampling_steps: int = 50

@@ -234,7 +234,7 @@ def fit(model: torch.nn.Module, loss_fn: LossFn, train_loader: torch.utils.data.
         patience: int, checkpoint_path: str | Path, config: Mapping[str, Any] | Any, seed: int,
         scheduler: Any = None, progress: bool | None = None, keep: str = "best",
         accelerator: Accelerator | None = None, channels_last: bool = True,
-        cpu_bf16: bool = True) -> FitResult:
+        cpu_bf16: bool = True, ema_decay: float | None = None) -> FitResult:
     """Train ``model`` with early stopping on validation loss; afterwards it holds the best weights.
 
     ``keep="last"`` instead trains all ``max_epochs`` and keeps the final weights, for schedules
@@ -251,7 +251,9 @@ def fit(model: torch.nn.Module, loss_fn: LossFn, train_loader: torch.utils.data.
     The model is left in eval mode. ``channels_last``: the weights in that layout
     (:func:`use_fast_layout`), faster for most of the profile's networks; False keeps PyTorch's default.
     ``cpu_bf16``: bf16 autocast on a CPU that computes bf16 in hardware (:func:`autocast`); each
-    epoch's history entry records whether it trained in bf16.
+    epoch's history entry records whether it trained in bf16. ``ema_decay``: validate, keep and return
+    an exponential moving average of the weights, updated after every step (as diffusion models
+    are trained), instead of the weights of the last step.
 
     Seeds: the samplers draw the data order from ``seed`` and the epoch, alike in every process;
     the random draws inside ``loss_fn`` come from :func:`process_seed`, different in each process.
@@ -291,9 +293,19 @@ def fit(model: torch.nn.Module, loss_fn: LossFn, train_loader: torch.utils.data.
         state = resume.sidecar["state"]
         model.load_state_dict(resume.tensors("model"))
 
+    # the average starts from the model's weights (resumed ones included) and lives beside it; it is
+    # what gets validated and saved
+    averaged = None if ema_decay is None else torch.optim.swa_utils.AveragedModel(
+        model, device=accelerator.device, use_buffers=True,
+        multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(ema_decay))
+    if averaged is not None and resume is not None:
+        averaged.load_state_dict(resume.tensors("average"))
     plateau = isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau)
     wrapped, optimizer, train_loader, val_loader = accelerator.prepare(model, optimizer, train_loader,
                                                                        val_loader)
+    unwrapped = accelerator.unwrap_model(wrapped)
+    after_step = None if averaged is None else lambda: averaged.update_parameters(unwrapped)
+    validated = wrapped if averaged is None else averaged.module
     if scheduler is not None and not plateau:
         # prepared, it steps once per process per batch, so a schedule sized from the unsharded
         # loader length ends where it should under any number of processes
@@ -317,9 +329,9 @@ def fit(model: torch.nn.Module, loss_fn: LossFn, train_loader: torch.utils.data.
             started = time.perf_counter()
             train_loss = _train_epoch(wrapped, loss_fn, train_loader, optimizer,
                                       None if plateau else scheduler, accelerator, cpu_bf16, epoch,
-                                      best_path, state["best_epoch"])
+                                      best_path, state["best_epoch"], after_step)
             train_seconds = time.perf_counter() - started
-            val_loss = _validation_loss(wrapped, loss_fn, val_loader, accelerator, cpu_bf16)
+            val_loss = _validation_loss(validated, loss_fn, val_loader, accelerator, cpu_bf16)
             check_finite(val_loss, "validation loss", epoch, _kept(best_path, state["best_epoch"]))
             if plateau:
                 scheduler.step(val_loss)
@@ -331,13 +343,14 @@ def fit(model: torch.nn.Module, loss_fn: LossFn, train_loader: torch.utils.data.
             if keep == "last" or val_loss < state["best_val_loss"]:
                 state.update(best_epoch=epoch, best_val_loss=val_loss, bad_epochs=0)
                 if accelerator.is_main_process:
-                    _save_best(accelerator.unwrap_model(wrapped), best_path, config, seed, state,
+                    _save_best(accelerator.unwrap_model(validated), best_path, config, seed, state,
                                finished=False)
             else:
                 state["bad_epochs"] += 1
             if accelerator.is_main_process:
                 save_training_state(
-                    last_path, tensors={"model": accelerator.unwrap_model(wrapped).state_dict()},
+                    last_path, tensors={"model": accelerator.unwrap_model(wrapped).state_dict(),
+                                        **({} if averaged is None else {"average": averaged.state_dict()})},
                     optimizers={"optimizer": optimizer},
                     sidecar={**identity, "state": state,
                              "scheduler": None if scheduler is None else scheduler.state_dict()})
@@ -362,7 +375,7 @@ def fit(model: torch.nn.Module, loss_fn: LossFn, train_loader: torch.utils.data.
 
 
 def _train_epoch(model, loss_fn, loader, optimizer, scheduler, accelerator, cpu_bf16, epoch, best_path,
-                 best_epoch) -> float:
+                 best_epoch, after_step=None) -> float:
     model.train()
     total, count = torch.zeros((), device=accelerator.device), 0
     for batch in loader:
@@ -374,6 +387,8 @@ def _train_epoch(model, loss_fn, loader, optimizer, scheduler, accelerator, cpu_
         check_finite(losses, "training loss", epoch, _kept(best_path, best_epoch))
         accelerator.backward(loss)
         optimizer.step()
+        if after_step is not None:
+            after_step()
         if scheduler is not None:
             scheduler.step()
         total += losses.sum()

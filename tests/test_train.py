@@ -6,6 +6,7 @@ import sys
 import textwrap
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -40,14 +41,15 @@ def _model(seed: int = 0):
 
 
 def _fit(model, path, *, loss_fn=_mse, sign=1.0, max_epochs=4, patience=2, config=CONFIG, seed=0,
-         scheduler_steps=None):
+         scheduler_steps=None, keep="best", ema_decay=None):
     optimizer = torch.optim.Adam(model.parameters(), lr=0.05)
     scheduler = None
     if scheduler_steps:
         scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=0.1, total_steps=scheduler_steps)
     train, val = _loaders(sign)
     return fit(model, loss_fn, train, val, optimizer=optimizer, max_epochs=max_epochs, patience=patience,
-               checkpoint_path=path, config=config, seed=seed, scheduler=scheduler, progress=False)
+               checkpoint_path=path, config=config, seed=seed, scheduler=scheduler, progress=False, keep=keep,
+               ema_decay=ema_decay)
 
 
 def _weights(model):
@@ -130,10 +132,36 @@ def test_checkpoint_of_another_config_or_seed_is_refused(tmp_path, change):
         _fit(_model(), tmp_path / "net", **change)
 
 
-def test_resume_after_interruption_matches_uninterrupted_run(tmp_path):
+def test_ema_keeps_the_moving_average_of_the_weights_after_every_step(tmp_path):
+    seen = []
+
+    def recording(model, batch):
+        if model.training:
+            seen.append(_weights(model))  # the weights before this step
+        return _mse(model, batch)
+
+    plain = _model()
+    _fit(plain, tmp_path / "plain", loss_fn=recording, max_epochs=2, keep="last")
+    after_steps = seen[1:] + [_weights(plain)]
+    expected = after_steps[0]  # the average starts at the first step's weights
+    for weights in after_steps[1:]:
+        expected = {k: 0.9 * expected[k] + 0.1 * weights[k] for k in expected}
+
+    averaged = _model()
+    result = _fit(averaged, tmp_path / "ema", max_epochs=2, keep="last", ema_decay=0.9)
+    for k, v in _weights(averaged).items():
+        torch.testing.assert_close(v, expected[k])
+    _, val = _loaders()
+    with torch.no_grad():  # the validation loss is the average's
+        val_loss = np.mean([_mse(averaged, batch).item() for batch in val])
+    assert result.history[-1]["val_loss"] == pytest.approx(val_loss)
+
+
+@pytest.mark.parametrize("ema_decay", [None, 0.9])
+def test_resume_after_interruption_matches_uninterrupted_run(tmp_path, ema_decay):
     steps = 4 * 8
     reference = _model()
-    _fit(reference, tmp_path / "ref", scheduler_steps=steps)
+    _fit(reference, tmp_path / "ref", scheduler_steps=steps, ema_decay=ema_decay)
 
     calls = {"n": 0}
 
@@ -144,12 +172,12 @@ def test_resume_after_interruption_matches_uninterrupted_run(tmp_path):
         return _mse(model, batch)
 
     with pytest.raises(KeyboardInterrupt):
-        _fit(_model(), tmp_path / "net", loss_fn=interrupted, scheduler_steps=steps)
+        _fit(_model(), tmp_path / "net", loss_fn=interrupted, scheduler_steps=steps, ema_decay=ema_decay)
     last = last_checkpoint_path(tmp_path / "net")
     assert json.loads(last.with_suffix(".json").read_text())["state"]["epoch"] == 2
 
     resumed_model = _model(seed=5)  # resuming must not depend on the fresh initialization
-    resumed = _fit(resumed_model, tmp_path / "net", scheduler_steps=steps)
+    resumed = _fit(resumed_model, tmp_path / "net", scheduler_steps=steps, ema_decay=ema_decay)
     assert [h["epoch"] for h in resumed.history] == [1, 2, 3, 4]
     for a, b in zip(_weights(resumed_model).values(), _weights(reference).values()):
         torch.testing.assert_close(a, b)

@@ -51,8 +51,8 @@ class AutoencoderObjective(nn.Module):
 #: and sampler settings are not among them, so turning those knobs never retrains anything
 AUTOENCODER_FIELDS = ("latent_channels", "autoencoder_patch_size", "autoencoder_channels",
                       "autoencoder_epochs", "autoencoder_lr", "kl_weight", "batch_size", "patience")
-UNET_FIELDS = ("unet_channels", "unet_layers_per_block", "unet_epochs", "unet_lr", "train_timesteps",
-               "condition_dropout", "min_snr_gamma")
+UNET_FIELDS = ("unet_channels", "unet_layers_per_block", "unet_epochs", "unet_lr", "unet_ema_decay",
+               "train_timesteps", "condition_dropout", "min_snr_gamma")
 
 
 def training_config(config: SynthesisConfig, image_size: int, part: str) -> dict:
@@ -172,7 +172,8 @@ def train_latent_unet(posteriors: tuple[torch.Tensor, ...], val_posteriors: tupl
         # not the scaling factor: it follows from the autoencoder, and its last digits from the device
         config=training_config(config, image_size, "unet"),
         # channels_last and bf16 slow this U-Net down (benchmarks/bench_cpu_paths.py)
-        seed=seed, progress=progress, channels_last=False, cpu_bf16=False)
+        seed=seed, progress=progress, channels_last=False, cpu_bf16=False,
+        ema_decay=config.unet_ema_decay or None)
     return unet, scheduler, result
 
 
