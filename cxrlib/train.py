@@ -293,8 +293,8 @@ def fit(model: torch.nn.Module, loss_fn: LossFn, train_loader: torch.utils.data.
         state = resume.sidecar["state"]
         model.load_state_dict(resume.tensors("model"))
 
-    # the average starts from the model's weights (resumed ones included) and lives beside it; it is
-    # what gets validated and saved
+    # the average is a copy beside the model (its first update takes the first step's weights; a resumed
+    # run restores it); it is what gets validated and saved
     averaged = None if ema_decay is None else torch.optim.swa_utils.AveragedModel(
         model, device=accelerator.device, use_buffers=True,
         multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(ema_decay))
