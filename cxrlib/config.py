@@ -184,6 +184,8 @@ class SynthesisConfig:
     unet_epochs: int = 500
     #: early-stopping patience (epochs) of both the autoencoder and the U-Net
     patience: int = 20
+    #: share of the validation loss an epoch must gain to reset that patience (0: any decrease)
+    min_improvement: float = 0.0
     unet_lr: float = 1e-4
     #: decay of the exponential moving average of the U-Net's weights that is validated and kept
     #: (0: the weights of the last step)

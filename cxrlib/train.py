@@ -50,16 +50,17 @@ from cxrlib.artifacts import (ArtifactError, config_differences, load_weights, r
 LossFn = Callable[[torch.nn.Module, Any], torch.Tensor]
 
 
-def training_record(epochs_run: int, best_epoch: int, max_epochs: int, patience: int | None) -> dict[str, Any]:
+def training_record(epochs_run: int, best_epoch: int, max_epochs: int, patience: int | None,
+                    stopped_early: bool) -> dict[str, Any]:
     """How a training ended, for the metrics files: best epoch, epochs run, the cap, and ``ended_by``.
 
-    ``ended_by`` is "early stopping" (the validation loss had not improved for ``patience`` epochs),
-    "epoch cap" (the cap came first, so the model may still have been learning) or "fixed budget"
-    (it could not stop early: no patience, or a patience not below the cap).
+    ``ended_by`` is "early stopping" (the validation loss had not improved, or not by the share
+    asked, for ``patience`` epochs), "epoch cap" (the cap came first, so the model may still have
+    been learning) or "fixed budget" (it could not stop early: no patience, or one not below the cap).
     """
     if patience is None or patience >= max_epochs:
         ended_by = "fixed budget"
-    elif epochs_run - best_epoch >= patience:
+    elif stopped_early:
         ended_by = "early stopping"
     else:
         ended_by = "epoch cap"
@@ -80,10 +81,13 @@ class FitResult:
     max_epochs: int
     #: None for a schedule meant to run to its end (``fit(keep="last")``)
     patience: int | None
+    #: whether the patience ran out before the cap
+    stopped_early: bool
 
     def record(self) -> dict[str, Any]:
         """:func:`training_record` of this fit."""
-        return training_record(len(self.history), self.best_epoch, self.max_epochs, self.patience)
+        return training_record(len(self.history), self.best_epoch, self.max_epochs, self.patience,
+                               self.stopped_early)
 
 
 def seed_everything(seed: int) -> None:
@@ -234,7 +238,7 @@ def fit(model: torch.nn.Module, loss_fn: LossFn, train_loader: torch.utils.data.
         patience: int, checkpoint_path: str | Path, config: Mapping[str, Any] | Any, seed: int,
         scheduler: Any = None, progress: bool | None = None, keep: str = "best",
         accelerator: Accelerator | None = None, channels_last: bool = True,
-        cpu_bf16: bool = True, ema_decay: float | None = None) -> FitResult:
+        cpu_bf16: bool = True, ema_decay: float | None = None, min_improvement: float = 0.0) -> FitResult:
     """Train ``model`` with early stopping on validation loss; afterwards it holds the best weights.
 
     ``keep="last"`` instead trains all ``max_epochs`` and keeps the final weights, for schedules
@@ -253,7 +257,10 @@ def fit(model: torch.nn.Module, loss_fn: LossFn, train_loader: torch.utils.data.
     ``cpu_bf16``: bf16 autocast on a CPU that computes bf16 in hardware (:func:`autocast`); each
     epoch's history entry records whether it trained in bf16. ``ema_decay``: validate, keep and return
     an exponential moving average of the weights, updated after every step (as diffusion models
-    are trained), instead of the weights of the last step.
+    are trained), instead of the weights of the last step. ``min_improvement``: an epoch resets the
+    patience only when it lowers the validation loss by at least this share of the loss of the last
+    epoch that did (0: any decrease); smaller gains still update the kept weights. A smooth loss that
+    creeps down for ever then stops once it has flattened, instead of at the cap.
 
     Seeds: the samplers draw the data order from ``seed`` and the epoch, alike in every process;
     the random draws inside ``loss_fn`` come from :func:`process_seed`, different in each process.
@@ -281,14 +288,19 @@ def fit(model: torch.nn.Module, loss_fn: LossFn, train_loader: torch.utils.data.
     if finished is not None:
         load_weights(model, best_path, config=config)
         model.to(accelerator.device).eval()  # where a freshly trained model would be
+        # checkpoints saved before the flag was recorded stopped early exactly when patience ran out
+        stopped = finished.get("stopped_early", len(finished["history"]) - finished["epoch"] >= patience)
         return FitResult(history=finished["history"], best_epoch=finished["epoch"],
                          best_val_loss=finished["metrics"]["val_loss"], checkpoint_path=best_path,
-                         trained=False, max_epochs=max_epochs, patience=stopping_patience)
+                         trained=False, max_epochs=max_epochs, patience=stopping_patience,
+                         stopped_early=stopping_patience is not None and stopped)
 
     # alike in every process: the seedable samplers take their seed from here at prepare
     seed_everything(seed)
     resume = load_training_state(last_path, identity)
-    state = {"epoch": 0, "best_epoch": 0, "best_val_loss": math.inf, "bad_epochs": 0, "history": []}
+    # reference_val_loss: the loss of the last epoch that reset the patience
+    state = {"epoch": 0, "best_epoch": 0, "best_val_loss": math.inf, "reference_val_loss": math.inf,
+             "bad_epochs": 0, "history": []}
     if resume is not None:
         state = resume.sidecar["state"]
         model.load_state_dict(resume.tensors("model"))
@@ -341,10 +353,12 @@ def fit(model: torch.nn.Module, loss_fn: LossFn, train_loader: torch.utils.data.
                                      "train_seconds": train_seconds,
                                      "bf16": uses_bf16(accelerator, cpu_bf16)})
             if keep == "last" or val_loss < state["best_val_loss"]:
-                state.update(best_epoch=epoch, best_val_loss=val_loss, bad_epochs=0)
+                state.update(best_epoch=epoch, best_val_loss=val_loss)
                 if accelerator.is_main_process:
                     _save_best(accelerator.unwrap_model(validated), best_path, config, seed, state,
                                finished=False)
+            if keep == "last" or val_loss < state["reference_val_loss"] * (1 - min_improvement):
+                state.update(reference_val_loss=val_loss, bad_epochs=0)
             else:
                 state["bad_epochs"] += 1
             if accelerator.is_main_process:
@@ -360,10 +374,11 @@ def fit(model: torch.nn.Module, loss_fn: LossFn, train_loader: torch.utils.data.
     finally:
         bar.close()
 
+    stopped_early = stopping_patience is not None and state["bad_epochs"] >= patience
     load_weights(model, best_path, config=config)
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        _save_best(model, best_path, config, seed, state, finished=True)
+        _save_best(model, best_path, config, seed, state, finished=True, stopped_early=stopped_early)
         remove_training_state(last_path)
     accelerator.wait_for_everyone()
     if own_accelerator:
@@ -371,7 +386,7 @@ def fit(model: torch.nn.Module, loss_fn: LossFn, train_loader: torch.utils.data.
     model.eval()
     return FitResult(history=state["history"], best_epoch=state["best_epoch"],
                      best_val_loss=state["best_val_loss"], checkpoint_path=best_path, trained=True,
-                     max_epochs=max_epochs, patience=stopping_patience)
+                     max_epochs=max_epochs, patience=stopping_patience, stopped_early=stopped_early)
 
 
 def _train_epoch(model, loss_fn, loader, optimizer, scheduler, accelerator, cpu_bf16, epoch, best_path,
@@ -540,9 +555,9 @@ def remove_training_state(path: Path) -> None:
     path.with_suffix(".json").unlink(missing_ok=True)
 
 
-def _save_best(model, path: Path, config, seed, state, *, finished: bool) -> None:
+def _save_best(model, path: Path, config, seed, state, *, finished: bool, stopped_early: bool = False) -> None:
     # drop the old sidecar first: weights without a sidecar never pass for a complete save
     path.with_suffix(".json").unlink(missing_ok=True)
     save_weights(model, path, config=config, metrics={"val_loss": state["best_val_loss"]},
                  extra={"seed": seed, "epoch": state["best_epoch"], "history": state["history"],
-                        "finished": finished})
+                        "stopped_early": stopped_early, "finished": finished})

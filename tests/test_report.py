@@ -157,8 +157,9 @@ def test_cpu_fast_paths_come_from_the_benchmarks_beside_the_readme(copied_result
 
 def test_training_block_finds_every_record_and_counts_how_each_ended():
     results = {"reidentification": {"verification_runs": {"runs": [
-                   {"seed": 1, **training_record(9, 6, 15, 3)}, {"seed": 2, **training_record(15, 15, 15, 3)}]}},
-               "synthesis": {"unet": {"training": training_record(12, 12, 12, 20), "best_val_loss": 0.05},
+                   {"seed": 1, **training_record(9, 6, 15, 3, True)},
+                   {"seed": 2, **training_record(15, 15, 15, 3, False)}]}},
+               "synthesis": {"unet": {"training": training_record(12, 12, 12, 20, False), "best_val_loss": 0.05},
                              "history": [{"epoch": 1}]}}
     assert set(training_records(results)) == {"reidentification.verification_runs.runs[]", "synthesis.unet"}
     block = training_block(results)

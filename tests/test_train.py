@@ -41,7 +41,7 @@ def _model(seed: int = 0):
 
 
 def _fit(model, path, *, loss_fn=_mse, sign=1.0, max_epochs=4, patience=2, config=CONFIG, seed=0,
-         scheduler_steps=None, keep="best", ema_decay=None):
+         scheduler_steps=None, keep="best", ema_decay=None, min_improvement=0.0):
     optimizer = torch.optim.Adam(model.parameters(), lr=0.05)
     scheduler = None
     if scheduler_steps:
@@ -49,7 +49,7 @@ def _fit(model, path, *, loss_fn=_mse, sign=1.0, max_epochs=4, patience=2, confi
     train, val = _loaders(sign)
     return fit(model, loss_fn, train, val, optimizer=optimizer, max_epochs=max_epochs, patience=patience,
                checkpoint_path=path, config=config, seed=seed, scheduler=scheduler, progress=False, keep=keep,
-               ema_decay=ema_decay)
+               ema_decay=ema_decay, min_improvement=min_improvement)
 
 
 def _weights(model):
@@ -113,16 +113,29 @@ def test_finished_checkpoint_is_reused_without_training(tmp_path):
     assert all(torch.equal(a, b) for a, b in zip(_weights(fresh).values(), _weights(trained).values()))
 
 
-@pytest.mark.parametrize("epochs_run, best_epoch, max_epochs, patience, ended_by", [
-    (9, 6, 40, 3, "early stopping"),
-    (40, 39, 40, 3, "epoch cap"),     # still improving when the cap came
-    (40, 37, 40, 3, "early stopping"),  # patience ran out at the cap itself
-    (12, 12, 12, 20, "fixed budget"),   # a patience above the cap can never stop it
-    (5, 2, 5, None, "fixed budget"),
+@pytest.mark.parametrize("epochs_run, best_epoch, max_epochs, patience, stopped_early, ended_by", [
+    (9, 6, 40, 3, True, "early stopping"),
+    (40, 39, 40, 3, False, "epoch cap"),        # still improving when the cap came
+    (40, 37, 40, 3, True, "early stopping"),    # patience ran out at the cap itself
+    (12, 12, 12, 20, False, "fixed budget"),    # a patience above the cap can never stop it
+    (5, 2, 5, None, False, "fixed budget"),
 ])
-def test_training_record_says_what_ended_the_training(epochs_run, best_epoch, max_epochs, patience, ended_by):
-    record = training_record(epochs_run, best_epoch, max_epochs, patience)
+def test_training_record_says_what_ended_the_training(epochs_run, best_epoch, max_epochs, patience, stopped_early,
+                                                      ended_by):
+    record = training_record(epochs_run, best_epoch, max_epochs, patience, stopped_early)
     assert record["ended_by"] == ended_by and record["epochs"] == epochs_run and record["max_epochs"] == max_epochs
+
+
+def test_min_improvement_stops_a_loss_that_still_creeps_down_and_keeps_its_last_gain(tmp_path):
+    plain = _fit(_model(), tmp_path / "plain", max_epochs=10, patience=2)
+    losses = [h["val_loss"] for h in plain.history]
+    assert len(losses) == 10 and all(b < a for a, b in zip(losses, losses[1:]))  # falls every epoch
+    model = _model()
+    flattened = _fit(model, tmp_path / "flat", max_epochs=10, patience=2, min_improvement=0.7)
+    assert len(flattened.history) < 10 and flattened.best_epoch == len(flattened.history)
+    assert flattened.record()["ended_by"] == "early stopping"
+    again = _fit(_model(seed=1), tmp_path / "flat", max_epochs=10, patience=2, min_improvement=0.7)
+    assert not again.trained and again.record() == flattened.record()  # the finished checkpoint says so too
 
 
 @pytest.mark.parametrize("change", [{"config": {"model": "linear", "features": 8}}, {"seed": 1}])

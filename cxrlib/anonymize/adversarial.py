@@ -123,7 +123,9 @@ class AdversarialResult:
 
     def record(self) -> dict[str, Any]:
         """:func:`~cxrlib.train.training_record` of this training."""
-        return training_record(len(self.history), self.best_epoch, self.max_epochs, self.patience)
+        # train_adversarial stops exactly when the patience runs out
+        stopped = self.patience is not None and len(self.history) - self.best_epoch >= self.patience
+        return training_record(len(self.history), self.best_epoch, self.max_epochs, self.patience, stopped)
 
 
 def pretrain_anonymizer(anonymizer: Anonymizer, train_loader: DataLoader, val_loader: DataLoader, *,

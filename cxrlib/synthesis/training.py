@@ -50,7 +50,8 @@ class AutoencoderObjective(nn.Module):
 #: the synthesis fields each trained part depends on (the U-Net also on the autoencoder's); sampling
 #: and sampler settings are not among them, so turning those knobs never retrains anything
 AUTOENCODER_FIELDS = ("latent_channels", "autoencoder_patch_size", "autoencoder_channels",
-                      "autoencoder_epochs", "autoencoder_lr", "kl_weight", "batch_size", "patience")
+                      "autoencoder_epochs", "autoencoder_lr", "kl_weight", "batch_size", "patience",
+                      "min_improvement")
 UNET_FIELDS = ("unet_channels", "unet_layers_per_block", "unet_epochs", "unet_lr", "unet_ema_decay",
                "train_timesteps", "condition_dropout", "min_snr_gamma")
 
@@ -83,7 +84,7 @@ def train_autoencoder(train_images: Dataset, val_images: Dataset, config: Synthe
         DataLoader(train_images, batch_size=config.batch_size, shuffle=True, generator=generator),
         DataLoader(val_images, batch_size=config.batch_size),
         optimizer=torch.optim.AdamW(objective.parameters(), lr=config.autoencoder_lr),
-        max_epochs=config.autoencoder_epochs, patience=config.patience,
+        max_epochs=config.autoencoder_epochs, patience=config.patience, min_improvement=config.min_improvement,
         checkpoint_path=checkpoint_path, config=training_config(config, image_size, "autoencoder"),
         # channels_last and bf16 slow the autoencoder down too (benchmarks/bench_cpu_paths.py)
         seed=seed, progress=progress, channels_last=False, cpu_bf16=False)
@@ -168,7 +169,8 @@ def train_latent_unet(posteriors: tuple[torch.Tensor, ...], val_posteriors: tupl
                    generator=generator),
         DataLoader(TensorDataset(*val_posteriors), batch_size=config.batch_size),
         optimizer=torch.optim.AdamW(unet.parameters(), lr=config.unet_lr),
-        max_epochs=config.unet_epochs, patience=config.patience, checkpoint_path=checkpoint_path,
+        max_epochs=config.unet_epochs, patience=config.patience, min_improvement=config.min_improvement,
+        checkpoint_path=checkpoint_path,
         # not the scaling factor: it follows from the autoencoder, and its last digits from the device
         config=training_config(config, image_size, "unet"),
         # channels_last and bf16 slow this U-Net down (benchmarks/bench_cpu_paths.py)
