@@ -324,24 +324,27 @@ def _cpu() -> Profile:
             attack_backbone="convnet_spatial", attack_pretrained=False, attack_lr=3e-3, attack_max_epochs=25,
             attack_patience=3,
         ),
-        # 64 px -> 16x16x4 latents. The autoencoder takes 2x2 pixel patches as 4 channels and runs at
-        # 32 and 16 px: against widths (8, 16, 32) from 64 px, validation L1 after 5 epochs 0.081 for both,
-        # 1.85x the training images/s on one thread (both measured on the 2,000-patient phantom). Fixed
-        # budgets of 8 and 12 epochs, short of convergence: trained until its validation loss had not
-        # fallen for 4 epochs, the full-resolution autoencoder ran 34 epochs (best 30: 0.0529 against
-        # 0.0805 at epoch 5), and the U-Net was still improving after 21 (0.0544 against 0.0581 at epoch
-        # 12), too long for run_all.sh's budget. Dividing the learning rate by 10 on a plateau stops both
-        # sooner but higher (autoencoder 0.068 after 11 epochs; U-Net at batch 32, 1.4x the images/s,
-        # 0.064 after 9). Guidance, measured on an earlier 400-patient phantom: synthetic-only classifier
-        # test mean AUC 0.49 at scale 1; 0.54-0.62 at 3, 0.52-0.63 at 6, 0.60 at 9, 0.58 at 12 (two trained
-        # models, several sampling seeds): above 1, within the run-to-run spread. As many synthetic
-        # training images as real ones, as the paper has it: the real classifier trained on a random 1,500
-        # of the real training images scored 0.789 against 0.850 with all, so a gap measured with 1,500
-        # synthetic images measured the smaller set too.
+        # 64 px -> 16x16x4 latents. The autoencoder takes 2x2 pixel patches as 4 channels and runs at 32 and
+        # 16 px: against widths (8, 16, 32) from 64 px, validation L1 after 5 epochs 0.081 for both, 1.85x the
+        # training images/s on one thread (both measured on the 2,000-patient phantom). Both parts train until
+        # their validation loss has flattened: 3 epochs in a row without a gain of 1 % (min_improvement) on
+        # the last epoch that made one. The U-Net's validation loss is that of an exponential moving average
+        # of its weights (decay 0.999, about 5 epochs): measured with patience 3 on one thread, the plain
+        # weights' loss was noisy enough to stop at epoch 23 (best 20: 0.0544), while the average's fell
+        # smoothly past it (0.0536 at epoch 21, 0.0490 at 41; by that curve the 1 % rule stops it at epoch
+        # 33). The autoencoder stopped after 9 epochs (best 6: 0.0778). Dividing the learning rate by 10 on a
+        # plateau stopped both sooner but higher (autoencoder 0.068 after 11 epochs; U-Net at batch 32 0.064
+        # after 9). Guidance, measured on an earlier 400-patient phantom: synthetic-only classifier test mean
+        # AUC 0.49 at scale 1; 0.54-0.62 at 3, 0.52-0.63 at 6, 0.60 at 9, 0.58 at 12 (two trained models,
+        # several sampling seeds): above 1, within the run-to-run spread. As many synthetic training images as
+        # real ones, as the paper has it: the real classifier trained on a random 1,500 of the real training
+        # images scored 0.789 against 0.850 with all, so a gap measured with 1,500 synthetic images measured
+        # the smaller set too.
         synthesis=SynthesisConfig(
-            latent_channels=4, autoencoder_patch_size=2, autoencoder_channels=(16, 32), autoencoder_epochs=8,
-            autoencoder_lr=2e-3, unet_channels=(32, 64, 64), unet_layers_per_block=1, unet_epochs=12,
-            unet_lr=1e-3, batch_size=16, sampling_steps=15, samples_per_class=6, max_retries=5,
+            latent_channels=4, autoencoder_patch_size=2, autoencoder_channels=(16, 32), autoencoder_epochs=40,
+            autoencoder_lr=2e-3, unet_channels=(32, 64, 64), unet_layers_per_block=1, unet_epochs=60,
+            unet_lr=1e-3, unet_ema_decay=0.999, patience=3, min_improvement=0.01, batch_size=16,
+            sampling_steps=15, samples_per_class=6, max_retries=5,
         ),
     )
 
@@ -376,7 +379,7 @@ def _smoke() -> Profile:
         ),
         synthesis=SynthesisConfig(
             latent_channels=4, autoencoder_channels=(8, 16), autoencoder_epochs=1, autoencoder_lr=2e-3,
-            unet_channels=(16, 32), unet_layers_per_block=1, unet_epochs=1, unet_lr=1e-3,
+            unet_channels=(16, 32), unet_layers_per_block=1, unet_epochs=1, unet_lr=1e-3, unet_ema_decay=0.9,
             sampling_steps=4, samples_per_class=2, batch_size=16, max_retries=2,
         ),
     )
