@@ -243,8 +243,8 @@ def training_block(results: Results) -> str | None:
     ended = {kind: sum(run["ended_by"] == kind for run in runs)
              for kind in ("early stopping", "epoch cap", "fixed budget")}
     return (f"**How each training ended** (every model's record in the metrics files): {ended['early stopping']} "
-            f"of {len(runs)} trainings stopped early, when their validation loss had not improved for their "
-            f"patience; {ended['epoch cap']} ran into their epoch cap and may still have been learning; "
+            f"of {len(runs)} trainings stopped early, when their validation loss had stopped improving for "
+            f"their patience; {ended['epoch cap']} ran into their epoch cap and may still have been learning; "
             f"{ended['fixed budget']} had a fixed budget (a schedule run to its end, or a patience not below "
             f"the cap).\n\n{table}")
 
