@@ -7,7 +7,7 @@ weights in ``channels_last``, bf16 autocast, bf16 autocast with ``channels_last`
 second and each variant's ratio to fp32, measured in the same run.
 
 With ``--processes N``, the same train step in N single-thread processes at once (each network in the
-layout its training uses), their images per second summed, against one process with ``--threads``:
+precision and layout its training uses), their images per second summed, against one process with ``--threads``:
 what :mod:`cxrlib.parallel` gains by training independent runs side by side.
 
 Then the overhead of :func:`cxrlib.train.fit`: the siamese network trained for the same epochs on
@@ -48,7 +48,7 @@ from cxrlib.models.siamese import SiameseNetwork
 from cxrlib.parallel import map_in_processes
 from cxrlib.reid import verification_loss
 from cxrlib.synthesis.training import AutoencoderObjective, diffusion_loss
-from cxrlib.train import autocast, fit, machine_description, make_accelerator, use_fast_layout
+from cxrlib.train import autocast, fit, machine_description, make_accelerator, use_fast_layout, uses_bf16
 
 VARIANTS = (("fp32", False, False), ("fp32 channels_last", False, True), ("bf16", True, False),
             ("bf16 channels_last", True, True))
@@ -133,15 +133,16 @@ def throughput(build, loss_fn, batch: int, bf16: bool, channels_last: bool, step
     return train, inference
 
 
-#: the networks whose training keeps the contiguous layout (channels_last slows them down)
+#: the networks whose training keeps fp32 and the contiguous layout (bf16 and channels_last slow them down)
 CONTIGUOUS = ("autoencoder", "latent unet")
 
 
 def train_rate(profile_name: str, name: str, steps: int) -> float:
-    """Train images per second of network ``name`` in the layout its training uses, with this
-    process's threads (a worker of :func:`process_scaling`)."""
+    """Train images per second of network ``name`` in the precision and layout its training uses,
+    with this process's threads (a worker of :func:`process_scaling`)."""
     build, loss_fn, batch = networks(load_profile(profile_name))[name]
-    return throughput(build, loss_fn, batch, False, name not in CONTIGUOUS, steps)[0]
+    fast = name not in CONTIGUOUS
+    return throughput(build, loss_fn, batch, fast and uses_bf16(), fast, steps)[0]
 
 
 def process_scaling(profile: Profile, names: list[str], processes: int, steps: int) -> dict[str, dict]:
