@@ -293,7 +293,7 @@ def fit(model: torch.nn.Module, loss_fn: LossFn, train_loader: torch.utils.data.
         return FitResult(history=finished["history"], best_epoch=finished["epoch"],
                          best_val_loss=finished["metrics"]["val_loss"], checkpoint_path=best_path,
                          trained=False, max_epochs=max_epochs, patience=stopping_patience,
-                         stopped_early=stopping_patience is not None and stopped)
+                         stopped_early=stopped)
 
     # alike in every process: the seedable samplers take their seed from here at prepare
     seed_everything(seed)
@@ -374,7 +374,7 @@ def fit(model: torch.nn.Module, loss_fn: LossFn, train_loader: torch.utils.data.
     finally:
         bar.close()
 
-    stopped_early = stopping_patience is not None and state["bad_epochs"] >= patience
+    stopped_early = state["bad_epochs"] >= patience  # never with keep="last": every epoch resets it
     load_weights(model, best_path, config=config)
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
