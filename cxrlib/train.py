@@ -214,6 +214,12 @@ def uses_bf16(accelerator: Accelerator | None = None, cpu_bf16: bool = True) -> 
         return torch.cuda.is_bf16_supported()
     if accelerator is not None and accelerator.device.type != "cpu":
         return accelerator.mixed_precision == "bf16"
+    return cpu_uses_bf16(cpu_bf16)
+
+
+def cpu_uses_bf16(cpu_bf16: bool = True) -> bool:
+    """Whether work on the CPU computes in bf16: where the CPU does so in hardware, unless ``cpu_bf16`` is
+    False or ``CXRLIB_CPU_BF16=0``."""
     return cpu_bf16 and os.environ.get(CPU_BF16_VARIABLE, "1") != "0" and cpu_computes_bf16()
 
 

@@ -9,6 +9,7 @@ import pytest
 import torch
 from torch.utils.data import TensorDataset
 
+from cxrlib import train
 from cxrlib.config import load_profile
 from cxrlib.data.chestxray14 import LABELS, NO_FINDING
 from cxrlib.models.classifier import Classifier
@@ -82,6 +83,27 @@ def test_generate_is_seeded_and_guidance_uses_the_condition(trained, config):
     assert torch.equal(first, draw(0, 3.0))
     assert not torch.equal(first, draw(1, 3.0))
     assert not torch.allclose(first, draw(0, 3.0, torch.zeros(3, len(LABELS))))
+
+
+def test_generate_predicts_the_noise_in_bf16_only_where_the_cpu_computes_it(trained, config, monkeypatch):
+    labels = torch.eye(len(LABELS))[:3]
+
+    def draw(**precision):
+        return generate(trained.model, labels, steps=config.sampling_steps, guidance_scale=3.0,
+                        generator=torch.Generator().manual_seed(0), device=CPU, **precision)
+
+    fp32 = draw(cpu_bf16=False)
+    monkeypatch.setattr(train, "cpu_computes_bf16", lambda: True)
+    monkeypatch.delenv(train.CPU_BF16_VARIABLE, raising=False)
+    bf16 = draw()
+    assert not torch.equal(bf16, fp32) and torch.equal(bf16, draw())  # another precision, still seeded
+    assert (bf16 - fp32).abs().mean() < 0.02  # images in [0, 1]
+    assert torch.equal(draw(cpu_bf16=False), fp32)
+    monkeypatch.setenv(train.CPU_BF16_VARIABLE, "0")
+    assert torch.equal(draw(), fp32)
+    monkeypatch.delenv(train.CPU_BF16_VARIABLE)
+    monkeypatch.setattr(train, "cpu_computes_bf16", lambda: False)
+    assert torch.equal(draw(), fp32)
 
 
 @pytest.fixture(scope="module")
