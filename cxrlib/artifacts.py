@@ -8,6 +8,7 @@ silently. Writes go to a temporary name first, so an interrupted save leaves no 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import platform
@@ -35,6 +36,17 @@ def package_versions() -> dict[str, str]:
         except metadata.PackageNotFoundError:
             continue
     return versions
+
+
+def tensor_digest(*tensors: torch.Tensor) -> str:
+    """Short SHA-256 of tensors (dtypes, shapes, bytes): keys a model by the data it was trained on where
+    that data is not fixed by the config, e.g. samples whose last bits depend on the machine's precision."""
+    digest = hashlib.sha256()
+    for tensor in tensors:
+        tensor = tensor.detach().cpu().contiguous()
+        digest.update(f"{tensor.dtype}:{tuple(tensor.shape)}".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()[:10]
 
 
 def partial_path(path: Path) -> Path:

@@ -13,7 +13,7 @@ from safetensors.torch import load_file
 from torch.utils.data import DataLoader, TensorDataset
 
 from cxrlib import train
-from cxrlib.artifacts import ArtifactError
+from cxrlib.artifacts import ArtifactError, tensor_digest
 from cxrlib.train import (FitResult, fit, last_checkpoint_path, make_accelerator, process_seed,
                           seed_everything, training_record)
 
@@ -211,6 +211,20 @@ def test_nan_loss_names_epoch_and_keeps_best_checkpoint(tmp_path):
     assert sidecar["epoch"] == 1 and not sidecar["finished"]
     weights = load_file(str(tmp_path / "net.safetensors"))
     assert all(torch.isfinite(v).all() for v in weights.values())
+
+
+def test_tensor_digest_changes_with_any_bit_dtype_shape_or_order():
+    images = torch.rand(4, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    labels = torch.zeros(4, 14)
+    key = tensor_digest(images, labels)
+    assert key == tensor_digest(images.clone(), labels.clone()) and len(key) == 10
+    nudged = images.clone()
+    nudged.view(-1).view(torch.int32)[5] += 1  # the last bit of one value
+    assert tensor_digest(nudged, labels) != key
+    assert tensor_digest(images.double(), labels) != key
+    assert tensor_digest(images.reshape(4, 64), labels) != key
+    assert tensor_digest(labels, images) != key
+    assert tensor_digest(images.transpose(2, 3), labels) != key  # non-contiguous: its values, in order
 
 
 def test_empty_loader_is_refused(tmp_path):
