@@ -51,8 +51,11 @@ def test_training_saves_a_loadable_model_and_reuses_checkpoints(trained, config)
     assert (trained.folder / "unet" / "config.json").is_file()
     assert trained.model.scaling_factor != 1.0  # computed from the data, stored in the config
     assert LatentDiffusion.load(trained.folder).scaling_factor == pytest.approx(trained.model.scaling_factor)
+    saved = (trained.folder / "unet" / "config.json").stat().st_mtime_ns
     again = _train_tiny(config, trained.folder.parent)
     assert not again.autoencoder_fit.trained and not again.unet_fit.trained
+    # loaded, not rewritten: processes that load it side by side must not race on its folder
+    assert (trained.folder / "unet" / "config.json").stat().st_mtime_ns == saved
     assert again.model.scaling_factor == pytest.approx(trained.model.scaling_factor)
 
 

@@ -209,7 +209,8 @@ def train_latent_diffusion(train_images: Dataset, val_images: Dataset, config: S
     unet, scheduler, unet_fit = train_latent_unet(
         train_post, val_post, config, image_size, scaling, seed=seed, progress=progress,
         checkpoint_path=artifact_path(f"ldm-unet-{unet_key}"))
-    model = LatentDiffusion(autoencoder.cpu(), unet.cpu(), scheduler)
-    model.save(folder)
+    if ae_fit.trained or unet_fit.trained or not folder.is_dir():
+        # saved only when new: processes that load a trained model side by side must not rewrite its folder
+        LatentDiffusion(autoencoder.cpu(), unet.cpu(), scheduler).save(folder)
     return TrainedLatentDiffusion(LatentDiffusion.load(folder), folder, ae_fit, unet_fit)
 
