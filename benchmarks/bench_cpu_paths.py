@@ -1,8 +1,11 @@
 """The CPU's fast paths for a profile's networks, side by side, and the training loop's overhead.
 
 For every network the profile trains (siamese, classifier, retrieval, PriCheXy-Net's generator,
-Privacy-Net, the autoencoder and the latent U-Net), one train step (forward, backward, Adam) and one
-inference pass on random inputs of the profile's shapes, in four variants: fp32, fp32 with the
+Privacy-Net, the autoencoder and the latent U-Net), one train step (forward, backward, Adam) at its
+training batch size and one inference pass at the batch size cxrlib infers at (the defaults of
+``pair_scores``, ``predict``, ``embed_images``, ``anonymize_images``, ``reconstruct`` and ``generate``,
+whose U-Net sees the conditional and unconditional halves at once) on random inputs of the profile's
+shapes, in four variants: fp32, fp32 with the
 weights in ``channels_last``, bf16 autocast, bf16 autocast with ``channels_last``. Prints images per
 second and each variant's ratio to fp32, measured in the same run.
 
@@ -22,6 +25,7 @@ of ``--repeats`` rounds of the two (one round alone moves by several points from
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import sys
 import tempfile
@@ -38,15 +42,17 @@ from torch.utils.data import DataLoader
 
 from cxrlib.anonymize.flow_field import FlowFieldAnonymizer
 from cxrlib.anonymize.privacy_net import PrivacyNetAnonymizer
-from cxrlib.classify import build_classifier
+from cxrlib.classify import build_classifier, predict
 from cxrlib.config import Profile, load_profile
 from cxrlib.data.datasets import PairDataset
 from cxrlib.data.images import Images
 from cxrlib.models.diffusion import build_autoencoder, build_noise_scheduler, build_unet, downsampling_factor
 from cxrlib.models.retrieval import RetrievalNetwork
 from cxrlib.models.siamese import SiameseNetwork
+from cxrlib.evaluate import anonymize_images
 from cxrlib.parallel import map_in_processes
-from cxrlib.reid import verification_loss
+from cxrlib.reid import embed_images, pair_scores, verification_loss
+from cxrlib.synthesis.sampling import generate, reconstruct
 from cxrlib.synthesis.training import AutoencoderObjective, diffusion_loss
 from cxrlib.train import autocast, fit, machine_description, make_accelerator, use_fast_layout, uses_bf16
 
@@ -54,8 +60,12 @@ VARIANTS = (("fp32", False, False), ("fp32 channels_last", False, True), ("bf16"
             ("bf16 channels_last", True, True))
 
 
-def networks(profile: Profile) -> dict[str, tuple[Callable[[], nn.Module], Callable, int]]:
-    """name -> (build, loss(model, batch_size) on random inputs, training batch size)."""
+def _batch_size(fn: Callable) -> int:
+    return inspect.signature(fn).parameters["batch_size"].default
+
+
+def networks(profile: Profile) -> dict[str, tuple[Callable[[], nn.Module], Callable, int, int]]:
+    """name -> (build, loss(model, batch_size) on random inputs, training batch size, inference batch size)."""
     size, v, r, c = profile.image_size, profile.verification, profile.retrieval, profile.classifier
     a, s = profile.anonymization, profile.synthesis
     latent = size // downsampling_factor(s)
@@ -90,24 +100,27 @@ def networks(profile: Profile) -> dict[str, tuple[Callable[[], nn.Module], Calla
                               condition_dropout=s.condition_dropout, min_snr_gamma=s.min_snr_gamma)
 
     return {
-        "siamese": (lambda: SiameseNetwork(v.backbone, False, v.features), siamese, v.batch_size),
-        "classifier": (lambda: build_classifier(c), classifier, c.batch_size),
+        # a batch of siamese pairs: pair_scores embeds its batch of images once and compares them in pairs
+        "siamese": (lambda: SiameseNetwork(v.backbone, False, v.features), siamese, v.batch_size,
+                    _batch_size(pair_scores) // 2),
+        "classifier": (lambda: build_classifier(c), classifier, c.batch_size, _batch_size(predict)),
         "retrieval": (lambda: RetrievalNetwork(r.backbone, False, r.embedding_dim, r.pool_size,
                                                r.bottleneck_channels, r.hidden, r.head_dropout),
-                      embedding, r.batch_size),
+                      embedding, r.batch_size, _batch_size(embed_images)),
         "prichexy generator": (lambda: FlowFieldAnonymizer(a.mu_values[-1], size, a.generator_features,
                                                            a.generator_poolings, a.smoothing_kernel,
                                                            a.smoothing_sigma),
-                               image_to_image, a.batch_size),
+                               image_to_image, a.batch_size, _batch_size(anonymize_images)),
         "privacy-net": (lambda: PrivacyNetAnonymizer(a.privacy_net_features, a.privacy_net_poolings),
-                        image_to_image, a.batch_size),
+                        image_to_image, a.batch_size, _batch_size(anonymize_images)),
         "autoencoder": (lambda: AutoencoderObjective(build_autoencoder(s, size), s.kl_weight), objective,
-                        s.batch_size),
-        "latent unet": (lambda: build_unet(s, size), latent_unet, s.batch_size),
+                        s.batch_size, _batch_size(reconstruct)),
+        "latent unet": (lambda: build_unet(s, size), latent_unet, s.batch_size, 2 * _batch_size(generate)),
     }
 
 
-def throughput(build, loss_fn, batch: int, bf16: bool, channels_last: bool, steps: int) -> tuple[float, float]:
+def throughput(build, loss_fn, batch: int, inference_batch: int, bf16: bool, channels_last: bool,
+               steps: int) -> tuple[float, float]:
     """(train, inference) images per second."""
     torch.manual_seed(0)
     model = build()
@@ -128,8 +141,8 @@ def throughput(build, loss_fn, batch: int, bf16: bool, channels_last: bool, step
     with torch.no_grad():
         def forward():
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-                loss_fn(model, 2 * batch)
-        inference = _rate(forward, steps) * 2 * batch
+                loss_fn(model, inference_batch)
+        inference = _rate(forward, steps) * inference_batch
     return train, inference
 
 
@@ -140,9 +153,9 @@ CONTIGUOUS = ("autoencoder", "latent unet")
 def train_rate(profile_name: str, name: str, steps: int) -> float:
     """Train images per second of network ``name`` in the precision and layout its training uses,
     with this process's threads (a worker of :func:`process_scaling`)."""
-    build, loss_fn, batch = networks(load_profile(profile_name))[name]
+    build, loss_fn, batch, inference_batch = networks(load_profile(profile_name))[name]
     fast = name not in CONTIGUOUS
-    return throughput(build, loss_fn, batch, fast and uses_bf16(), fast, steps)[0]
+    return throughput(build, loss_fn, batch, inference_batch, fast and uses_bf16(), fast, steps)[0]
 
 
 def process_scaling(profile: Profile, names: list[str], processes: int, steps: int) -> dict[str, dict]:
@@ -250,14 +263,14 @@ def main(argv: list[str] | None = None) -> None:
           f"{'yes' if about['avx512'] else 'no'}, BF16/AMX flags: {', '.join(about['bf16_flags']) or 'none'}")
     figures: dict[str, dict] = {}
     print(f"{'network':20s} {'variant':20s} {'train img/s':>12s} {'x fp32':>7s} {'infer img/s':>12s} {'x fp32':>7s}")
-    for name, (build, loss_fn, batch) in networks(profile).items():
+    for name, (build, loss_fn, batch, inference_batch) in networks(profile).items():
         if args.networks and name not in args.networks:
             continue
         figures[name] = {}
         for variant, bf16, channels_last in VARIANTS:
             if bf16 and args.fp32_only:
                 continue
-            train, inference = throughput(build, loss_fn, batch, bf16, channels_last, args.steps)
+            train, inference = throughput(build, loss_fn, batch, inference_batch, bf16, channels_last, args.steps)
             base = figures[name].get("fp32", {"train": train, "inference": inference})
             figures[name][variant] = {"train": train, "inference": inference,
                                       "train_ratio": train / base["train"],
@@ -273,8 +286,11 @@ def main(argv: list[str] | None = None) -> None:
           f"{100 * overhead['overhead']:+.1f} % (median of {args.repeats} rounds, "
           f"{100 * min(spread):+.1f} to {100 * max(spread):+.1f} %)")
     if args.json:
+        batches = {name: {"train": spec[2], "inference": spec[3]} for name, spec in networks(profile).items()
+                   if name in figures}
         args.json.write_text(json.dumps({"profile": profile.name, "threads": args.threads, "machine": about,
-                                         "networks": figures, "processes": scaling, "loop": overhead},
+                                         "networks": figures, "batches": batches, "processes": scaling,
+                                         "loop": overhead},
                                         indent=1))
 
 

@@ -406,6 +406,7 @@ def synthesis_figure_block(results: Results) -> str | None:
 #: relative to the project root, where the README lies
 CPU_PATHS_BENCHMARK = Path("benchmarks/results/cpu_paths.json")
 CPU_PROCESSES_BENCHMARK = Path("benchmarks/results/cpu_processes.json")
+SAMPLING_PRECISION_BENCHMARK = Path("benchmarks/results/sampling_precision.json")
 
 
 def _benchmark(results: Results, path: Path) -> dict | None:
@@ -430,21 +431,29 @@ def cpu_paths_block(results: Results) -> str | None:
     spread = [round_["overhead"] for round_ in loop["rounds"]]
     variants = [name for name in next(iter(bench["networks"].values())) if name != "fp32"]
     side_by_side = (_benchmark(results, CPU_PROCESSES_BENCHMARK) or {}).get("processes", {})
-    header = ["network", "fp32 img/s (train / inference)", *(f"{v} / fp32" for v in variants)]
+    batches = bench.get("batches", {})
+    header = ["network", *(["batch (train / inference)"] if batches else []), "fp32 img/s (train / inference)",
+              *(f"{v} / fp32" for v in variants)]
     if side_by_side:
         header.append("side by side / one process")
     rows = []
     for network, measured in bench["networks"].items():
-        row = [network, f"{measured['fp32']['train']:.0f} / {measured['fp32']['inference']:.0f}",
+        batch = batches.get(network)
+        row = [network, *([f"{batch['train']} / {batch['inference']}" if batch else ""] if batches else []),
+               f"{measured['fp32']['train']:.0f} / {measured['fp32']['inference']:.0f}",
                *(f"{measured[v]['train_ratio']:.2f} / {measured[v]['inference_ratio']:.2f}" for v in variants)]
         if side_by_side:
             row.append(f"{side_by_side[network]['ratio']:.2f}" if network in side_by_side else "")
         rows.append(row)
     table = pd.DataFrame(rows, columns=header).to_markdown(index=False)
+    sizes = ("at the batch sizes they train and infer at (the second column)" if batches
+             else "at their training batch sizes")
     processes = next(iter(side_by_side.values()), None)
     precision = ("On a CPU that computes bf16 in hardware, like this one, every network but the latent "
                  "diffusion model's autoencoder and U-Net trains in bf16 autocast (`cxrlib.train.autocast`; "
-                 "`CXRLIB_CPU_BF16=0` keeps fp32), with `channels_last` where it is faster; elsewhere fp32."
+                 "`CXRLIB_CPU_BF16=0` keeps fp32), with `channels_last` where it is faster; elsewhere fp32. "
+                 "The U-Net samples in bf16 (`cxrlib.synthesis.generate`), where its inference batches are "
+                 "large."
                  if machine["bf16_flags"] else
                  "On a CPU without bf16 hardware, like this one, every network trains in fp32 (bf16 is "
                  "emulated there), with `channels_last` where it is faster.")
@@ -459,8 +468,31 @@ def cpu_paths_block(results: Results) -> str | None:
             f"bare loop over the same batches in memory ({loop['fit_train_seconds']:.1f} s against "
             f"{loop['bare_loop_seconds']:.1f} s; the median of {loop['repeats']} rounds, which ranged from "
             f"{min(spread):+.1%} to {max(spread):+.1%}). Throughput of each variant as a ratio to fp32, train / "
-            f"inference, the `{bench['profile']}` profile's networks at their training batch sizes; ratios "
+            f"inference, the `{bench['profile']}` profile's networks {sizes}; ratios "
             f"below 1 are slower. {precision}{together}\n\n{table}")
+
+
+def sampling_precision_block(results: Results) -> str | None:
+    """The latent diffusion model's sampling in fp32 against bf16: speed, pixels, synthetic-only AUCs."""
+    bench = _benchmark(results, SAMPLING_PRECISION_BENCHMARK)
+    if bench is None:
+        return None
+    fp32, bf16, pixels = bench["precisions"]["fp32"], bench["precisions"]["bf16"], bench["pixels"]
+    seeds = len(fp32["classifiers"])
+
+    def aucs(precision: dict) -> str:
+        return ", ".join(f"{run['mean_auc']:.3f}" for run in precision["classifiers"])
+
+    return (f"**Sampling in bf16** (`benchmarks/bench_sampling_precision.py`, {bench['machine']['cpu']}, "
+            f"{bench['threads']} thread per precision; `{SAMPLING_PRECISION_BENCHMARK.as_posix()}`): the "
+            f"{_count(bench['images'])} images of the synthetic data set, drawn from one seed, took "
+            f"{bf16['sampling_seconds']:.0f} s with the U-Net in bf16 against {fp32['sampling_seconds']:.0f} s in "
+            f"fp32 ({bench['speedup']:.2f}x). Their pixels differ by {pixels['mean_abs_difference']:.4f} on "
+            f"average (images in [0, 1]; {pixels['share_off_by_an_8bit_level']:.1%} of pixels by more than half "
+            f"an 8-bit level). The synthetic-only classifier trained on each set with the same {seeds} seeds "
+            f"reaches a test mean AUC of {bf16['mean_auc']:.3f} from bf16 samples ({aucs(bf16)}) and "
+            f"{fp32['mean_auc']:.3f} from fp32 samples ({aucs(fp32)}): a difference of "
+            f"{bench['auc_difference']:+.3f}.")
 
 
 Block = Callable[[Results], str | None]
@@ -468,7 +500,7 @@ Block = Callable[[Results], str | None]
 BLOCKS: tuple[Block, ...] = (
     run_block, training_block, reidentification_block, reidentification_table_block, identity_cues_block,
     tradeoff_block, tradeoff_table_block, tradeoff_reading_block, tradeoff_figure_block, synthesis_block,
-    synthesis_figure_block, cpu_paths_block,
+    synthesis_figure_block, cpu_paths_block, sampling_precision_block,
 )
 
 #: data/README.md's figures of the phantom as a fair test

@@ -21,6 +21,7 @@ def test_fast_path_benchmark_measures_every_network_and_variant(tmp_path, capsys
                 "--repeats", "3", "--processes", "2", "--networks", "siamese", "--json", str(tmp_path / "paths.json")])
     figures = json.loads((tmp_path / "paths.json").read_text())
     assert set(figures["networks"]) == {"siamese"}
+    assert figures["batches"] == {"siamese": {"train": 16, "inference": 128}}  # smoke batches; pair_scores
     assert set(bench.networks(bench.load_profile("smoke"))) == {
         "siamese", "classifier", "retrieval", "prichexy generator", "privacy-net", "autoencoder", "latent unet"}
     scaling = figures["processes"]["siamese"]

@@ -146,6 +146,9 @@ def test_cpu_fast_paths_come_from_the_benchmarks_beside_the_readme(copied_result
     (root / "benchmarks" / "results" / "cpu_paths.json").write_text(json.dumps(with_bf16))
     assert "but the latent diffusion model's autoencoder and U-Net trains in bf16 autocast" in \
         results_section(results, root).replace("\n", " ")
+    with_batches = {**paths, "batches": {"siamese": {"train": 32, "inference": 128}}}
+    (root / "benchmarks" / "results" / "cpu_paths.json").write_text(json.dumps(with_batches))
+    assert "| siamese   | 32 / 128                    | 100 / 300" in results_section(results, root)
     (root / "benchmarks" / "results" / "cpu_paths.json").write_text(json.dumps(paths))
     processes = {"profile": "cpu", "processes": {"siamese": {"threads": 2, "processes": 3, "ratio": 1.234}}}
     (root / "benchmarks" / "results" / "cpu_processes.json").write_text(json.dumps(processes))
@@ -153,6 +156,31 @@ def test_cpu_fast_paths_come_from_the_benchmarks_beside_the_readme(copied_result
     # measured with another profile: left out
     (root / "benchmarks" / "results" / "cpu_paths.json").write_text(json.dumps({**paths, "profile": "smoke"}))
     assert "fast paths" not in results_section(results, root)
+
+
+def test_sampling_precision_comes_from_its_benchmark_beside_the_readme(copied_results):
+    results, readme = copied_results
+    root = readme.parent
+    assert "Sampling in bf16" not in results_section(results, root)
+    (root / "benchmarks" / "results").mkdir(parents=True)
+
+    def precision(seconds, aucs):
+        return {"sampling_seconds": seconds, "mean_auc": sum(aucs) / len(aucs),
+                "classifiers": [{"seed": 42 + i, "mean_auc": auc} for i, auc in enumerate(aucs)]}
+
+    bench = {"profile": "cpu", "machine": {"cpu": "Test CPU"}, "threads": 1, "images": 3944,
+             "pixels": {"mean_abs_difference": 0.0014, "share_off_by_an_8bit_level": 0.052},
+             "precisions": {"fp32": precision(240.0, [0.72, 0.74]), "bf16": precision(155.0, [0.71, 0.73])},
+             "speedup": 240 / 155, "auc_difference": -0.01}
+    (root / "benchmarks" / "results" / "sampling_precision.json").write_text(json.dumps(bench))
+    flat = results_section(results, root).replace("\n", " ")
+    assert "3,944 images of the synthetic data set, drawn from one seed, took 155 s with the U-Net in bf16 " \
+           "against 240 s in fp32 (1.55x)" in flat
+    assert "5.2% of pixels" in flat and "with the same 2 seeds" in flat
+    assert "0.720 from bf16 samples (0.710, 0.730) and 0.730 from fp32 samples (0.720, 0.740)" in flat
+    assert "a difference of -0.010" in flat
+    (root / "benchmarks" / "results" / "sampling_precision.json").write_text(json.dumps({**bench, "profile": "smoke"}))
+    assert "Sampling in bf16" not in results_section(results, root)
 
 
 def test_training_block_finds_every_record_and_counts_how_each_ended():
