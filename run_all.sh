@@ -87,8 +87,8 @@ run_job() {  # run_job NAME: the job's command, its output in $logs/NAME.log, it
   for job in "${critical[@]}"; do [ "$job" != "$name" ] || niceness=0; done
   case "$name" in
     train\ *) nice -n "$niceness" "${train[@]}" "${name#train }" ;;
-    *) nice -n "$niceness" papermill "notebooks/$name" "$results/notebooks/$name" --kernel cxrlib --cwd notebooks --progress-bar \
-         -p profile "$profile" -p data_dir "$data_dir" -p seed "$seed" -p results_dir "$results" \
+    *) nice -n "$niceness" papermill "notebooks/$name" "$results/notebooks/$name" --kernel cxrlib --cwd notebooks \
+         --progress-bar -p profile "$profile" -p data_dir "$data_dir" -p seed "$seed" -p results_dir "$results" \
          -p artifacts_dir "$artifacts" ;;
   esac > "$logs/$name.log" 2>&1 || status=$?
   echo $(( SECONDS - began )) > "$logs/$name.seconds"

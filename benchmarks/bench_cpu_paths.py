@@ -270,7 +270,8 @@ def main(argv: list[str] | None = None) -> None:
         for variant, bf16, channels_last in VARIANTS:
             if bf16 and args.fp32_only:
                 continue
-            train, inference = throughput(build, loss_fn, batch, inference_batch, bf16, channels_last, args.steps)
+            train, inference = throughput(build, loss_fn, batch, inference_batch, bf16, channels_last,
+                                          args.steps)
             base = figures[name].get("fp32", {"train": train, "inference": inference})
             figures[name][variant] = {"train": train, "inference": inference,
                                       "train_ratio": train / base["train"],

@@ -3,12 +3,12 @@
 The profile's synthetic data set (notebook 04's conditions, one image each, without the privacy filter,
 which would only drop a few percent of either set) is drawn twice from one seed, once with the U-Net in
 fp32 and once under bf16 autocast (``cxrlib.synthesis.generate``), in two processes at once with half
-the threads each (one each on 2 cores, as ``run_all.sh`` runs its jobs). Printed: images/s of each, how far their pixels differ, and the
-test mean AUC of the synthetic-only classifier trained on each set with ``--classifier-seeds`` seeds
-(the same seeds for both, so the two precisions compare seed by seed).
+the threads each (one each on 2 cores, as ``run_all.sh`` runs its jobs). Printed: images/s of each, how
+far their pixels differ, and the test mean AUC of the synthetic-only classifier trained on each set with
+``--classifier-seeds`` seeds (the same seeds for both, so the two precisions compare seed by seed).
 
 Needs the profile's trained latent diffusion model in ``--artifacts`` (``./run_all.sh`` trains it; here it
-is trained when missing, which takes most of an hour on the ``cpu`` profile).
+is trained when missing, about 20 minutes on one core on the ``cpu`` profile).
 
     python benchmarks/bench_sampling_precision.py [--profile cpu] [--classifier-seeds 3] [--json out.json]
 """
@@ -66,8 +66,8 @@ def classifier_auc(workspace: tuple, images: torch.Tensor, classifier_seed: int,
     ws = _workspace(*workspace)
     conditions, n_train = _conditions(ws)
     classifier, fitted = train_classifier(
-        TensorDataset(images[:n_train], conditions[:n_train]), TensorDataset(images[n_train:], conditions[n_train:]),
-        ws.profile.classifier, seed=classifier_seed, checkpoint_path=Path(folder) / "classifier", progress=False)
+        TensorDataset(images[:n_train], conditions[:n_train]),
+        TensorDataset(images[n_train:], conditions[n_train:]), ws.profile.classifier, seed=classifier_seed, checkpoint_path=Path(folder) / "classifier", progress=False)
     probabilities, labels = predict(classifier, ws.images("test"), progress=False)
     return {"seed": classifier_seed, "mean_auc": multilabel_auc(labels, probabilities, n_bootstrap=0)["mean_auc"],
             **fitted.record()}

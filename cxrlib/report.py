@@ -484,7 +484,8 @@ def sampling_precision_block(results: Results) -> str | None:
         return ", ".join(f"{run['mean_auc']:.3f}" for run in precision["classifiers"])
 
     return (f"**Sampling in bf16** (`benchmarks/bench_sampling_precision.py`, {bench['machine']['cpu']}, "
-            f"{bench['threads']} thread per precision; `{SAMPLING_PRECISION_BENCHMARK.as_posix()}`): the "
+            f"{bench['threads']} thread{'s' if bench['threads'] != 1 else ''} per precision; "
+            f"`{SAMPLING_PRECISION_BENCHMARK.as_posix()}`): the "
             f"{_count(bench['images'])} images of the synthetic data set, drawn from one seed, took "
             f"{bf16['sampling_seconds']:.0f} s with the U-Net in bf16 against {fp32['sampling_seconds']:.0f} s in "
             f"fp32 ({bench['speedup']:.2f}x). Their pixels differ by {pixels['mean_abs_difference']:.4f} on "

@@ -179,7 +179,8 @@ def test_sampling_precision_comes_from_its_benchmark_beside_the_readme(copied_re
     assert "5.2% of pixels" in flat and "with the same 2 seeds" in flat
     assert "0.720 from bf16 samples (0.710, 0.730) and 0.730 from fp32 samples (0.720, 0.740)" in flat
     assert "a difference of -0.010" in flat
-    (root / "benchmarks" / "results" / "sampling_precision.json").write_text(json.dumps({**bench, "profile": "smoke"}))
+    smoke = {**bench, "profile": "smoke"}
+    (root / "benchmarks" / "results" / "sampling_precision.json").write_text(json.dumps(smoke))
     assert "Sampling in bf16" not in results_section(results, root)
 
 
