@@ -38,14 +38,19 @@ def package_versions() -> dict[str, str]:
     return versions
 
 
+def hash_tensor(digest: "hashlib._Hash", tensor: torch.Tensor, label: str = "") -> None:
+    """Feed ``label``, the dtype, the shape and the bytes of ``tensor`` (in its values' order) to ``digest``."""
+    tensor = tensor.detach().cpu().contiguous()
+    digest.update(f"{label}{tensor.dtype}:{tuple(tensor.shape)}".encode())
+    digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+
+
 def tensor_digest(*tensors: torch.Tensor) -> str:
     """Short SHA-256 of tensors (dtypes, shapes, bytes): keys a model by the data it was trained on where
     that data is not fixed by the config, e.g. samples whose last bits depend on the machine's precision."""
     digest = hashlib.sha256()
     for tensor in tensors:
-        tensor = tensor.detach().cpu().contiguous()
-        digest.update(f"{tensor.dtype}:{tuple(tensor.shape)}".encode())
-        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+        hash_tensor(digest, tensor)
     return digest.hexdigest()[:10]
 
 

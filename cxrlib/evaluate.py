@@ -47,7 +47,7 @@ from torchmetrics.image import PeakSignalNoiseRatio, StructuralSimilarityIndexMe
 
 from cxrlib.anonymize.base import Anonymizer
 from cxrlib.anonymize.flow_field import displacement_bound_pixels
-from cxrlib.artifacts import write_json
+from cxrlib.artifacts import hash_tensor, write_json
 from cxrlib.classify import evaluate_classifier
 from cxrlib.config import EvaluationConfig, VerificationConfig
 from cxrlib.data.cache import ImageCache
@@ -200,9 +200,7 @@ def state_digest(module: nn.Module) -> str:
     """SHA-256 of a module's state (names, dtypes, shapes, bytes): identifies trained weights."""
     digest = hashlib.sha256()
     for name, tensor in sorted(module.state_dict().items()):
-        tensor = tensor.detach().cpu().contiguous()
-        digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
-        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+        hash_tensor(digest, tensor, f"{name}:")
     return digest.hexdigest()
 
 
