@@ -18,7 +18,7 @@ from cxrlib.models.siamese import SiameseNetwork
 from cxrlib.metrics import (PenultimateFeatures, diversity_by_class, frechet_distance, mean_pairwise_ms_ssim,
                             ms_ssim_scales)
 from cxrlib.synthesis import (PrivacyFilter, Thresholds, class_conditions, diffusion_loss, generate,
-                              latent_scaling_factor, near_copies, privacy_enhancing_sample,
+                              aligned_correlation, latent_scaling_factor, near_copies, privacy_enhancing_sample,
                               single_class_names, synthetic_label_vectors, train_latent_diffusion,
                               training_config, utility_gap)
 
@@ -324,6 +324,28 @@ def test_why_the_filter_needs_a_near_duplicate_test():
     with torch.no_grad():
         scores = siamese.score(images, images)
     assert torch.allclose(scores, torch.sigmoid(siamese.classifier.bias).expand(4))
+
+
+def test_aligned_correlation_is_the_best_shifted_pixel_correlation_over_the_gallery():
+    """Chunks, batches and shifts taken in any order give what one image and one gallery image at a
+    time give: the highest correlation of their overlapping windows over shifts of up to 2 px."""
+    generator = torch.Generator().manual_seed(0)
+    gallery = torch.rand(5, 1, 12, 12, generator=generator)
+    images = torch.rand(7, 1, 12, 12, generator=generator)
+    images[2] = torch.roll(gallery[3], shifts=(1, -2), dims=(-2, -1)) * 0.5 + 0.2  # shifted, rescaled copy
+
+    def correlation(a, b):
+        a, b = a.flatten() - a.mean(), b.flatten() - b.mean()
+        return float(a @ b / (a.norm() * b.norm()))
+
+    expected = np.array([[max(correlation(image[..., max(dy, 0):12 + min(dy, 0), max(dx, 0):12 + min(dx, 0)],
+                                          real[..., max(-dy, 0):12 + min(-dy, 0), max(-dx, 0):12 + min(-dx, 0)])
+                              for dy in range(-2, 3) for dx in range(-2, 3))
+                          for real in gallery] for image in images])
+    values, index = aligned_correlation(images, gallery, batch_size=2, chunk_size=3, device=torch.device("cpu"))
+    np.testing.assert_allclose(values, expected.max(axis=1), atol=1e-5)
+    np.testing.assert_array_equal(index, expected.argmax(axis=1))
+    assert index[2] == 3 and values[2] == pytest.approx(1.0, abs=1e-5)
 
 
 class _ZeroUNet(torch.nn.Module):

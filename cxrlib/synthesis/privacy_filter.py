@@ -57,24 +57,35 @@ def _resized(images: torch.Tensor, size: int) -> torch.Tensor:
 
 @torch.no_grad()
 def aligned_correlation(images: torch.Tensor, gallery_images: torch.Tensor, *, batch_size: int = 256,
-                        device: torch.device | None = None) -> tuple[np.ndarray, np.ndarray]:
+                        chunk_size: int = 4096, device: torch.device | None = None
+                        ) -> tuple[np.ndarray, np.ndarray]:
     """Per image, the highest pixel correlation with any gallery image over shifts of up to
     ``MAX_SHIFT`` pixels (overlapping windows only), and which gallery image gives it: a
     near-duplicate detector that needs no model. Exhaustive over the gallery, since every chest
-    radiograph looks alike at the coarse sizes a shortlist would use."""
+    radiograph looks alike at the coarse sizes a shortlist would use.
+
+    Images are taken ``chunk_size`` at a time (their correlations with the whole gallery are held
+    at once), and within a chunk shift by shift, so that each shift's gallery windows are
+    standardized once per chunk rather than once per batch of ``batch_size`` (which was two thirds
+    of the time); the products are the same batch-by-gallery matrices either way."""
     device = device or default_device()
     gallery = _resized(gallery_images, PIXEL_SIZE).to(device)
     size = gallery.shape[-1]
+
+    def window(x: torch.Tensor, dy: int, dx: int) -> torch.Tensor:
+        return x[..., max(dy, 0):size + min(dy, 0), max(dx, 0):size + min(dx, 0)]
+
     best, best_index = [], []
-    for start in range(0, len(images), batch_size):
-        batch = _resized(images[start:start + batch_size], PIXEL_SIZE).to(device)
-        correlation = torch.full((len(batch), len(gallery)), -1.0, device=device)
+    for chunk_start in range(0, len(images), chunk_size):
+        chunk = _resized(images[chunk_start:chunk_start + chunk_size], PIXEL_SIZE).to(device)
+        correlation = torch.full((len(chunk), len(gallery)), -1.0, device=device)
         for dy in range(-MAX_SHIFT, MAX_SHIFT + 1):
             for dx in range(-MAX_SHIFT, MAX_SHIFT + 1):
-                mine = batch[..., max(dy, 0):size + min(dy, 0), max(dx, 0):size + min(dx, 0)]
-                theirs = gallery[..., max(-dy, 0):size + min(-dy, 0), max(-dx, 0):size + min(-dx, 0)]
-                correlation = torch.maximum(correlation,
-                                            standardized_pixels(mine) @ standardized_pixels(theirs).T)
+                theirs = standardized_pixels(window(gallery, -dy, -dx)).T
+                for start in range(0, len(chunk), batch_size):
+                    rows = correlation[start:start + batch_size]
+                    mine = standardized_pixels(window(chunk[start:start + batch_size], dy, dx))
+                    torch.maximum(rows, mine @ theirs, out=rows)
         values, index = correlation.max(dim=1)
         best.append(values.cpu())
         best_index.append(index.cpu())
