@@ -146,16 +146,15 @@ def throughput(build, loss_fn, batch: int, inference_batch: int, bf16: bool, cha
     return train, inference
 
 
-#: the networks whose training keeps fp32 and the contiguous layout (bf16 and channels_last slow them down)
-CONTIGUOUS = ("autoencoder", "latent unet")
+#: the networks whose training keeps the contiguous layout (channels_last slows them down)
+CONTIGUOUS = ("latent unet",)
 
 
 def train_rate(profile_name: str, name: str, steps: int) -> float:
     """Train images per second of network ``name`` in the precision and layout its training uses,
     with this process's threads (a worker of :func:`process_scaling`)."""
     build, loss_fn, batch, inference_batch = networks(load_profile(profile_name))[name]
-    fast = name not in CONTIGUOUS
-    return throughput(build, loss_fn, batch, inference_batch, fast and uses_bf16(), fast, steps)[0]
+    return throughput(build, loss_fn, batch, inference_batch, uses_bf16(), name not in CONTIGUOUS, steps)[0]
 
 
 def process_scaling(profile: Profile, names: list[str], processes: int, steps: int) -> dict[str, dict]:

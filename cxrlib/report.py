@@ -407,6 +407,7 @@ def synthesis_figure_block(results: Results) -> str | None:
 CPU_PATHS_BENCHMARK = Path("benchmarks/results/cpu_paths.json")
 CPU_PROCESSES_BENCHMARK = Path("benchmarks/results/cpu_processes.json")
 SAMPLING_PRECISION_BENCHMARK = Path("benchmarks/results/sampling_precision.json")
+TRAINING_PRECISION_BENCHMARK = Path("benchmarks/results/training_precision.json")
 
 
 def _benchmark(results: Results, path: Path) -> dict | None:
@@ -449,11 +450,12 @@ def cpu_paths_block(results: Results) -> str | None:
     sizes = ("at the batch sizes they train and infer at (the second column)" if batches
              else "at their training batch sizes")
     processes = next(iter(side_by_side.values()), None)
-    precision = ("On a CPU that computes bf16 in hardware, like this one, every network but the latent "
-                 "diffusion model's autoencoder and U-Net trains in bf16 autocast (`cxrlib.train.autocast`; "
-                 "`CXRLIB_CPU_BF16=0` keeps fp32), with `channels_last` where it is faster; elsewhere fp32. "
-                 "The U-Net samples in bf16 (`cxrlib.synthesis.generate`), where its inference batches are "
-                 "large."
+    precision = ("On a CPU that computes bf16 in hardware, like this one, every network trains in bf16 "
+                 "autocast (`cxrlib.train.autocast`; `CXRLIB_CPU_BF16=0` keeps fp32), with `channels_last` "
+                 "where it is faster; elsewhere fp32. The latent diffusion model's attention, and its "
+                 "autoencoder's group norms, compute in fp32 inside it (`cxrlib.models.diffusion."
+                 "keep_fp32_on_cpu`): their bf16 kernels are slower on a CPU. The U-Net samples in bf16 "
+                 "(`cxrlib.synthesis.generate`)."
                  if machine["bf16_flags"] else
                  "On a CPU without bf16 hardware, like this one, every network trains in fp32 (bf16 is "
                  "emulated there), with `channels_last` where it is faster.")
@@ -472,28 +474,58 @@ def cpu_paths_block(results: Results) -> str | None:
             f"below 1 are slower. {precision}{together}\n\n{table}")
 
 
+def _precision_aucs(bench: dict, source: str) -> str:
+    """The sentence comparing the synthetic-only classifiers of the two precisions' sets; ``source``
+    names a set, ``{}`` standing for its precision."""
+    fp32, bf16 = bench["precisions"]["fp32"], bench["precisions"]["bf16"]
+
+    def aucs(precision: dict) -> str:
+        return ", ".join(f"{run['mean_auc']:.3f}" for run in precision["classifiers"])
+
+    return (f"The synthetic-only classifier trained on each set with the same {len(fp32['classifiers'])} seeds "
+            f"reaches a test mean AUC of {bf16['mean_auc']:.3f} from {source.format('bf16')} ({aucs(bf16)}) and "
+            f"{fp32['mean_auc']:.3f} from {source.format('fp32')} ({aucs(fp32)}): a difference of "
+            f"{bench['auc_difference']:+.3f}.")
+
+
+def _precision_source(bench: dict, path: Path) -> str:
+    return (f"`benchmarks/bench_sampling_precision.py{' --training' if path == TRAINING_PRECISION_BENCHMARK else ''}`, "
+            f"{bench['machine']['cpu']}, {bench['threads']} thread{'s' if bench['threads'] != 1 else ''} per "
+            f"precision; `{path.as_posix()}`")
+
+
 def sampling_precision_block(results: Results) -> str | None:
     """The latent diffusion model's sampling in fp32 against bf16: speed, pixels, synthetic-only AUCs."""
     bench = _benchmark(results, SAMPLING_PRECISION_BENCHMARK)
     if bench is None:
         return None
     fp32, bf16, pixels = bench["precisions"]["fp32"], bench["precisions"]["bf16"], bench["pixels"]
-    seeds = len(fp32["classifiers"])
-
-    def aucs(precision: dict) -> str:
-        return ", ".join(f"{run['mean_auc']:.3f}" for run in precision["classifiers"])
-
-    return (f"**Sampling in bf16** (`benchmarks/bench_sampling_precision.py`, {bench['machine']['cpu']}, "
-            f"{bench['threads']} thread{'s' if bench['threads'] != 1 else ''} per precision; "
-            f"`{SAMPLING_PRECISION_BENCHMARK.as_posix()}`): the "
+    return (f"**Sampling in bf16** ({_precision_source(bench, SAMPLING_PRECISION_BENCHMARK)}): the "
             f"{_count(bench['images'])} images of the synthetic data set, drawn from one seed, took "
             f"{bf16['sampling_seconds']:.0f} s with the U-Net in bf16 against {fp32['sampling_seconds']:.0f} s in "
             f"fp32 ({bench['speedup']:.2f}x). Their pixels differ by {pixels['mean_abs_difference']:.4f} on "
             f"average (images in [0, 1]; {pixels['share_off_by_an_8bit_level']:.1%} of pixels by more than half "
-            f"an 8-bit level). The synthetic-only classifier trained on each set with the same {seeds} seeds "
-            f"reaches a test mean AUC of {bf16['mean_auc']:.3f} from bf16 samples ({aucs(bf16)}) and "
-            f"{fp32['mean_auc']:.3f} from fp32 samples ({aucs(fp32)}): a difference of "
-            f"{bench['auc_difference']:+.3f}.")
+            f"an 8-bit level). {_precision_aucs(bench, '{} samples')}")
+
+
+def training_precision_block(results: Results) -> str | None:
+    """The latent diffusion model trained in fp32 against bf16: time, convergence, synthetic-only AUCs."""
+    bench = _benchmark(results, TRAINING_PRECISION_BENCHMARK)
+    if bench is None:
+        return None
+    fp32, bf16 = bench["precisions"]["fp32"], bench["precisions"]["bf16"]
+
+    def part(name: str, label: str) -> str:
+        return (f"the {label} {bf16[name]['seconds']:.0f} s against {fp32[name]['seconds']:.0f} s (best epoch "
+                f"{bf16[name]['best_epoch']} of {bf16[name]['epochs']} against {fp32[name]['best_epoch']} of "
+                f"{fp32[name]['epochs']}; validation loss {bf16[name]['best_val_loss']:.4f} against "
+                f"{fp32[name]['best_val_loss']:.4f})")
+
+    return (f"**Training in bf16** ({_precision_source(bench, TRAINING_PRECISION_BENCHMARK)}): the latent "
+            f"diffusion model trained once in each precision, side by side, from one seed. In bf16 against fp32: "
+            f"{part('autoencoder', 'autoencoder')}, {part('unet', 'U-Net')}; {bench['speedup']:.2f}x as fast "
+            f"together. Each model then drew the {_count(bench['images'])} images of the synthetic data set "
+            f"with its U-Net in bf16. {_precision_aucs(bench, 'the model trained in {}')}")
 
 
 Block = Callable[[Results], str | None]
@@ -501,7 +533,7 @@ Block = Callable[[Results], str | None]
 BLOCKS: tuple[Block, ...] = (
     run_block, training_block, reidentification_block, reidentification_table_block, identity_cues_block,
     tradeoff_block, tradeoff_table_block, tradeoff_reading_block, tradeoff_figure_block, synthesis_block,
-    synthesis_figure_block, cpu_paths_block, sampling_precision_block,
+    synthesis_figure_block, cpu_paths_block, sampling_precision_block, training_precision_block,
 )
 
 #: data/README.md's figures of the phantom as a fair test

@@ -151,7 +151,7 @@ def use_fast_layout(model: torch.nn.Module) -> torch.nn.Module:
     """``model`` with its convolution weights in ``channels_last`` (in place; returned for chaining).
 
     On this project's 2-core CPUs the ``cpu`` profile's convolutional networks train up to 1.3x and
-    run inference up to 2x faster in this layout; the latent diffusion U-Net (attention, group norm) is slower
+    run inference up to 2x faster in this layout; the latent diffusion U-Net (attention, group norm) is not
     (``benchmarks/bench_cpu_paths.py`` prints the figures per network, ``benchmarks/results/cpu_paths.json``
     holds the last ones). Inputs need no conversion: convolutions hand their output on in the
     weights' layout.
@@ -225,10 +225,11 @@ def cpu_uses_bf16(cpu_bf16: bool = True) -> bool:
 
 def autocast(accelerator: Accelerator, cpu_bf16: bool = True):
     """The mixed-precision context of a training or inference step. On a CPU with bf16 in hardware,
-    bf16 autocast trains the ``cpu`` profile's convolutional networks 1.3-1.8x faster than fp32, both
-    in ``channels_last`` (measured on an AMD EPYC with AVX-512 BF16,
-    ``benchmarks/results/cpu_paths.json``); ``cpu_bf16=False`` keeps fp32 for networks it slows
-    down (the latent diffusion model's autoencoder and U-Net: 0.6-0.9x)."""
+    bf16 autocast trains the ``cpu`` profile's convolutional networks faster than fp32
+    (``benchmarks/bench_cpu_paths.py`` prints the ratios per network, ``benchmarks/results/cpu_paths.json``
+    holds the last ones); ``cpu_bf16=False`` keeps fp32 for a network it would slow down. The latent
+    diffusion model gains only with its attention (and the autoencoder's group norms) kept in fp32
+    (:func:`cxrlib.models.diffusion.keep_fp32_on_cpu`)."""
     if accelerator.device.type != "cpu":
         return accelerator.autocast()
     return torch.autocast("cpu", dtype=torch.bfloat16, enabled=uses_bf16(accelerator, cpu_bf16))

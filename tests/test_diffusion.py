@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 
 import pytest
 import torch
+from diffusers import AutoencoderKL
+from diffusers.models.attention_processor import Attention
+from torch import nn
 
 from cxrlib.config import load_profile
 from cxrlib.data.chestxray14 import LABELS
-from cxrlib.models.diffusion import (LatentDiffusion, build_autoencoder, build_noise_scheduler,
-                                     build_unet, downsampling_factor)
+from cxrlib.models.diffusion import (CPUFloat32Attention, CPUFloat32GroupNorm, LatentDiffusion, build_autoencoder,
+                                     build_noise_scheduler, build_unet, downsampling_factor)
 
 SIZE = 32
 
@@ -98,3 +102,38 @@ def test_load_names_what_is_missing(tmp_path):
     (tmp_path / "ldm" / "unet").mkdir(parents=True)
     with pytest.raises(FileNotFoundError, match="missing"):
         LatentDiffusion.load(tmp_path / "ldm")
+
+
+def test_attention_and_the_autoencoders_group_norms_compute_in_fp32_under_cpu_bf16_autocast(config, model,
+                                                                                          tmp_path):
+    """Under bf16 autocast the convolutions run in bf16 and these layers in fp32; without autocast the
+    models compute as plain diffusers models do; the state dict and a saved-and-loaded model keep it."""
+    plain = AutoencoderKL.from_config(model.autoencoder.config)  # as diffusers builds it
+    norms = [m for m in model.autoencoder.modules() if isinstance(m, nn.GroupNorm)]
+    assert norms and all(type(m) is CPUFloat32GroupNorm for m in norms)
+    assert not any(type(m) is CPUFloat32GroupNorm for m in model.unet.modules())  # faster in bf16 there
+    for network in (model.autoencoder, model.unet, LatentDiffusion.load(model.save(tmp_path / "ldm")).autoencoder):
+        attention = [m for m in network.modules() if isinstance(m, Attention)]
+        assert attention and all(isinstance(m.processor, CPUFloat32Attention) for m in attention)
+    assert plain.state_dict().keys() == model.autoencoder.state_dict().keys()
+
+    seen = {}
+    norm, attention = norms[0], next(m for m in model.autoencoder.modules() if isinstance(m, Attention))
+    hooks = [module.register_forward_hook(lambda _, inputs, output, name=name: seen.update({name: output.dtype}))
+             for name, module in (("norm", norm), ("attention", attention),
+                                  ("conv", model.autoencoder.encoder.conv_in))]
+    images = torch.rand(2, config.autoencoder_patch_size ** 2, SIZE, SIZE)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        model.autoencoder.encode(images)
+    for hook in hooks:
+        hook.remove()
+    assert seen == {"norm": torch.float32, "attention": torch.float32, "conv": torch.bfloat16}
+
+    plain.load_state_dict(model.autoencoder.state_dict())
+    copied = copy.deepcopy(model.autoencoder)  # as the EMA of fit copies a model: it must compute on its own weights
+    with torch.no_grad():
+        expected = plain.encode(images).latent_dist.mean
+        assert torch.equal(model.autoencoder.encode(images).latent_dist.mean, expected)
+        for parameter in copied.parameters():
+            parameter.add_(0.1)
+        assert not torch.allclose(copied.encode(images).latent_dist.mean, expected)

@@ -51,10 +51,9 @@ def generate(model: LatentDiffusion, labels: torch.Tensor, *, steps: int, guidan
 
     On a CPU that computes bf16 in hardware the U-Net predicts the noise under bf16 autocast (unless
     ``cpu_bf16`` is False or ``CXRLIB_CPU_BF16=0``); the latents, the DDIM update and the decoder stay
-    fp32. At sampling batches (2 x 64 latents) bf16 pays although the U-Net trains slower in it at its
-    batch of 16 (``benchmarks/bench_cpu_paths.py``): ``benchmarks/bench_sampling_precision.py`` draws the
-    synthetic set both ways and trains the synthetic-only classifier on each (1.4x faster on one thread,
-    the same AUC within the classifier's seed-to-seed spread, ``benchmarks/results/sampling_precision.json``)."""
+    fp32. ``benchmarks/bench_sampling_precision.py`` draws the synthetic set both ways and trains the
+    synthetic-only classifier on each (``benchmarks/results/sampling_precision.json`` holds the last
+    figures: speed, pixel differences and both AUCs)."""
     if labels.ndim != 2:
         raise ValueError(f"labels must be (N, 14) label vectors, got shape {tuple(labels.shape)}")
     device = device or default_device()

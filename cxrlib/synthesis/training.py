@@ -86,8 +86,8 @@ def train_autoencoder(train_images: Dataset, val_images: Dataset, config: Synthe
         optimizer=torch.optim.AdamW(objective.parameters(), lr=config.autoencoder_lr),
         max_epochs=config.autoencoder_epochs, patience=config.patience, min_improvement=config.min_improvement,
         checkpoint_path=checkpoint_path, config=training_config(config, image_size, "autoencoder"),
-        # channels_last and bf16 slow the autoencoder down too (benchmarks/bench_cpu_paths.py)
-        seed=seed, progress=progress, channels_last=False, cpu_bf16=False)
+        # bf16 (on CPUs that compute it) with its attention and group norms in fp32 (build_autoencoder)
+        seed=seed, progress=progress)
     return autoencoder, result
 
 
@@ -173,8 +173,9 @@ def train_latent_unet(posteriors: tuple[torch.Tensor, ...], val_posteriors: tupl
         checkpoint_path=checkpoint_path,
         # not the scaling factor: it follows from the autoencoder, and its last digits from the device
         config=training_config(config, image_size, "unet"),
-        # channels_last and bf16 slow this U-Net down (benchmarks/bench_cpu_paths.py)
-        seed=seed, progress=progress, channels_last=False, cpu_bf16=False,
+        # bf16 (on CPUs that compute it) with its attention in fp32 (ConditionalLatentUNet); channels_last
+        # slows it down (benchmarks/bench_cpu_paths.py)
+        seed=seed, progress=progress, channels_last=False,
         ema_decay=config.unet_ema_decay or None)
     return unet, scheduler, result
 
