@@ -65,7 +65,12 @@ declare -A needs=(  # job -> the jobs whose models or results it reads
   [05_publishing_a_release.ipynb]="02_prichexy_net.ipynb"
 )
 # The longest chain of jobs keeps its priority and every other job runs at nice 10, so that the chain's
-# single-thread process has a core to itself while the others share the rest. In the cpu run of c7fe680
+# single-thread process has a core to itself while the others share the rest. Where the kernel groups
+# processes by session for scheduling (autogroup, /proc/sys/kernel/sched_autogroup_enabled), nice orders
+# only the processes of one session: papermill's notebook kernels start sessions of their own
+# (jupyter_client), so each notebook gets a fair share of the cores against this script's session, and
+# nice orders the `cxrlib train` jobs inside it. In the cpu run of ebf5097 the classifier's epochs took
+# 62 s beside the latent diffusion model's training while notebook 01 ran, and 4.5 s after. In the cpu run of c7fe680
 # the chain (the latent diffusion model, 1,328 s, then notebook 04, 439 s) took 1,767 of the run's 1,773 s,
 # sharing the cores with up to five other processes, and notebook 04 ran its last 7 minutes alone on one
 # core while the other idled. Threads stay as they are (results do not depend on priorities): a job of
