@@ -524,7 +524,8 @@ def training_precision_block(results: Results) -> str | None:
     return (f"**Training in bf16** ({_precision_source(bench, TRAINING_PRECISION_BENCHMARK)}): the latent "
             f"diffusion model trained once in each precision, side by side, from one seed. In bf16 against fp32: "
             f"{part('autoencoder', 'autoencoder')}, {part('unet', 'U-Net')}; {bench['speedup']:.2f}x as fast "
-            f"together. Each model then drew the {_count(bench['images'])} images of the synthetic data set "
+            f"together (the U-Nets' losses are on the latents of different autoencoders, so they do not "
+            f"compare). Each model then drew the {_count(bench['images'])} images of the synthetic data set "
             f"with its U-Net in bf16. {_precision_aucs(bench, 'the model trained in {}')}")
 
 
