@@ -489,7 +489,8 @@ def _precision_aucs(bench: dict, source: str) -> str:
 
 
 def _precision_source(bench: dict, path: Path) -> str:
-    return (f"`benchmarks/bench_sampling_precision.py{' --training' if path == TRAINING_PRECISION_BENCHMARK else ''}`, "
+    flag = " --training" if bench.get("compared") == "training" else ""
+    return (f"`benchmarks/bench_sampling_precision.py{flag}`, "
             f"{bench['machine']['cpu']}, {bench['threads']} thread{'s' if bench['threads'] != 1 else ''} per "
             f"precision; `{path.as_posix()}`")
 

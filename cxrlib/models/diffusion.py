@@ -41,10 +41,6 @@ from cxrlib.data.chestxray14 import LABELS
 AUTOENCODER, UNET, SCHEDULER = "autoencoder", "unet", "scheduler"
 
 
-def _cpu_autocast() -> bool:
-    return torch.is_autocast_enabled("cpu")
-
-
 def _as_float(value: torch.Tensor | None) -> torch.Tensor | None:
     return value.float() if value is not None and value.is_floating_point() else value
 
@@ -52,13 +48,13 @@ def _as_float(value: torch.Tensor | None) -> torch.Tensor | None:
 class CPUFloat32Attention(AttnProcessor2_0):
     """diffusers' scaled-dot-product attention, computed in fp32 under CPU bf16 autocast (elsewhere
     unchanged). At these models' short sequences (16 to 64 positions) the CPU's bf16 attention
-    kernels are slow: the U-Net's train step (batch 16, one thread) took 150 ms in bf16 against 118 ms
-    in fp32, and 101-109 ms in bf16 with its attention in fp32."""
+    kernels are slow: in one measurement the U-Net's train step (batch 16, one thread) took 150 ms in
+    bf16 against 118 ms in fp32, and 101-109 ms in bf16 with its attention in fp32."""
 
     # the arguments by name, since diffusers passes an attention only the keywords its processor names
     def __call__(self, attn: Attention, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor | None = None,
                  attention_mask: torch.Tensor | None = None, temb: torch.Tensor | None = None) -> torch.Tensor:
-        if not _cpu_autocast():
+        if not torch.is_autocast_enabled("cpu"):
             return super().__call__(attn, hidden_states, encoder_hidden_states, attention_mask, temb)
         with torch.autocast("cpu", enabled=False):
             return super().__call__(attn, *map(_as_float, (hidden_states, encoder_hidden_states, attention_mask, temb)))
@@ -69,7 +65,7 @@ class CPUFloat32GroupNorm(nn.GroupNorm):
     autoencoder's bf16 group norms, at up to 32 x 32 positions, took three times as long as fp32's."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not _cpu_autocast():
+        if not torch.is_autocast_enabled("cpu"):
             return super().forward(x)
         with torch.autocast("cpu", enabled=False):
             return super().forward(x.float())
