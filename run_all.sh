@@ -87,7 +87,9 @@ for job in "${critical[@]}"; do
   if [ -z "${needs[$job]+set}" ]; then echo "run_all.sh: critical job '$job' is not in the schedule" >&2; exit 2; fi
 done
 
-run_job() {  # run_job NAME: the job's command, its output in $logs/NAME.log, its seconds in $logs/NAME.seconds
+run_job() {  # run_job NAME: the job's command, its output in $logs/NAME.log, its seconds in $logs/NAME.seconds,
+  # and bash's `times` of the job in $logs/NAME.times (this subshell starts with none: its children's CPU
+  # time is the job's, counting every process of it that was waited for: kernels, workers)
   local name="$1" began=$SECONDS status=0 niceness=10 job
   for job in "${critical[@]}"; do [ "$job" != "$name" ] || niceness=0; done
   case "$name" in
@@ -97,7 +99,12 @@ run_job() {  # run_job NAME: the job's command, its output in $logs/NAME.log, it
          -p artifacts_dir "$artifacts" ;;
   esac > "$logs/$name.log" 2>&1 || status=$?
   echo $(( SECONDS - began )) > "$logs/$name.seconds"
+  times > "$logs/$name.times"
   return $status
+}
+cpu_seconds() {  # cpu_seconds NAME: the job's user + system CPU seconds, from the children's line of `times`
+  awk 'NR == 2 { for (i = 1; i <= NF; i++) { gsub(",", ".", $i); split($i, t, "m"); s += t[1] * 60 + t[2] }
+                 printf "%d", s + 0.5 }' "$logs/$1.times"
 }
 
 set -m  # each job its own process group, so that a failure stops a job's kernel and workers too
@@ -134,13 +141,14 @@ while [ ${#completed[@]} -lt ${#needs[@]} ]; do
     stop_jobs; exit 1
   fi
   completed[$name]=1
-  printf "%s\tall\t%d\n" "$name" "$(cat "$logs/$name.seconds")" >> "$logs/job_seconds.tsv"
+  printf "%s\tall\t%d\t%d\n" "$name" "$(cat "$logs/$name.seconds")" "$(cpu_seconds "$name")" >> "$logs/job_seconds.tsv"
   echo "== $name: done in $(cat "$logs/$name.seconds") s"
 done
-# per notebook one row per section (cxrlib timings, from papermill's cell times); then each job's wall time
-printf "notebook\tstage\tseconds\n" > "$timings"
-cxrlib timings "$results"/notebooks/[0-9][0-9]_*.ipynb >> "$timings"
+# per notebook one row per section (cxrlib timings, from papermill's cell times; no CPU time of their own);
+# then each job's wall time and CPU time. The jobs' CPU seconds over the cores bound any schedule's total.
+printf "notebook\tstage\tseconds\tcpu_seconds\n" > "$timings"
+cxrlib timings "$results"/notebooks/[0-9][0-9]_*.ipynb | sed 's/$/\t/' >> "$timings"
 cat "$logs/job_seconds.tsv" >> "$timings"
-printf "total\tall\t%d\n" $((SECONDS - start_all)) >> "$timings"
+printf "total\tall\t%d\t%d\n" $((SECONDS - start_all)) "$(awk -F '\t' '{ s += $4 } END { print s }' "$logs/job_seconds.tsv")" >> "$timings"
 cxrlib report --profile "$profile" --results "$results"
 echo "== done: figures, metrics and executed notebooks in $results (timings in $timings)"

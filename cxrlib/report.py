@@ -88,7 +88,8 @@ def stage_timings(notebook: str | Path) -> list[tuple[str, float]]:
 
 
 def load_results(results_dir: str | Path) -> dict[str, Any]:
-    """The metrics JSON files of a run (those present), by name, and ``timings`` (notebook -> s)."""
+    """The metrics JSON files of a run (those present), by name, ``timings`` (notebook or job -> s) and,
+    where run_all.sh measured them, ``cpu_seconds`` (job -> CPU seconds of all its processes)."""
     results_dir = Path(results_dir)
     results: dict[str, Any] = {}
     for name in RESULT_FILES:
@@ -105,6 +106,9 @@ def load_results(results_dir: str | Path) -> dict[str, Any]:
             table = table[table["stage"] == WHOLE_NOTEBOOK]
         # whole seconds, as run_all.sh writes them (the sections' fractions made the column float)
         results["timings"] = dict(zip(table["notebook"], table["seconds"].round().astype(int).tolist()))
+        if "cpu_seconds" in table.columns:
+            measured = table[table["cpu_seconds"].astype(str) != ""]
+            results["cpu_seconds"] = dict(zip(measured["notebook"], measured["cpu_seconds"].astype(int).tolist()))
     if not results:
         raise ReportError(f"{results_dir}: no results (none of {', '.join(RESULT_FILES)}.json)")
     results["directory"] = results_dir.resolve()
@@ -187,8 +191,13 @@ def run_block(results: Results) -> str | None:
         machine = context.get("machine")
         where = "" if machine is None else \
             f" on {machine['cpu']} ({machine['cores']} cores{', ' + machine['gpu'] if machine['gpu'] else ''})"
+        cpu = results.get("cpu_seconds", {}).get("total")
+        # the jobs' CPU time over the cores: no schedule of the same work on these cores ends sooner
+        busy = "" if cpu is None or machine is None else \
+            (f"; the jobs kept the cores busy for {_count(cpu)} CPU seconds, so on {machine['cores']} cores no "
+             f"order of the jobs ends before {_minutes(cpu / machine['cores'])}")
         when = (f" ({_minutes(timings.get('total', sum(notebooks)))}{where} with the phantom already made: the "
-                f"{_number(len(notebooks))} notebooks {_words([str(s) for s in notebooks])} s{jobs}, "
+                f"{_number(len(notebooks))} notebooks {_words([str(s) for s in notebooks])} s{jobs}{busy}, "
                 f"`{_link(results, 'timings.tsv')}`)")
     working = results["data"]["working_data"]
     kind = "the phantom" if context.get("phantom") else "ChestX-ray14"

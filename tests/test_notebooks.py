@@ -67,6 +67,10 @@ def test_run_all_executes_every_notebook_on_smoke(tmp_path):
     assert synthesis["unet"]["training"]["epochs"] >= 1 and "ldm: " in (results / "logs" / "train ldm.log").read_text()
     executed_04 = (results / "notebooks" / "04_ldm_synthesis.ipynb").read_text()
     assert "loaded from ldm-" in executed_04
-    jobs = {line.split("\t")[0] for line in (results / "timings.tsv").read_text().splitlines()
-            if line.split("\t")[1] == "all"}
-    assert jobs == {path.name for path in NOTEBOOKS} | {"train classifier", "train ldm", "total"}
+    rows = [line.split("\t") for line in (results / "timings.tsv").read_text().splitlines()[1:]]
+    jobs = {row[0]: int(row[3]) for row in rows if row[1] == "all"}
+    assert set(jobs) == {path.name for path in NOTEBOOKS} | {"train classifier", "train ldm", "total"}
+    # every job's processes (kernels, workers) used CPU time, and the total is theirs
+    assert all(seconds > 0 for seconds in jobs.values())
+    assert jobs["total"] == sum(seconds for name, seconds in jobs.items() if name != "total")
+    assert all(row[3] == "" for row in rows if row[1] != "all")

@@ -44,6 +44,9 @@ def test_section_follows_the_json_and_keeps_the_rest_of_the_readme(copied_result
     data = json.loads((results / "data.json").read_text())
     data["context"]["machine"] = {"cpu": "Test CPU", "cores": 2, "gpu": None}
     (results / "data.json").write_text(json.dumps(data))
+    (results / "timings.tsv").write_text("notebook\tstage\tseconds\tcpu_seconds\n01_x.ipynb\tTraining\t1400.5\t\n"
+                                         "01_x.ipynb\tall\t1401\t1500\ntrain ldm\tall\t1300\t900\n"
+                                         "total\tall\t1500\t2400\n")
     assert update_readme(readme, results, "cpu")
     text = readme.read_text()
     assert text.startswith("# title\n\n## Results\n\n") and text.endswith("\n\n## After\n")
@@ -51,6 +54,8 @@ def test_section_follows_the_json_and_keeps_the_rest_of_the_readme(copied_result
     section = current_section(text, "cpu")
     assert "trained on 4,321 synthetic images only reaches mean AUC 0.512" in section.replace("\n", " ")
     assert "on Test CPU (2 cores) with the phantom already made" in section.replace("\n", " ")
+    assert ("the jobs kept the cores busy for 2,400 CPU seconds, so on 2 cores no order of the jobs ends "
+            "before 20 min 0 s") in section.replace("\n", " ")
     assert "(results/cpu/figures/tradeoff.png)" in section  # links relative to the README
     assert not update_readme(readme, results, "cpu")  # a second run changes nothing
 
@@ -113,6 +118,10 @@ def test_stage_timings_sum_code_cells_under_their_heading_and_feed_the_run_time(
     (tmp_path / "data.json").write_text("{}")
     timings = load_results(tmp_path)["timings"]
     assert timings == {"01_x.ipynb": 18, "total": 18} and all(isinstance(s, int) for s in timings.values())
+    assert "cpu_seconds" not in load_results(tmp_path)  # timings of a run before run_all.sh measured them
+    (tmp_path / "timings.tsv").write_text("notebook\tstage\tseconds\tcpu_seconds\n01_x.ipynb\tTraining\t14.5\t\n"
+                                          "01_x.ipynb\tall\t18\t30\ntotal\tall\t18\t30\n")
+    assert load_results(tmp_path)["cpu_seconds"] == {"01_x.ipynb": 30, "total": 30}
 
 
 def test_stage_timings_refuse_a_notebook_papermill_did_not_run(tmp_path):
