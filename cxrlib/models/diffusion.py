@@ -48,8 +48,8 @@ def _as_float(value: torch.Tensor | None) -> torch.Tensor | None:
 class CPUFloat32Attention(AttnProcessor2_0):
     """diffusers' scaled-dot-product attention, computed in fp32 under CPU bf16 autocast (elsewhere
     unchanged). At these models' short sequences (16 to 64 positions) the CPU's bf16 attention
-    kernels are slow: in one measurement the U-Net's train step (batch 16, one thread) took 150 ms in
-    bf16 against 118 ms in fp32, and 101-109 ms in bf16 with its attention in fp32."""
+    kernels are slow: in one measurement (Intel Xeon with AMX) the U-Net's train step (batch 16, one
+    thread) took 150 ms in bf16 against 118 ms in fp32, and 101-109 ms in bf16 with its attention in fp32."""
 
     # the arguments by name, since diffusers passes an attention only the keywords its processor names
     def __call__(self, attn: Attention, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor | None = None,
@@ -123,7 +123,7 @@ def build_autoencoder(config: SynthesisConfig, image_size: int) -> AutoencoderKL
 
 def _autoencoder_in_mixed_precision(autoencoder: AutoencoderKL) -> AutoencoderKL:
     # in bf16 training, with attention and group norm in fp32: 100 ms per step against 126 ms in fp32
-    # (batch 16, one thread)
+    # (batch 16, one thread, Intel Xeon with AMX; an AMD EPYC with AVX-512 BF16 gains less: bench_cpu_paths)
     return keep_fp32_on_cpu(autoencoder, group_norm=True)
 
 
