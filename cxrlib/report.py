@@ -202,7 +202,8 @@ def run_block(results: Results) -> str | None:
     working = results["data"]["working_data"]
     kind = "the phantom" if context.get("phantom") else "ChestX-ray14"
     if context.get("bf16"):
-        when += " in bf16 autocast (all networks but the latent diffusion model's)"
+        when += (" in bf16 autocast (every network; the latent diffusion model keeps its attention and its "
+                 "autoencoder's group norms in fp32)")
     caveat = (" the networks are small and trained for minutes: the numbers show the papers' qualitative "
               "picture, not their values, which need ChestX-ray14 and the `paper` profile."
               if context.get("phantom") else "")

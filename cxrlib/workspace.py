@@ -280,7 +280,7 @@ class Workspace:
     def context(self) -> dict[str, Any]:
         return {"profile": self.profile.name, "data": self.data_description, "seed": self.seed,
                 "image_size": self.profile.data.image_size, "phantom": self.is_phantom,
-                # bf16 autocast for every network but the latent diffusion model's (cxrlib.train.autocast)
+                # bf16 autocast for every network (cxrlib.train.autocast)
                 "bf16": uses_bf16(),
                 # timings, and results trained in bf16, depend on the machine
                 "machine": {key: machine_description()[key] for key in ("cpu", "cores", "gpu")}}
