@@ -5,7 +5,7 @@ momentum, the learning rate divided by 10 whenever the validation loss does not 
 stopping after ``patience`` epochs without improvement, random horizontal flips. Small profiles train
 from scratch on a few hundred phantom images, where SGD at lr 0.01 does not leave the label priors;
 they use Adam and wait ``lr_patience`` epochs before dividing the learning rate. Evaluation reports
-the AUC per finding, their mean, and a bootstrap 95 % CI of the mean (PAPERS.md section 2, utility).
+the AUC per finding, their mean, and a bootstrap 95 % CI of the mean (docs/papers.md section 2, utility).
 """
 
 from __future__ import annotations

@@ -5,7 +5,7 @@ Three profiles serve three audiences with the same notebooks:
 * ``smoke`` -- a tiny phantom; the tests execute every notebook with it in minutes.
 * ``cpu``   -- the default: a phantom of a few hundred patients at 64 px; a newcomer's first run on a
   2-core machine, where the papers' claims should hold qualitatively.
-* ``paper`` -- ChestX-ray14 at 256 px with the published hyper-parameters (``PAPERS.md``); needs a GPU.
+* ``paper`` -- ChestX-ray14 at 256 px with the published hyper-parameters (``docs/papers.md``); needs a GPU.
 
 ``load_profile("cpu", image_size=32, **{"verification.max_epochs": 2})`` overrides any field: a
 plain name addresses a field of :class:`DataConfig` or of the profile itself, ``section.field``
@@ -170,7 +170,7 @@ class EvaluationConfig:
 
 @dataclass(frozen=True)
 class SynthesisConfig:
-    """Latent diffusion; the paper leaves most of these unpublished (see PAPERS.md section 4)."""
+    """Latent diffusion; the paper leaves most of these unpublished (see docs/papers.md section 4)."""
 
     latent_channels: int = 4
     #: side of the pixel patches the autoencoder takes as channels (1: it starts at full resolution)

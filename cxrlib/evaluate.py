@@ -61,7 +61,7 @@ from cxrlib.train import default_device
 #: prefix that tells an anonymized image from its original in the linkage test set
 ANONYMIZED = "anonymized:"
 
-#: the papers' claims a run is checked against (PAPERS.md): PriCheXy-Net keeps the classifier's mean
+#: the papers' claims a run is checked against (docs/papers.md): PriCheXy-Net keeps the classifier's mean
 #: AUC within 3 points of the original and lowers the re-trained attack's AUC by at least 15 points;
 #: a classifier below 0.80 mean AUC is too weak to judge utility with
 UTILITY_LOSS_AT_MOST = 0.03
@@ -323,7 +323,7 @@ def fidelity(original: torch.Tensor, anonymized: torch.Tensor, batch_size: int =
 
 # -- the comparison table --------------------------------------------------------------------------
 
-#: PAPERS.md section 2 (PriCheXy-Net, MICCAI 2023), in %: (re-trained verification AUC, classification
+#: docs/papers.md section 2 (PriCheXy-Net, MICCAI 2023), in %: (re-trained verification AUC, classification
 #: mean AUC, status). The abstract confirms 81.8 -> 57.7 for mu = 0.01; the rest is quoted elsewhere as
 #: the paper's table and is unconfirmed. DP-Pix: m = 1, eps = 0.1, only a range over b is known.
 PUBLISHED = {

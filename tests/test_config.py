@@ -4,7 +4,7 @@ import pytest
 
 from cxrlib.config import PROFILE_NAMES, load_profile
 
-# Published hyper-parameters (PAPERS.md); the paper profile must hold exactly these.
+# Published hyper-parameters (docs/papers.md); the paper profile must hold exactly these.
 PUBLISHED = {
     "data.image_size": 256,
     "verification.backbone": "resnet50",

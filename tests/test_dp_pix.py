@@ -19,7 +19,7 @@ def _cells(images: torch.Tensor, b: int) -> torch.Tensor:
 
 
 def test_published_setting_gives_the_published_scale():
-    # PAPERS.md: m = 1, eps = 0.1, b = 8 -> 255 / 640 on 8-bit images, 0.156 on [0, 1]
+    # docs/papers.md: m = 1, eps = 0.1, b = 8 -> 255 / 640 on 8-bit images, 0.156 on [0, 1]
     assert DPPix(b=8, eps=0.1, m=1.0).noise_scale == pytest.approx(0.15625)
 
 

@@ -5,7 +5,7 @@ LeakyReLU 0.2, BatchNorm, sigmoid output, so the result is an image in [0, 1]). 
 flow field, nothing bounds how far the output may drift from the input: only the classifier term of
 the loss keeps it useful.
 
-Training is PriCheXy-Net's, with this encoder in place of the flow field (PAPERS.md section 3):
+Training is PriCheXy-Net's, with this encoder in place of the flow field (docs/papers.md section 3):
 
 1. pretraining as an identity map (MSE to the input) --
    :func:`cxrlib.anonymize.adversarial.pretrain_anonymizer`;

@@ -6,7 +6,7 @@ pooling, a transposed 2x2 convolution that halves the channels on the way up, sk
 concatenation, and a 1x1 output convolution followed by the output activation.
 
 * PriCheXy-Net: ``UNet(1, 2, features=32, poolings=4, activation="relu", output="tanh")``
-* Privacy-Net (PAPERS.md section 3): ``UNet(1, 1, features=16, poolings=3, activation="leaky_relu",
+* Privacy-Net (docs/papers.md section 3): ``UNet(1, 1, features=16, poolings=3, activation="leaky_relu",
   output="sigmoid")``. Its original 2-D port differs in small details (3x3 transposed convolutions
   that keep the channel count, no activation after a block's second convolution, a 3x3 Conv-BN head);
   cxrlib uses the one block design above for both, which keeps the parameterization in one place.
