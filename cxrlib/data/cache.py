@@ -23,7 +23,8 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from cxrlib.data.chestxray14 import DataError, ImageLocator, find_metadata_file, load_image, read_metadata
+from cxrlib.data.chestxray14 import (DataError, ImageLocator, find_metadata_file, load_image, read_metadata,
+                                     read_official_lists)
 
 ARRAY_FILE, INDEX_FILE, DONE_FILE, COMPLETE_FILE = "images.u8", "index.json", "done.u8", "complete.json"
 _CHUNK = 64
@@ -98,6 +99,7 @@ def prepare_cache(data_dir: str | Path, size: int, *, cache_dir: str | Path | No
         raise ValueError(f"cache size must be at least 8 pixels, got {size}")
     data_dir = Path(data_dir)
     meta = read_metadata(find_metadata_file(data_dir))
+    read_official_lists(data_dir, meta)  # so `cxrlib data` reports bad split lists, not training
     names = meta["image"].tolist()
     cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir(data_dir, size)
     if (cache_dir / COMPLETE_FILE).is_file():

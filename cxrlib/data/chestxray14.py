@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import gzip
 import re
+import struct
+import warnings
 from dataclasses import dataclass
 from functools import cached_property
 from importlib import resources
@@ -192,6 +194,22 @@ def read_split_list(path: str | Path, meta: pd.DataFrame) -> list[str]:
     return names
 
 
+def read_official_lists(data_dir: str | Path, meta: pd.DataFrame) -> tuple[list[str], list[str]] | None:
+    """The image names of ``data_dir``'s official ``train_val_list.txt`` and ``test_list.txt``, when
+    both are there (else None), each checked by :func:`read_split_list`, and together for a patient
+    listed in both (the official split is patient-disjoint: a shared patient would leak into the test)."""
+    paths = [Path(data_dir) / SPLIT_FILES[split] for split in ("train_val", "test")]
+    if not all(path.is_file() for path in paths):
+        return None
+    train_val, test = (read_split_list(path, meta) for path in paths)
+    patient = meta.set_index("image")["patient_id"]
+    shared = sorted(set(patient[train_val]) & set(patient[test]))
+    if shared:
+        raise DataError(paths[1], f"{len(shared)} patient(s) also listed in {paths[0]}, e.g. patient id(s) "
+                                  f"{', '.join(map(str, shared[:3]))}: train/val and test must not share patients")
+    return train_val, test
+
+
 @dataclass(frozen=True)
 class Splits:
     """Patient-disjoint train / val / test metadata frames."""
@@ -232,23 +250,19 @@ def make_splits(meta: pd.DataFrame, data_dir: str | Path | None, *, seed: int,
     (patient-wise, because the list is sorted by patient; a patient cut in two is an error). Otherwise
     a seeded patient-wise ``val_fraction`` of the train/val patients.
     """
-    data_dir = Path(data_dir) if data_dir is not None else None
-    lists = {k: data_dir / v for k, v in SPLIT_FILES.items()} if data_dir else {}
-    official = bool(lists) and all(p.is_file() for p in lists.values())
+    official_lists = read_official_lists(data_dir, meta) if data_dir is not None else None
+    official = official_lists is not None
     if official:
-        train_val_names = read_split_list(lists["train_val"], meta)
+        train_val_names, test_names = official_lists
         train_val = meta[meta["image"].isin(train_val_names)]
-        test = meta[meta["image"].isin(read_split_list(lists["test"], meta))]
-        overlap = set(train_val["patient_id"]) & set(test["patient_id"])
-        if overlap:
-            raise DataError(lists["test"], f"{len(overlap)} patient(s) also in train_val_list.txt")
+        test = meta[meta["image"].isin(test_names)]
     else:
         keep, held = split_patients(meta["patient_id"].to_numpy(), test_fraction, seed)
         train_val = meta[meta["patient_id"].isin(keep)]
         test = meta[meta["patient_id"].isin(held)]
     if official and official_train_count is not None:
         train, val = _official_validation(train_val, train_val_names, official_train_count,
-                                          lists["train_val"])
+                                          Path(data_dir) / SPLIT_FILES["train_val"])
     else:
         keep, held = split_patients(train_val["patient_id"].to_numpy(), val_fraction, seed + 1)
         train = train_val[train_val["patient_id"].isin(keep)]
@@ -326,19 +340,119 @@ def to_release_layout(data_dir: str | Path) -> Path:
     return data_dir
 
 
-def load_image(path: str | Path, size: int | None = None) -> np.ndarray:
-    """Decode one radiograph as a 2-D uint8 array, whatever its PNG mode; resized to ``size``.
+#: the gray depths a 16-bit PNG without a usable sBIT chunk is taken to have: detectors export 10,
+#: 12, 14 or 16 bits (8: an 8-bit image stored in a 16-bit file)
+GRAY_DEPTHS = (8, 10, 12, 14, 16)
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
-    16-bit images are scaled to 8 bits, palette and RGB(A) images converted to luminance (alpha is
-    dropped, never a single channel taken), so all real quirks of the release give one format.
+
+@dataclass(frozen=True)
+class GrayPixels:
+    """A radiograph's grayscale values: ``values`` is uint8 (8-bit files, and colour ones as
+    luminance), or uint16 as a 16-bit file stores them, of which ``bits`` are significant (its
+    brightest possible value is ``2**bits - 1``)."""
+
+    values: np.ndarray
+    bits: int
+
+    def to_uint8(self) -> np.ndarray:
+        """The values scaled from ``bits`` to 8 bits, rounded to nearest."""
+        if self.values.dtype == np.uint8:
+            return self.values
+        peak = 2 ** self.bits - 1
+        # integers: the same result as round(v / peak * 255) without a float64 copy of a large image
+        return ((self.values.astype(np.uint32) * 255 + peak // 2) // peak).astype(np.uint8)
+
+
+def read_gray(path: str | Path) -> GrayPixels:
+    """Decode one radiograph to its grayscale values: the one PNG reader of the library.
+
+    8-bit grayscale is kept; 16-bit is kept as uint16 with its significant bits (see
+    :func:`significant_bits`); palette and RGB(A) images are converted to 8-bit luminance (alpha is
+    dropped, never a single channel taken). Images of more than ``PIL.Image.MAX_IMAGE_PIXELS`` pixels
+    (Pillow's decompression-bomb limit, 89.5 million by default: a 9,459 px square, 4.8 times a
+    4,300 x 4,300 detector) are refused before decoding; raise that limit for trusted larger files.
+    Anything unreadable raises :class:`DataError` naming the file.
     """
     path = Path(path)
     try:
-        with Image.open(path) as img:
-            img.load()
-            gray = _to_gray8(img)
+        with open(path, "rb") as file:
+            width, height, declared_bits = _png_header(file)
+            limit = Image.MAX_IMAGE_PIXELS
+            if limit is not None and width * height > limit:
+                raise DataError(path, f"image too large to decode safely: {width} x {height} = "
+                                      f"{width * height:,} pixels, more than the limit of {limit:,} "
+                                      "(PIL.Image.MAX_IMAGE_PIXELS; raise it if the file is trusted)")
+            file.seek(0)
+            with warnings.catch_warnings():
+                # Pillow only warns between its limit and twice that: a file that is not a PNG
+                # (whose size the header walk cannot see) is refused at the same limit
+                warnings.simplefilter("error", Image.DecompressionBombWarning)
+                with Image.open(file) as img:
+                    img.load()
+                    if img.mode in ("I;16", "I;16B", "I;16L", "I"):
+                        values = np.asarray(img)  # uint16 of either byte order, or int32 for "I"
+                        if values.dtype.kind == "i":
+                            values = values.clip(0, 65535)
+                        values = values.astype(np.uint16)
+                        return GrayPixels(values, significant_bits(values, declared_bits))
+                    return GrayPixels(np.asarray(_to_gray8(img), dtype=np.uint8), 8)
+    except DataError:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
+        raise DataError(path, f"image too large to decode safely ({err}); raise PIL.Image.MAX_IMAGE_PIXELS "
+                              "if the file is trusted") from err
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
         raise DataError(path, f"not a readable image ({err})") from err
+
+
+def significant_bits(values: np.ndarray, declared: int | None = None) -> int:
+    """How many of a 16-bit image's bits carry its values.
+
+    The PNG's sBIT chunk (``declared``) when it holds the largest value; else the smallest of
+    :data:`GRAY_DEPTHS` that does. So a 12-bit detector image stored in 16 bits (0..4095) keeps its
+    contrast, and a file whose sBIT says 12 but whose samples were scaled up to 16 bits, as the PNG
+    standard has it, is read as 16 bits.
+    """
+    needed = int(values.max(initial=0)).bit_length()
+    if declared is not None and max(needed, 1) <= declared <= 16:
+        return declared
+    return next(bits for bits in GRAY_DEPTHS if needed <= bits)
+
+
+def _png_header(file) -> tuple[int, int, int | None]:
+    """Width, height and the sBIT chunk's gray bits (None without one) of a PNG, read from the chunks
+    before its pixel data; (0, 0, None) for what is not a PNG, or where the header is cut short
+    (Pillow then reads or refuses it)."""
+    if file.read(8) != _PNG_SIGNATURE:
+        return 0, 0, None
+    width = height = 0
+    gray, sbit = False, None
+    while len(head := file.read(8)) == 8:
+        length, kind = struct.unpack(">I4s", head)
+        if kind in (b"IDAT", b"IEND"):
+            break
+        if kind in (b"IHDR", b"sBIT"):
+            data = file.read(min(length, 13))
+            file.seek(length - len(data), 1)
+            if kind == b"IHDR" and len(data) >= 10:
+                width, height, _, colour_type = struct.unpack(">IIBB", data[:10])
+                gray = colour_type == 0
+            elif kind == b"sBIT" and gray and data:
+                sbit = data[0]
+        else:
+            file.seek(length, 1)
+        file.seek(4, 1)  # the chunk's CRC
+    return width, height, sbit
+
+
+def load_image(path: str | Path, size: int | None = None) -> np.ndarray:
+    """Decode one radiograph as a 2-D uint8 array, whatever its PNG mode; resized to ``size``.
+
+    :func:`read_gray`'s values scaled to 8 bits from their significant bits, so a 12-bit image in a
+    16-bit file spans 0..255 as a 16-bit one does; all real quirks of the release give one format.
+    """
+    gray = Image.fromarray(read_gray(path).to_uint8())
     if size is not None and gray.size != (size, size):
         gray = gray.resize((size, size), Image.Resampling.BILINEAR)
     return np.asarray(gray, dtype=np.uint8)
@@ -347,10 +461,6 @@ def load_image(path: str | Path, size: int | None = None) -> np.ndarray:
 def _to_gray8(img: Image.Image) -> Image.Image:
     if img.mode == "L":
         return img
-    if img.mode in ("I;16", "I;16B", "I;16L", "I"):
-        array = np.asarray(img, dtype=np.float64)
-        peak = 65535.0 if img.mode.startswith("I;16") or array.max() > 255 else 255.0
-        return Image.fromarray(np.clip(array / peak * 255.0 + 0.5, 0, 255).astype(np.uint8))
     if img.mode in ("P", "PA"):
         # through RGBA so a palette with transparency resolves to its colours before luminance
         img = img.convert("RGBA")

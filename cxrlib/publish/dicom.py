@@ -11,14 +11,13 @@ the file keep their meaning and stay valid for the written pixels.
 from __future__ import annotations
 
 import io
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
-from cxrlib.data.chestxray14 import DataError
+from cxrlib.data.chestxray14 import DataError, read_gray
 
 #: file name endings treated as PNG; everything else is tried as DICOM
 PNG_SUFFIXES = (".png",)
@@ -153,27 +152,12 @@ def dicom_bytes(ds) -> bytes:
 
 
 def read_png(path: str | Path) -> tuple[np.ndarray, PixelCodec]:
-    """A PNG as [0, 1] (H, W) and its codec: 8- and 16-bit grayscale kept at their depth (a 16-bit
-    file using 12 bits keeps its contrast: the codec spans the values used); colour converted to
-    luminance; images beyond Pillow's decompression-bomb limit refused with a clear message."""
-    path = Path(path)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as img:
-                img.load()
-                if img.mode in ("I;16", "I;16B", "I;16L", "I"):
-                    stored = np.asarray(img, dtype=np.int64).clip(0, 65535).astype(np.uint16)
-                    bits = 16
-                else:
-                    stored = np.asarray(img.convert("L"), dtype=np.uint8)
-                    bits = 8
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
-        raise DataError(path, f"image too large to decode safely ({err}); raise PIL.Image.MAX_IMAGE_PIXELS "
-                              "if the file is trusted") from err
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
-        raise DataError(path, f"not a readable image ({err})") from err
-    codec = _codec_for(stored, bits, False, False, stored.dtype)
+    """A PNG as [0, 1] (H, W) and its codec, read by the data layer's :func:`read_gray` (so a file
+    too large to decode or unreadable is refused the same way): 8- and 16-bit grayscale kept at their
+    depth (a 16-bit file using 12 bits keeps its contrast: the codec spans the values used); colour
+    converted to luminance."""
+    stored = read_gray(path).values  # written back in the file's own 8 or 16 bits
+    codec = _codec_for(stored, stored.dtype.itemsize * 8, False, False, stored.dtype)
     return codec.to_display(stored), codec
 
 
