@@ -38,7 +38,7 @@ def _phantom(args: argparse.Namespace) -> None:
 def _anonymize(args: argparse.Namespace) -> int:
     from tabulate import tabulate
 
-    from cxrlib.publish.batch import run_batch
+    from cxrlib.publish.batch import default_state_folder, run_batch
     from cxrlib.publish.deidentify import HeaderOptions, load_key
     from cxrlib.publish.pipeline import ReleasePipeline, pixel_method
 
@@ -49,16 +49,20 @@ def _anonymize(args: argparse.Namespace) -> int:
                            keep_private_creators=tuple(args.keep_private))
     pipeline = ReleasePipeline(key, method, detect_text=not args.no_text_detection, header=header,
                                rename=not args.keep_names)
+    state = args.state or default_state_folder(args.output)
     start = time.perf_counter()
     summary = run_batch(args.input, args.output, pipeline, settings=pipeline.settings(),
-                        progress=False if args.quiet else None, recorded_name=pipeline.recorded_name)
+                        progress=False if args.quiet else None, recorded_name=pipeline.recorded_name,
+                        order=pipeline.processing_order, state_dir=state)
     seconds = time.perf_counter() - start
     rows = [["written", summary.done], ["already done (skipped)", summary.skipped],
             ["failed", len(summary.failed)]]
     print(tabulate(rows, headers=["files", "count"]))
     for name, problem in summary.failed:
         print(f"  failed: {name}: {problem}", file=sys.stderr)
-    print(f"pixels: {method.describe()}; {summary.done} file(s) in {seconds:.1f} s; manifest in {args.output}")
+    print(f"pixels: {method.describe()}; {summary.done} file(s) in {seconds:.1f} s")
+    print(f"publish {args.output} as it is; keep the state folder {state} (it maps outputs to inputs; a rerun "
+          "resumes from it) and the key private")
     return 0 if summary.ok else 1
 
 
@@ -124,12 +128,31 @@ def _audit(args: argparse.Namespace) -> None:
     json_path, html_path = write_report(result, release, args.out or Path(args.data_dir).with_name(
         Path(args.data_dir).name + "_audit"))
     print(f"{result['images']} images audited in {result['seconds']:.1f} s ({len(result['unreadable'])} unreadable)")
+    if result["manifests_in_release"]:
+        print(f"WARNING: {args.data_dir} holds cxrlib anonymize manifests "
+              f"({', '.join(result['manifests_in_release'])}), which map outputs to inputs: move them out before "
+              "publishing", file=sys.stderr)
+    for where, found in (("", result), (f" of {args.against}", result.get("against", {}))):
+        missing = found.get("files_without_patient_id", [])
+        if missing:
+            print(f"{len(missing)} file(s){where} without a patient id, left out of the id-based figures: "
+                  + ", ".join(missing[:5]) + (" ..." if len(missing) > 5 else ""))
     if "retrieval" in result:
         r = result["retrieval"]
         print(f"internal linkage: P@1 {r['precision_at_1']:.4f}, mAP@R {r['map_at_r']:.4f}; "
               f"{result['patients_relinked']:.1%} of patients with follow-ups re-linked")
-    if "against" in result and "top1" in result["against"]:
-        print(f"linkage attack against {args.against}: top-1 {result['against']['top1']:.1%}")
+    else:
+        print(f"internal linkage not scored: {result['linkage_not_scored']}", file=sys.stderr)
+    if "against" in result:
+        a = result["against"]
+        if "top1" in a:
+            print(f"linkage attack against {args.against}: top-1 {a['top1']:.1%} of "
+                  f"{a['queries_with_patient_in_other']} images whose patient is in it")
+        else:
+            print(f"linkage attack against {args.against}: patient ids not compared: {a['linkage_not_scored']}",
+                  file=sys.stderr)
+    elif args.key:
+        print("--key is used with --against only; ignored", file=sys.stderr)
     if "headers" in result:
         print(f"headers: {len(result['headers']['table_e1_1_present'])} Table E.1-1 attribute(s) still present, "
               f"{result['headers']['files_with_private_tags']} file(s) with private tags")
@@ -180,11 +203,17 @@ def build_parser() -> argparse.ArgumentParser:
                     "input's (see --keep-names). "
                     "DICOM headers follow the PS3.15 basic profile as an allow-list (private tags removed), "
                     "patients get keyed pseudonyms, dates a per-patient shift. INPUT is never written; each "
-                    "output file is written atomically and recorded in OUTPUT/.cxrlib-manifest-*.jsonl, so "
-                    "a rerun after an interruption resumes. Files that cannot be read are reported and "
-                    "skipped; the exit code is 1 when any failed.")
+                    "output file is written atomically and recorded in a manifest in the state folder "
+                    "(--state, default OUTPUT.cxrlib-state beside OUTPUT), so a rerun after an interruption "
+                    "resumes. Publish OUTPUT as it is, and only OUTPUT: the state folder maps every output to "
+                    "its input and holds the raw inputs' SHA-256, so keep it private with the key (or delete "
+                    "it once the release is final). Files that cannot be read are reported and skipped; the "
+                    "exit code is 1 when any failed.")
     anonymize.add_argument("input", type=Path, help="folder of DICOM files and/or PNGs (read only)")
-    anonymize.add_argument("output", type=Path, help="output folder (outside INPUT)")
+    anonymize.add_argument("output", type=Path, help="output folder (outside INPUT): the release to publish")
+    anonymize.add_argument("--state", type=Path, default=None,
+                           help="folder for the resume manifests, outside OUTPUT and INPUT (default: "
+                                "OUTPUT.cxrlib-state beside OUTPUT); private: it maps outputs to inputs")
     anonymize.add_argument("--key", type=Path, required=True,
                            help="secret key file (>= 32 bytes, e.g. `head -c 32 /dev/urandom > KEY`): the same "
                                 "key gives the same pseudonyms, UIDs and date shifts in every batch; keep it "
@@ -207,14 +236,17 @@ def build_parser() -> argparse.ArgumentParser:
     anonymize.add_argument("--no-text-detection", action="store_true",
                            help="skip burned-in text detection (BurnedInAnnotation is then never set to NO)")
     anonymize.add_argument("--keep-patient-characteristics", action="store_true",
-                           help="keep sex, age, size and weight (PS3.15 Retain Patient Characteristics Option)")
+                           help="keep sex, age, size and weight in DICOM headers (PS3.15 Retain Patient "
+                                "Characteristics Option) and age, sex, original image size and pixel spacing "
+                                "in the ChestX-ray14 metadata CSV; without it they are removed or left blank")
     anonymize.add_argument("--keep-private", action="append", default=[], metavar="CREATOR",
                            help="keep private tags of this private creator (repeatable); all others are removed")
     anonymize.add_argument("--keep-names", action="store_true",
                            help="keep the input's file and folder names (they may carry names, ids or dates); by "
-                                "default DICOM files are written as STUDY/SERIES/SOP.dcm of their new UIDs and "
-                                "plain PNGs under a keyed hash of their path (ChestX-ray14 names always get "
-                                "pseudonymous patient numbers)")
+                                "default DICOM files are written as STUDY/SERIES/SOP.dcm of their new UIDs, PNGs "
+                                "as images/NAME with ChestX-ray14 names pseudonymized and other names replaced by "
+                                "a keyed hash of their path (ChestX-ray14 names always get pseudonymous patient "
+                                "numbers)")
     anonymize.add_argument("--quiet", action="store_true", help="no progress bar")
     anonymize.set_defaults(run=_anonymize)
 
@@ -230,8 +262,9 @@ def build_parser() -> argparse.ArgumentParser:
     audit.add_argument("--against", type=Path, default=None,
                        help="another image set to link the release to (e.g. the raw images it was made from)")
     audit.add_argument("--key", type=Path, default=None,
-                       help="the anonymization key: pseudonymizes --against's patient ids, so a raw set can be "
-                            "scored against its anonymized release")
+                       help="the anonymization key: pseudonymizes --against's patient ids exactly as anonymize "
+                            "did (DICOM PatientID, ChestX-ray14 image names), so a raw set can be scored against "
+                            "its anonymized release")
     audit.add_argument("--model", type=Path, default=None,
                        help="a retrieval network (NAME.safetensors + NAME.json); default: the newest notebook "
                             "01 trained for --profile under --artifacts")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shutil
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pydicom
@@ -12,9 +13,10 @@ from PIL import Image
 from pydicom.data import get_testdata_file, get_testdata_files
 
 from cxrlib.cli import main
+from cxrlib.data.chestxray14 import DataError
 from cxrlib.publish.batch import iter_manifest
 from cxrlib.publish.deidentify import TABLE_E1_1, REPLACE, Pseudonymizer, iter_elements
-from cxrlib.publish.dicom import read_png
+from cxrlib.publish.dicom import dicom_pixels, read_dicom, read_png
 from cxrlib.publish.pipeline import output_of
 
 
@@ -71,6 +73,7 @@ def test_pydicom_test_files_are_anonymized_or_refused_with_a_reason(tmp_path, ke
     assert "without pixel data" in failed["rtplan.dcm"]
     assert "no installed decoder" in failed["JPEGLSNearLossless_08.dcm"]
     assert "JPEG-LS" in failed["JPEGLSNearLossless_08.dcm"]
+    assert "pip install pylibjpeg pylibjpeg-libjpeg" in failed["JPEGLSNearLossless_08.dcm"]
     assert "corrupt pixel data" in failed["MR_truncated.dcm"]
     assert "Traceback" not in reasons
     assert "failed: JPEGLSNearLossless_08.dcm" in capsys.readouterr().err
@@ -129,7 +132,6 @@ def test_out_inside_in_and_bad_keys_are_refused_before_anything_is_written(tmp_p
 def test_deid_data_files_lose_every_identifying_value(tmp_path, key):
     """The synthetic DICOM sets of the deid-data package (colour, JPEG): header-only de-identification."""
     import deid_data
-    from pathlib import Path
 
     source = Path(deid_data.__file__).parent / "data"
     folder = tmp_path / "in"
@@ -154,3 +156,29 @@ def test_deid_data_files_lose_every_identifying_value(tmp_path, key):
         assert out.PatientIdentityRemoved == "YES"
         assert out.PixelData == ds.PixelData
         assert out.pixel_array.shape == ds.pixel_array.shape
+
+
+def _decode_error(name: str) -> str:
+    path = get_testdata_file(name)
+    with pytest.raises(DataError) as caught:
+        dicom_pixels(read_dicom(path), path)
+    assert caught.value.path == Path(path)
+    return caught.value.problem
+
+
+def test_undecodable_compressed_dicom_names_the_packages_for_its_transfer_syntax():
+    """JPEG-LS and JPEG lossless need libjpeg (or GDCM, or pyjpegls for JPEG-LS), never openjpeg; 12-bit
+    JPEG, which the installed Pillow reads not, names Pillow's failure and the packages that would."""
+    import importlib.util
+
+    if any(importlib.util.find_spec(m) for m in ("libjpeg", "gdcm", "jpeg_ls")):
+        pytest.skip("a JPEG-LS decoder is installed here")
+    jpeg_ls = _decode_error("JPEGLSNearLossless_08.dcm")
+    assert "JPEG-LS" in jpeg_ls and "no installed decoder reads it" in jpeg_ls
+    for command in ("`pip install pylibjpeg pylibjpeg-libjpeg`", "`pip install python-gdcm`", "`pip install pyjpegls`"):
+        assert command in jpeg_ls
+    assert "openjpeg" not in jpeg_ls
+    twelve_bit = _decode_error("JPEG-lossy.dcm")  # JPEG Extended, 12 bits
+    assert "JPEG Extended" in twelve_bit and "installed decoder (pillow) failed" in twelve_bit
+    assert "12-bit" in twelve_bit and "`pip install pylibjpeg pylibjpeg-libjpeg`" in twelve_bit
+    assert "openjpeg" not in twelve_bit and "pyjpegls" not in twelve_bit

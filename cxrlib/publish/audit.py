@@ -1,16 +1,20 @@
 """How linkable is a release? The re-identification attack of the papers, run on a publisher's folder.
 
-:func:`read_release` loads a folder of DICOM files or PNGs (patient ids from the DICOM header, the
-ChestX-ray14 metadata or image names, when there are any), :func:`audit_release` embeds every image
-with the project's retrieval network and reports
+:func:`read_release` loads a folder of DICOM files or PNGs (each file's patient id from its DICOM header
+or its ChestX-ray14 image name, where it has one), :func:`audit_release` embeds every image with the
+project's retrieval network and reports
 
-* internal linkage: each image queried among all others (:func:`cxrlib.reid.evaluate_retrieval`:
-  P@1, mAP@R, so the figures equal notebook 01's on the same images and model), the share of
-  patients re-linked across follow-ups, and the ROC of embedding distances, when patient ids are known;
-  the nearest-neighbour distances and suspected same-patient clusters when they are not;
-* ``against``: the linkage attack, each release image matched to its nearest image of another set;
-* header findings (Table E.1-1 attributes still present, private tags), suspected burned-in text, and
-  near-duplicate images.
+* internal linkage: each image with a patient id queried among the others with one
+  (:func:`cxrlib.reid.evaluate_retrieval`: P@1, mAP@R, so the figures equal notebook 01's on the same
+  images and model), the share of patients re-linked across follow-ups, and the ROC of embedding
+  distances; the nearest-neighbour distances and suspected same-patient clusters of all images. Files
+  without a patient id are listed by name and left out of the id-based figures, never switching them off
+  for the others; when those figures cannot be computed, the result says why (``linkage_not_scored``);
+* ``against``: the linkage attack, each release image matched to its nearest image of another set; with
+  the anonymization key, the other set's ids are pseudonymized by the very function ``cxrlib anonymize``
+  used (:meth:`~cxrlib.publish.deidentify.Pseudonymizer.pseudonym`), so a raw export and its release meet;
+* header findings (Table E.1-1 attributes still present, private tags), suspected burned-in text,
+  near-duplicate images, and anonymize's manifests left in the folder (they map outputs to inputs).
 
 Nearest neighbours come from faiss (exact L2 search), so a large release is searched in minutes.
 A low linkage score from one model is evidence, not proof, of anonymity.
@@ -20,7 +24,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import re
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -34,15 +37,13 @@ from tqdm.auto import tqdm
 from cxrlib import reid
 from cxrlib.artifacts import load_weights, read_sidecar
 from cxrlib.config import RetrievalConfig
-from cxrlib.data.chestxray14 import DataError, find_metadata_file, load_image, read_metadata
+from cxrlib.data.chestxray14 import DataError, load_image
 from cxrlib.metrics import retrieval_metrics
 from cxrlib.publish import burned_in, dicom
-from cxrlib.publish.batch import input_files
-from cxrlib.publish.deidentify import Pseudonymizer, header_findings
+from cxrlib.publish.batch import input_files, manifests_in
+from cxrlib.publish.deidentify import Pseudonymizer, header_findings, patient_id_in_name, patient_id_kind
 
 log = logging.getLogger(__name__)
-
-_CXR14_NAME = re.compile(r"^(\d{8})_\d{3}\.png$")
 #: mean absolute difference (of 32 px thumbnails in [0, 1]) below which two images are near-duplicates
 DUPLICATE_DIFFERENCE = 0.01
 THUMBNAIL = 32
@@ -77,18 +78,31 @@ class Release:
 
     folder: Path
     images: reid.Images
-    patient_ids: list[str] | None
+    #: each image's patient id as its file carries it (the DICOM PatientID, the id in a ChestX-ray14 name),
+    #: None where it carries none
+    patient_ids: list[str | None]
     headers: list[dict] = field(default_factory=list)
     text_found: list[int] = field(default_factory=list)
     unreadable: list[tuple[str, str]] = field(default_factory=list)
+    #: anonymize's manifests found in the folder (hidden files, which the images never include)
+    manifests: list[str] = field(default_factory=list)
 
     @property
-    def labels(self) -> np.ndarray | None:
-        """Patient ids as integers (the metrics want integer labels)."""
-        if self.patient_ids is None:
-            return None
-        codes = {pid: i for i, pid in enumerate(dict.fromkeys(self.patient_ids))}
-        return np.array([codes[pid] for pid in self.patient_ids])
+    def without_patient_id(self) -> list[str]:
+        """Names of the images whose file carries no patient id."""
+        return [name for name, pid in zip(self.images.names, self.patient_ids) if pid is None]
+
+    def pseudonymized_ids(self, key: bytes) -> list[str | None]:
+        """The ids ``cxrlib anonymize`` with ``key`` writes for these files (each by its kind of file)."""
+        pseudonymizer = Pseudonymizer(key)
+        return [pseudonymizer.pseudonym(patient_id_kind(name), pid)
+                for name, pid in zip(self.images.names, self.patient_ids)]
+
+
+def _labels(patient_ids: Sequence[str]) -> np.ndarray:
+    """Patient ids as integers (the metrics want integer labels)."""
+    codes = {pid: i for i, pid in enumerate(dict.fromkeys(patient_ids))}
+    return np.array([codes[pid] for pid in patient_ids], dtype=np.int64)
 
 
 def _to_model_size(image: np.ndarray, size: int) -> np.ndarray:
@@ -99,29 +113,13 @@ def _to_model_size(image: np.ndarray, size: int) -> np.ndarray:
     return np.asarray(gray, dtype=np.uint8)
 
 
-def _png_patients(folder: Path, files: Sequence[Path]) -> list[str] | None:
-    try:
-        meta = read_metadata(find_metadata_file(folder))
-        by_image = dict(zip(meta["image"], meta["patient_id"].astype(str)))
-    except DataError:
-        by_image = {}
-    ids = []
-    for f in files:
-        match = _CXR14_NAME.match(f.name)
-        pid = by_image.get(f.name) or (str(int(match.group(1))) if match else None)
-        if pid is None:
-            return None
-        ids.append(pid)
-    return ids
-
-
 def read_release(folder: str | Path, size: int, *, detect_text: bool = True,
                  progress: bool | None = None) -> Release:
     """Every readable image under ``folder`` (DICOM or PNG, recursively); unreadable files are listed."""
     folder = Path(folder)
     if not folder.is_dir():
         raise DataError(folder, "release folder does not exist")
-    pixels, names, ids, headers, text, unreadable, used = [], [], [], [], [], [], []
+    pixels, names, ids, headers, text, unreadable = [], [], [], [], [], []
     for path in tqdm(input_files(folder), desc="reading release", unit="file", disable=progress is False,
                      leave=False):
         name = path.relative_to(folder).as_posix()
@@ -131,12 +129,13 @@ def read_release(folder: str | Path, size: int, *, detect_text: bool = True,
             if dicom.is_png(path):
                 # the project's loader, so a PNG release is seen exactly as the notebooks' cache sees it
                 image = load_image(path).astype(np.float32) / 255.0
-                pid = None
+                # the release name carries the id (the metadata CSV must agree with it, and may be blanked)
+                pid = patient_id_in_name(path.name)
             else:
                 ds = dicom.read_dicom(path)
                 image, _ = dicom.dicom_pixels(ds, path)
                 headers.append({"file": name, **header_findings(ds)})
-                pid = str(ds.get("PatientID", "") or "") or None
+                pid = str(ds.get("PatientID", "") or "").strip() or None
         except DataError as err:
             unreadable.append((name, err.problem))
             continue
@@ -144,14 +143,10 @@ def read_release(folder: str | Path, size: int, *, detect_text: bool = True,
         pixels.append(_to_model_size(image, size))
         names.append(name)
         ids.append(pid)
-        used.append(path)
     if not names:
         raise DataError(folder, "no readable DICOM or PNG image in this folder")
-    if all(dicom.is_png(p) for p in used):
-        patient_ids = _png_patients(folder, used)
-    else:
-        patient_ids = ids if all(pid is not None for pid in ids) else None
-    return Release(folder, reid.Images(tuple(names), np.stack(pixels)), patient_ids, headers, text, unreadable)
+    manifests = [p.relative_to(folder).as_posix() for p in manifests_in(folder)]
+    return Release(folder, reid.Images(tuple(names), np.stack(pixels)), ids, headers, text, unreadable, manifests)
 
 
 def nearest_neighbours(queries: np.ndarray, gallery: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -219,6 +214,27 @@ def _thumbnails(images: reid.Images) -> np.ndarray:
     return small.flatten(1).numpy()
 
 
+def _internal_linkage(embeddings: np.ndarray, ids: Sequence[str | None], seed: int) -> dict:
+    """Retrieval figures over the images that carry a patient id (the others left out), or why none."""
+    known = np.array([pid is not None for pid in ids], dtype=bool)
+    if not known.any():
+        return {"linkage_not_scored": "no file carries a patient id"}
+    labels = _labels([pid for pid in ids if pid is not None])
+    if len(np.unique(labels)) == len(labels):
+        return {"linkage_not_scored": f"each of the {len(labels)} patients with an id has one image here: "
+                                      "there is no other image of the same patient to find"}
+    mine = embeddings[known]
+    distances, indices = _without_self(*nearest_neighbours(mine, mine, min(len(mine), 6)))
+    same_nn = labels[indices[:, 0]] == labels
+    repeat = np.bincount(labels)[labels] > 1
+    linked = {int(p) for p in labels[repeat & same_nn]}
+    with_followups = {int(p) for p in labels[repeat]}
+    # the embeddings evaluate_retrieval would compute, scored by the same metric
+    return {"patients": int(len(np.unique(labels))), "images_with_patient_id": int(known.sum()),
+            "retrieval": retrieval_metrics(mine, labels), "patients_relinked": len(linked) / len(with_followups),
+            "patients_with_followups": len(with_followups), "roc": _pair_roc(mine, labels, seed)}
+
+
 @torch.no_grad()
 def audit_release(release: Release, model: reid.RetrievalNetwork, *, against: Release | None = None,
                   key: bytes | None = None, link_distance: float | None = None, seed: int = 0,
@@ -232,22 +248,18 @@ def audit_release(release: Release, model: reid.RetrievalNetwork, *, against: Re
     n = len(embeddings)
     k = min(n, 6)
     distances, indices = _without_self(*nearest_neighbours(embeddings, embeddings, k))
+    ids = release.patient_ids
     result: dict = {"folder": str(release.folder), "images": n, "unreadable": release.unreadable,
-                    "patient_ids_known": release.patient_ids is not None,
+                    "patient_ids_known": any(pid is not None for pid in ids),
+                    "files_without_patient_id": release.without_patient_id,
+                    "manifests_in_release": release.manifests,
                     "nearest_neighbour": {"distance": distances[:, 0].tolist(), "index": indices[:, 0].tolist()}}
-    labels = release.labels
-    if labels is not None and len(np.unique(labels)) < n:
-        result["patients"] = int(len(np.unique(labels)))
-        # the embeddings evaluate_retrieval would compute, scored by the same metric
-        result["retrieval"] = retrieval_metrics(embeddings, labels)
-        same_nn = labels[indices[:, 0]] == labels
-        result["nearest_neighbour"]["same_patient"] = same_nn.tolist()
-        repeat = np.bincount(labels)[labels] > 1
-        linked = {int(p) for p in labels[repeat & same_nn]}
-        with_followups = {int(p) for p in labels[repeat]}
-        result["patients_relinked"] = len(linked) / len(with_followups)
-        result["patients_with_followups"] = len(with_followups)
-        result["roc"] = _pair_roc(embeddings, labels, seed)
+    if result["patient_ids_known"]:
+        # True/False where both images carry an id, None where one does not
+        result["nearest_neighbour"]["same_patient"] = [
+            None if ids[i] is None or ids[int(j)] is None else ids[i] == ids[int(j)]
+            for i, j in enumerate(indices[:, 0])]
+    result.update(_internal_linkage(embeddings, ids, seed))
     threshold = link_distance if link_distance is not None else float(np.quantile(distances[:, 0], 0.1))
     close = np.nonzero(distances[:, 0] < threshold)[0]
     clusters = _clusters(np.stack([close, indices[close, 0]], axis=1) if len(close) else np.empty((0, 2), int), n)
@@ -285,22 +297,39 @@ def audit_release(release: Release, model: reid.RetrievalNetwork, *, against: Re
 
 
 def _link(release: Release, embeddings: np.ndarray, other: Release, model, key, device, progress) -> dict:
+    """Each release image's nearest images in ``other``; by patient id over the images that carry one."""
     gallery = reid.embed_images(model, other.images, device=device, progress=progress).numpy()
     k = min(5, len(gallery))
     distances, indices = nearest_neighbours(embeddings, gallery, k)
-    out = {"folder": str(other.folder), "images": len(gallery),
+    out = {"folder": str(other.folder), "images": len(gallery), "files_without_patient_id": other.without_patient_id,
            "nearest": {"distance": distances[:, 0].tolist(),
                        "match": [other.images.names[i] for i in indices[:, 0]]}}
-    if release.patient_ids is not None and other.patient_ids is not None:
-        theirs = other.patient_ids
-        if key is not None:
-            theirs = [Pseudonymizer(key).patient(pid) for pid in theirs]
-        mine, theirs = np.array(release.patient_ids), np.array(theirs)
-        present = np.isin(mine, theirs)
-        if present.any():
-            hits = theirs[indices] == mine[:, None]
-            out["queries_with_patient_in_other"] = int(present.sum())
-            out["top1"] = float(hits[present, 0].mean())
-            out[f"top{k}"] = float(hits[present].any(axis=1).mean())
-            out["nearest"]["same_patient"] = hits[:, 0].tolist()
+    mine = release.patient_ids
+    theirs = other.pseudonymized_ids(key) if key is not None else other.patient_ids
+    theirs_known = np.array([pid is not None for pid in theirs], dtype=bool)
+    in_other = set(theirs) - {None}
+    queries = [i for i, pid in enumerate(mine) if pid in in_other]
+    if not any(pid is not None for pid in mine):
+        out["linkage_not_scored"] = "no file of the release carries a patient id"
+    elif not theirs_known.any():
+        out["linkage_not_scored"] = "no file of the other set carries a patient id"
+    elif not queries:
+        out["linkage_not_scored"] = (
+            "no patient id of the release occurs in the other set"
+            + (" after pseudonymizing the other set's ids with the key: a wrong key, or the other set is not "
+               "what this release was made from" if key is not None else
+               "; pass --key when the other set is the raw export this release was made from"))
+    if "linkage_not_scored" in out:
+        return out
+    # the id-based figures search the other set's images with an id only: a match without an id is unknown
+    labelled = np.nonzero(theirs_known)[0]
+    k_known = min(5, len(labelled))
+    _, found = nearest_neighbours(embeddings[queries], gallery[labelled], k_known)
+    hits = np.array([[theirs[labelled[j]] == mine[i] for j in row] for i, row in zip(queries, found)])
+    out["queries_with_patient_in_other"] = len(queries)
+    out["queries_without_patient_in_other"] = sum(pid is not None for pid in mine) - len(queries)
+    out["top1"] = float(hits[:, 0].mean())
+    out[f"top{k_known}"] = float(hits.any(axis=1).mean())
+    out["nearest"]["same_patient"] = [None if pid is None or theirs[j] is None else theirs[j] == pid
+                                      for pid, j in zip(mine, indices[:, 0])]
     return out

@@ -22,14 +22,23 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import hmac
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from cxrlib.data.chestxray14 import DataError
+from cxrlib.publish.dicom import is_png
 
 #: shortest key file accepted (bytes): 256 bits, the HMAC-SHA256 block's strength
 MIN_KEY_BYTES = 32
+
+#: the kinds of patient id a file carries; each has one pseudonym format (:meth:`Pseudonymizer.pseudonym`)
+DICOM_PATIENT_ID = "dicom"  # the header's PatientID
+CXR14_PATIENT_ID = "chestxray14"  # the 8-digit number that starts a ChestX-ray14 image name
+
+#: a ChestX-ray14 release name: patient id (8 digits, from 1) and follow-up number (3 digits)
+CXR14_NAME = re.compile(r"^(\d{8})_(\d{3})\.png$")
 
 #: dates shift back by 1 to 10 years, a per-patient amount drawn from the key
 DATE_SHIFT_DAYS = (365, 3650)
@@ -183,6 +192,18 @@ def load_key(path: str | Path) -> bytes:
     return key
 
 
+def patient_id_in_name(name: str) -> str | None:
+    """The patient id a ChestX-ray14 release name carries (``00000001_000.png`` -> ``00000001``), None for
+    any other name (``00000000`` included: the release numbers patients from 1)."""
+    match = CXR14_NAME.match(Path(name).name)
+    return match.group(1) if match and int(match.group(1)) > 0 else None
+
+
+def patient_id_kind(name: str) -> str:
+    """The kind of patient id the file ``name`` carries: PNGs in their names, everything else in a DICOM header."""
+    return CXR14_PATIENT_ID if is_png(name) else DICOM_PATIENT_ID
+
+
 @dataclass
 class Pseudonymizer:
     """Keyed, deterministic replacements: patient pseudonyms, UIDs, per-patient date shifts."""
@@ -194,6 +215,22 @@ class Pseudonymizer:
 
     def patient(self, patient_id: str) -> str:
         return "ANON-" + self._digest("patient", patient_id.strip()).hex()[:16].upper()
+
+    def pseudonym(self, kind: str, patient_id: str | None) -> str | None:
+        """The pseudonym ``cxrlib anonymize`` writes for a patient id of ``kind`` (:data:`DICOM_PATIENT_ID`:
+        ``ANON-`` and 16 hex digits; :data:`CXR14_PATIENT_ID`: 8 digits, a keyed permutation), and the one
+        ``cxrlib audit --key`` computes for the raw set, so that the two always meet. None for a missing or
+        blank id: files without an id must not all share one pseudonym (they would look like one patient)."""
+        patient_id = str(patient_id or "").strip()
+        if not patient_id:
+            return None
+        if kind == DICOM_PATIENT_ID:
+            return self.patient(patient_id)
+        if kind == CXR14_PATIENT_ID:
+            if not patient_id.isdigit():
+                raise ValueError(f"ChestX-ray14 patient id {patient_id!r} is not a number")
+            return f"{self.patient_number(int(patient_id)):08d}"
+        raise ValueError(f"unknown kind of patient id {kind!r}; expected {DICOM_PATIENT_ID!r} or {CXR14_PATIENT_ID!r}")
 
     def file_name(self, name: str) -> str:
         """A keyed name for a file whose own name and folders may carry PHI (the suffix kept)."""
@@ -258,6 +295,7 @@ def deidentify_dataset(ds, pseudonymizer: Pseudonymizer, options: HeaderOptions 
 
     options = options or HeaderOptions()
     original_id = str(ds.get("PatientID", "") or "")
+    pseudonym = pseudonymizer.pseudonym(DICOM_PATIENT_ID, original_id)  # None: no id, left empty
     shift = pseudonymizer.date_shift(original_id)
     keep = set(KEEP) | (set(PATIENT_CHARACTERISTICS) if options.keep_patient_characteristics else set())
 
@@ -285,7 +323,7 @@ def deidentify_dataset(ds, pseudonymizer: Pseudonymizer, options: HeaderOptions 
             elif action == "empty":
                 out.add_new(tag, elem.VR, None)
             elif action == "pseudonym":
-                out.add_new(tag, elem.VR, pseudonymizer.patient(original_id))
+                out.add_new(tag, elem.VR, pseudonym)
             elif action == "uid":
                 values = elem.value if elem.VM > 1 else [elem.value]
                 new = [pseudonymizer.uid(v) for v in values if str(v)]

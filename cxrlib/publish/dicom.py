@@ -10,7 +10,9 @@ the file keep their meaning and stay valid for the written pixels.
 
 from __future__ import annotations
 
+import importlib
 import io
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,6 +23,13 @@ from cxrlib.data.chestxray14 import DataError, read_gray
 
 #: file name endings treated as PNG; everything else is tried as DICOM
 PNG_SUFFIXES = (".png",)
+
+#: pydicom's decoder plugins that need packages cxrlib does not install, in the order they are suggested
+DECODER_PLUGINS = ("pylibjpeg", "gdcm", "pyjpegls")
+#: pip's name of a package where it differs from the import name pydicom's plugins list
+_PIP_NAMES = {"gdcm": "python-gdcm"}
+#: what cxrlib installs anyway (never worth suggesting)
+_INSTALLED = ("numpy", "pillow")
 
 
 @dataclass(frozen=True)
@@ -83,11 +92,48 @@ def read_dicom(path: str | Path, *, pixels: bool = True):
         raise DataError(path, f"unreadable DICOM ({type(err).__name__}: {err})") from err
 
 
+def decoder_packages(syntax: str) -> list[str]:
+    """For each pydicom decoder plugin that reads the transfer syntax ``syntax``, the packages to install
+    for it (``"pylibjpeg pylibjpeg-libjpeg"``, ``"python-gdcm"``, ...), from the plugins' own dependency
+    tables, so that the advice follows pydicom's."""
+    options = []
+    for plugin in DECODER_PLUGINS:
+        try:
+            table = importlib.import_module(f"pydicom.pixels.decoders.{plugin}").DECODER_DEPENDENCIES
+        except (ImportError, AttributeError):
+            continue
+        names = [re.split(r"[<>=!~;\[ ]", requirement, maxsplit=1)[0] for requirement in table.get(syntax, ())]
+        packages = [_PIP_NAMES.get(name, name) for name in names if name.lower() not in _INSTALLED]
+        if packages:
+            options.append(" ".join(packages))
+    return options
+
+
+def _undecodable(path: Path, syntax, err: Exception) -> DataError:
+    """The error for compressed pixel data that did not decode, naming the packages to install."""
+    from pydicom.pixels import get_decoder
+
+    try:
+        installed = get_decoder(syntax).available_plugins
+    except NotImplementedError:  # a transfer syntax pydicom has no decoder for
+        installed = ()
+    options = decoder_packages(syntax)
+    install = " or ".join(f"`pip install {o}`" for o in options) if options else "none that pydicom knows of"
+    header = f"cannot decode pixel data compressed as {syntax.name} ({syntax})"
+    if not installed:
+        return DataError(path, f"{header}: no installed decoder reads it; install one: {install}")
+    # pydicom's message: a summary line, then one line per plugin that failed and why
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    reason = "; ".join(lines[1:] or lines) or type(err).__name__
+    return DataError(path, f"{header}: the installed decoder ({', '.join(installed)}) failed ({reason}); "
+                           f"another may read it: {install}")
+
+
 def dicom_pixels(ds, path: str | Path) -> tuple[np.ndarray, PixelCodec]:
     """The single-frame grayscale image of ``ds`` in [0, 1] (H, W) and its codec.
 
     Refuses, naming the file: no pixel data, several frames, colour images, and compressed transfer
-    syntaxes that no installed decoder reads (with the decoder that would).
+    syntaxes that no installed decoder reads (with the packages to install for a decoder that would).
     """
     path = Path(path)
     if "PixelData" not in ds:
@@ -114,9 +160,7 @@ def dicom_pixels(ds, path: str | Path) -> tuple[np.ndarray, PixelCodec]:
         reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         syntax = ds.file_meta.get("TransferSyntaxUID")
         if syntax is not None and syntax.is_compressed:
-            raise DataError(path, f"cannot decode pixel data compressed as {syntax.name} ({syntax}): no installed "
-                                  "decoder reads it; install one, e.g. `pip install pylibjpeg pylibjpeg-libjpeg "
-                                  f"pylibjpeg-openjpeg` ({reason})") from err
+            raise _undecodable(path, syntax, err) from err
         raise DataError(path, f"corrupt pixel data ({reason})") from err
     if stored.ndim != 2:
         raise DataError(path, f"pixel array has shape {stored.shape}, expected one grayscale frame")

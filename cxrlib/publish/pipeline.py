@@ -10,7 +10,6 @@ interpretation (see :mod:`cxrlib.publish.dicom`).
 
 from __future__ import annotations
 
-import re
 import tempfile
 import zlib
 from dataclasses import dataclass, field
@@ -25,9 +24,16 @@ from cxrlib.artifacts import read_sidecar
 from cxrlib.data.chestxray14 import METADATA_NAMES, SPLIT_FILES, DataError, read_metadata, write_metadata
 from cxrlib.publish import burned_in, dicom
 from cxrlib.publish.batch import FileResult, output_names
-from cxrlib.publish.deidentify import HeaderOptions, Pseudonymizer, deidentify_dataset
+from cxrlib.publish.deidentify import (CXR14_NAME, CXR14_PATIENT_ID, HeaderOptions, Pseudonymizer,
+                                       deidentify_dataset, patient_id_in_name)
 
-_CXR14_NAME = re.compile(r"^(\d{8})_(\d{3})\.png$")
+#: the folder of OUT every PNG is written to (unless ``--keep-names``): the ChestX-ray14 layout's, and not
+#: the release's images_001 ... images_012, whose split by the original names would hint at the original ids
+IMAGES_FOLDER = "images"
+
+#: the metadata CSV's quasi-identifiers, blanked unless ``--keep-patient-characteristics`` (as the DICOM
+#: header's sex and age): with the labels and follow-up number they can single out a row of the original CSV
+CSV_PATIENT_CHARACTERISTICS = ("age", "sex", "width", "height", "spacing_x", "spacing_y")
 
 #: the command line's method names and the registered anonymizer each one loads
 METHODS = {"none": None, "prichexy": "flow_field", "dp-pix": "dp_pix", "privacy-net": "privacy_net"}
@@ -103,8 +109,9 @@ class ReleasePipeline:
     detect_text: bool = True
     header: HeaderOptions = field(default_factory=HeaderOptions)
     #: output names that carry nothing of the input's: DICOM files as STUDY/SERIES/SOP.dcm of their new
-    #: UIDs, plain PNGs by a keyed hash of their path (ChestX-ray14 names get pseudonymous patient numbers
-    #: either way); False keeps the input's relative paths, which may hold names, ids or dates
+    #: UIDs, PNGs in images/ under their pseudonymous release name or, for other names, a keyed hash of
+    #: their path (ChestX-ray14 names get pseudonymous patient numbers either way); False keeps the input's
+    #: relative paths, which may hold names, ids or dates
     rename: bool = True
 
     def __post_init__(self):
@@ -135,30 +142,50 @@ class ReleasePipeline:
         out = anonymizer(small.to(device)).float().cpu()
         return _resize(out, tuple(x.shape[-2:]))[0, 0].numpy(), len(boxes)
 
-    def png_name(self, name: str) -> str:
-        """ChestX-ray14 names carry the patient id (``00000001_000.png``): it becomes the keyed pseudonym.
-        Other names are kept, or with :attr:`rename` replaced by a keyed hash of the path."""
-        match = _CXR14_NAME.match(Path(name).name)
-        if not match:
-            return self.recorded_name(name)
-        number = self.pseudonymizer.patient_number(int(match.group(1)))
-        return str(Path(name).with_name(f"{number:08d}_{match.group(2)}.png"))
+    def release_name(self, name: str) -> str:
+        """The file name a PNG gets: a ChestX-ray14 name (``00000001_000.png``) with its patient id replaced by
+        the keyed pseudonym, any other name by a keyed hash of its path (with :attr:`rename`) or kept."""
+        patient = patient_id_in_name(name)
+        if patient is None:
+            return Path(self.recorded_name(name)).name
+        pseudonym = self.pseudonymizer.pseudonym(CXR14_PATIENT_ID, patient)
+        return f"{pseudonym}_{CXR14_NAME.match(Path(name).name).group(2)}.png"
+
+    def png_output(self, name: str) -> str:
+        """Where a PNG is written in OUT: ``images/`` + :meth:`release_name`, or with ``rename`` off its
+        input path with the ChestX-ray14 patient id replaced."""
+        if self.rename:
+            return f"{IMAGES_FOLDER}/{self.release_name(name)}"
+        return str(Path(name).with_name(self.release_name(name)))
+
+    def table_output(self, name: str) -> str:
+        """Where the metadata CSV or a split list is written: at OUT's top, as in the release layout."""
+        name = name.removesuffix(".gz")
+        return Path(name).name if self.rename else name
 
     def metadata(self, path: Path, name: str) -> FileResult:
-        """The ChestX-ray14 metadata CSV with pseudonymous patient ids and image names."""
+        """The ChestX-ray14 metadata CSV with pseudonymous patient ids and image names, sorted by the new
+        names; age, sex, original size and pixel spacing blanked unless patient characteristics are kept."""
         meta = read_metadata(path)
-        meta["image"] = [Path(self.png_name(n)).name for n in meta["image"]]
-        meta["patient_id"] = [self.pseudonymizer.patient_number(int(p)) for p in meta["patient_id"]]
+        try:
+            meta["patient_id"] = [int(self.pseudonymizer.pseudonym(CXR14_PATIENT_ID, str(p)))
+                                  for p in meta["patient_id"]]
+        except ValueError as err:
+            raise DataError(path, f"cannot pseudonymize its patient ids ({err})") from err
+        meta["image"] = [self.release_name(n) for n in meta["image"]]
+        if not self.header.keep_patient_characteristics:
+            for column in CSV_PATIENT_CHARACTERISTICS:
+                meta[column] = ""
         with tempfile.TemporaryDirectory() as work:
             out = Path(work) / "metadata.csv"
             write_metadata(meta.sort_values("image"), out)
             data = out.read_bytes()
-        return FileResult(name.removesuffix(".gz"), data, {"kind": "metadata"})
+        return FileResult(self.table_output(name), data, {"kind": "metadata"})
 
     def split_list(self, path: Path, name: str) -> FileResult:
         names = [line.strip() for line in path.read_text().splitlines() if line.strip()]
-        mapped = sorted(Path(self.png_name(n)).name for n in names)
-        return FileResult(name, ("\n".join(mapped) + "\n").encode(), {"kind": "split list"})
+        mapped = sorted(self.release_name(n) for n in names)
+        return FileResult(self.table_output(name), ("\n".join(mapped) + "\n").encode(), {"kind": "split list"})
 
     def __call__(self, path: Path, name: str, file_hash: str) -> FileResult:
         if path.name in METADATA_NAMES:
@@ -168,7 +195,7 @@ class ReleasePipeline:
         if dicom.is_png(path):
             image, codec = dicom.read_png(path)
             image, found = self.pixels(image, file_hash)
-            return FileResult(self.png_name(name), dicom.png_bytes(image, codec), {"text_boxes": found})
+            return FileResult(self.png_output(name), dicom.png_bytes(image, codec), {"text_boxes": found})
         ds = dicom.read_dicom(path)
         changes_pixels = self.detect_text or self.method.anonymizer is not None
         if changes_pixels:
@@ -186,8 +213,13 @@ class ReleasePipeline:
         return FileResult(self.dicom_name(out, name), dicom.dicom_bytes(out), {"text_boxes": found})
 
     def recorded_name(self, name: str) -> str:
-        """How the manifest in OUT names an input: its keyed hash when outputs are renamed."""
+        """How the manifest names an input: its keyed hash when outputs are renamed."""
         return self.pseudonymizer.file_name(name) if self.rename else name
+
+    def processing_order(self, name: str) -> str:
+        """Sort key of the inputs: a keyed hash, so the order the outputs are written in (their times, a
+        folder's listing) follows neither the input names nor the pseudonyms' order."""
+        return self.pseudonymizer.file_name(name)
 
     def dicom_name(self, ds, name: str) -> str:
         """STUDY/SERIES/SOP.dcm of the de-identified UIDs (:attr:`rename`), else the input's name."""
@@ -199,13 +231,14 @@ class ReleasePipeline:
         return "/".join(uids) + ".dcm"
 
 
-def output_of(out_dir: str | Path, input_name: str, key: bytes) -> Path:
+def output_of(out_dir: str | Path, input_name: str, key: bytes, state_dir: str | Path | None = None) -> Path:
     """The file ``cxrlib anonymize`` wrote into ``out_dir`` for input ``input_name`` (relative to IN).
 
-    The manifest names inputs by a keyed hash (or, with ``--keep-names``, as they are), so only the
-    key's holder can tell which output came from which input. KeyError when none was written.
+    The manifest (in the state folder, default OUT's sibling ``OUT.cxrlib-state``) names inputs by a keyed
+    hash (or, with ``--keep-names``, as they are): only the holder of the key and the state folder can tell
+    which output came from which input. KeyError when none was written.
     """
-    outputs = output_names(out_dir)
+    outputs = output_names(out_dir, state_dir)
     for recorded in (Pseudonymizer(key).file_name(input_name), input_name):
         if recorded in outputs:
             return Path(out_dir) / outputs[recorded]

@@ -47,9 +47,14 @@ def _distance_figure(result: dict) -> str:
     fig, ax = plt.subplots(figsize=(6, 3.2))
     bins = np.linspace(0, max(d.max(), 1e-6) * 1.05, 40)
     if "same_patient" in nn:
-        same = np.asarray(nn["same_patient"], bool)
+        # None: one of the two images carries no patient id
+        same = np.array([v is True for v in nn["same_patient"]])
+        other = np.array([v is False for v in nn["same_patient"]])
         ax.hist(d[same], bins=bins, alpha=.7, label=f"same patient ({same.sum()})", color="#c0392b")
-        ax.hist(d[~same], bins=bins, alpha=.7, label=f"another patient ({(~same).sum()})", color="#2e86c1")
+        ax.hist(d[other], bins=bins, alpha=.7, label=f"another patient ({other.sum()})", color="#2e86c1")
+        unknown = ~(same | other)
+        if unknown.any():
+            ax.hist(d[unknown], bins=bins, alpha=.7, label=f"patient id missing ({unknown.sum()})", color="#999")
         ax.legend(frameon=False)
     else:
         ax.hist(d, bins=bins, color="#2e86c1")
@@ -112,6 +117,13 @@ def _cards(result: dict) -> list[tuple[str, str]]:
                                                           "follow-ups re-linked")]
     if "against" in result and "top1" in result["against"]:
         cards.append((f"{result['against']['top1']:.1%}", "linkage attack: top-1 match in the other set"))
+    elif "against" in result:
+        cards.append(("not scored", "linkage attack: patient ids not compared (see below)"))
+    if "retrieval" not in result:
+        cards.append(("not scored", "linkage inside the release (see below)"))
+    if result.get("files_without_patient_id"):
+        cards.append((str(len(result["files_without_patient_id"])), "files without a patient id (left out of "
+                                                                    "the id-based figures)"))
     cards.append((str(result["burned_in_text"]["images_with_text"]), "images with suspected burned-in text"))
     cards.append((str(len(result["near_duplicates"])), "near-duplicate pairs"))
     return cards
@@ -123,6 +135,15 @@ def _table(rows: list[tuple], header: tuple) -> str:
     return f"<table><tr>{head}</tr>{body}</table>"
 
 
+def _without_ids(names: list[str], where: str) -> str:
+    """The files without a patient id, by name (the id-based figures leave them out)."""
+    if not names:
+        return ""
+    shown = ", ".join(names[:20]) + (f" and {len(names) - 20} more" if len(names) > 20 else "")
+    return (f"<p class='muted'>{len(names)} file(s) of {where} carry no patient id and are left out of the "
+            f"id-based figures: {html.escape(shown)}.</p>")
+
+
 def render_html(result: dict, release: Release) -> str:
     parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>cxrlib audit</title><style>{_STYLE}</style>"
              "</head><body>", "<h1>Re-identification risk audit</h1>",
@@ -131,17 +152,24 @@ def render_html(result: dict, release: Release) -> str:
              f"<div class='caveat'><b>Read this first.</b> {html.escape(CAVEAT)}</div>",
              "<div class='cards'>" + "".join(f"<div class='card'><div class='v'>{html.escape(v)}</div>"
                                              f"<div class='k'>{html.escape(k)}</div></div>"
-                                             for v, k in _cards(result)) + "</div>",
-             "<h2>Linkage inside the release</h2>"]
+                                             for v, k in _cards(result)) + "</div>"]
+    if result.get("manifests_in_release"):
+        parts.append("<div class='caveat'><b>Do not publish this folder as it is.</b> It holds manifests of "
+                     "<code>cxrlib anonymize</code> (" + html.escape(", ".join(result["manifests_in_release"]))
+                     + "), which map every output to its input and hold the raw inputs' SHA-256; move them out "
+                     "of the folder.</div>")
+    parts.append("<h2>Linkage inside the release</h2>")
     if "retrieval" in result:
         r = result["retrieval"]
-        parts.append(f"<p>Each image was queried against all others with the re-identification network. For "
-                     f"{r['precision_at_1']:.1%} of the images whose patient has another image here, the nearest "
-                     f"image shows the same patient (P@1); mAP@R {r['map_at_r']:.3f}, R-precision "
+        parts.append(f"<p>Each image with a patient id was queried against the others with the re-identification "
+                     f"network. For {r['precision_at_1']:.1%} of the images whose patient has another image here, "
+                     f"the nearest image shows the same patient (P@1); mAP@R {r['map_at_r']:.3f}, R-precision "
                      f"{r['r_precision']:.3f}. Patient ids came from the files.</p>")
     else:
-        parts.append("<p>The files carry no patient ids, so linkage cannot be scored; the distances below show "
-                     "how close images lie, and the suspected clusters list images the network puts together.</p>")
+        parts.append(f"<p>Linkage is not scored: {html.escape(result['linkage_not_scored'])}. The distances below "
+                     "show how close images lie, and the suspected clusters list images the network puts "
+                     "together.</p>")
+    parts.append(_without_ids(result.get("files_without_patient_id", []), "this folder"))
     parts.append(f"<img alt='nearest-neighbour distances' src='{_distance_figure(result)}'>")
     if result.get("roc"):
         parts.append(f"<img alt='ROC' src='{_roc_figure(result['roc'])}'>")
@@ -163,7 +191,9 @@ def render_html(result: dict, release: Release) -> str:
                          f"set, {a['top1']:.1%} have an image of that patient as their nearest match"
                          + (f" and {a[top[0]]:.1%} among the {top[0][3:]} nearest" if top else "") + ".</p>")
         else:
-            parts.append("<p>No patient ids to compare between the two sets: only distances were computed.</p>")
+            parts.append(f"<p><b>Patient ids not compared</b>: {html.escape(a['linkage_not_scored'])}. Only "
+                         "distances were computed.</p>")
+        parts.append(_without_ids(a.get("files_without_patient_id", []), "the other set"))
     parts.append("<h2>Headers</h2>")
     if "headers" in result:
         h = result["headers"]
