@@ -89,15 +89,21 @@ def bootstrap_mean_aucs(y_true, scores: Sequence, n_samples: int = 1000, seed: i
 def resampled_auc(y_true: np.ndarray, y_score: np.ndarray, index: np.ndarray) -> np.ndarray:
     """``roc_auc_score(y_true[i], y_score[i])`` for every row ``i`` of ``index`` (B, N) at once; NaN
     where the resample holds one label only."""
+    counts = np.zeros((len(index), len(y_true)))
+    np.add.at(counts, (np.arange(len(index))[:, None], index), 1.0)
+    return weighted_auc(y_true, y_score, counts)
+
+
+def weighted_auc(y_true: np.ndarray, y_score: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """The ROC AUC with row ``i`` counted ``counts[b, i]`` times, for every row ``b`` of ``counts`` (B, N);
+    NaN where the weighted rows hold one label only."""
     y_true = np.asarray(y_true).astype(bool)
     n = len(y_true)
-    counts = np.zeros((len(index), n))
-    np.add.at(counts, (np.arange(len(index))[:, None], index), 1.0)
     order = np.argsort(y_score, kind="stable")
     ranked, positive = np.asarray(y_score)[order], y_true[order]
     weights = counts[:, order]
     negatives = np.where(positive, 0.0, weights)
-    below = np.concatenate([np.zeros((len(index), 1)), np.cumsum(negatives, axis=1)], axis=1)
+    below = np.concatenate([np.zeros((len(counts), 1)), np.cumsum(negatives, axis=1)], axis=1)
     # each positive beats the negatives of lower scores and ties (half) those of its own score
     first = np.r_[True, ranked[1:] != ranked[:-1]]
     starts = np.flatnonzero(first)
@@ -109,6 +115,98 @@ def resampled_auc(y_true: np.ndarray, y_score: np.ndarray, index: np.ndarray) ->
     pairs = weights[:, at].sum(axis=1) * below[:, -1]
     with np.errstate(invalid="ignore", divide="ignore"):
         return np.where(pairs > 0, wins / pairs, np.nan)
+
+
+def patient_bootstrap_auc(y_true, y_score, first_patient, second_patient, *, n_samples: int = 1000,
+                          seed: int = 0) -> tuple[float, np.ndarray]:
+    """Verification AUC of pairs, and its value on ``n_samples`` bootstrap resamples of the patients.
+
+    Pairs of one patient are not independent, so the resample draws patients with replacement: a
+    pair of patients ``a`` and ``b`` (the same for a same-patient pair) counts ``m_a * m_b`` times, or
+    ``m_a`` times when ``a == b``, where ``m`` is how often the resample drew each patient. Returns
+    ``(auc, resampled)``; resamples on which the AUC is undefined are left out.
+    """
+    y_true, y_score = _binary(y_true, y_score)
+    first, second = np.asarray(first_patient), np.asarray(second_patient)
+    if first.shape != y_true.shape or second.shape != y_true.shape:
+        raise ValueError("every pair needs its two patients")
+    auc = float(skm.roc_auc_score(y_true, y_score))
+    if n_samples < 1:
+        return auc, np.empty(0)
+    patients, codes = np.unique(np.concatenate([first, second]), return_inverse=True)
+    a, b = codes[: len(first)], codes[len(first):]
+    rng = np.random.default_rng(seed)
+    values = []
+    for start in range(0, n_samples, 100):  # blocks keep the (B, pairs) weights small
+        draws = rng.integers(0, len(patients), (min(100, n_samples - start), len(patients)))
+        multiplicity = np.zeros((len(draws), len(patients)))
+        np.add.at(multiplicity, (np.arange(len(draws))[:, None], draws), 1.0)
+        weights = np.where(a == b, multiplicity[:, a], multiplicity[:, a] * multiplicity[:, b])
+        values.append(weighted_auc(y_true, y_score, weights))
+    resampled = np.concatenate(values)
+    return auc, resampled[~np.isnan(resampled)]
+
+
+def _patient_multiplicities(patients, n_samples: int, seed: int, block: int = 100):
+    """The patients' codes (N,) and, in blocks of at most ``block`` resamples, how often each of them
+    was drawn when as many patients are drawn with replacement: ``(codes, iterator of (B, P) arrays)``."""
+    unique, codes = np.unique(np.asarray(patients), return_inverse=True)
+    rng = np.random.default_rng(seed)
+
+    def blocks():
+        for start in range(0, n_samples, block):
+            draws = rng.integers(0, len(unique), (min(block, n_samples - start), len(unique)))
+            multiplicity = np.zeros((len(draws), len(unique)))
+            np.add.at(multiplicity, (np.arange(len(draws))[:, None], draws), 1.0)
+            yield multiplicity
+
+    return codes.reshape(-1), blocks()
+
+
+def patient_bootstrap_mean_auc(y_true, y_score, patients, *, n_samples: int = 1000,
+                               seed: int = 0) -> tuple[float, np.ndarray]:
+    """Mean AUC over the columns of image-wise labels (N, C) -- the columns with both labels, as
+    :func:`multilabel_auc` averages them -- and its value on ``n_samples`` resamples of the patients.
+
+    The image-wise sibling of :func:`patient_bootstrap_auc`: the images of one patient are not
+    independent, so a resample draws patients with replacement and counts each image as often as its
+    patient (``patients``, (N,)) was drawn; on each resample the mean is over the columns defined there.
+    Returns ``(mean_auc, resampled)``; resamples on which no column is defined are left out.
+    """
+    y_true = _numpy(y_true, "y_true").astype(int)
+    y_score = _numpy(y_score, "y_score").astype(float)
+    y = y_true.reshape(len(y_true), -1)
+    s = y_score.reshape(len(y_score), -1)
+    if y.shape != s.shape or len(np.asarray(patients)) != len(y):
+        raise ValueError(f"y_true {y_true.shape}, y_score {y_score.shape} and {len(np.asarray(patients))} "
+                         "patients must describe the same images")
+    aucs = _per_class_auc(y, s)
+    if np.isnan(aucs).all():
+        raise ValueError("no column has both positive and negative labels: AUC is undefined")
+    if n_samples < 1:
+        return float(np.nanmean(aucs)), np.empty(0)
+    codes, blocks = _patient_multiplicities(patients, n_samples, seed)
+    values = []
+    for multiplicity in blocks:
+        weights = multiplicity[:, codes]
+        per_column = np.stack([weighted_auc(y[:, k], s[:, k], weights) for k in range(y.shape[1])], axis=1)
+        defined = ~np.isnan(per_column).all(axis=1)
+        values.append(np.nanmean(per_column[defined], axis=1))
+    return float(np.nanmean(aucs)), np.concatenate(values)
+
+
+def patient_bootstrap_mean(values, patients, *, n_samples: int = 1000, seed: int = 0) -> tuple[float, np.ndarray]:
+    """The mean of per-row ``values`` (e.g. each retrieval query's precision at 1) and its value on
+    ``n_samples`` resamples of the patients, each row counted as often as its patient was drawn.
+    Returns ``(mean, resampled)``."""
+    values = _numpy(values, "values").astype(float).reshape(-1)
+    if len(np.asarray(patients)) != len(values):
+        raise ValueError(f"{len(values)} values but {len(np.asarray(patients))} patients")
+    if n_samples < 1:
+        return float(values.mean()), np.empty(0)
+    codes, blocks = _patient_multiplicities(patients, n_samples, seed)
+    resampled = [(multiplicity[:, codes] @ values) / multiplicity[:, codes].sum(axis=1) for multiplicity in blocks]
+    return float(values.mean()), np.concatenate(resampled)
 
 
 def percentile_ci(values, level: float = 0.95) -> tuple[float, float]:

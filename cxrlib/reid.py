@@ -12,9 +12,9 @@ Two attacks on held-out patients:
 And what the paper shows with them: blacking out burned-in text does not help
 (:func:`black_out_boxes`, :func:`text_box_effect`); a linkage attack returns a query's nearest gallery
 images in the retrieval embedding (:func:`linkage_attack`, :func:`linkage_hit_rates`); identity survives
-years between scans (:func:`auc_by_gap`); a raw-pixel nearest neighbour, the image's mean and standard
-deviation or its intensity histogram, beside the trained networks on the same pairs, show what carries
-identity (:func:`identity_cues`).
+years between scans (:func:`auc_by_gap`); the training-free attacks of :mod:`cxrlib.attacks` (pixel
+correlation, block means, the intensity histogram, the image's mean and standard deviation), beside the
+trained networks on the same pairs, show what carries identity (:func:`identity_cues`).
 
 Evaluation works on :class:`Images`, the uint8 pixels of a set of named images, so that any anonymizer
 (``anonymizer(images) -> images`` on float (B, 1, H, W) in [0, 1]) can be put in front of a model.
@@ -32,10 +32,10 @@ import pandas as pd
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from cxrlib.attacks import TRAINING_FREE_ATTACKS, attack_features, distance_pair_scores
 from cxrlib.config import RetrievalConfig, VerificationConfig
 from cxrlib.data.images import Images, black_out_boxes  # noqa: F401  (black_out_boxes: part of reid's API)
 from cxrlib.metrics import retrieval_metrics, verification_metrics
-from cxrlib.metrics import standardized_pixels as pixel_vectors
 from cxrlib.models.retrieval import RetrievalNetwork
 from cxrlib.models.siamese import SiameseNetwork
 from cxrlib.parallel import map_in_processes
@@ -180,58 +180,15 @@ def verification_run(train: Dataset, val: Dataset, test_images: Images, test_pai
             **{name: metrics[name] for name in RUN_METRICS}}
 
 
-# -- training-free baselines -----------------------------------------------------------------------
+# -- training-free attacks (cxrlib.attacks) beside the trained networks ------------------------------
 
-#: what links two radiographs without any training: the exposure level (image mean and standard
-#: deviation), the intensity histogram, and the pixels themselves. In a real department exposure,
-#: processing and windowing change between acquisitions, so the first two should barely identify anyone;
-#: where they do, the data measures exposure, not anatomy.
-TRAINING_FREE_BASELINES = ("mean_sd", "histogram", "raw_pixels")
-
-#: the histogram baseline's intensity quantiles (5 %, 10 %, ..., 95 %)
-HISTOGRAM_QUANTILES = np.linspace(0.05, 0.95, 19)
-
-
-def standardized_pixels(images: Images) -> np.ndarray:
-    """Each image as a zero-mean, unit-norm pixel vector: the dot product is the pixel correlation."""
-    return pixel_vectors(torch.from_numpy(images.pixels)).numpy()
-
-
-def baseline_features(images: Images, kind: str) -> np.ndarray:
-    """(N, D) descriptors of one training-free baseline, compared by Euclidean distance.
-
-    ``mean_sd`` and ``histogram`` are z-scored per feature over ``images`` (so that no feature dominates
-    by its scale); ``raw_pixels`` are :func:`standardized_pixels`, whose distance ranks like correlation.
-    """
-    if kind == "raw_pixels":
-        return standardized_pixels(images)
-    x = images.pixels.reshape(len(images.names), -1).astype(np.float32)
-    if kind == "mean_sd":
-        features = np.stack([x.mean(axis=1), x.std(axis=1)], axis=1)
-    elif kind == "histogram":
-        features = np.quantile(x, HISTOGRAM_QUANTILES, axis=1).T
-    else:
-        raise ValueError(f"unknown baseline {kind!r}; choose one of {', '.join(TRAINING_FREE_BASELINES)}")
-    return (features - features.mean(axis=0)) / np.maximum(features.std(axis=0), 1e-8)
-
-
-def distance_pair_scores(features, images: Images, pairs: pd.DataFrame) -> np.ndarray:
-    """Verification scores from descriptors (rows of ``features`` follow ``images.names``): minus the
-    Euclidean distance between the two images' descriptors."""
-    features = np.asarray(features, dtype=np.float32)
-    first, second = images.rows(pairs["img1"].tolist()), images.rows(pairs["img2"].tolist())
-    return -np.linalg.norm(features[first] - features[second], axis=1)
-
-
-def baseline_pair_scores(images: Images, pairs: pd.DataFrame, kind: str) -> np.ndarray:
-    """Verification scores of a training-free baseline: minus the descriptors' Euclidean distance."""
-    return distance_pair_scores(baseline_features(images, kind), images, pairs)
+#: the training-free attacks :func:`identity_cues` runs beside the networks, weakest first
+TRAINING_FREE_BASELINES = ("mean_sd", "histogram", "block_means_8", "raw_pixels")
 
 
 #: the cues of :func:`identity_cues`, in the order tables and figures show them
-IDENTITY_CUES = {"mean_sd": "image mean + sd", "histogram": "intensity histogram (19 quantiles)",
-                 "raw_pixels": "raw pixels (correlation)", "siamese": "siamese network",
-                 "retrieval": "retrieval network"}
+IDENTITY_CUES = {**{kind: TRAINING_FREE_ATTACKS[kind] for kind in TRAINING_FREE_BASELINES},
+                 "siamese": "siamese network", "retrieval": "retrieval network"}
 
 
 def identity_cues(images: Images, pairs: pd.DataFrame, patient_ids: Sequence[int], *,
@@ -246,7 +203,7 @@ def identity_cues(images: Images, pairs: pd.DataFrame, patient_ids: Sequence[int
     of its L2-normalized embeddings, the distance its retrieval metrics rank by.
     """
     ids = np.asarray(patient_ids)
-    descriptors = {kind: baseline_features(images, kind) for kind in TRAINING_FREE_BASELINES}
+    descriptors = {kind: attack_features(images, kind) for kind in TRAINING_FREE_BASELINES}
     if retrieval is not None:
         descriptors["retrieval"] = normalized(retrieval_embeddings(retrieval, images))
     scores = {kind: distance_pair_scores(features, images, pairs) for kind, features in descriptors.items()}

@@ -16,7 +16,7 @@ from cxrlib.data.datasets import ImageDataset, PairDataset
 from cxrlib.data.pairs import make_pairs
 from cxrlib.metrics import retrieval_metrics, verification_metrics
 from cxrlib.reid import (IDENTITY_CUES, TRAINING_FREE_BASELINES, Images, PatientBlockSampler, RetrievalLoss,
-                         auc_by_gap, baseline_features, baseline_pair_scores, black_out_boxes,
+                         auc_by_gap, black_out_boxes,
                          build_retrieval_network, evaluate_retrieval, identity_cues, linkage_attack,
                          linkage_hit_rates, linkage_queries, nearest_matches, pair_gaps, pair_scores,
                          retrieval_augmentation, run_checkpoint, text_box_effect, train_retrieval,
@@ -230,27 +230,6 @@ def test_identity_cues_put_the_networks_on_the_same_pairs(trained, data):
     direct = pair_scores(trained["model"], trained["images"], trained["pairs"])
     assert siamese_auc == pytest.approx(verification_metrics(trained["pairs"]["label"], direct, n_bootstrap=0)["auc"])
     assert all(len(c["verification"]["auc_ci"]) == 2 for c in cues.values())
-
-
-def test_intensity_baselines_are_blind_to_where_pixels_are(data):
-    """Shuffling an image's pixels keeps its mean, sd and histogram but destroys its pixel correlation."""
-    images = Images.from_cache(data["cache"], data["splits"].test["image"][:20])
-    rng = np.random.default_rng(0)
-    shuffled = np.stack([rng.permutation(p.ravel()).reshape(p.shape) for p in images.pixels])
-    both = Images(images.names + tuple(n + "_shuffled" for n in images.names),
-                  np.concatenate([images.pixels, shuffled]))
-    pairs = pd.DataFrame({"img1": list(images.names), "img2": [n + "_shuffled" for n in images.names],
-                          "label": 1})
-    for kind in ("mean_sd", "histogram"):
-        np.testing.assert_allclose(baseline_pair_scores(both, pairs, kind), 0.0, atol=1e-5)
-    correlation = 1 - baseline_pair_scores(both, pairs, "raw_pixels") ** 2 / 2  # unit vectors
-    assert np.abs(correlation).max() < 0.5
-
-
-def test_baseline_features_reject_an_unknown_kind(data):
-    images = Images.from_cache(data["cache"], data["splits"].test["image"][:4])
-    with pytest.raises(ValueError, match="unknown baseline 'exposure'"):
-        baseline_features(images, "exposure")
 
 
 def test_retrieval_trains_both_phases_and_evaluates(data, tmp_path):

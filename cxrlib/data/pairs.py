@@ -72,6 +72,29 @@ def make_pairs(meta: pd.DataFrame, n_pairs: int, seed: int) -> pd.DataFrame:
                          "label": np.r_[np.ones(n_pos, int), np.zeros(n_neg, int)]})
 
 
+def patient_uniform_pairs(meta: pd.DataFrame, n_per_class: int, seed: int) -> pd.DataFrame:
+    """``n_per_class`` same-patient then as many different-patient pairs, each drawing its patients
+    uniformly (with replacement, so a pair may repeat): every patient weighs the same, however many
+    images it has. Same-patient pairs come from the patients with two or more images of ``meta``.
+
+    :func:`make_pairs` draws distinct pairs and so leans on patients with long series once the short
+    ones are used up; this draw measures how identifiable the average patient is.
+    """
+    groups = [np.asarray(g) for g in meta.groupby("patient_id")["image"].apply(list)]
+    multi = [g for g in groups if len(g) >= 2]
+    if not multi or len(groups) < 2:
+        raise ValueError("patient-uniform pairs need a patient with two or more images and two patients")
+    rng = np.random.default_rng(seed)
+    rows = []
+    for patient in rng.integers(0, len(multi), n_per_class):
+        a, b = rng.choice(len(multi[patient]), 2, replace=False)
+        rows.append((multi[patient][a], multi[patient][b], 1))
+    for _ in range(n_per_class):
+        i, j = rng.choice(len(groups), 2, replace=False)
+        rows.append((groups[i][rng.integers(len(groups[i]))], groups[j][rng.integers(len(groups[j]))], 0))
+    return pd.DataFrame(rows, columns=list(PAIR_COLUMNS))
+
+
 def _even_shares(capacity: np.ndarray, total: int, rng: np.random.Generator) -> np.ndarray:
     """Integers ``share <= capacity`` summing to ``total``, as equal as the capacities allow."""
     low, high = 0, int(capacity.max())

@@ -78,3 +78,55 @@ def plot_lung_field_comparison(real: pd.DataFrame, phantom: pd.DataFrame, compar
     fig.suptitle("Lung fields: real masks (torchxrayvision) against the phantom; grey: real central 95 %")
     fig.tight_layout()
     return fig
+
+
+def plot_phantom_against_real(phantom: np.ndarray, real: np.ndarray, n_examples: int = 6,
+                              size: float = 1.6) -> plt.Figure:
+    """The phantom and real radiographs side by side: ``n_examples`` images of each (rows), their
+    pooled intensity histograms and their radial power spectra (texture); ``phantom`` and ``real`` are
+    (N, S, S) uint8 at one size."""
+    from cxrlib.data.appearance import HISTOGRAM_BINS, intensity_histogram, radial_power_spectrum, spectral_slope
+
+    fig = plt.figure(figsize=(size * n_examples + 7.5, 2 * size + 0.6))
+    grid = fig.add_gridspec(2, n_examples + 4)
+    for row, (name, pixels) in enumerate((("phantom", phantom), ("real", real))):
+        picks = np.linspace(0, len(pixels) - 1, n_examples).astype(int)
+        for col, index in enumerate(picks):
+            ax = fig.add_subplot(grid[row, col])
+            ax.imshow(pixels[index], cmap="gray", vmin=0, vmax=255)
+            ax.axis("off")
+            if col == 0:
+                ax.set_title(name, fontsize=9, loc="left")
+    histogram = fig.add_subplot(grid[:, n_examples:n_examples + 2])
+    spectrum = fig.add_subplot(grid[:, n_examples + 2:])
+    centres = (HISTOGRAM_BINS[:-1] + HISTOGRAM_BINS[1:]) / 2
+    for name, pixels, colour in (("phantom", phantom, "tab:blue"), ("real", real, "tab:orange")):
+        histogram.plot(centres, intensity_histogram(pixels) * 100, color=colour, label=name)
+        frequency, power = radial_power_spectrum(pixels)
+        spectrum.loglog(frequency, power, color=colour,
+                        label=f"{name} (slope {spectral_slope(frequency, power):.2f})")
+    histogram.set(xlabel="gray level", ylabel="% of pixels", title="intensity histogram")
+    spectrum.set(xlabel="cycles per image", ylabel="power", title="radial power spectrum")
+    histogram.legend(fontsize=8)
+    spectrum.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def plot_identity_profiles(profiles) -> plt.Figure:
+    """Each training-free cue's verification AUC with its patient-bootstrap 95 % CI, one marker per
+    :class:`cxrlib.attacks.IdentityProfile` (e.g. the phantom and the real sample), chance at 0.5."""
+    fig, ax = plt.subplots(figsize=(7.5, 0.55 * len(profiles[0].cues) + 1.2))
+    offsets = np.linspace(-0.15, 0.15, len(profiles))
+    for offset, profile in zip(offsets, profiles):
+        y = np.arange(len(profile.cues)) + offset
+        aucs = np.array([c.auc for c in profile.cues])
+        errors = np.array([[c.auc - c.ci_low for c in profile.cues], [c.ci_high - c.auc for c in profile.cues]])
+        ax.errorbar(aucs, y, xerr=errors, fmt="o", capsize=3, label=profile.data)
+    ax.set_yticks(np.arange(len(profiles[0].cues)), [c.label for c in profiles[0].cues])
+    ax.axvline(0.5, color="gray", lw=0.8, ls="--")
+    ax.set(xlabel="verification AUC (95 % CI, bootstrap over patients)", title="what identifies a patient without training")
+    ax.invert_yaxis()
+    ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    return fig
