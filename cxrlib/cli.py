@@ -1,15 +1,18 @@
 """``cxrlib`` command line: generate the phantom, prepare the image cache, make a profile's data ready,
-train the models that need no other model, write the README's results section from a run; for data
-publishers, anonymize a release and audit how linkable it is."""
+train the models that need no other model, run every notebook and model (what ``./run_all.sh`` does),
+write a run's report (the README's results section for the reference run); for data publishers,
+anonymize a release and audit how linkable it is."""
 
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 import time
 from pathlib import Path
 
 from cxrlib.data.chestxray14 import DataError
+from cxrlib.pipeline import trainable
 
 
 def _phantom(args: argparse.Namespace) -> None:
@@ -87,26 +90,64 @@ def _data(args: argparse.Namespace) -> None:
     print(f"{kind}: {folder} ({len(cache.names)} images, cached at {cache.size} px)")
 
 
-def _report(args: argparse.Namespace) -> None:
-    from cxrlib.report import DOCUMENTS, has_section, update_readme
+def _print_report(written, results: Path) -> None:
+    for document, what in written.items():
+        if what == "written":
+            print(f"{document}: the report of this run; README.md and data/README.md show the reference run "
+                  "and are left as they are")
+        elif what == "no section":
+            print(f"{document} has no results section for the reference run; nothing written")
+        else:
+            print(f"{document}: results section of the reference run "
+                  f"{'rewritten from' if what == 'rewritten' else 'already matches'} {results}")
 
-    results = args.results or args.root / "results" / args.profile
-    for name, blocks in DOCUMENTS.items():
-        document = args.root / name
-        if not document.is_file() or not has_section(document, args.profile):
-            print(f"{document} has no results section for profile {args.profile}; nothing written")
-            continue
-        changed = update_readme(document, results, args.profile, blocks)
-        print(f"{document}: results section of profile {args.profile} "
-              f"{'rewritten from' if changed else 'already matches'} {results}")
+
+def _report(args: argparse.Namespace) -> None:
+    from cxrlib.report import REFERENCE_PROFILE, write_report
+
+    results = args.results or args.root / "results" / (args.profile or REFERENCE_PROFILE)
+    _print_report(write_report(results, args.root, args.profile), results)
+
+
+def _run(args: argparse.Namespace) -> int:
+    from cxrlib.pipeline import RunSettings, Stopped, run
+
+    settings = RunSettings.make(args.root, args.profile, args.data_dir, args.seed, args.results, args.artifacts,
+                                args.max_steps)
+    progress, handler = logging.getLogger("cxrlib.pipeline"), _ProgressHandler()
+    progress.addHandler(handler)
+    progress.setLevel(logging.INFO)
+    try:
+        outcome = run(settings)
+    except (KeyboardInterrupt, Stopped):
+        print("cxrlib run: stopped; every job was stopped", file=sys.stderr)
+        return 130
+    finally:
+        progress.removeHandler(handler)
+    if not outcome.ok:
+        for line in outcome.problems():
+            print(f"cxrlib run: {line}", file=sys.stderr)
+        return 1
+    _print_report(outcome.report, settings.results)
+    print(f"== done: figures, metrics and executed notebooks in {settings.results} (timings in "
+          f"{outcome.timings})")
+    return 0
+
+
+class _ProgressHandler(logging.Handler):
+    """The pipeline's progress lines on stdout, its warnings (a job failed, skipped, stopped) on stderr."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        stream = sys.stdout if record.levelno < logging.WARNING else sys.stderr
+        print(record.getMessage(), file=stream, flush=True)
 
 
 def _timings(args: argparse.Namespace) -> None:
-    from cxrlib.report import stage_timings
+    from cxrlib.pipeline import section_rows
 
     for notebook in args.notebooks:
-        for stage, seconds in stage_timings(notebook):
-            print(f"{notebook.name}\t{' '.join(stage.split())}\t{seconds:.1f}")
+        for row in section_rows(notebook):
+            print("\t".join(row))
 
 
 def _audit(args: argparse.Namespace) -> None:
@@ -160,21 +201,14 @@ def _audit(args: argparse.Namespace) -> None:
     print(CAVEAT)
 
 
-#: what ``cxrlib train`` can train: the workspace property that trains (or loads) each model, and its fits
-TRAINABLE = {
-    "classifier": ("classifier", lambda trained: [trained[1]]),
-    "ldm": ("latent_diffusion", lambda trained: [trained.autoencoder_fit, trained.unet_fit]),
-}
-
-
 def _train(args: argparse.Namespace) -> None:
     from cxrlib.workspace import Workspace
 
     ws = Workspace.open(args.profile, args.data_dir or "", seed=args.seed, artifacts_dir=args.artifacts)
     for model in args.models:
         start = time.perf_counter()
-        attribute, fits_of = TRAINABLE[model]
-        fits = fits_of(getattr(ws, attribute))
+        job = trainable()[model]
+        fits = job.fits(getattr(ws, job.attribute))
         done = ", ".join(f"{fit.checkpoint_path.name}: {'trained' if fit.trained else 'loaded'} (best epoch "
                          f"{fit.best_epoch} of {len(fit.history)})" for fit in fits)
         print(f"{model}: {done}; {time.perf_counter() - start:.0f} s")
@@ -294,18 +328,45 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--data-dir", type=Path, default=None, help="a ChestX-ray14 folder instead of the phantom")
     data.set_defaults(run=_data)
 
-    report = commands.add_parser("report", help="write the generated sections of README.md and data/README.md "
-                                                "from results/PROFILE/*.json")
-    report.add_argument("--profile", default="cpu", help="the profile whose section to write")
+    report = commands.add_parser(
+        "report", help="write a run's report: for the reference run the generated sections of README.md and "
+                       "data/README.md, for any other run RESULTS/REPORT.md",
+        description="The reference run is ./run_all.sh with its defaults: profile cpu on its phantom, seed 42, "
+                    "results in ROOT/results/cpu, no --max-steps; whether a run is it is read from the context "
+                    "its metrics files recorded and from where they lie.")
+    report.add_argument("--profile", default=None,
+                        help="the profile the run must have recorded (default: whichever it recorded)")
     report.add_argument("--results", type=Path, default=None,
-                        help="the run's results (default: ROOT/results/PROFILE)")
+                        help="the run's results (default: ROOT/results/PROFILE, PROFILE default cpu)")
     report.add_argument("--root", type=Path, default=Path("."),
                         help="the project folder holding README.md and data/README.md (default: here)")
     report.set_defaults(run=_report)
 
+    run = commands.add_parser(
+        "run", help="the whole run (what ./run_all.sh calls): the data, then every notebook and model side by side",
+        description="Make the data ready (cxrlib data), then run every job of cxrlib/pipeline.py's table side "
+                    "by side: the notebooks with papermill, the models that need no other model with cxrlib "
+                    "train; each starts when the jobs it needs are done. A failed job's dependents are "
+                    "skipped, the others run to their end, and the exit status is 1. Writes RESULTS/logs/, "
+                    "RESULTS/timings.tsv, the report (cxrlib report) and RESULTS/outputs.txt, the list of "
+                    "every file the run wrote; what an earlier run wrote in RESULTS is removed first.")
+    run.add_argument("--profile", default="cpu", choices=("smoke", "cpu", "paper"), help="what to run")
+    run.add_argument("--data-dir", type=Path, default=None,
+                     help="a ChestX-ray14 folder (default: the profile's phantom, generated on first use)")
+    run.add_argument("--seed", type=int, default=42, help="training and sampling seed")
+    run.add_argument("--results", type=Path, default=None,
+                     help="output folder (default results/PROFILE; results/PROFILE-NAME for --data-dir .../NAME; "
+                          "-dry-run after it for --max-steps)")
+    run.add_argument("--artifacts", type=Path, default=None,
+                     help="trained models, reused by later runs (default ROOT/artifacts)")
+    run.add_argument("--max-steps", type=int, default=None,
+                     help="a dry run: every training and evaluation loop capped at N steps")
+    run.add_argument("--root", type=Path, default=Path("."), help="the project folder (default: here)")
+    run.set_defaults(run=_run)
+
     train = commands.add_parser("train", help="train (or load) a profile's models that need no other model, "
                                               "into the artifacts folder the notebooks read")
-    train.add_argument("models", nargs="+", choices=sorted(TRAINABLE), help="what to train")
+    train.add_argument("models", nargs="+", choices=sorted(trainable()), help="what to train")
     train.add_argument("--profile", default="cpu", help="smoke, cpu or paper")
     train.add_argument("--data-dir", type=Path, default=None, help="a ChestX-ray14 folder instead of the phantom")
     train.add_argument("--seed", type=int, default=42, help="training seed (the notebooks' seed parameter)")

@@ -6,8 +6,9 @@ run; nothing is typed by hand. :func:`results_section` builds the Markdown from 
 (:data:`BLOCKS` for the README, :data:`FAIR_TEST_BLOCKS` for data/README.md; :data:`DOCUMENTS` maps
 each document to its blocks), in order, each a function of the loaded results that returns its
 paragraph or table (or None when the run did not write what it needs); :func:`update_readme` puts it
-between the markers :func:`markers` names, which ``cxrlib report`` (called at the end of
-``run_all.sh``) does.
+between the markers :func:`markers` names. ``cxrlib report`` (and ``cxrlib run`` at its end) does so
+only for the reference run (:func:`reference_differences`); every other run gets its own
+``REPORT.md`` beside its results (:func:`write_report`).
 
 Adding a figure to a table is one entry: a row of :data:`REIDENTIFICATION_COLUMNS` (metric name ->
 where its value sits in ``reidentification.json``); rows of the anonymization table are every result
@@ -166,6 +167,8 @@ def _gap_bin(name: str) -> str:
 def _link(results: Results, name: str = "") -> str:
     """A path under the results folder as the README (at the project root) links it."""
     folder = Path(os.path.relpath(results["directory"], results["link_root"])).as_posix()
+    if folder == ".":  # a report inside the results folder
+        return name or "./"
     return f"{folder}/{name}" if name else f"{folder}/"
 
 
@@ -207,7 +210,8 @@ def run_block(results: Results) -> str | None:
     caveat = (" the networks are small and trained for minutes: the numbers show the papers' qualitative "
               "picture, not their values, which need ChestX-ray14 and the `paper` profile."
               if context.get("phantom") else "")
-    return (f"What `./run_all.sh` produced{when}, committed under [`{_link(results)}`]({_link(results)}) "
+    kept = "committed under" if results.get("reference", True) else "written to"
+    return (f"What `./run_all.sh` produced{when}, {kept} [`{_link(results)}`]({_link(results)}) "
             f"with every figure, metric (JSON), table and executed notebook. The data is {kind} "
             f"({_count(working['patients'])} patients, {_count(working['images'])} images, "
             f"{context['image_size']} px),{caveat}")
@@ -423,7 +427,7 @@ TRAINING_PRECISION_BENCHMARK = Path("benchmarks/results/training_precision.json"
 def _benchmark(results: Results, path: Path) -> dict | None:
     """A benchmark's JSON beside the README, when it was measured with the run's profile."""
     context = _context(results)
-    file = Path(results["link_root"]) / path
+    file = Path(results.get("root", results["link_root"])) / path
     if context is None or not file.is_file():
         return None
     try:
@@ -555,10 +559,13 @@ FAIR_TEST_BLOCKS: tuple[Block, ...] = (identity_cues_block, lung_fields_block)
 DOCUMENTS: dict[str, tuple[Block, ...]] = {"README.md": BLOCKS, "data/README.md": FAIR_TEST_BLOCKS}
 
 
-def results_section(results_dir: str | Path, link_root: str | Path = ".", blocks: Sequence[Block] = BLOCKS) -> str:
+def results_section(results_dir: str | Path, link_root: str | Path = ".", blocks: Sequence[Block] = BLOCKS, *,
+                    root: str | Path | None = None, reference: bool = True) -> str:
     """The Markdown of ``blocks`` for the run in ``results_dir``, its links relative to ``link_root``
-    (the document's folder)."""
-    results = {**load_results(results_dir), "link_root": Path(link_root).resolve()}
+    (the document's folder); benchmarks are read under ``root`` (default: ``link_root``, the README's
+    folder); ``reference``: the committed run of the README, not a :data:`REPORT` of another run."""
+    results = {**load_results(results_dir), "link_root": Path(link_root).resolve(),
+               "root": Path(root if root is not None else link_root).resolve(), "reference": reference}
     written = [block for block in (make(results) for make in blocks) if block]
     return "\n\n".join(_wrapped(block) for block in written) + "\n"
 
@@ -604,7 +611,90 @@ def update_readme(readme: str | Path, results_dir: str | Path, profile: str,
                               where=str(readme))
     if updated == text:
         return False
-    tmp = readme.with_name(readme.name + ".partial")
-    tmp.write_text(updated)
-    os.replace(tmp, readme)
+    _write_atomically(readme, updated)
     return True
+
+
+#: the run the README and data/README.md show: ``./run_all.sh`` with its defaults (profile cpu on its
+#: phantom, seed 42, results in results/cpu, no --max-steps); every other run writes :data:`REPORT`
+REFERENCE_PROFILE = "cpu"
+REFERENCE_SEED = 42
+#: every other run's report, beside its results
+REPORT = "REPORT.md"
+#: the blocks of :data:`REPORT`: every document's, once each, in order
+REPORT_BLOCKS: tuple[Block, ...] = tuple(dict.fromkeys(block for blocks in DOCUMENTS.values() for block in blocks))
+
+
+def reference_results(root: str | Path) -> Path:
+    return Path(root) / "results" / REFERENCE_PROFILE
+
+
+def recorded_contexts(results_dir: str | Path) -> dict[str, dict]:
+    """The context each metrics file of a run recorded (its profile, data, seed), by file name."""
+    contexts = {}
+    for path in sorted(Path(results_dir).glob("*.json")):
+        try:
+            payload = json.loads(path.read_text())
+        except json.JSONDecodeError as err:
+            raise ReportError(f"{path}: not valid JSON ({err})") from err
+        if isinstance(payload, dict) and isinstance(payload.get("context"), dict):
+            contexts[path.name] = payload["context"]
+    return contexts
+
+
+def reference_differences(results_dir: str | Path, root: str | Path) -> list[str]:
+    """Why the run in ``results_dir`` is not the reference run (none when it is): from the context every
+    metrics file recorded and from where the results lie, not from what the command line says."""
+    reasons: list[str] = []
+    contexts = recorded_contexts(results_dir)
+    if not contexts:
+        reasons.append("no metrics file records the run's context")
+    for context in contexts.values():
+        if context.get("profile") != REFERENCE_PROFILE:
+            reasons.append(f"profile {context.get('profile')}, not {REFERENCE_PROFILE}")
+        if context.get("phantom") is not True:
+            reasons.append(f"data {context.get('data')}, not the profile's phantom")
+        if context.get("seed") != REFERENCE_SEED:
+            reasons.append(f"seed {context.get('seed')}, not {REFERENCE_SEED}")
+        if context.get("max_steps"):
+            reasons.append(f"a dry run (--max-steps {context['max_steps']})")
+    if Path(results_dir).resolve() != reference_results(root).resolve():
+        reasons.append(f"results in {Path(results_dir).resolve()}, not {reference_results(root)}")
+    return list(dict.fromkeys(reasons))
+
+
+def write_report(results_dir: str | Path, root: str | Path, profile: str | None = None) -> dict[Path, str]:
+    """The run's report: for the reference run, the generated sections of the documents in
+    :data:`DOCUMENTS` under ``root``; for any other run, :data:`REPORT` beside its results, its links
+    relative to that folder, and the documents left as they are. ``profile``, when given, must be the
+    one the run recorded. Returns each document considered and what happened to it: ``rewritten``,
+    ``unchanged``, ``no section`` (a document without the profile's markers) or ``written``."""
+    results_dir, root = Path(results_dir), Path(root)
+    recorded = {context.get("profile") for context in recorded_contexts(results_dir).values()}
+    if profile is not None and recorded - {profile}:
+        raise ReportError(f"{results_dir} holds results of profile {', '.join(map(str, sorted(recorded)))}, "
+                          f"not {profile}")
+    reasons = reference_differences(results_dir, root)
+    if reasons:
+        header = (f"# Report of the run in `{results_dir.name}/`\n\nGenerated by `cxrlib report` from this "
+                  f"folder's metrics. The README shows the reference run instead; this one differs from it: "
+                  f"{'; '.join(reasons)}.\n\n")
+        report = results_dir / REPORT
+        _write_atomically(report, header + results_section(results_dir, results_dir, REPORT_BLOCKS, root=root,
+                                                           reference=False))
+        return {report: "written"}
+    written = {}
+    for name, blocks in DOCUMENTS.items():
+        document = root / name
+        if not document.is_file() or not has_section(document, REFERENCE_PROFILE):
+            written[document] = "no section"
+        else:
+            written[document] = "rewritten" if update_readme(document, results_dir, REFERENCE_PROFILE, blocks) \
+                else "unchanged"
+    return written
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".partial")
+    tmp.write_text(text)
+    os.replace(tmp, path)

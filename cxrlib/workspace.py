@@ -26,11 +26,9 @@ from cxrlib.data.chestxray14 import DataError, Splits, find_metadata_file, make_
 from cxrlib.data.datasets import ImageDataset, PairDataset
 from cxrlib.data.pairs import (make_pairs, max_positive_pairs, official_pair_file, read_pair_file,
                                write_pair_file)
+# set by ``cxrlib run --max-steps N``: every notebook opens its profile as a dry run (``max_steps=N``)
+from cxrlib.pipeline import MAX_STEPS_VARIABLE
 from cxrlib.train import machine_description, uses_bf16
-
-
-#: set by ``run_all.sh --max-steps N``: every notebook opens its profile as a dry run (``max_steps=N``)
-MAX_STEPS_VARIABLE = "CXRLIB_MAX_STEPS"
 
 
 def project_root(start: Path | None = None) -> Path:
@@ -216,7 +214,8 @@ class Workspace:
     @cached_property
     def classifier(self) -> tuple[Any, Any]:
         """The 14-finding classifier trained on real images and its fit: trained on first use, loaded
-        afterwards (``run_all.sh`` trains it beside notebooks 00 and 01, ``cxrlib train classifier``)."""
+        afterwards (a run trains it beside notebooks 00 and 01: ``cxrlib train classifier``, a job of
+        :data:`cxrlib.pipeline.JOBS`, which names this attribute)."""
         from cxrlib.classify import train_classifier
 
         return train_classifier(self.images("train"), self.images("val"), self.profile.classifier, seed=self.seed,
@@ -225,8 +224,9 @@ class Workspace:
     @cached_property
     def latent_diffusion(self) -> Any:
         """Notebook 04's latent diffusion model (:class:`~cxrlib.synthesis.training.TrainedLatentDiffusion`),
-        trained on the training split's images on first use, loaded afterwards (``run_all.sh`` trains it
-        beside notebooks 00-02, ``cxrlib train ldm``)."""
+        trained on the training split's images on first use, loaded afterwards (a run trains it beside
+        notebooks 00-02: ``cxrlib train ldm``, a job of :data:`cxrlib.pipeline.JOBS`, which names this
+        attribute)."""
         from cxrlib.synthesis import train_latent_diffusion
 
         return train_latent_diffusion(self.images("train"), self.images("val"), self.profile.synthesis,
@@ -280,6 +280,8 @@ class Workspace:
     def context(self) -> dict[str, Any]:
         return {"profile": self.profile.name, "data": self.data_description, "seed": self.seed,
                 "image_size": self.profile.data.image_size, "phantom": self.is_phantom,
+                # a dry run says so, so that its results are never taken for the reference run's
+                **({"max_steps": self.profile.data.max_steps} if self.profile.data.max_steps else {}),
                 # bf16 autocast for every network (cxrlib.train.autocast)
                 "bf16": uses_bf16(),
                 # timings, and results trained in bf16, depend on the machine

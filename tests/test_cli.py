@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from cxrlib.cli import build_parser, main
@@ -36,3 +38,14 @@ def test_bad_input_is_an_error_naming_the_problem(tmp_path, capsys):
     assert "cxrlib data: error" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         build_parser().parse_args(["unknown-command"])
+
+
+def test_run_refuses_what_it_cannot_run_before_any_step(tmp_path, capsys):
+    assert main(["run", "--root", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("cxrlib run: error:") and f"{tmp_path.resolve()} is not the project folder" in err
+    root = Path(__file__).resolve().parents[1]
+    assert main(["run", "--root", str(root), "--data-dir", str(tmp_path / "missing")]) == 2
+    assert "missing does not exist" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["run", "--profile", "huge"])

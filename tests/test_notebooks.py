@@ -1,4 +1,4 @@
-"""Every notebook under the smoke profile, executed by run_all.sh."""
+"""Every notebook under the smoke profile, executed by run_all.sh (cxrlib run)."""
 
 from __future__ import annotations
 
@@ -8,6 +8,8 @@ import subprocess
 from pathlib import Path
 
 import pytest
+
+from cxrlib.pipeline import JOBS, manifest_mismatches
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
@@ -20,6 +22,7 @@ EXPECTED_METRICS = {
     "03_baselines_and_tradeoff": ["tradeoff.json", "tradeoff.csv", "tradeoff.md"],
     "04_ldm_synthesis": ["synthesis.json"],
     "05_publishing_a_release": ["publishing.json", "05_release_audits.csv"],
+    "06_transfer": ["transfer.json"],
 }
 
 
@@ -67,10 +70,21 @@ def test_run_all_executes_every_notebook_on_smoke(tmp_path):
     assert synthesis["unet"]["training"]["epochs"] >= 1 and "ldm: " in (results / "logs" / "train ldm.log").read_text()
     executed_04 = (results / "notebooks" / "04_ldm_synthesis.ipynb").read_text()
     assert "loaded from ldm-" in executed_04
-    rows = [line.split("\t") for line in (results / "timings.tsv").read_text().splitlines()[1:]]
+    lines = (results / "timings.tsv").read_text().splitlines()
+    assert lines[0] == "notebook\tstage\tseconds\tcpu_seconds" and lines[-1].startswith("total\tall\t")
+    rows = [line.split("\t") for line in lines[1:]]
+    assert all(len(row) == 4 for row in rows)
     jobs = {row[0]: int(row[3]) for row in rows if row[1] == "all"}
     assert set(jobs) == {path.name for path in NOTEBOOKS} | {"train classifier", "train ldm", "total"}
     # every job's processes (kernels, workers) used CPU time, and the total is theirs
     assert all(seconds > 0 for seconds in jobs.values())
     assert jobs["total"] == sum(seconds for name, seconds in jobs.items() if name != "total")
     assert all(row[3] == "" for row in rows if row[1] != "all")
+    # sections first (per executed notebook), then one row per job, then the total
+    assert [row[1] == "all" for row in rows] == sorted(row[1] == "all" for row in rows)
+    assert {row[0] for row in rows if row[1] != "all"} == {path.name for path in NOTEBOOKS}
+    assert all((results / "logs" / f"{job.name}.log").is_file() for job in JOBS)
+    # not the reference run: its report lies beside its results, and the folder holds what it lists
+    assert (results / "REPORT.md").read_text().startswith("# Report of the run in ")
+    assert manifest_mismatches(results) == ([], [])
+    assert "REPORT.md" in (results / "outputs.txt").read_text().splitlines()

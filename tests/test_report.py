@@ -9,8 +9,9 @@ from pathlib import Path
 import pytest
 
 from cxrlib.cli import main
-from cxrlib.report import (DOCUMENTS, ReportError, current_section, load_results, markers, replace_section,
-                           results_section, stage_timings, training_block, training_records, update_readme)
+from cxrlib.report import (DOCUMENTS, REPORT, ReportError, current_section, load_results, markers,
+                           reference_differences, replace_section, results_section, stage_timings, training_block,
+                           training_records, update_readme, write_report)
 from cxrlib.train import training_record
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -88,14 +89,69 @@ def test_report_command_writes_the_section_or_says_there_is_none(copied_results,
     root = readme.parent
     assert main(["report", "--profile", "cpu", "--results", str(results), "--root", str(root)]) == 0
     out = capsys.readouterr().out
-    assert "README.md: results section of profile cpu rewritten from" in out
-    assert "data/README.md has no results section for profile cpu" in out  # not in this copy
+    assert "README.md: results section of the reference run rewritten from" in out
+    assert "data/README.md has no results section for the reference run" in out  # not in this copy
     assert "stale text" not in readme.read_text()
-    assert main(["report", "--profile", "smoke", "--results", str(results), "--root", str(root)]) == 0
-    assert "no results section for profile smoke" in capsys.readouterr().out
+    assert not (results / REPORT).exists()
+    assert main(["report", "--root", str(root)]) == 0  # the defaults: results/cpu under the root
+    assert "README.md: results section of the reference run already matches" in capsys.readouterr().out
+    assert main(["report", "--profile", "smoke", "--results", str(results), "--root", str(root)]) == 2
+    assert "holds results of profile cpu, not smoke" in capsys.readouterr().err
     readme.write_text(markers("cpu")[0] + "\n")
     assert main(["report", "--profile", "cpu", "--results", str(results), "--root", str(root)]) == 2
     assert "marker" in capsys.readouterr().err
+
+
+def _recontext(results: Path, **changes) -> None:
+    """Every metrics file of a copied run, with its recorded context changed."""
+    for path in results.glob("*.json"):
+        payload = json.loads(path.read_text())
+        if "context" in payload:
+            payload["context"].update(changes)
+            path.write_text(json.dumps(payload))
+
+
+@pytest.mark.parametrize("run, reason", [
+    ("seed", "seed 7, not 42"),
+    ("data", "data ChestX-ray14 at /data/cxr14, 64 px, profile 'cpu', seed 42, not the profile's phantom"),
+    ("dry run", "a dry run (--max-steps 2)"),
+    ("folder", "cpu-elsewhere, not "),
+])
+def test_only_the_reference_run_writes_the_readmes_any_other_its_report(tmp_path, capsys, run, reason):
+    root = tmp_path / "project"
+    (root / "data").mkdir(parents=True)
+    for name in DOCUMENTS:  # the real documents, markers and all
+        shutil.copy(ROOT / name, root / name)
+    before = {name: (root / name).read_bytes() for name in DOCUMENTS}
+    results = root / "results" / ("cpu-elsewhere" if run == "folder" else "cpu")
+    shutil.copytree(RESULTS, results, ignore=shutil.ignore_patterns("notebooks"))
+    if run == "seed":
+        _recontext(results, seed=7)
+    elif run == "data":
+        _recontext(results, phantom=False, data="ChestX-ray14 at /data/cxr14, 64 px, profile 'cpu', seed 42")
+    elif run == "dry run":
+        _recontext(results, max_steps=2)
+    assert main(["report", "--results", str(results), "--root", str(root)]) == 0
+    assert f"{results / REPORT}: the report of this run" in capsys.readouterr().out
+    assert {name: (root / name).read_bytes() for name in DOCUMENTS} == before  # byte-identical
+    report = (results / REPORT).read_text()
+    assert report.startswith(f"# Report of the run in `{results.name}/`") and reason in report.replace("\n", " ")
+    # the same generated blocks, README's and data/README.md's, with links relative to the results folder
+    assert "**Re-identification**" in report and "the phantom's lung fields" in report.replace("\n", " ")
+    assert "](figures/tradeoff.png)" in report and "written to [`./`](./)" in report.replace("\n", " ")
+    assert "committed under" not in report.replace("\n", " ")
+
+
+def test_the_reference_run_is_read_from_the_recorded_context_and_the_folder(copied_results):
+    results, readme = copied_results
+    root = readme.parent
+    assert reference_differences(results, root) == []
+    data = json.loads((results / "publishing.json").read_text())  # one file of another run is enough
+    data["context"]["seed"] = 1
+    (results / "publishing.json").write_text(json.dumps(data))
+    assert reference_differences(results, root) == ["seed 1, not 42"]
+    assert write_report(results, root) == {results / REPORT: "written"}
+    assert "stale text" in readme.read_text()
 
 
 def _executed_notebook(path: Path, cells: list[tuple[str, str, float | None]]) -> Path:
