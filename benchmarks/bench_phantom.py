@@ -28,7 +28,8 @@ from cxrlib.config import load_profile  # noqa: E402
 from cxrlib.data import phantom  # noqa: E402
 from cxrlib.data.chestxray14 import ImageLocator, find_metadata_file, load_image, read_metadata  # noqa: E402
 from cxrlib.metrics import retrieval_metrics  # noqa: E402
-from cxrlib.reid import Images, standardized_pixels  # noqa: E402
+from cxrlib.attacks import attack_features  # noqa: E402
+from cxrlib.reid import Images  # noqa: E402
 
 
 def render_rate(size: int, n_images: int, seed: int = 0) -> dict[str, float]:
@@ -66,7 +67,7 @@ def pixel_precision_at_1(folder: Path, size: int) -> tuple[float, int]:
     meta = read_metadata(find_metadata_file(folder))
     locate = ImageLocator(folder)
     pixels = np.stack([load_image(locate(name), size) for name in meta["image"]])
-    metrics = retrieval_metrics(standardized_pixels(Images(tuple(meta["image"]), pixels)), meta["patient_id"])
+    metrics = retrieval_metrics(attack_features(Images(tuple(meta["image"]), pixels), "raw_pixels"), meta["patient_id"])
     queries = int((meta.groupby("patient_id")["image"].transform("size") > 1).sum())
     return metrics["precision_at_1"], queries
 

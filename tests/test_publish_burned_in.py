@@ -10,14 +10,15 @@ from cxrlib.publish.burned_in import black_out, detect_text, detection_scores
 
 
 def test_detector_finds_the_phantoms_text_with_few_false_alarms(tmp_path):
-    folder = generate_phantom(tmp_path / "p", n_patients=12, size=256, seed=21, max_followups=3, progress=False)
+    folder = generate_phantom(tmp_path / "p", n_patients=40, size=256, seed=21, max_followups=3, progress=False)
     truth = read_truth(folder)
     images = [load_image(folder / "images" / name).astype(np.float32) / 255 for name in truth["image"]]
     boxes = truth["text_boxes"].tolist()
     scores = detection_scores(images, boxes)
-    assert scores["true_boxes"] >= 10
-    # measured on a 40-patient phantom (seed 21) at 256 px, phantom version 3: box recall 0.92, pixel
-    # recall 0.65, precision 0.85 (0.98 on version 2, whose chest did not reach the corners)
+    assert scores["true_boxes"] >= 40
+    # measured on this phantom (40 patients, seed 21, 256 px), version 4: box recall 0.87, pixel recall
+    # 0.63, precision 0.82 (version 3: 0.92, 0.65, 0.85; version 4 positions patients less alike, so the
+    # chest reaches the corners, where the text is, more often; 12 patients gave precision 0.70)
     assert scores["box_recall"] >= 0.8
     assert scores["pixel_precision"] >= 0.8
     assert scores["pixel_recall"] >= 0.5
