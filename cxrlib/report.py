@@ -311,6 +311,65 @@ def identity_cues_block(results: Results) -> str | None:
             f"{runs['mean']['auc']:.3f} ± {runs['std']['auc']:.3f} ({per_seed}).")
 
 
+def identity_profile_block(results: Results) -> str | None:
+    """The phantom held against real radiographs: each training-free cue's AUC with its patient-bootstrap
+    CI on both (notebook 00, :func:`cxrlib.attacks.identity_profile`)."""
+    profiles = results.get("data", {}).get("identity_profiles")
+    if not profiles:
+        return None
+    from cxrlib.attacks import IdentityProfile
+
+    phantom, real = (IdentityProfile.from_json(p) for p in profiles)
+    inside = phantom.inside(real)
+    rows = [{"cue": cue.label,
+             f"{phantom.data} AUC (95 % CI)": f"{cue.auc:.3f} ({cue.ci_low:.3f}–{cue.ci_high:.3f})",
+             f"{real.data} AUC (95 % CI)": (f"{real.cue(cue.attack).auc:.3f} ({real.cue(cue.attack).ci_low:.3f}–"
+                                            f"{real.cue(cue.attack).ci_high:.3f})"),
+             "inside the real CI": "yes" if inside[cue.attack] else "**no**"} for cue in phantom.cues]
+    return (f"**The phantom against real radiographs** (notebook 00): what identifies a patient without any "
+            f"training, on every patient with two or more images ({_count(phantom.patients)} phantom patients, "
+            f"{_count(real.patients)} real), {_count(phantom.same_patient_pairs)} same-patient and as many "
+            "different-patient pairs that weigh every patient alike, verification AUC with a 95 % CI from a "
+            f"bootstrap over patients. {sum(inside.values())} of {len(inside)} phantom cues lie within the real "
+            "CI.\n\n" + pd.DataFrame(rows).to_markdown(index=False))
+
+
+#: the sample's results folder beside the reference run's (``./run_all.sh --data-dir data/chestxray14-sample``)
+REAL_SAMPLE_RESULTS = "cpu-chestxray14-sample"
+
+#: the key figures of a run, side by side for the phantom and the real sample: label -> (file, path)
+KEY_FIGURES: dict[str, tuple[str, tuple[str, ...]]] = {
+    "siamese verification AUC (mean of seeds)": ("reidentification", ("verification_runs", "mean", "auc")),
+    "retrieval P@1": ("reidentification", ("retrieval", "precision_at_1")),
+    "pixel correlation AUC (no training)": ("reidentification", ("identity_cues", "raw_pixels", "verification", "auc")),
+    "pixel correlation P@1 (no training)": ("reidentification",
+                                            ("identity_cues", "raw_pixels", "retrieval", "precision_at_1")),
+    "classifier mean AUC (real training images)": ("synthesis", ("utility", "real", "mean_auc")),
+    "classifier mean AUC (synthetic training images only)": ("synthesis", ("utility", "synthetic", "mean_auc")),
+}
+
+
+def real_sample_block(results: Results) -> str | None:
+    """The reference run's key figures beside those of the real sample's run, when its folder is there."""
+    folder = Path(results["directory"]).parent / REAL_SAMPLE_RESULTS
+    if Path(results["directory"]).name == REAL_SAMPLE_RESULTS or not folder.is_dir():
+        return None
+    sample = load_results(folder)
+    rows = []
+    for label, (name, path) in KEY_FIGURES.items():
+        values = [(_at(run[name], path) if name in run and _has(run[name], path) else None) for run in (results, sample)]
+        if any(v is not None for v in values):
+            rows.append({"figure": label, **{column: "–" if v is None else f"{v:.3f}"
+                                            for column, v in zip(("phantom (cpu)", "real sample (cpu)"), values)}})
+    test_patients = sample.get("data", {}).get("splits", {}).get("test", {}).get("patients")
+    return ("**The same notebooks on real radiographs** (`./run_all.sh --data-dir data/chestxray14-sample`, "
+            f"results in [`results/{REAL_SAMPLE_RESULTS}/`]({_link({**results, 'directory': folder})})): the 690 "
+            "training images of the sample are too few for the `cpu` networks"
+            + (f", and its official test part holds {test_patients} patients with long series" if test_patients else "")
+            + ", so read its figures as a check that every step runs on real pixels, and beside the attacks that "
+            "need no training.\n\n" + pd.DataFrame(rows).to_markdown(index=False))
+
+
 def lung_fields_block(results: Results) -> str | None:
     """Where the phantom's lung fields lie outside the real masks' range (notebook 00)."""
     lungs = results.get("data", {}).get("lung_fields")
@@ -547,13 +606,13 @@ def training_precision_block(results: Results) -> str | None:
 Block = Callable[[Results], str | None]
 
 BLOCKS: tuple[Block, ...] = (
-    run_block, training_block, reidentification_block, reidentification_table_block, identity_cues_block,
-    tradeoff_block, tradeoff_table_block, tradeoff_reading_block, tradeoff_figure_block, synthesis_block,
+    run_block, training_block, real_sample_block, identity_profile_block, reidentification_block,
+    reidentification_table_block, identity_cues_block, tradeoff_block, tradeoff_table_block, tradeoff_reading_block, tradeoff_figure_block, synthesis_block,
     synthesis_figure_block, cpu_paths_block, sampling_precision_block, training_precision_block,
 )
 
 #: data/README.md's figures of the phantom as a fair test
-FAIR_TEST_BLOCKS: tuple[Block, ...] = (identity_cues_block, lung_fields_block)
+FAIR_TEST_BLOCKS: tuple[Block, ...] = (identity_profile_block, identity_cues_block, lung_fields_block)
 
 #: the documents ``cxrlib report`` writes (paths relative to the project root) and their blocks
 DOCUMENTS: dict[str, tuple[Block, ...]] = {"README.md": BLOCKS, "data/README.md": FAIR_TEST_BLOCKS}

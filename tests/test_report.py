@@ -278,3 +278,40 @@ def test_training_block_finds_every_record_and_counts_how_each_ended():
     assert "1 had a fixed budget" in block
     assert "| `reidentification.verification_runs.runs[]` |      2 | early stopping 1, epoch cap 1 | 6–15" in block
     assert training_block({"synthesis": {"unet": {"best_val_loss": 0.05}}}) is None
+
+
+def test_identity_profile_and_real_sample_blocks_come_from_their_runs(copied_results):
+    from cxrlib.attacks import CueAUC, IdentityProfile
+    from cxrlib.report import identity_profile_block, real_sample_block
+
+    results, _ = copied_results
+
+    def profile(name: str, auc: float) -> dict:
+        cues = tuple(CueAUC(kind, kind.replace("_", " "), auc, auc - 0.02, auc + 0.02)
+                     for kind in ("raw_pixels", "block_means_8", "histogram", "mean_sd"))
+        return IdentityProfile(name, 10, 30, 100, 100, 50, 0, cues).to_json()
+
+    data = json.loads((results / "data.json").read_text())
+    data["identity_profiles"] = [profile("phantom", 0.71), profile("chestxray14-sample", 0.70)]
+    (results / "data.json").write_text(json.dumps(data))
+    block = identity_profile_block(load_results(results))
+    assert "4 of 4 phantom cues lie within the real CI" in block and "0.710 (0.690–0.730)" in block
+    data["identity_profiles"][1] = profile("chestxray14-sample", 0.60)
+    (results / "data.json").write_text(json.dumps(data))
+    assert "0 of 4 phantom cues" in identity_profile_block(load_results(results))
+
+    def loaded() -> dict:
+        return {**load_results(results), "link_root": results.parent.parent}
+
+    assert real_sample_block(loaded()) is None  # no sample run beside it
+    sample = results.parent / "cpu-chestxray14-sample"
+    sample.mkdir()
+    reid = json.loads((results / "reidentification.json").read_text())
+    reid["retrieval"]["precision_at_1"] = 0.123456
+    (sample / "reidentification.json").write_text(json.dumps(reid))
+    block = real_sample_block(loaded())
+    ours = json.loads((results / "reidentification.json").read_text())["retrieval"]["precision_at_1"]
+    row = next(line for line in block.splitlines() if line.startswith("| retrieval P@1"))
+    assert [cell.strip() for cell in row.split("|")[2:4]] == [f"{ours:.3f}", "0.123"]
+    assert "results/cpu-chestxray14-sample/" in block
+    assert "–" in block  # the sample run wrote no synthesis.json
