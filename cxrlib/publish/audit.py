@@ -39,7 +39,7 @@ from cxrlib.artifacts import load_weights, read_sidecar
 from cxrlib.config import RetrievalConfig
 from cxrlib.data.chestxray14 import DataError, load_image
 from cxrlib.metrics import retrieval_metrics
-from cxrlib.publish import burned_in, dicom
+from cxrlib.publish import burned_in, dicom, linkage
 from cxrlib.publish.batch import input_files, manifests_in
 from cxrlib.publish.deidentify import Pseudonymizer, header_findings, patient_id_in_name, patient_id_kind
 
@@ -238,7 +238,8 @@ def _internal_linkage(embeddings: np.ndarray, ids: Sequence[str | None], seed: i
 @torch.no_grad()
 def audit_release(release: Release, model: reid.RetrievalNetwork, *, against: Release | None = None,
                   key: bytes | None = None, link_distance: float | None = None, seed: int = 0,
-                  progress: bool = False) -> dict:
+                  progress: bool = False, attacks: Sequence[str] = tuple(linkage.AUDIT_ATTACKS),
+                  n_bootstrap: int = 200) -> dict:
     """The audit's findings as a JSON-able dict (see the module docstring); ``key`` pseudonymizes the
     ``against`` set's patient ids first, so a raw set can be compared with its anonymized release."""
     started = time.perf_counter()
@@ -260,13 +261,19 @@ def audit_release(release: Release, model: reid.RetrievalNetwork, *, against: Re
             None if ids[i] is None or ids[int(j)] is None else ids[i] == ids[int(j)]
             for i, j in enumerate(indices[:, 0])]
     result.update(_internal_linkage(embeddings, ids, seed))
-    threshold = link_distance if link_distance is not None else float(np.quantile(distances[:, 0], 0.1))
+    known = np.array([pid is not None for pid in ids], dtype=bool)
+    if link_distance is not None:
+        calibration = {"link_distance": float(link_distance), "calibrated": None, "chosen": "given (--link-distance)"}
+    else:
+        calibration = linkage.calibrated_threshold(
+            embeddings[known], _labels([pid for pid in ids if pid is not None]) if known.any() else None,
+            distances[:, 0], seed)
+    threshold = calibration["link_distance"]
     close = np.nonzero(distances[:, 0] < threshold)[0]
     clusters = _clusters(np.stack([close, indices[close, 0]], axis=1) if len(close) else np.empty((0, 2), int), n)
-    result["suspected_clusters"] = {"link_distance": threshold, "chosen": "given" if link_distance is not None
-                                    else "10 % quantile of nearest-neighbour distances",
+    result["suspected_clusters"] = {**calibration,
                                     "clusters": [[release.images.names[i] for i in c] for c in clusters[:50]],
-                                    "count": len(clusters)}
+                                    "count": len(clusters), "images_in_clusters": int(sum(map(len, clusters)))}
     thumbs = _thumbnails(release.images)
     thumb_d, thumb_i = _without_self(*nearest_neighbours(thumbs, thumbs, min(n, 2)))
     # L2 over the thumbnail, as a mean absolute difference scale: sqrt(mean squared difference)
@@ -275,7 +282,8 @@ def audit_release(release: Release, model: reid.RetrievalNetwork, *, against: Re
                          if d < DUPLICATE_DIFFERENCE})
     result["near_duplicates"] = [[release.images.names[a], release.images.names[b]] for a, b in duplicates]
     result["burned_in_text"] = {"images_with_text": int(sum(t > 0 for t in release.text_found)),
-                                "regions": int(sum(release.text_found))}
+                                "regions": int(sum(release.text_found)),
+                                "files": [name for name, t in zip(release.images.names, release.text_found) if t > 0]}
     if release.headers:
         present: dict[str, int] = {}
         for h in release.headers:
@@ -290,15 +298,97 @@ def audit_release(release: Release, model: reid.RetrievalNetwork, *, against: Re
             "burned_in_annotation": {v or "(absent)": sum(h["burned_in_annotation"] == v for h in release.headers)
                                      for v in sorted({h["burned_in_annotation"] for h in release.headers})},
         }
+    gallery = None
     if against is not None:
-        result["against"] = _link(release, embeddings, against, model, key, device, progress)
+        gallery = reid.embed_images(model, against.images, device=device, progress=progress).numpy()
+        result["against"] = _link(release, embeddings, against, gallery, key)
+    attack_started = time.perf_counter()
+    _attack_panel(result, release, embeddings, against, gallery, key, attacks, n_bootstrap, seed)
+    result["panel_seconds"] = time.perf_counter() - attack_started
     result["seconds"] = time.perf_counter() - started
     return result
 
 
-def _link(release: Release, embeddings: np.ndarray, other: Release, model, key, device, progress) -> dict:
-    """Each release image's nearest images in ``other``; by patient id over the images that carry one."""
-    gallery = reid.embed_images(model, other.images, device=device, progress=progress).numpy()
+def _names_of(kind_nearest: dict, query_names, gallery_names, query_ids, gallery_ids, count: int) -> list[dict]:
+    """The ``count`` closest (query, nearest gallery item) pairs of one attack, by name, each pair once."""
+    d, idx = kind_nearest["distance"], kind_nearest["index"]
+    rows, seen = [], set()
+    for q in np.argsort(d, kind="stable"):
+        g = int(idx[q])
+        pair = (query_names[q], gallery_names[g])
+        if frozenset(pair) in seen:
+            continue
+        seen.add(frozenset(pair))
+        same = None if query_ids[q] is None or gallery_ids[g] is None else bool(query_ids[q] == gallery_ids[g])
+        rows.append({"image": pair[0], "nearest": pair[1], "distance": float(d[q]), "same_patient": same})
+        if len(rows) == count:
+            break
+    return rows
+
+
+def _attack_panel(result: dict, release: Release, embeddings: np.ndarray, against: Release | None,
+                  gallery: np.ndarray | None, key: bytes | None, attacks: Sequence[str], n_bootstrap: int,
+                  seed: int) -> None:
+    """The panel of linkage attacks (cxrlib.publish.linkage), the verdict from its worst case, and the most
+    linked pairs by name."""
+    ids = release.patient_ids
+    panels, not_scored, top_pairs = {}, {}, {}
+    names = release.images.names
+    if "retrieval" in result:
+        known = np.nonzero([pid is not None for pid in ids])[0]
+        mine = reid.Images(tuple(names[i] for i in known), release.images.pixels[known])
+        features = linkage.features_for(mine, embeddings[known], attacks)
+        panels["internal"] = linkage.internal_panel(features, _labels([ids[i] for i in known]),
+                                                    n_bootstrap=n_bootstrap, seed=seed)
+        kind = max(panels["internal"]["attacks"],
+                   key=lambda k: panels["internal"]["attacks"][k]["precision_at_1"])
+        known_names, known_ids = [names[i] for i in known], [ids[i] for i in known]
+        top_pairs["internal"] = {"attack": kind, "pairs": _names_of(
+            panels["internal"]["attacks"][kind]["nearest"], known_names, known_names, known_ids, known_ids,
+            linkage.TOP_PAIRS)}
+    else:
+        not_scored["internal"] = result.get("linkage_not_scored", "not scored")
+        nn = result["nearest_neighbour"]
+        top_pairs["internal"] = {"attack": linkage.NETWORK, "pairs": _names_of(
+            {"distance": np.asarray(nn["distance"]), "index": np.asarray(nn["index"])}, names, names, ids, ids,
+            linkage.TOP_PAIRS)}
+    if against is not None:
+        a = result["against"]
+        if "linkage_not_scored" in a:
+            not_scored["against"] = a["linkage_not_scored"]
+        else:
+            theirs = against.pseudonymized_ids(key) if key is not None else against.patient_ids
+            in_other = set(theirs) - {None}
+            queries = np.array([i for i, pid in enumerate(ids) if pid in in_other])
+            labelled = np.array([j for j, pid in enumerate(theirs) if pid is not None])
+            codes = _labels([ids[i] for i in queries] + [theirs[j] for j in labelled])
+            both = reid.Images(tuple(f"release/{names[i]}" for i in queries)
+                               + tuple(f"other/{against.images.names[j]}" for j in labelled),
+                               np.concatenate([release.images.pixels[queries], against.images.pixels[labelled]]))
+            features = linkage.features_for(both, np.concatenate([embeddings[queries], gallery[labelled]]), attacks)
+            q = len(queries)
+            panels["against"] = linkage.against_panel({k: v[:q] for k, v in features.items()},
+                                                      {k: v[q:] for k, v in features.items()}, codes[:q], codes[q:],
+                                                      n_bootstrap=n_bootstrap, seed=seed)
+            kind = max(panels["against"]["attacks"],
+                       key=lambda k: panels["against"]["attacks"][k]["precision_at_1"])
+            top_pairs["against"] = {"attack": kind, "pairs": _names_of(
+                panels["against"]["attacks"][kind]["nearest"], [names[i] for i in queries],
+                [against.images.names[j] for j in labelled], [ids[i] for i in queries],
+                [theirs[j] for j in labelled], linkage.TOP_PAIRS)}
+    for panel in panels.values():
+        for figures in panel["attacks"].values():
+            figures.pop("nearest", None)
+    result["verdict"] = linkage.verdict(panels, not_scored)
+    result["attack_panel"] = {**panels, "labels": linkage.LABELS,
+                              "attack_names": {k: linkage.AUDIT_ATTACKS[k] for k in attacks},
+                              "n_bootstrap": n_bootstrap}
+    result["most_linked_pairs"] = top_pairs
+
+
+def _link(release: Release, embeddings: np.ndarray, other: Release, gallery: np.ndarray, key) -> dict:
+    """Each release image's nearest images in ``other`` (its embeddings ``gallery``); by patient id over the
+    images that carry one."""
     k = min(5, len(gallery))
     distances, indices = nearest_neighbours(embeddings, gallery, k)
     out = {"folder": str(other.folder), "images": len(gallery), "files_without_patient_id": other.without_patient_id,
