@@ -169,6 +169,7 @@ def _audit(args: argparse.Namespace) -> None:
     json_path, html_path = write_report(result, release, args.out or Path(args.data_dir).with_name(
         Path(args.data_dir).name + "_audit"))
     print(f"{result['images']} images audited in {result['seconds']:.1f} s ({len(result['unreadable'])} unreadable)")
+    print(f"VERDICT: {result['verdict']['text']}")
     if result["manifests_in_release"]:
         print(f"WARNING: {args.data_dir} holds cxrlib anonymize manifests "
               f"({', '.join(result['manifests_in_release'])}), which map outputs to inputs: move them out before "

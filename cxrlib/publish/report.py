@@ -109,10 +109,15 @@ def _pairs_figure(release: Release, result: dict, count: int = 6) -> str:
 
 def _cards(result: dict) -> list[tuple[str, str]]:
     cards = [(f"{result['images']}", "images audited")]
+    worst = result.get("verdict", {}).get("headline")
+    if worst:
+        cards.append((f"{worst['precision_at_1']:.1%}", f"worst-case P@1 ({worst['attack']}, {worst['scope']}); "
+                                                         f"chance {worst['chance']:.1%}"))
     if "retrieval" in result:
         r = result["retrieval"]
-        cards += [(f"{r['precision_at_1']:.1%}", "P@1: nearest image is the same patient"),
-                  (f"{r['map_at_r']:.3f}", "mAP@R"),
+        cards += [(f"{r['precision_at_1']:.1%}", "network P@1: nearest image is the same patient"),
+                  (f"{r['map_at_r']:.3f}", "mAP@R: how completely a patient's other images come first (1: all)"),
+                  (f"{r['r_precision']:.3f}", "R-precision: share of the same patient among the R nearest"),
                   (f"{result['patients_relinked']:.1%}", f"of {result['patients_with_followups']} patients with "
                                                           "follow-ups re-linked")]
     if "against" in result and "top1" in result["against"]:
@@ -144,12 +149,69 @@ def _without_ids(names: list[str], where: str) -> str:
             f"id-based figures: {html.escape(shown)}.</p>")
 
 
+def read_this_first(result: dict) -> str:
+    """The first box's text, following the verdict (never "a low score" when the score is high)."""
+    v = result.get("verdict", {})
+    if v.get("verdict") == "linkable":
+        return ("This release is linkable: at least one attack of the panel re-identifies patients well above "
+                "chance (the verdict above names it). Do not publish it as anonymous; a stronger method or fewer "
+                "images per patient is needed, and another attack may link still more.")
+    if v.get("verdict") == "no linkage found":
+        return (f"No attack of the panel of {len(v.get('attacks', []))} linked patients beyond the verdict's margin "
+                "of chance. " + CAVEAT)
+    return ("Linkage was not scored: without patient ids the audit cannot measure re-identification, only "
+            "distances. " + CAVEAT)
+
+
+def _verdict_box(result: dict) -> str:
+    v = result.get("verdict")
+    if not v:
+        return ""
+    colour = {"linkable": "#c0392b", "no linkage found": "#1e8449"}.get(v["verdict"], "#777")
+    return (f"<div class='caveat' style='border-left-color:{colour}'><b>Verdict: {html.escape(v['verdict'])}.</b> "
+            f"{html.escape(v['text'])}<br><span class='muted'>Scale: {html.escape(v['scale'])}.</span></div>")
+
+
+def _panel_table(panel: dict, names: dict) -> str:
+    chance = panel["chance"]
+    rows = []
+    for kind, f in panel["attacks"].items():
+        p1 = f"{f['precision_at_1']:.1%} ({f['precision_at_1_ci'][0]:.1%}-{f['precision_at_1_ci'][1]:.1%})"
+        auc = f"{f['auc']:.3f} ({f['auc_ci'][0]:.3f}-{f['auc_ci'][1]:.3f})" if "auc" in f else "-"
+        rows.append((names.get(kind, kind), p1, f"{chance['precision_at_1']:.1%}",
+                     f"{f['map_at_r']:.3f}" if "map_at_r" in f else "-",
+                     f"{f['r_precision']:.3f}" if "r_precision" in f else "-", auc, "0.5"))
+    return _table(rows, ("attack", "P@1 (95 % CI)", "P@1 chance", "mAP@R", "R-precision", "AUC (95 % CI)",
+                         "AUC chance"))
+
+
+def _panel_section(result: dict) -> list[str]:
+    panel = result.get("attack_panel")
+    if not panel:
+        return []
+    parts = ["<h2>Linkage attacks: the panel</h2>",
+             "<p class='muted'>Every attack is run; the verdict reads the strongest (the worst case). "
+             + " &middot; ".join(html.escape(v) for v in panel["labels"].values()) + "</p>"]
+    for scope, title in (("internal", "within the release"), ("against", "against the other set")):
+        if scope in panel:
+            p = panel[scope]
+            parts.append(f"<h3>{title}: {p['queries']} queries, gallery of {p['gallery']} images</h3>")
+            parts.append(_panel_table(p, panel["attack_names"]))
+    for scope, pairs in result.get("most_linked_pairs", {}).items():
+        parts.append(f"<h3>Most linked pairs ({html.escape(scope)}, attack "
+                     f"{html.escape(panel['attack_names'].get(pairs['attack'], pairs['attack']))})</h3>")
+        parts.append(_table([(r["image"], r["nearest"], f"{r['distance']:.4f}",
+                              {True: "yes", False: "no", None: "unknown"}[r["same_patient"]])
+                             for r in pairs["pairs"]], ("image", "nearest", "distance", "same patient")))
+    return parts
+
+
 def render_html(result: dict, release: Release) -> str:
     parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>cxrlib audit</title><style>{_STYLE}</style>"
              "</head><body>", "<h1>Re-identification risk audit</h1>",
              f"<p class='muted'>{html.escape(result['folder'])} &middot; model {html.escape(result.get('model', ''))}"
-             f" &middot; {result['seconds']:.1f} s</p>",
-             f"<div class='caveat'><b>Read this first.</b> {html.escape(CAVEAT)}</div>",
+             f" &middot; {result['seconds']:.1f} s</p>", _verdict_box(result),
+             f"<div class='caveat'><b>Read this first.</b> {html.escape(read_this_first(result))}</div>",
              "<div class='cards'>" + "".join(f"<div class='card'><div class='v'>{html.escape(v)}</div>"
                                              f"<div class='k'>{html.escape(k)}</div></div>"
                                              for v, k in _cards(result)) + "</div>"]
@@ -170,6 +232,7 @@ def render_html(result: dict, release: Release) -> str:
                      "show how close images lie, and the suspected clusters list images the network puts "
                      "together.</p>")
     parts.append(_without_ids(result.get("files_without_patient_id", []), "this folder"))
+    parts += _panel_section(result)
     parts.append(f"<img alt='nearest-neighbour distances' src='{_distance_figure(result)}'>")
     if result.get("roc"):
         parts.append(f"<img alt='ROC' src='{_roc_figure(result['roc'])}'>")
@@ -180,8 +243,8 @@ def render_html(result: dict, release: Release) -> str:
     parts.append(f"<h2>Suspected same-patient clusters</h2><p>{clusters['count']} groups of images closer than "
                  f"{clusters['link_distance']:.3f} to each other ({html.escape(clusters['chosen'])}).</p>")
     if clusters["clusters"]:
-        parts.append(_table([(len(c), ", ".join(Path(n).name for n in c[:6]) + (" ..." if len(c) > 6 else ""))
-                             for c in clusters["clusters"][:10]], ("images", "files")))
+        parts.append(_table([(len(c), ", ".join(c[:12]) + (" ..." if len(c) > 12 else ""))
+                             for c in clusters["clusters"][:50]], ("images", "files")))
     if "against" in result:
         a = result["against"]
         parts.append(f"<h2>Linkage attack against {html.escape(a['folder'])}</h2>")
@@ -211,8 +274,10 @@ def render_html(result: dict, release: Release) -> str:
     bt = result["burned_in_text"]
     parts.append(f"<h2>Pixels</h2><p>Suspected burned-in text in {bt['images_with_text']} images "
                  f"({bt['regions']} regions). Near-duplicate image pairs: {len(result['near_duplicates'])}.</p>")
+    if bt.get("files"):
+        parts.append("<p>Files with suspected burned-in text:</p>" + _table([(n,) for n in bt["files"]], ("file",)))
     if result["near_duplicates"]:
-        parts.append(_table([tuple(Path(n).name for n in p) for p in result["near_duplicates"][:10]],
+        parts.append(_table([tuple(n for n in p) for p in result["near_duplicates"]],
                             ("image", "near-duplicate of")))
     if result["unreadable"]:
         parts.append("<h2>Files not audited</h2>" + _table(result["unreadable"][:20], ("file", "why")))
@@ -223,7 +288,9 @@ def render_html(result: dict, release: Release) -> str:
 def write_report(result: dict, release: Release, out_dir: str | Path) -> tuple[Path, Path]:
     """``audit.json`` and ``audit.html`` in ``out_dir`` (written atomically)."""
     out_dir = Path(out_dir)
-    json_path = write_json(out_dir / "audit.json", {**result, "caveat": CAVEAT})
+    # the verdict first: a reader of the JSON sees it before any figure
+    ordered = {"verdict": result.get("verdict"), "read_this_first": read_this_first(result), **result}
+    json_path = write_json(out_dir / "audit.json", {**ordered, "caveat": CAVEAT})
     html_path = out_dir / "audit.html"
     tmp = html_path.with_name(html_path.name + ".partial")
     tmp.write_text(render_html(result, release))
