@@ -60,12 +60,13 @@ def partial_path(path: Path) -> Path:
     return path.with_name(f"{path.name}.{os.getpid()}.partial")
 
 
-def write_json(path: str | Path, payload: Any) -> Path:
-    """Write JSON atomically (temporary file, then rename)."""
+def write_json(path: str | Path, payload: Any, *, sort_keys: bool = True) -> Path:
+    """Write JSON atomically (temporary file, then rename); keys sorted unless ``sort_keys`` is False
+    (a report that puts its verdict first)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = partial_path(path)
-    tmp.write_text(json.dumps(payload, indent=2, sort_keys=True, default=_jsonable) + "\n")
+    tmp.write_text(json.dumps(payload, indent=2, sort_keys=sort_keys, default=_jsonable) + "\n")
     os.replace(tmp, path)
     return path
 

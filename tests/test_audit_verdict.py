@@ -139,7 +139,9 @@ def test_real_sample_release_is_linkable_to_its_export(trained, tmp_path, method
         print(f"  against {kind}: P@1 {f['precision_at_1']:.3f} {f['precision_at_1_ci']}, AUC {f.get('auc')}")
     print(f"  chance {result['attack_panel']['against']['chance']}")
     assert verdict["verdict"] == "linkable"
-    assert worst["value"] >= 0.5 and worst["value"] >= 20 * worst["chance"]
+    # the first 200 images of the sample hold few patients, so chance is high here (about 16 %)
+    assert worst["value"] >= 0.5 and worst["value"] >= 4 * worst["chance"]
+    assert worst["ci"][0] > worst["chance"] + 0.2
     plain = _plain_block_means_p1(release, export, key, result["image_size"])
     assert worst["value"] >= plain - 1e-9, (worst, plain)
     page = (out / "audit.html").read_text()

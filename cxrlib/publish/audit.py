@@ -16,8 +16,15 @@ project's retrieval network and reports
 * header findings (Table E.1-1 attributes still present, private tags), suspected burned-in text,
   near-duplicate images, and anonymize's manifests left in the folder (they map outputs to inputs).
 
+* the panel of linkage attacks (:mod:`cxrlib.publish.linkage`): the network and every training-free attack,
+  internally and ``against``, each figure beside its chance level, and the verdict (``linkable``, ``no
+  linkage found``, ``not scored``) from the worst case over the panel; the suspected-link threshold is
+  calibrated on different-patient distances where ids are known, and said to be uncalibrated where not;
+  the files with suspected burned-in text and the most linked pairs, by name.
+
 Nearest neighbours come from faiss (exact L2 search), so a large release is searched in minutes.
-A low linkage score from one model is evidence, not proof, of anonymity.
+A low linkage score from one model is evidence, not proof, of anonymity; the verdict reads the strongest
+of several attacks for that reason.
 """
 
 from __future__ import annotations

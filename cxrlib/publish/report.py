@@ -281,7 +281,7 @@ def render_html(result: dict, release: Release) -> str:
                             ("image", "near-duplicate of")))
     if result["unreadable"]:
         parts.append("<h2>Files not audited</h2>" + _table(result["unreadable"][:20], ("file", "why")))
-    parts.append("</body></html>")
+    parts.append(f"<p class='muted'>{html.escape(CAVEAT)}</p></body></html>")
     return "\n".join(parts)
 
 
@@ -290,7 +290,7 @@ def write_report(result: dict, release: Release, out_dir: str | Path) -> tuple[P
     out_dir = Path(out_dir)
     # the verdict first: a reader of the JSON sees it before any figure
     ordered = {"verdict": result.get("verdict"), "read_this_first": read_this_first(result), **result}
-    json_path = write_json(out_dir / "audit.json", {**ordered, "caveat": CAVEAT})
+    json_path = write_json(out_dir / "audit.json", {**ordered, "caveat": CAVEAT}, sort_keys=False)
     html_path = out_dir / "audit.html"
     tmp = html_path.with_name(html_path.name + ".partial")
     tmp.write_text(render_html(result, release))
