@@ -30,6 +30,9 @@ from cxrlib.data.pairs import (make_pairs, max_positive_pairs, official_pair_fil
 from cxrlib.pipeline import MAX_STEPS_VARIABLE
 from cxrlib.train import machine_description, uses_bf16
 
+#: images in the ChestX-ray14 release (Data_Entry_2017_v2020.csv)
+RELEASE_IMAGES = 112_120
+
 
 def project_root(start: Path | None = None) -> Path:
     """The checkout this code runs in: the nearest folder above ``start`` holding ``run_all.sh``."""
@@ -122,9 +125,10 @@ class Workspace:
 
     @property
     def is_chestxray14(self) -> bool:
-        """Real ChestX-ray14 (a folder without the phantom's ground truth), where the profile's
-        official validation rule and pair files apply."""
-        return not self.is_phantom and self.phantom_truth is None
+        """The whole ChestX-ray14 release (no phantom ground truth, all its images), where the profile's
+        official validation rule and pair files apply; a part of it (data/chestxray14-sample) has too
+        few images for either, so its validation split and pairs are drawn with the seed."""
+        return not self.is_phantom and self.phantom_truth is None and len(self.metadata) == RELEASE_IMAGES
 
     @cached_property
     def splits(self) -> Splits:
@@ -163,7 +167,8 @@ class Workspace:
         than asked (small phantoms), the balanced set is as large as it allows, and a warning says so.
         """
         frame = self.splits[split]
-        if self.is_chestxray14 and purpose in self.profile.data.official_pairs_for:
+        # a dry run's capped splits hold few of the pair files' images: it draws its pairs
+        if self.is_chestxray14 and purpose in self.profile.data.official_pairs_for and not self.profile.data.max_steps:
             path = official_pair_file(split)
             pairs = read_pair_file(path, known_images=frame["image"])
             if len(pairs) != n_pairs:

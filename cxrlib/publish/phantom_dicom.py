@@ -1,10 +1,14 @@
-"""The phantom as a hospital would export it: DX/CR DICOM files full of synthetic PHI.
+"""Radiographs as a hospital would export them: DX/CR DICOM files full of synthetic PHI.
 
-:func:`write_phantom_dicom` turns a phantom folder (PNGs with their burned-in text, metadata, ground
-truth) into ``OUT/images/*.dcm`` plus ``OUT/phi_truth.json``, the list of every identifying value
-planted in each file (names, ids, dates, UIDs, institution, physicians, device serials, accession
-numbers; at the top level, inside nested sequences and in private tags), and ``OUT/phantom_truth.csv``
-(the phantom's text boxes), so that anonymization is tested against known ground truth.
+:func:`write_synthetic_phi_dicom` turns any folder in the ChestX-ray14 layout (PNGs and their metadata:
+the phantom, the real release, a sample of it) into ``OUT/images/*.dcm`` plus ``OUT/phi_truth.json``,
+the list of every identifying value planted in each file (names, ids, dates, UIDs, institution,
+physicians, device serials, accession numbers; at the top level, inside nested sequences and in private
+tags), so that anonymization is tested against known ground truth. The PHI is drawn by this module from
+the seed and the metadata (sex, ages, view, follow-ups): on real radiographs every header value is
+synthetic and only the pixels are the folder's own. A phantom folder adds what only the phantom knows:
+its ``phantom_truth.csv`` (where text is burned into each image) is copied to ``OUT/phantom_truth.csv``.
+:func:`write_phantom_dicom` is the same for a phantom only (``cxrlib phantom --format dicom``).
 
 The pixels vary the way real exports do: PA views are DX, MONOCHROME2, 12 of 16 bits with a
 window; AP (bedside) views are CR, MONOCHROME1, 10 bits with a rescale slope.
@@ -157,7 +161,7 @@ def _dataset(row, person: dict, rng: np.random.Generator, pixels: np.ndarray):
         stored = (pixels.astype(np.uint16) * 16 + 8).astype(np.uint16)
         ds.PhotometricInterpretation, ds.BitsStored, ds.HighBit = "MONOCHROME2", 12, 11
         ds.WindowCenter, ds.WindowWidth = 2048, 4096
-    ds.ImagerPixelSpacing = [float(row["spacing_x"]), float(row["spacing_y"])]
+    ds.ImagerPixelSpacing = imager_pixel_spacing(row, pixels.shape)
     ds.BurnedInAnnotation = "YES"
     ds.PixelData = stored.tobytes()
     meta = FileMetaDataset()
@@ -177,22 +181,29 @@ def _dataset(row, person: dict, rng: np.random.Generator, pixels: np.ndarray):
     return ds, planted, date
 
 
-def write_phantom_dicom(phantom_dir: str | Path, out_dir: str | Path, *, seed: int = 0,
-                        images: Sequence[str] | None = None, overwrite: bool = False,
-                        progress: bool | None = None) -> Path:
-    """Write the phantom at ``phantom_dir`` (or only its ``images``) as DICOM into ``out_dir`` (see the
-    module docstring)."""
-    phantom_dir, out_dir = Path(phantom_dir), Path(out_dir)
+def imager_pixel_spacing(row, shape: tuple[int, int]) -> list[str]:
+    """DICOM's (row, column) spacing in mm of ``shape`` pixels: the metadata's spacing describes the
+    original size (``width`` x ``height``), which real copies are often resized from (the sample's 64 px)."""
+    rows, columns = shape
+    return [f"{float(row['spacing_y']) * float(row['height']) / rows:.10g}",
+            f"{float(row['spacing_x']) * float(row['width']) / columns:.10g}"]
+
+
+def write_synthetic_phi_dicom(data_dir: str | Path, out_dir: str | Path, *, seed: int = 0,
+                              images: Sequence[str] | None = None, overwrite: bool = False,
+                              progress: bool | None = None) -> Path:
+    """Write the radiographs of the ChestX-ray14-layout folder ``data_dir`` (or only its ``images``) as
+    DICOM with synthetic PHI into ``out_dir``; a phantom's ``phantom_truth.csv`` is copied beside them
+    (see the module docstring)."""
+    data_dir, out_dir = Path(data_dir), Path(out_dir)
     if out_dir.exists() and not overwrite:
         raise FileExistsError(f"{out_dir} exists; pass overwrite=True (--overwrite) to replace it")
-    truth_csv = phantom_dir / PHANTOM_TRUTH
-    if not truth_csv.is_file():
-        raise DataError(phantom_dir, f"not a phantom folder (no {PHANTOM_TRUTH})")
-    meta = read_metadata(find_metadata_file(phantom_dir))
+    meta = read_metadata(find_metadata_file(data_dir))
     if images is not None:
         unknown = sorted(set(images) - set(meta["image"]))
         if unknown:
-            raise DataError(phantom_dir, f"{len(unknown)} requested image(s) are not in this phantom, e.g. {unknown[:3]}")
+            raise DataError(find_metadata_file(data_dir),
+                            f"{len(unknown)} requested image(s) are not in its metadata, e.g. {unknown[:3]}")
         meta = meta[meta["image"].isin(set(images))]
     rng = np.random.default_rng(seed)
     people = _patients(meta, rng)
@@ -201,7 +212,7 @@ def write_phantom_dicom(phantom_dir: str | Path, out_dir: str | Path, *, seed: i
     (partial / "images").mkdir(parents=True)
     truth = {"files": {}, "patients": {}}
     rows = list(meta.itertuples(index=False))
-    locate = ImageLocator(phantom_dir)  # the flat layout or the release's images_00X/images/
+    locate = ImageLocator(data_dir)  # the flat layout or the release's images_00X/images/
     for row in tqdm(rows, desc="writing DICOM", unit="image", disable=progress is False, leave=False):
         row = row._asdict()
         person = people[int(row["patient_id"])]
@@ -209,13 +220,26 @@ def write_phantom_dicom(phantom_dir: str | Path, out_dir: str | Path, *, seed: i
         ds, planted, date = _dataset(row, person, rng, pixels)
         name = f"images/{Path(row['image']).stem}.dcm"
         atomic_write_bytes(partial / name, dicom_bytes(ds))
-        truth["files"][name] = {**planted, "phantom_image": row["image"], "study_date": date,
+        truth["files"][name] = {**planted, "source_image": row["image"], "study_date": date,
                                 "patient_id": person["PatientID"]}
     for pid, person in people.items():
-        truth["patients"][person["PatientID"]] = {"phantom_patient": pid, "name": person["PatientName"]}
+        truth["patients"][person["PatientID"]] = {"source_patient": pid, "name": person["PatientName"]}
     (partial / "phi_truth.json").write_text(json.dumps(truth, indent=1, sort_keys=True))
-    shutil.copy2(truth_csv, partial / PHANTOM_TRUTH)
+    if (data_dir / PHANTOM_TRUTH).is_file():
+        shutil.copy2(data_dir / PHANTOM_TRUTH, partial / PHANTOM_TRUTH)
     if out_dir.exists():
         shutil.rmtree(out_dir)
     partial.rename(out_dir)
     return out_dir
+
+
+def write_phantom_dicom(phantom_dir: str | Path, out_dir: str | Path, *, seed: int = 0,
+                        images: Sequence[str] | None = None, overwrite: bool = False,
+                        progress: bool | None = None) -> Path:
+    """:func:`write_synthetic_phi_dicom` for a phantom folder only, so that its text-box truth always comes
+    along (``cxrlib phantom --format dicom``); a folder without ``phantom_truth.csv`` is an error."""
+    if not (Path(phantom_dir) / PHANTOM_TRUTH).is_file():
+        raise DataError(phantom_dir, f"not a phantom folder (no {PHANTOM_TRUTH}); "
+                                     "write_synthetic_phi_dicom writes any ChestX-ray14 folder")
+    return write_synthetic_phi_dicom(phantom_dir, out_dir, seed=seed, images=images, overwrite=overwrite,
+                                     progress=progress)
