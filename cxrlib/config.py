@@ -212,6 +212,25 @@ class SynthesisConfig:
 
 
 @dataclass(frozen=True)
+class TransferConfig:
+    """Notebook 06's transfer test (:mod:`cxrlib.transfer`): the siamese network, the retrieval network
+    and the classifier trained on the real sample (data/chestxray14-sample) from scratch and fine-tuned
+    from the phantom's models, in ``folds`` folds by patient. Each network keeps its own section's recipe
+    (architecture, optimizer, batch size, patience); these fields only cap what one fold may cost, the
+    same for both starts. None keeps the section's own value."""
+
+    folds: int = 5
+    #: the siamese network's epoch cap (its section's ``max_epochs``) and training pairs per epoch
+    #: (``train_pairs``; fewer when the fold's patients allow fewer)
+    verification_epochs: int | None = None
+    verification_pairs: int | None = None
+    #: the retrieval network's epochs after its frozen ones (its section's ``unfrozen_epochs``)
+    retrieval_epochs: int | None = None
+    #: the classifier's epoch cap (its section's ``max_epochs``)
+    classifier_epochs: int | None = None
+
+
+@dataclass(frozen=True)
 class Profile:
     name: str
     data: DataConfig
@@ -221,6 +240,7 @@ class Profile:
     anonymization: AnonymizationConfig = field(default_factory=AnonymizationConfig)
     evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
     synthesis: SynthesisConfig = field(default_factory=SynthesisConfig)
+    transfer: TransferConfig = field(default_factory=TransferConfig)
     #: the phantom's seed, part of the data (its folder name carries it); training, pairs and sampling
     #: draw from the workspace's seed instead (``run_all.sh --seed``), so one phantom serves many seeds
     seed: int = 42
@@ -346,6 +366,17 @@ def _cpu() -> Profile:
             unet_lr=1e-3, unet_ema_decay=0.999, patience=3, min_improvement=0.01, batch_size=16,
             sampling_steps=15, samples_per_class=6, max_retries=5,
         ),
+        # the transfer test of notebook 06 on the real sample (800 training and validation images per fold),
+        # in CPU seconds of one thread on an AMD EPYC (2 cores shared with other work): at the sections' own
+        # budgets one fold of one start costs about 17 s per siamese epoch of 2,400 pairs (up to 15), 2 s per
+        # retrieval epoch (8) and 2.2 s per classifier epoch (up to 30), some 3,000 s for 5 folds x 2 starts,
+        # against the 400 s the cpu run has to spare. Epochs and pairs were cut, the 5 folds kept: a fold of
+        # one start now costs 11-17 s (siamese: 3 epochs of 600 pairs), 5-7 s (retrieval: 3 epochs) and
+        # 7-9 s (classifier: 4 epochs), the whole test 288 s, the notebook 305 s (343 s wall). From scratch
+        # the networks are short of what the sample can teach (siamese AUC 0.64, 3 epochs against 2 epochs
+        # of 2,400 pairs: 0.73 on one fold); both starts get the same budget.
+        transfer=TransferConfig(folds=5, verification_epochs=3, verification_pairs=600, retrieval_epochs=3,
+                                classifier_epochs=4),
     )
 
 
@@ -382,6 +413,8 @@ def _smoke() -> Profile:
             unet_channels=(16, 32), unet_layers_per_block=1, unet_epochs=1, unet_lr=1e-3, unet_ema_decay=0.9,
             sampling_steps=4, samples_per_class=2, batch_size=16, max_retries=2,
         ),
+        # the fewest folds a k-fold has; every network one epoch, as in its section
+        transfer=TransferConfig(folds=2),
     )
 
 
@@ -398,10 +431,11 @@ def dry_run(profile: Profile, max_steps: int) -> Profile:
 
     Architectures, image sizes and all other settings stay as they are; what changes: every training
     runs one epoch (both retrieval phases when the profile has both); loops over runs, mu values,
-    DP-Pix cells, DDIM steps and sampler retries run at most ``max_steps`` times; batches are capped
-    at :data:`DRY_RUN_BATCH` (a warning names the ones that were); samples per class and synthetic
-    images are as few as fill ``max_steps`` batches. ``Workspace`` caps every split and the pairs to
-    ``max_steps`` batches, so every epoch and evaluation pass is at most ``max_steps`` steps.
+    DP-Pix cells, DDIM steps, sampler retries and transfer folds (at least two) run at most
+    ``max_steps`` times; batches are capped at :data:`DRY_RUN_BATCH` (a warning names the ones that
+    were); samples per class and synthetic images are as few as fill ``max_steps`` batches.
+    ``Workspace`` (and :func:`cxrlib.transfer.transfer_test`, each fold's parts) caps every split and
+    the pairs to ``max_steps`` batches, so every epoch and evaluation pass is at most ``max_steps`` steps.
     """
     if max_steps < 1:
         raise ValueError(f"max_steps must be at least 1, got {max_steps}")
@@ -435,6 +469,9 @@ def dry_run(profile: Profile, max_steps: int) -> Profile:
                                          max_retries=min(s.max_retries, max_steps),
                                          samples_per_class=1, synthetic_images=max_steps * batch,
                                          batch_size=small("synthesis", "batch_size")),
+        # the transfer test's k-fold loop: two folds, the fewest a k-fold has
+        "transfer": dataclasses.replace(profile.transfer, folds=max(2, min(profile.transfer.folds, max_steps)),
+                                        verification_epochs=1, retrieval_epochs=1, classifier_epochs=1),
     }
     if capped:
         warnings.warn(f"dry run ({max_steps} steps per loop): batch sizes capped at {batch} "
