@@ -315,7 +315,7 @@ def identity_profile_block(results: Results) -> str | None:
     """The phantom held against real radiographs: each training-free cue's AUC with its patient-bootstrap
     CI on both (notebook 00, :func:`cxrlib.attacks.identity_profile`)."""
     profiles = results.get("data", {}).get("identity_profiles")
-    if not profiles:
+    if not profiles or len(profiles) < 2:  # real data with no phantom to hold it against
         return None
     from cxrlib.attacks import IdentityProfile
 

@@ -30,6 +30,7 @@ from cxrlib.data.pairs import (make_pairs, max_positive_pairs, official_pair_fil
 from cxrlib.pipeline import MAX_STEPS_VARIABLE
 from cxrlib.train import machine_description, uses_bf16
 
+
 #: images in the ChestX-ray14 release (Data_Entry_2017_v2020.csv)
 RELEASE_IMAGES = 112_120
 
@@ -64,6 +65,15 @@ def ensure_phantom(profile: Profile, root: Path | None = None, progress: bool | 
         generate_phantom(folder, n_patients=d.phantom_patients, size=d.image_size, seed=profile.seed,
                          max_followups=d.phantom_max_followups, progress=progress)
     return folder
+
+
+#: the real ChestX-ray14 sample shipped in the repository (its README: provenance, terms, citation)
+REAL_SAMPLE = Path("data") / "chestxray14-sample"
+
+
+def real_sample_dir(root: Path | None = None) -> Path:
+    """The shipped real sample's folder in the checkout."""
+    return (root or project_root()) / REAL_SAMPLE
 
 
 @dataclass(frozen=True)
@@ -114,6 +124,33 @@ class Workspace:
                  artifacts_dir=Path(artifacts_dir or root / "artifacts"), progress=progress)
         ws.metadata = read_metadata(find_metadata_file(folder))
         return ws
+
+    def phantom_and_real(self) -> tuple["Workspace | None", "Workspace"]:
+        """Workspaces of the profile's phantom and of real radiographs, for holding one against the
+        other: this one where it is either, and the shipped real sample where the data is the phantom.
+        On real data the phantom is None unless it was generated already: the ``paper`` profile's phantom
+        is 30,805 patients, not to be made as a side effect of looking at the release."""
+        def sibling(data_dir: str | Path) -> "Workspace":
+            return Workspace.open(self.profile, data_dir, seed=self.seed, results_dir=self.results_dir,
+                                  artifacts_dir=self.artifacts_dir, progress=self.progress)
+
+        if self.is_phantom:
+            return self, sibling(real_sample_dir())
+        return (sibling("") if phantom_dir(self.profile).is_dir() else None), self
+
+    def identity_profile(self, max_patients: int = 2000) -> Any:
+        """What identifies a patient without training on this data
+        (:func:`cxrlib.attacks.identity_profile` over at most ``max_patients`` patients with two or
+        more images, the first by id; CIs from the profile's bootstrap samples)."""
+        from cxrlib.attacks import identity_profile
+        from cxrlib.data.images import Images
+
+        counts = self.metadata.groupby("patient_id")["image"].transform("size")
+        several = self.metadata[counts >= 2]
+        kept = several[several["patient_id"].isin(several["patient_id"].drop_duplicates().sort_values()[:max_patients])]
+        name = "phantom" if self.is_phantom else self.data_dir.name
+        return identity_profile(Images.from_cache(self.cache, kept["image"]), kept, data=name,
+                                n_bootstrap=self.profile.evaluation.bootstrap_samples, seed=self.seed)
 
     # -- data -------------------------------------------------------------------------------------
     @property
