@@ -11,6 +11,7 @@ the AUC per finding, their mean, and a bootstrap 95 % CI of the mean (docs/paper
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -53,12 +54,15 @@ def make_optimizer(model: nn.Module, config: ClassifierConfig) -> torch.optim.Op
 
 def train_classifier(train_set: Dataset, val_set: Dataset, config: ClassifierConfig, *,
                      checkpoint_path: str | Path, seed: int, progress: bool | None = None,
-                     accelerator: Accelerator | None = None,
-                     num_workers: int = 0) -> tuple[Classifier, FitResult]:
-    """Build the classifier (initialized from ``seed``) and train it on ``(image, labels)`` datasets
-    with the shared loop; a finished checkpoint is reused. Returns the classifier and the FitResult."""
+                     accelerator: Accelerator | None = None, num_workers: int = 0,
+                     initial_weights: Mapping[str, torch.Tensor] | None = None) -> tuple[Classifier, FitResult]:
+    """Build the classifier (initialized from ``seed``, or from ``initial_weights``, a state dict to
+    fine-tune) and train it on ``(image, labels)`` datasets with the shared loop; a finished checkpoint
+    is reused. Returns the classifier and the FitResult."""
     seed_everything(seed)
     model = build_classifier(config)
+    if initial_weights is not None:
+        model.load_state_dict(initial_weights)
     return model, _train(model, train_set, val_set, config, checkpoint_path=checkpoint_path, seed=seed,
                          progress=progress, accelerator=accelerator, num_workers=num_workers)
 

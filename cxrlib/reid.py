@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -69,14 +69,18 @@ def verification_loss(model: torch.nn.Module, batch) -> torch.Tensor:
 
 def train_verification(train: Dataset, val: Dataset, config: VerificationConfig, *, seed: int,
                        checkpoint_path: str | Path, progress: bool | None = None,
-                       accelerator=None) -> tuple[SiameseNetwork, FitResult]:
+                       accelerator=None, initial_weights: Mapping[str, torch.Tensor] | None = None,
+                       ) -> tuple[SiameseNetwork, FitResult]:
     """Train (or load, when a finished checkpoint exists) the siamese network on pair datasets.
 
     ``train``/``val`` yield ``(x1, x2, label)`` (e.g. :class:`cxrlib.data.datasets.PairDataset`).
-    Adam, BCE-with-logits, early stopping on validation loss, as published.
+    Adam, BCE-with-logits, early stopping on validation loss, as published. ``initial_weights``: a state
+    dict to fine-tune from (the checkpoint's name should say so) instead of the random initialization.
     """
     seed_everything(seed)
     model = SiameseNetwork(config.backbone, config.pretrained, config.features)
+    if initial_weights is not None:
+        model.load_state_dict(initial_weights)
     train_loader = DataLoader(train, batch_size=config.batch_size, shuffle=True,
                               drop_last=len(train) > config.batch_size)
     val_loader = DataLoader(val, batch_size=config.batch_size)
@@ -346,7 +350,8 @@ def _sgd_without_decay_on_norms_and_biases(model: torch.nn.Module, config: Retri
 
 def train_retrieval(train: Dataset, val: Dataset, config: RetrievalConfig, *, seed: int,
                     checkpoint_path: str | Path, progress: bool | None = None,
-                    accelerator=None) -> tuple[RetrievalNetwork, list[FitResult]]:
+                    accelerator=None, initial_weights: Mapping[str, torch.Tensor] | None = None,
+                    ) -> tuple[RetrievalNetwork, list[FitResult]]:
     """Train (or load) the retrieval network: ``frozen_epochs`` on the head, then ``unfrozen_epochs``.
 
     ``train``/``val`` yield ``(image, patient_id)`` and have a ``patient_ids`` array (e.g.
@@ -354,9 +359,12 @@ def train_retrieval(train: Dataset, val: Dataset, config: RetrievalConfig, *, se
     :func:`retrieval_augmentation` as transform). Each phase: SGD with momentum, weight decay except
     on biases and norm layers, a OneCycle schedule run to its end, as published (the validation loss
     is recorded, not used to stop). Returns the network and one :class:`FitResult` per phase that ran.
+    ``initial_weights``: a state dict to fine-tune from instead of the random initialization.
     """
     seed_everything(seed)
     model = build_retrieval_network(config)
+    if initial_weights is not None:
+        model.load_state_dict(initial_weights)
     train_loader = DataLoader(train, batch_sampler=PatientBlockSampler(
         train.patient_ids, config.batch_size, config.images_per_patient, seed))
     val_loader = DataLoader(val, batch_sampler=PatientBlockSampler(

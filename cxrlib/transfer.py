@@ -32,22 +32,20 @@ The protocol (:func:`transfer_test`):
   folds' resampled AUCs. The gain of the phantom start (phantom minus scratch) gets its CI from the same
   resamples.
 
-The training functions take no initial weights; :func:`starting_from` is the one place that gives them
-some (their model builders return the pretrained weights while it is active).
+The phantom start hands its weights to the training functions (``initial_weights``), which fine-tune
+them with their own recipe.
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import hashlib
 import json
 import time
 import zlib
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
-from unittest import mock
 
 import numpy as np
 import pandas as pd
@@ -84,10 +82,8 @@ LABELS = {"verification": "siamese network", "retrieval": "retrieval network", "
 #: the real sample's folder inside the checkout (see its README for provenance and terms)
 SAMPLE_DIR = Path("data") / "chestxray14-sample"
 
-#: the profile section, and the model builder in the module of its training function, of each network
+#: the profile section of each network
 _SECTIONS = {"verification": "verification", "retrieval": "retrieval", "classifier": "classifier"}
-_BUILDERS = {"verification": (reid, "SiameseNetwork"), "retrieval": (reid, "build_retrieval_network"),
-             "classifier": (classify, "build_classifier")}
 
 
 def real_sample_dir(root: str | Path | None = None) -> Path:
@@ -189,28 +185,6 @@ def weights_digest(weights: Mapping[str, torch.Tensor]) -> str:
     digest.update(tensor_digest(*(weights[name] for name in sorted(weights))).encode())
     return digest.hexdigest()[:10]
 
-
-@contextlib.contextmanager
-def starting_from(network: str, weights: Mapping[str, torch.Tensor] | None) -> Iterator[None]:
-    """While active, the model builder that ``network``'s training function calls returns its model
-    with ``weights`` loaded (strictly: the architecture must match), so that
-    :func:`~cxrlib.reid.train_verification`, :func:`~cxrlib.reid.train_retrieval` and
-    :func:`~cxrlib.classify.train_classifier` fine-tune them with their own recipe. None: random weights,
-    as always. The builders run after the functions' ``seed_everything``, so both starts draw the same
-    data order."""
-    if weights is None:
-        yield
-        return
-    module, name = _BUILDERS[network]
-    build = getattr(module, name)
-
-    def build_pretrained(*args, **kwargs):
-        model = build(*args, **kwargs)
-        model.load_state_dict(weights)
-        return model
-
-    with mock.patch.object(module, name, build_pretrained):
-        yield
 
 
 # -- results ---------------------------------------------------------------------------------------
@@ -502,8 +476,7 @@ def transfer_test(data_dir: str | Path, profile: Profile, *, seed: int, artifact
                 name = f"{network}-{key}-{start}{'-' + digest if digest else ''}-fold{split.fold + 1}of{k}-seed{seed}"
                 path = Path(artifacts_dir) / profile.name / "transfer" / folder_key / name
                 path.parent.mkdir(parents=True, exist_ok=True)
-                with starting_from(network, weights):
-                    outcomes.append(_run_fold(network, split, configs[network], cache, seed, path, limit))
+                outcomes.append(_run_fold(network, split, configs[network], cache, seed, path, limit, weights))
                 bar.update(1)
             pooled, resamples[network, start] = _pool(network, outcomes, bootstrap, seed)
             results.append(NetworkResult(network=network, start=start,
@@ -533,7 +506,8 @@ def _gain(value: float, phantom: np.ndarray, scratch: np.ndarray) -> Estimate:
     return Estimate.from_resamples(value, phantom - scratch)
 
 
-def _run_fold(network: str, split: FoldSplit, config, cache, seed: int, path: Path, limit: int) -> _Outcome:
+def _run_fold(network: str, split: FoldSplit, config, cache, seed: int, path: Path, limit: int,
+              weights: Mapping[str, torch.Tensor] | None) -> _Outcome:
     started, started_cpu = time.perf_counter(), time.process_time()
     fold_seed = seed + split.fold
     test_images = Images.from_cache(cache, split.test["image"])
@@ -543,7 +517,8 @@ def _run_fold(network: str, split: FoldSplit, config, cache, seed: int, path: Pa
                  for part, wanted in (("train", config.train_pairs), ("val", config.val_pairs),
                                       ("test", config.test_pairs))}
         model, fit = reid.train_verification(PairDataset(cache, pairs["train"]), PairDataset(cache, pairs["val"]),
-                                             config, seed=fold_seed, checkpoint_path=path, progress=False)
+                                             config, seed=fold_seed, checkpoint_path=path, progress=False,
+                                             initial_weights=weights)
         fits = [fit]
         scores = reid.pair_scores(model, test_images, pairs["test"])
         patient = split.test.set_index("image")["patient_id"]
@@ -556,7 +531,7 @@ def _run_fold(network: str, split: FoldSplit, config, cache, seed: int, path: Pa
         model, fits = reid.train_retrieval(
             ImageDataset(cache, split.train, target="patient", transform=reid.retrieval_augmentation(config)),
             ImageDataset(cache, split.val, target="patient"), config, seed=fold_seed, checkpoint_path=path,
-            progress=False)
+            progress=False, initial_weights=weights)
         embeddings = reid.retrieval_embeddings(model, test_images)
         predictions = retrieval_by_patient(embeddings, test_ids)
         weights = predictions["queries"].to_numpy()
@@ -564,7 +539,8 @@ def _run_fold(network: str, split: FoldSplit, config, cache, seed: int, path: Pa
         metrics["queries"] = float(weights.sum())
     else:
         model, fit = classify.train_classifier(ImageDataset(cache, split.train), ImageDataset(cache, split.val),
-                                               config, seed=fold_seed, checkpoint_path=path, progress=False)
+                                               config, seed=fold_seed, checkpoint_path=path, progress=False,
+                                               initial_weights=weights)
         fits = [fit]
         scores, labels = classify.predict(model, ImageDataset(cache, split.test), progress=False)
         predictions = {"labels": labels, "scores": scores, "patients": split.test["patient_id"].to_numpy()}
@@ -610,6 +586,6 @@ def _pool(network: str, outcomes: list[_Outcome], bootstrap: int,
 
 
 __all__ = ["NETWORKS", "STARTS", "METRICS", "SAMPLE_DIR", "real_sample_dir", "patient_folds", "fold_splits",
-           "FoldSplit", "PretrainedModels", "starting_from", "weights_digest", "Estimate", "FoldResult",
+           "FoldSplit", "PretrainedModels", "weights_digest", "Estimate", "FoldResult",
            "NetworkResult", "TransferResult", "random_ranking_retrieval", "retrieval_by_patient",
            "network_configs", "transfer_test"]

@@ -67,15 +67,6 @@ def ensure_phantom(profile: Profile, root: Path | None = None, progress: bool | 
     return folder
 
 
-#: the real ChestX-ray14 sample shipped in the repository (its README: provenance, terms, citation)
-REAL_SAMPLE = Path("data") / "chestxray14-sample"
-
-
-def real_sample_dir(root: Path | None = None) -> Path:
-    """The shipped real sample's folder in the checkout."""
-    return (root or project_root()) / REAL_SAMPLE
-
-
 @dataclass(frozen=True)
 class Judges:
     """The frozen siamese network and classifier with the fits that made (or loaded) them."""
@@ -133,6 +124,8 @@ class Workspace:
         def sibling(data_dir: str | Path) -> "Workspace":
             return Workspace.open(self.profile, data_dir, seed=self.seed, results_dir=self.results_dir,
                                   artifacts_dir=self.artifacts_dir, progress=self.progress)
+
+        from cxrlib.transfer import real_sample_dir
 
         if self.is_phantom:
             return self, sibling(real_sample_dir())

@@ -19,7 +19,7 @@ from cxrlib.metrics import (multilabel_auc, patient_bootstrap_mean, patient_boot
                             retrieval_metrics)
 from cxrlib.transfer import (NETWORKS, STARTS, PretrainedModels, TransferResult, fold_splits, network_configs,
                              patient_folds, random_ranking_retrieval, real_sample_dir, retrieval_by_patient,
-                             starting_from, transfer_test, weights_digest)
+                             transfer_test, weights_digest)
 from tests.conftest import write_tiny_dataset
 
 
@@ -99,29 +99,6 @@ def test_patient_bootstraps_bracket_their_estimates_and_count_patients_not_image
     mean, spread = patient_bootstrap_mean(np.repeat(per_patient, 3), patients, n_samples=2000, seed=0)
     assert mean == pytest.approx(per_patient.mean())
     assert np.std(spread) == pytest.approx(per_patient.std() / math.sqrt(40), rel=0.15)
-
-
-def test_starting_from_gives_the_training_functions_pretrained_weights():
-    profile = load_profile("smoke")
-    configs = network_configs(profile)
-    builders = {"verification": lambda: reid.SiameseNetwork(configs["verification"].backbone, False,
-                                                            configs["verification"].features),
-                "retrieval": lambda: reid.build_retrieval_network(configs["retrieval"]),
-                "classifier": lambda: classify.build_classifier(configs["classifier"])}
-    for network, build in builders.items():
-        torch.manual_seed(1)
-        weights = build().state_dict()
-        with starting_from(network, weights):
-            torch.manual_seed(2)
-            loaded = build().state_dict()
-        torch.manual_seed(2)
-        fresh = build().state_dict()
-        assert all(torch.equal(loaded[k], weights[k]) for k in weights), network
-        assert any(not torch.equal(fresh[k], weights[k]) for k in weights), network
-        with starting_from(network, None):
-            torch.manual_seed(2)
-            unchanged = build().state_dict()
-        assert all(torch.equal(unchanged[k], fresh[k]) for k in fresh)
 
 
 @pytest.fixture(scope="module")
