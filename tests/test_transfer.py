@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import pathlib
 
 import numpy as np
 import pandas as pd
@@ -187,3 +188,17 @@ def test_scratch_only_without_pretrained_models_and_dry_run_budgets(tmp_path):
     assert isinstance(result.table(), pd.DataFrame)
     assert result.verdicts() == ["classifier: no phantom model, so from scratch only."]
     assert dataclasses.asdict(result)["budgets"] == {"classifier": {"max_epochs": 1, "patience": 1}}
+
+
+def test_the_figure_draws_a_ci_that_misses_its_value():
+    """A dry run's few resamples can give a percentile CI beside the pooled value (the paper dry run did)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    from cxrlib.plots.transfer import plot_transfer
+
+    result = TransferResult.load(pathlib.Path(__file__).resolve().parents[1] / "results" / "cpu" / "transfer.json")
+    first = result.networks[0]
+    metric, estimate = next(iter(first.pooled.items()))
+    shifted = dataclasses.replace(estimate, low=estimate.value + 0.01, high=estimate.value + 0.05)
+    moved = dataclasses.replace(first, pooled={**first.pooled, metric: shifted})
+    assert plot_transfer(dataclasses.replace(result, networks=[moved, *result.networks[1:]])).axes

@@ -28,7 +28,8 @@ def plot_transfer(result: TransferResult, title: str = "") -> plt.Figure:
             outcome = result.get(network, start)
             estimate = outcome.pooled[metric]
             if estimate.low is not None:
-                yerr = np.array([[estimate.value - estimate.low], [estimate.high - estimate.value]])
+                # a percentile CI of a few resamples (a dry run) need not hold the pooled value
+                yerr = np.clip(np.array([[estimate.value - estimate.low], [estimate.high - estimate.value]]), 0, None)
             else:
                 yerr = None
             ax.errorbar(x, estimate.value, yerr=yerr, fmt="o", ms=7, capsize=4, color=_COLOURS[start])
