@@ -352,9 +352,12 @@ KEY_FIGURES: dict[str, tuple[str, tuple[str, ...]]] = {
 
 
 def real_sample_block(results: Results) -> str | None:
-    """The reference run's key figures beside those of the real sample's run, when its folder is there."""
+    """The reference run's key figures beside those of the real sample's run, once that run has finished.
+
+    A finished run lists its files in ``outputs.txt``; a folder without it (a run in progress, or one
+    that failed) is left out, so the README never shows a half-written run's dashes."""
     folder = Path(results["directory"]).parent / REAL_SAMPLE_RESULTS
-    if Path(results["directory"]).name == REAL_SAMPLE_RESULTS or not folder.is_dir():
+    if Path(results["directory"]).name == REAL_SAMPLE_RESULTS or not (folder / "outputs.txt").is_file():
         return None
     sample = load_results(folder)
     rows = []
