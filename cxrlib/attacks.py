@@ -44,7 +44,7 @@ TRAINING_FREE_ATTACKS = {
 HISTOGRAM_QUANTILES = np.linspace(0.05, 0.95, 19)
 
 
-def _zscored(features: np.ndarray) -> np.ndarray:
+def zscored(features: np.ndarray) -> np.ndarray:
     return (features - features.mean(axis=0)) / np.maximum(features.std(axis=0), 1e-8)
 
 
@@ -69,7 +69,7 @@ def attack_features(images: Images, kind: str) -> np.ndarray:
         features = block_means(pixels, 8)
     else:
         raise ValueError(f"unknown attack {kind!r}; choose one of {', '.join(TRAINING_FREE_ATTACKS)}")
-    return _zscored(features)
+    return zscored(features)
 
 
 def distance_pair_scores(features, images: Images, pairs: pd.DataFrame) -> np.ndarray:

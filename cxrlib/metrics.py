@@ -284,17 +284,59 @@ def _per_class_auc(y_true: np.ndarray, y_score: np.ndarray) -> np.ndarray:
     return aucs
 
 
+def nearest_neighbours(queries, gallery=None, k: int = 1, *,
+                       own: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """The project's one k-NN: exact Euclidean search (faiss ``IndexFlatL2``), nearest first.
+
+    ``gallery`` None searches the queries among themselves and leaves each query's own row out. ``own``
+    (one gallery index per query, or -1) leaves that row out instead: the query's source image, when
+    the queries are anonymized versions of the gallery's images. Rows are left out by index, not by
+    being nearest, so an exact duplicate of a query still counts as a neighbour. ``k`` is capped at the
+    gallery's size (less the row left out). Returns (distances, indices), both (Q, k).
+    """
+    import faiss
+
+    queries = np.ascontiguousarray(_numpy(queries, "queries"), dtype=np.float32)
+    if gallery is None:
+        gallery, own = queries, np.arange(len(queries))
+    gallery = np.ascontiguousarray(_numpy(gallery, "gallery"), dtype=np.float32)
+    if queries.ndim != 2 or gallery.ndim != 2 or queries.shape[1] != gallery.shape[1]:
+        raise ValueError(f"queries {queries.shape} and gallery {gallery.shape} must be (N, D) with one D")
+    leave_out = own is not None
+    k = min(k, len(gallery) - leave_out)
+    if k < 1:
+        raise ValueError(f"need k >= 1 and a gallery with another row, got k = {k} and {len(gallery)} rows")
+    index = faiss.IndexFlatL2(gallery.shape[1])
+    index.add(gallery)
+    squared, indices = index.search(queries, k + leave_out)
+    distances = np.sqrt(np.maximum(squared, 0))
+    if leave_out:
+        excluded = indices == np.asarray(own)[:, None]
+        # the rows left out move to the end, the others keep their order
+        order = np.argsort(excluded, axis=1, kind="stable")[:, :k]
+        distances, indices = np.take_along_axis(distances, order, 1), np.take_along_axis(indices, order, 1)
+    return distances, indices
+
+
+class _NearestNeighboursKNN:
+    """:func:`nearest_neighbours` as pytorch-metric-learning's ``knn_func``, so its accuracy calculator
+    ranks with the project's one k-NN."""
+
+    def __call__(self, query, k, reference, ref_includes_query=False):
+        own = np.arange(len(query)) if ref_includes_query else None
+        distances, indices = nearest_neighbours(query, reference, k, own=own)
+        return torch.from_numpy(distances), torch.from_numpy(indices)
+
+
 def retrieval_metrics(embeddings, labels, *, normalize: bool = True) -> dict[str, float]:
     """mAP@R, R-precision and precision@1, querying every embedding against all the others.
 
     ``labels`` are identities (patient ids); queries whose identity occurs once are skipped, as in
-    pytorch-metric-learning. Neighbours by Euclidean distance, with a torch k-NN (no faiss needed),
-    between L2-normalized embeddings unless ``normalize`` is False (descriptors whose length carries
+    pytorch-metric-learning. Neighbours by Euclidean distance (:func:`nearest_neighbours`) between
+    L2-normalized embeddings unless ``normalize`` is False (descriptors whose length carries
     information, such as an image's mean and standard deviation).
     """
-    from pytorch_metric_learning.distances import LpDistance
     from pytorch_metric_learning.utils.accuracy_calculator import AccuracyCalculator
-    from pytorch_metric_learning.utils.inference import CustomKNN
 
     embeddings = torch.as_tensor(_numpy(embeddings, "embeddings"), dtype=torch.float32)
     labels = torch.as_tensor(_numpy(labels, "labels").astype(np.int64))
@@ -302,9 +344,10 @@ def retrieval_metrics(embeddings, labels, *, normalize: bool = True) -> dict[str
         raise ValueError(f"embeddings {tuple(embeddings.shape)} must be (N, D) with N = {len(labels)} labels")
     if len(torch.unique(labels)) == len(labels):
         raise ValueError("every identity occurs once: retrieval needs several images per patient")
+    if normalize:
+        embeddings = torch.nn.functional.normalize(embeddings, dim=1)
     calculator = AccuracyCalculator(include=tuple(_RETRIEVAL_METRICS), k="max_bin_count",
-                                    device=torch.device("cpu"),
-                                    knn_func=CustomKNN(LpDistance(normalize_embeddings=normalize)))
+                                    device=torch.device("cpu"), knn_func=_NearestNeighboursKNN())
     accuracy = calculator.get_accuracy(embeddings, labels)
     return {ours: float(accuracy[theirs]) for theirs, ours in _RETRIEVAL_METRICS.items()}
 

@@ -35,7 +35,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from cxrlib.attacks import TRAINING_FREE_ATTACKS, attack_features, distance_pair_scores
 from cxrlib.config import RetrievalConfig, VerificationConfig
 from cxrlib.data.images import Images, black_out_boxes  # noqa: F401  (black_out_boxes: part of reid's API)
-from cxrlib.metrics import retrieval_metrics, verification_metrics
+from cxrlib.metrics import nearest_neighbours, retrieval_metrics, verification_metrics
 from cxrlib.models.retrieval import RetrievalNetwork
 from cxrlib.models.siamese import SiameseNetwork
 from cxrlib.parallel import map_in_processes
@@ -435,16 +435,13 @@ def normalized(embeddings) -> np.ndarray:
 
 def nearest_matches(embeddings, k: int) -> tuple[np.ndarray, np.ndarray]:
     """Each row's ``k`` nearest other rows by distance of the L2-normalized embeddings (the ranking
-    :func:`cxrlib.metrics.retrieval_metrics` scores): (indices, distances), both (N, k), nearest first;
-    every other row when there are fewer than ``k`` (a dry run's gallery of a few images)."""
-    x = torch.from_numpy(normalized(embeddings))
+    :func:`cxrlib.metrics.retrieval_metrics` scores, with the same k-NN): (indices, distances), both
+    (N, k), nearest first; every other row when there are fewer than ``k`` (a dry run's few images)."""
+    x = normalized(embeddings)
     if k < 1 or len(x) < 2:
         raise ValueError(f"need k >= 1 and a gallery of at least 2 images, got k = {k} and {len(x)} images")
-    k = min(k, len(x) - 1)
-    distances = torch.cdist(x, x)
-    distances.fill_diagonal_(math.inf)  # never match a query with itself
-    top = torch.topk(distances, k, dim=1, largest=False)
-    return top.indices.numpy(), top.values.numpy()
+    distances, indices = nearest_neighbours(x, k=k)
+    return indices, distances
 
 
 def linkage_queries(patient_ids: Sequence[int], n: int, rng: np.random.Generator) -> np.ndarray:

@@ -15,6 +15,7 @@ from cxrlib import reid
 from cxrlib.attacks import TRAINING_FREE_ATTACKS, attack_features
 from cxrlib.cli import main
 from cxrlib.config import load_profile
+from cxrlib.linkage import LinkagePanel, p1_chance
 from cxrlib.publish import linkage
 from cxrlib.publish.audit import Release, audit_release
 from tests.test_publish_audit import trained  # noqa: F401  (the fixture: a retrieval network on a phantom)
@@ -61,8 +62,8 @@ def _panel(network, kind: str) -> dict:
 
 
 def _passes(result: dict, attack: str) -> bool:
-    panel = result["attack_panel"]["internal"]
-    return linkage._linkable(panel["attacks"][attack], panel["chance"])[0]
+    panel = LinkagePanel.from_json(result["attack_panel"]["internal"])
+    return linkage._linkable(panel[attack], panel.chance_precision_at_1)[0]
 
 
 #: attack -> (a case it must win, a case it must lose)
@@ -94,10 +95,10 @@ def test_all_attacks_of_the_library_are_in_the_panel():
 
 def test_chance_levels():
     labels = np.array([0, 0, 1, 1, 1, 2])
-    # inside the set: (n_p - 1) / (N - 1)
-    assert linkage.p1_chance(np.array([0, 1]), labels, internal=True) == pytest.approx([1 / 5, 2 / 5])
+    # the query's own row left out of the gallery: (n_p - 1) / (N - 1)
+    assert p1_chance(np.array([0, 1]), labels, own=np.array([0, 2])) == pytest.approx([1 / 5, 2 / 5])
     # against another set: n_p / N
-    assert linkage.p1_chance(np.array([0, 1]), labels, internal=False) == pytest.approx([2 / 6, 3 / 6])
+    assert p1_chance(np.array([0, 1]), labels, own=None) == pytest.approx([2 / 6, 3 / 6])
 
 
 def _real_release(tmp_path: Path, method: str, count: int = 200) -> tuple[Path, Path, Path]:

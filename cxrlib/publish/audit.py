@@ -22,7 +22,8 @@ project's retrieval network and reports
   calibrated on different-patient distances where ids are known, and said to be uncalibrated where not;
   the files with suspected burned-in text and the most linked pairs, by name.
 
-Nearest neighbours come from faiss (exact L2 search), so a large release is searched in minutes.
+Nearest neighbours come from the project's one k-NN (:func:`cxrlib.metrics.nearest_neighbours`, faiss exact L2
+search), so a large release is searched in minutes.
 A low linkage score from one model is evidence, not proof, of anonymity; the verdict reads the strongest
 of several attacks for that reason.
 """
@@ -45,7 +46,8 @@ from cxrlib import reid
 from cxrlib.artifacts import load_weights, read_sidecar
 from cxrlib.config import RetrievalConfig
 from cxrlib.data.chestxray14 import DataError, load_image
-from cxrlib.metrics import retrieval_metrics
+from cxrlib.linkage import linkage_panel
+from cxrlib.metrics import nearest_neighbours, retrieval_metrics
 from cxrlib.publish import burned_in, dicom, linkage
 from cxrlib.publish.batch import input_files, manifests_in
 from cxrlib.publish.deidentify import Pseudonymizer, header_findings, patient_id_in_name, patient_id_kind
@@ -156,26 +158,6 @@ def read_release(folder: str | Path, size: int, *, detect_text: bool = True,
     return Release(folder, reid.Images(tuple(names), np.stack(pixels)), ids, headers, text, unreadable, manifests)
 
 
-def nearest_neighbours(queries: np.ndarray, gallery: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Exact L2 k-NN (faiss): distances (Euclidean) and indices, (N, k) each."""
-    import faiss
-
-    index = faiss.IndexFlatL2(gallery.shape[1])
-    index.add(np.ascontiguousarray(gallery, dtype=np.float32))
-    distances, indices = index.search(np.ascontiguousarray(queries, dtype=np.float32), k)
-    return np.sqrt(np.maximum(distances, 0)), indices
-
-
-def _without_self(distances: np.ndarray, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Drop each query itself from its own neighbour list (the first hit that equals the query row)."""
-    rows = np.arange(len(indices))[:, None]
-    keep = indices != rows
-    # exact duplicates may come before the query itself: keep the first k-1 others in order
-    out_d = np.array([d[m][: indices.shape[1] - 1] for d, m in zip(distances, keep)])
-    out_i = np.array([i[m][: indices.shape[1] - 1] for i, m in zip(indices, keep)])
-    return out_d, out_i
-
-
 def _clusters(pairs: np.ndarray, n: int) -> list[list[int]]:
     from scipy.sparse import coo_matrix
     from scipy.sparse.csgraph import connected_components
@@ -231,7 +213,7 @@ def _internal_linkage(embeddings: np.ndarray, ids: Sequence[str | None], seed: i
         return {"linkage_not_scored": f"each of the {len(labels)} patients with an id has one image here: "
                                       "there is no other image of the same patient to find"}
     mine = embeddings[known]
-    distances, indices = _without_self(*nearest_neighbours(mine, mine, min(len(mine), 6)))
+    distances, indices = nearest_neighbours(mine, k=5)
     same_nn = labels[indices[:, 0]] == labels
     repeat = np.bincount(labels)[labels] > 1
     linked = {int(p) for p in labels[repeat & same_nn]}
@@ -254,8 +236,7 @@ def audit_release(release: Release, model: reid.RetrievalNetwork, *, against: Re
     device = next(model.parameters()).device
     embeddings = reid.embed_images(model, release.images, device=device, progress=progress).numpy()
     n = len(embeddings)
-    k = min(n, 6)
-    distances, indices = _without_self(*nearest_neighbours(embeddings, embeddings, k))
+    distances, indices = nearest_neighbours(embeddings, k=5)
     ids = release.patient_ids
     result: dict = {"folder": str(release.folder), "images": n, "unreadable": release.unreadable,
                     "patient_ids_known": any(pid is not None for pid in ids),
@@ -282,7 +263,7 @@ def audit_release(release: Release, model: reid.RetrievalNetwork, *, against: Re
                                     "clusters": [[release.images.names[i] for i in c] for c in clusters[:50]],
                                     "count": len(clusters), "images_in_clusters": int(sum(map(len, clusters)))}
     thumbs = _thumbnails(release.images)
-    thumb_d, thumb_i = _without_self(*nearest_neighbours(thumbs, thumbs, min(n, 2)))
+    thumb_d, thumb_i = nearest_neighbours(thumbs, k=1)
     # L2 over the thumbnail, as a mean absolute difference scale: sqrt(mean squared difference)
     rms = thumb_d[:, 0] / np.sqrt(thumbs.shape[1])
     duplicates = sorted({tuple(sorted((int(a), int(b)))) for a, b, d in zip(range(n), thumb_i[:, 0], rms)
@@ -316,9 +297,13 @@ def audit_release(release: Release, model: reid.RetrievalNetwork, *, against: Re
     return result
 
 
-def _names_of(kind_nearest: dict, query_names, gallery_names, query_ids, gallery_ids, count: int) -> list[dict]:
-    """The ``count`` closest (query, nearest gallery item) pairs of one attack, by name, each pair once."""
-    d, idx = kind_nearest["distance"], kind_nearest["index"]
+def _names_of(figures_or_nn, query_names, gallery_names, query_ids, gallery_ids, count: int) -> list[dict]:
+    """The ``count`` closest (query, nearest gallery item) pairs of one attack, by name, each pair once.
+    ``figures_or_nn``: an attack's :class:`cxrlib.linkage.AttackFigures` or ``(distances, indices)``."""
+    if isinstance(figures_or_nn, tuple):
+        d, idx = figures_or_nn
+    else:
+        d, idx = -figures_or_nn.nearest_score, figures_or_nn.nearest_index
     rows, seen = [], set()
     for q in np.argsort(d, kind="stable"):
         g = int(idx[q])
@@ -344,21 +329,18 @@ def _attack_panel(result: dict, release: Release, embeddings: np.ndarray, agains
     if "retrieval" in result:
         known = np.nonzero([pid is not None for pid in ids])[0]
         mine = reid.Images(tuple(names[i] for i in known), release.images.pixels[known])
-        features = linkage.features_for(mine, embeddings[known], attacks)
-        panels["internal"] = linkage.internal_panel(features, _labels([ids[i] for i in known]),
-                                                    n_bootstrap=n_bootstrap, seed=seed)
-        kind = max(panels["internal"]["attacks"],
-                   key=lambda k: panels["internal"]["attacks"][k]["precision_at_1"])
+        panels["internal"] = linkage_panel(linkage.audit_attacks(mine, embeddings[known], attacks),
+                                           _labels([ids[i] for i in known]), scope="internal",
+                                           n_bootstrap=n_bootstrap, seed=seed)
+        strongest = panels["internal"][panels["internal"].worst_case()["precision_at_1"].attack]
         known_names, known_ids = [names[i] for i in known], [ids[i] for i in known]
-        top_pairs["internal"] = {"attack": kind, "pairs": _names_of(
-            panels["internal"]["attacks"][kind]["nearest"], known_names, known_names, known_ids, known_ids,
-            linkage.TOP_PAIRS)}
+        top_pairs["internal"] = {"attack": strongest.attack, "pairs": _names_of(
+            strongest, known_names, known_names, known_ids, known_ids, linkage.TOP_PAIRS)}
     else:
         not_scored["internal"] = result.get("linkage_not_scored", "not scored")
         nn = result["nearest_neighbour"]
         top_pairs["internal"] = {"attack": linkage.NETWORK, "pairs": _names_of(
-            {"distance": np.asarray(nn["distance"]), "index": np.asarray(nn["index"])}, names, names, ids, ids,
-            linkage.TOP_PAIRS)}
+            (np.asarray(nn["distance"]), np.asarray(nn["index"])), names, names, ids, ids, linkage.TOP_PAIRS)}
     if against is not None:
         a = result["against"]
         if "linkage_not_scored" in a:
@@ -369,25 +351,19 @@ def _attack_panel(result: dict, release: Release, embeddings: np.ndarray, agains
             queries = np.array([i for i, pid in enumerate(ids) if pid in in_other])
             labelled = np.array([j for j, pid in enumerate(theirs) if pid is not None])
             codes = _labels([ids[i] for i in queries] + [theirs[j] for j in labelled])
-            both = reid.Images(tuple(f"release/{names[i]}" for i in queries)
-                               + tuple(f"other/{against.images.names[j]}" for j in labelled),
-                               np.concatenate([release.images.pixels[queries], against.images.pixels[labelled]]))
-            features = linkage.features_for(both, np.concatenate([embeddings[queries], gallery[labelled]]), attacks)
             q = len(queries)
-            panels["against"] = linkage.against_panel({k: v[:q] for k, v in features.items()},
-                                                      {k: v[q:] for k, v in features.items()}, codes[:q], codes[q:],
-                                                      n_bootstrap=n_bootstrap, seed=seed)
-            kind = max(panels["against"]["attacks"],
-                       key=lambda k: panels["against"]["attacks"][k]["precision_at_1"])
-            top_pairs["against"] = {"attack": kind, "pairs": _names_of(
-                panels["against"]["attacks"][kind]["nearest"], [names[i] for i in queries],
-                [against.images.names[j] for j in labelled], [ids[i] for i in queries],
-                [theirs[j] for j in labelled], linkage.TOP_PAIRS)}
-    for panel in panels.values():
-        for figures in panel["attacks"].values():
-            figures.pop("nearest", None)
+            mine = reid.Images(tuple(names[i] for i in queries), release.images.pixels[queries])
+            other = reid.Images(tuple(against.images.names[j] for j in labelled), against.images.pixels[labelled])
+            panels["against"] = linkage_panel(
+                linkage.audit_attacks(mine, embeddings[queries], attacks, other, gallery[labelled]),
+                codes[:q], codes[q:], scope="against", n_bootstrap=n_bootstrap, seed=seed)
+            strongest = panels["against"][panels["against"].worst_case()["precision_at_1"].attack]
+            top_pairs["against"] = {"attack": strongest.attack, "pairs": _names_of(
+                strongest, [names[i] for i in queries], [against.images.names[j] for j in labelled],
+                [ids[i] for i in queries], [theirs[j] for j in labelled], linkage.TOP_PAIRS)}
     result["verdict"] = linkage.verdict(panels, not_scored)
-    result["attack_panel"] = {**panels, "labels": linkage.LABELS,
+    result["attack_panel"] = {**{scope: panel.to_json() for scope, panel in panels.items()},
+                              "labels": linkage.LABELS,
                               "attack_names": {k: linkage.AUDIT_ATTACKS[k] for k in attacks},
                               "n_bootstrap": n_bootstrap}
     result["most_linked_pairs"] = top_pairs

@@ -169,7 +169,7 @@ def _verdict_box(result: dict) -> str:
         return ""
     colour = {"linkable": "#c0392b", "no linkage found": "#1e8449"}.get(v["verdict"], "#777")
     return (f"<div class='caveat' style='border-left-color:{colour}'><b>Verdict: {html.escape(v['verdict'])}.</b> "
-            f"{html.escape(v['text'])}<br><span class='muted'>Scale: {html.escape(v['scale'])}.</span></div>")
+            f"{html.escape(v.get('reason', v['text']))}<br><span class='muted'>Scale: {html.escape(v['scale'])}.</span></div>")
 
 
 def _panel_table(panel: dict, names: dict) -> str:
@@ -177,7 +177,7 @@ def _panel_table(panel: dict, names: dict) -> str:
     rows = []
     for kind, f in panel["attacks"].items():
         p1 = f"{f['precision_at_1']:.1%} ({f['precision_at_1_ci'][0]:.1%}-{f['precision_at_1_ci'][1]:.1%})"
-        auc = f"{f['auc']:.3f} ({f['auc_ci'][0]:.3f}-{f['auc_ci'][1]:.3f})" if "auc" in f else "-"
+        auc = f"{f['auc']:.3f} ({f['auc_ci'][0]:.3f}-{f['auc_ci'][1]:.3f})" if f.get("auc") == f.get("auc") else "-"
         rows.append((names.get(kind, kind), p1, f"{chance['precision_at_1']:.1%}",
                      f"{f['map_at_r']:.3f}" if "map_at_r" in f else "-",
                      f"{f['r_precision']:.3f}" if "r_precision" in f else "-", auc, "0.5"))
