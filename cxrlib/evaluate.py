@@ -47,13 +47,15 @@ from torchmetrics.image import PeakSignalNoiseRatio, StructuralSimilarityIndexMe
 
 from cxrlib.anonymize.base import Anonymizer
 from cxrlib.anonymize.flow_field import displacement_bound_pixels
-from cxrlib.artifacts import hash_tensor, write_json
+from cxrlib.artifacts import hash_tensor, load_weights, write_json
 from cxrlib.classify import evaluate_classifier
 from cxrlib.config import EvaluationConfig, VerificationConfig
 from cxrlib.data.cache import ImageCache
 from cxrlib.data.chestxray14 import LABELS
 from cxrlib.data.datasets import PairDataset
+from cxrlib.linkage import LinkagePanel, descriptor_attacks, linkage_panel, network_attacks
 from cxrlib.metrics import verification_metrics
+from cxrlib.models.siamese import SiameseNetwork
 from cxrlib.reid import (Images, VerificationExperiment, pair_scores, run_checkpoint,
                          verification_experiments)
 from cxrlib.train import default_device
@@ -101,6 +103,8 @@ class EvaluationSetup:
     seed: int
     #: attack runs trained side by side (:func:`cxrlib.reid.verification_experiments`)
     processes: int = 1
+    #: the retrieval network of notebook 01, a member of the attack panel when given
+    retrieval: nn.Module | None = None
 
     def __post_init__(self):
         if self.runs < 1:
@@ -124,7 +128,8 @@ class EvaluationSetup:
     def from_cache(cls, cache: ImageCache, *, train_pairs: pd.DataFrame, val_pairs: pd.DataFrame,
                    test_pairs: pd.DataFrame, test_meta: pd.DataFrame, siamese: nn.Module,
                    classifier: nn.Module, verification: VerificationConfig, evaluation: EvaluationConfig,
-                   directory: str | Path, seed: int, processes: int = 1) -> EvaluationSetup:
+                   directory: str | Path, seed: int, processes: int = 1,
+                   retrieval: nn.Module | None = None) -> EvaluationSetup:
         """A setup reading the images from ``cache``, the attacker and runs from the profile sections."""
         pairs = pd.concat([train_pairs, val_pairs, test_pairs])
         names = [*pairs["img1"], *pairs["img2"], *test_meta["image"]]
@@ -132,7 +137,7 @@ class EvaluationSetup:
                    test_pairs=test_pairs, test_meta=test_meta, siamese=siamese, classifier=classifier,
                    attack=attack_config(verification, evaluation), runs=evaluation.attack_runs,
                    bootstrap_samples=evaluation.bootstrap_samples, directory=Path(directory), seed=seed,
-                   processes=processes)
+                   processes=processes, retrieval=retrieval)
 
     def protocol(self) -> str:
         a = self.attack
@@ -149,6 +154,11 @@ class EvaluationSetup:
             f"Utility: the classifier trained on real images, frozen, on the {len(self.test_meta)} "
             f"anonymized test images; mean of the per-finding AUCs (findings without positive and negative "
             f"test images left out) with a {self.bootstrap_samples}-sample bootstrap 95 % CI. "
+            f"Attack panel: every anonymized test image searched among the original test images (its own "
+            f"source left out) by every attack of cxrlib.linkage -- the frozen siamese network"
+            f"{', the retrieval network' if self.retrieval is not None else ''}, the first re-trained "
+            f"attacker and the attacks that need no training -- with P@1 and AUC beside chance and "
+            f"{self.bootstrap_samples}-sample patient-bootstrap 95 % CIs; privacy is read from the worst case. "
             f"Fidelity: SSIM (mean over the test images) and PSNR (dB, from the mean squared error over all "
             f"test pixels) between the test images and their anonymized versions. "
             f"Every image is anonymized once, as a released dataset would be, and stored as 8-bit.")
@@ -222,6 +232,9 @@ def evaluation_key(anonymizer: Anonymizer, setup: EvaluationSetup) -> str:
         "siamese": state_digest(setup.siamese), "classifier": state_digest(setup.classifier),
         "attack": dataclasses.asdict(setup.attack), "runs": setup.runs, "processes": setup.processes,
         "bootstrap_samples": setup.bootstrap_samples, "seed": setup.seed,
+        "retrieval": None if setup.retrieval is None else state_digest(setup.retrieval),
+        # 2: results carry the attack panel (cxrlib.linkage); older cached results do not
+        "protocol_version": 2,
     }
     return hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
@@ -283,12 +296,14 @@ def evaluate_anonymizers(anonymizers: Sequence[Anonymizer], setup: EvaluationSet
                                    bootstrap_samples=setup.bootstrap_samples, seed=setup.seed)
         utility, _ = classifier_utility(setup.classifier, images, setup.test_meta,
                                         bootstrap_samples=setup.bootstrap_samples, seed=setup.seed, progress=progress)
+        panel = anonymization_panel(images, setup, retrained=[_attacker(experiment, setup.attack)])
         result = {
             "method": anonymizer.name, "params": anonymizer.params(), "label": anonymizer.describe(),
             "key": paths[index].stem.rpartition("-")[2], "protocol": setup.protocol(),
             "privacy": {
                 "attack_auc_mean": attack["mean"]["auc"], "attack_auc_std": attack["std"]["auc"],
                 "attack_runs": attack["runs"], "frozen_auc": frozen["auc"], "frozen_auc_ci": frozen.get("auc_ci"),
+                "panel": panel.to_json(),
             },
             "utility": {"mean_auc": utility["mean_auc"], "ci": utility.get("ci"),
                         "per_class": utility["per_class"], "excluded": utility["excluded"]},
@@ -305,6 +320,30 @@ def evaluate_anonymizers(anonymizers: Sequence[Anonymizer], setup: EvaluationSet
             weights.unlink(missing_ok=True)
             weights.with_suffix(".json").unlink(missing_ok=True)
     return [json.loads(path.read_text()) for path in paths]
+
+
+def _attacker(experiment: VerificationExperiment, config: VerificationConfig) -> nn.Module:
+    """The first re-trained attacker of an experiment (seed ``setup.seed``), loaded from its checkpoint."""
+    model = SiameseNetwork(config.backbone, False, config.features)
+    load_weights(model, run_checkpoint(experiment.checkpoint_path, 0))
+    return model.eval()
+
+
+def anonymization_panel(anonymized: Images, setup: EvaluationSetup, *, retrained: Sequence[nn.Module] = ()
+                        ) -> LinkagePanel:
+    """Every attack of the panel (:mod:`cxrlib.linkage`) on the classifier's test images: each anonymized
+    image searched among the originals, its own source left out (scope ``anonymized``): the attacker holds
+    real radiographs of the patients, as in the protocol's (anonymized, real) test pairs."""
+    if "patient_id" not in setup.test_meta.columns:
+        raise ValueError("the attack panel needs the test images' patient_id column in test_meta")
+    names = setup.test_meta["image"].tolist()
+    queries = Images(tuple(names), anonymized.pixels[anonymized.rows(names)])
+    gallery = Images(tuple(names), setup.images.pixels[setup.images.rows(names)])
+    attacks = [*network_attacks(queries, gallery, siamese=setup.siamese, retrieval=setup.retrieval,
+                                retrained=retrained),
+               *descriptor_attacks(queries, gallery)]
+    return linkage_panel(attacks, setup.test_meta["patient_id"].to_numpy(), setup.test_meta["patient_id"].to_numpy(),
+                         scope="anonymized", n_bootstrap=setup.bootstrap_samples, seed=setup.seed)
 
 
 def fidelity(original: torch.Tensor, anonymized: torch.Tensor, batch_size: int = 256) -> dict[str, float | None]:
@@ -370,7 +409,7 @@ def results_table(results: Iterable[dict[str, Any]]) -> pd.DataFrame:
     rows = []
     for r in results:
         ci = r["utility"].get("ci") or [math.nan, math.nan]
-        rows.append({
+        rows.append({**_worst_case_columns(r["privacy"].get("panel")),
             "method": r["method"], "name": METHOD_NAMES.get(r["method"], r["method"]), "setting": setting(r),
             "label": short_label(r),
             "attack_auc": r["privacy"]["attack_auc_mean"], "attack_auc_std": r["privacy"]["attack_auc_std"],
@@ -382,10 +421,27 @@ def results_table(results: Iterable[dict[str, Any]]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def _worst_case_columns(panel: dict | None) -> dict[str, Any]:
+    """The panel's worst case (strongest attack) for the AUC and P@1, NaN for a result without a panel."""
+    if panel is None:
+        return {"worst_auc": math.nan, "worst_auc_low": math.nan, "worst_auc_high": math.nan, "worst_auc_attack": "",
+                "worst_p1": math.nan, "worst_p1_attack": "", "p1_chance": math.nan}
+    worst = LinkagePanel.from_json(panel).worst_case()
+    auc, p1 = worst["auc"], worst["precision_at_1"]
+    return {"worst_auc": auc.value, "worst_auc_low": auc.ci[0], "worst_auc_high": auc.ci[1],
+            "worst_auc_attack": auc.label, "worst_p1": p1.value, "worst_p1_attack": p1.label,
+            "p1_chance": p1.chance}
+
+
 def short_label(result: dict[str, Any]) -> str:
     """``PriCheXy-Net mu=0.04``, ``DP-Pix b=8``, ``Privacy-Net``: for legends and progress lines."""
     name = METHOD_NAMES.get(result["method"], result["method"])
     return " ".join(part for part in (name, setting(result, short=True)) if part)
+
+
+def _attack_name(label: str) -> str:
+    """An attack's label without the notebook that trained it, for table cells."""
+    return label.split(" (notebook")[0]
 
 
 def comparison_table(results: Sequence[dict[str, Any]]) -> pd.DataFrame:
@@ -401,6 +457,11 @@ def comparison_table(results: Sequence[dict[str, Any]]) -> pd.DataFrame:
         "attack AUC % (re-trained)": [f"{100 * m:.1f} ± {100 * s:.1f}"
                                       for m, s in zip(table["attack_auc"], table["attack_auc_std"])],
         "published attack AUC %": [p[0] for p in published],
+        "worst-case AUC % (panel)": [f"{100 * v:.1f} ({_attack_name(a)})" if v == v else "–"
+                                     for v, a in zip(table["worst_auc"], table["worst_auc_attack"])],
+        "worst-case P@1 % (chance)": [f"{100 * v:.1f} ({100 * c:.1f}; {_attack_name(a)})" if v == v else "–"
+                                      for v, c, a in zip(table["worst_p1"], table["p1_chance"],
+                                                         table["worst_p1_attack"])],
         "frozen SNN AUC %": pct(table["frozen_auc"]),
         "utility mean AUC %": pct(table["utility_auc"]),
         "utility 95 % CI": [f"{100 * lo:.1f}–{100 * hi:.1f}"

@@ -361,3 +361,35 @@ def panels_table(panels: Mapping[str, LinkagePanel], figure: str = "precision_at
               for c, p in panels.items()}
     worst = {c: p.worst_case()[figure].value if figure in p.worst_case() else math.nan for c, p in panels.items()}
     return pd.concat([table, pd.DataFrame([chance, worst], index=["chance", "worst case"])])
+
+
+def network_attacks(queries: Images, gallery: Images | None = None, *, siamese=None, retrieval=None,
+                    retrained: Sequence = ()) -> list[Attack]:
+    """The trained networks' attacks on ``queries`` (and ``gallery``): the siamese network (pair scores),
+    the retrieval network (embedding), and siamese networks re-trained on anonymized images (the first
+    named ``retrained``, the others ``retrained_2``, ...). Each network in eval mode, on its device."""
+    from cxrlib.reid import embed_images, module_device
+
+    def embedded(model, embed, images):
+        model.eval()
+        return embed_images(embed, images, device=module_device(model)).float().numpy()
+
+    out = []
+    for name, model in [("siamese", siamese), *((("retrained" if i == 0 else f"retrained_{i + 1}"), m)
+                                                for i, m in enumerate(retrained))]:
+        if model is not None:
+            compare = _on_cpu(model.compare, model)
+            out.append(siamese_attack(name, compare, embedded(model, model.embed, queries),
+                                      None if gallery is None else embedded(model, model.embed, gallery)))
+    if retrieval is not None:
+        out.append(embedding_attack("retrieval", embedded(retrieval, retrieval, queries),
+                                    None if gallery is None else embedded(retrieval, retrieval, gallery)))
+    return out
+
+
+def _on_cpu(compare, model):
+    """``compare`` fed with CPU tensors whatever the model's device, returning CPU tensors."""
+    from cxrlib.reid import module_device
+
+    device = module_device(model)
+    return lambda a, b: compare(a.to(device), b.to(device)).cpu()

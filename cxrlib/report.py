@@ -393,10 +393,17 @@ def tradeoff_block(results: Results) -> str | None:
     if "tradeoff" not in results:
         return None
     runs = {len(r["privacy"]["attack_runs"]) for r in results["tradeoff"]["results"]}
-    return ("**Anonymization: privacy against utility** (notebooks 02, 03). Attack AUC: a fresh siamese "
+    text = ("**Anonymization: privacy against utility** (notebooks 02, 03). Attack AUC: a fresh siamese "
             "network re-trained on anonymized images, tested on (anonymized, real) pairs of unseen patients, "
             f"mean ± std of {'/'.join(map(str, sorted(runs)))} runs; utility: the classifier trained on real "
             "images, frozen, on anonymized test images.")
+    if any("panel" in r["privacy"] for r in results["tradeoff"]["results"]):
+        text += (" Worst case: the strongest attack of the panel (the frozen siamese and retrieval networks, the "
+                 "first re-trained attacker and every attack that needs no training), each anonymized test "
+                 "image searched among the original test images with its own source left out; its AUC with a "
+                 "patient-bootstrap 95 % CI, its P@1 beside chance in brackets. Privacy is read from the worst "
+                 "case, never from one attacker.")
+    return text
 
 
 def tradeoff_table_block(results: Results) -> str | None:

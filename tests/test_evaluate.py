@@ -107,6 +107,11 @@ def test_identity_anonymizer_gives_plain_verification(identity_evaluation, tmp_p
     assert result["counts"]["test_pairs"] == 40 and len(result["privacy"]["attack_runs"]) == 1
 
 
+def untrained_attacker(experiment, config):
+    """Stands in for the first re-trained attacker where a test replaces the training."""
+    return SiameseNetwork(config.backbone, False, config.features).eval()
+
+
 def test_attack_trains_on_anonymized_pairs_and_tests_anonymized_against_real(tmp_path, monkeypatch):
     setup = make_setup(tmp_path)
     seen = {}
@@ -117,6 +122,7 @@ def test_attack_trains_on_anonymized_pairs_and_tests_anonymized_against_real(tmp
         return [{"runs": [{"auc": 0.5}], "mean": {"auc": 0.5}, "std": {"auc": 0.0}}]
 
     monkeypatch.setattr(evaluate, "verification_experiments", spy)
+    monkeypatch.setattr(evaluate, "_attacker", untrained_attacker)
     evaluate.evaluate_anonymizer(Inverted(), setup, progress=False)
     original = setup.images
     for name, pairs in (("train", setup.train_pairs), ("val", setup.val_pairs)):
@@ -169,6 +175,7 @@ def test_results_are_cached_and_not_recomputed(tmp_path, monkeypatch):
             return super().anonymize(images)
 
     monkeypatch.setattr(evaluate, "verification_experiments", counting_runs)
+    monkeypatch.setattr(evaluate, "_attacker", untrained_attacker)
     first = evaluate.evaluate_anonymizer(Counting(b=2, eps=1.0, seed=0), setup, progress=False)
     assert calls == {"runs": 1, "anonymize": 1}
     path = evaluate.result_path(Counting(b=2, eps=1.0, seed=0), setup)
@@ -295,3 +302,22 @@ def test_several_anonymizers_train_their_attackers_in_one_pool(identity_evaluati
     alone = evaluate.evaluate_anonymizer(Inverted(), make_setup(tmp_path / "alone", runs=2), progress=False)
     assert alone["privacy"] == results[1]["privacy"]
     assert not list((fresh.directory / "attackers").iterdir())
+
+
+def test_attack_panel_runs_every_attack_and_reads_the_worst_case(identity_evaluation):
+    from cxrlib.linkage import LinkagePanel
+
+    setup, result = identity_evaluation
+    panel = LinkagePanel.from_json(result["privacy"]["panel"])
+    assert panel.scope == "anonymized" and panel.queries == len(setup.test_meta)
+    assert {"siamese", "retrained", "raw_pixels", "block_means_8", "histogram", "mean_sd"} <= \
+        {a.attack for a in panel.attacks}
+    # 4 test patients with 4 scans each, the query's own source left out: 3 of 15
+    assert panel.chance_precision_at_1 == pytest.approx(3 / 15)
+    # each scan is its patient's pattern plus mild noise: pixel correlation finds the patient every time
+    assert panel["raw_pixels"].precision_at_1 == 1.0 and panel["raw_pixels"].auc > 0.95
+    worst = panel.worst_case()["auc"]
+    assert worst.value == max(a.auc for a in panel.attacks)
+    table = evaluate.results_table([result])
+    assert table["worst_auc"].iloc[0] == worst.value and table["p1_chance"].iloc[0] == pytest.approx(0.2)
+    assert "worst-case AUC % (panel)" in evaluate.comparison_table([result]).columns

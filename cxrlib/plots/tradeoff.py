@@ -21,10 +21,12 @@ REQUIRED_COLUMNS = ("method", "label", "attack_auc", "attack_auc_std", "utility_
 
 
 def plot_tradeoff(table: pd.DataFrame, title: str = "") -> plt.Figure:
-    """One point per method and setting: x the re-trained attack's verification AUC (mean +- std over
-    runs; lower is more private), y the frozen classifier's mean AUC on anonymized images (bootstrap
-    95 % CI; higher is more useful). The ideal corner -- chance-level linkage at the utility of the
-    original images -- is marked with a star.
+    """One point per method and setting: x the privacy an attacker leaves -- the worst case of the attack
+    panel (the strongest attack's verification AUC with its patient-bootstrap 95 % CI; lower is more
+    private), with the re-trained attack of the papers (mean +- std over runs) as a hollow marker joined
+    to it; where a result has no panel, the re-trained attack alone. y the frozen classifier's mean AUC
+    on anonymized images (bootstrap 95 % CI; higher is more useful). The ideal corner -- chance-level
+    linkage at the utility of the original images -- is marked with a star.
 
     ``table`` is :func:`cxrlib.evaluate.results_table`'s output (one row per evaluated anonymizer).
     """
@@ -34,16 +36,29 @@ def plot_tradeoff(table: pd.DataFrame, title: str = "") -> plt.Figure:
     if table.empty:
         raise ValueError("trade-off table is empty: evaluate at least one anonymizer")
     fig, ax = plt.subplots(figsize=(6.4, 4.8))
+    has_panel = "worst_auc" in table.columns and table["worst_auc"].notna().any()
     seen: set[str] = set()
     for row in table.itertuples(index=False):
         marker, color = _STYLE.get(row.method, ("o", "0.5"))
         family = _FAMILY.get(row.method, row.method)
-        yerr = np.array([[row.utility_auc - row.utility_ci_low], [row.utility_ci_high - row.utility_auc]])
-        ax.errorbar(row.attack_auc, row.utility_auc, xerr=row.attack_auc_std, yerr=yerr, fmt=marker,
+        # bootstrap percentile CIs may miss the pooled value on few resamples: clip, never negative
+        yerr = np.clip([[row.utility_auc - row.utility_ci_low], [row.utility_ci_high - row.utility_auc]], 0, None)
+        x = row.attack_auc
+        if has_panel and np.isfinite(row.worst_auc):
+            x = row.worst_auc
+            xerr = np.clip([[x - row.worst_auc_low], [row.worst_auc_high - x]], 0, None)
+            ax.errorbar(row.attack_auc, row.utility_auc, xerr=row.attack_auc_std, fmt=marker, mfc="white",
+                        color=color, ms=6, capsize=2, lw=0.6, alpha=0.7)
+            ax.plot([row.attack_auc, x], [row.utility_auc] * 2, color=color, lw=0.6, ls="--", alpha=0.7)
+        else:
+            xerr = row.attack_auc_std
+        ax.errorbar(x, row.utility_auc, xerr=xerr, yerr=yerr, fmt=marker,
                     color=color, ms=7, capsize=3, lw=1, label=None if family in seen else family)
         seen.add(family)
-        ax.annotate(row.label, (row.attack_auc, row.utility_auc), xytext=(5, 4), textcoords="offset points",
+        ax.annotate(row.label, (x, row.utility_auc), xytext=(5, 4), textcoords="offset points",
                     fontsize=7, color=color)
+    if has_panel:
+        ax.plot([], [], "o", mfc="white", color="0.4", label="re-trained attack (papers' protocol)")
 
     identity = table[table["method"] == "identity"]
     top = float(identity["utility_auc"].iloc[0]) if len(identity) else float(table["utility_auc"].max())
@@ -52,9 +67,12 @@ def plot_tradeoff(table: pd.DataFrame, title: str = "") -> plt.Figure:
     ax.axvline(0.5, color="0.6", lw=0.8, ls=":")
     ax.axhline(0.5, color="0.6", lw=0.8, ls=":")
     low = min(0.45, float((table["attack_auc"] - table["attack_auc_std"]).min()) - 0.02,
-              float(table["utility_ci_low"].min()) - 0.02)
+              float(table["utility_ci_low"].min()) - 0.02,
+              float(table["worst_auc_low"].min()) - 0.02 if has_panel else 1.0)
     high = min(1.02, max(top, float(table["utility_ci_high"].max())) + 0.08)
-    ax.set(xlabel="re-trained verification AUC on (anonymized, real) pairs  (privacy: lower is better)",
+    ax.set(xlabel=("worst-case verification AUC of the attack panel on (anonymized, real) images"
+                   if has_panel else "re-trained verification AUC on (anonymized, real) pairs")
+           + "  (privacy: lower is better)",
            ylabel="classifier mean AUC on anonymized images\n(utility: higher is better)",
            xlim=(low, 1.02), ylim=(low, high))
     ax.xaxis.label.set_fontsize(8)
