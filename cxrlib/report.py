@@ -310,7 +310,23 @@ def identity_cues_block(results: Results) -> str | None:
             "balanced test pairs for every cue and every test image as a retrieval query:\n\n"
             + table.round(3).to_markdown(index=False)
             + f"\n\nThe siamese network over {_number(len(runs['runs']))} training seeds: verification AUC "
-            f"{runs['mean']['auc']:.3f} ± {runs['std']['auc']:.3f} ({per_seed}).")
+            f"{runs['mean']['auc']:.3f} ± {runs['std']['auc']:.3f} ({per_seed})."
+            + _panel_sentence(reid.get("attack_panel")))
+
+
+def _panel_sentence(payload: dict | None) -> str:
+    """Notebook 01's panel of linkage attacks: its worst case beside chance."""
+    if payload is None:
+        return ""
+    from cxrlib.linkage import LinkagePanel
+
+    panel = LinkagePanel.from_json(payload)
+    worst = panel.worst_case()
+    p1, auc = worst["precision_at_1"], worst["auc"]
+    return (f" The panel of {len(panel.attacks)} linkage attacks (every test image queried among the "
+            f"{_count(panel.gallery)} others; `cxrlib.linkage`): the strongest by P@1 is the {p1.label}, "
+            f"{p1.value:.3f} (95 % CI {p1.ci[0]:.3f}–{p1.ci[1]:.3f}; chance {p1.chance:.3f}); by AUC the "
+            f"{auc.label}, {auc.value:.3f} ({auc.ci[0]:.3f}–{auc.ci[1]:.3f}; chance 0.5).")
 
 
 def identity_profile_block(results: Results) -> str | None:
@@ -478,7 +494,23 @@ def synthesis_block(results: Results) -> str | None:
             f"({utility['gap_percent_of_real']:.1f} % of the real AUC; published: "
             f"{utility['published_gap_percent']:g} %). The privacy-enhancing sampler rejected "
             f"{100 * sampler['rejection_rate']:.1f} % of {_count(sampler['drawn'])} drawn samples, and "
-            f"{100 * caught:.0f} % of planted copies of training images ({', '.join(planted)}).")
+            f"{100 * caught:.0f} % of planted copies of training images ({', '.join(planted)})."
+            + _memorization_sentence(synthesis.get("memorization_panel")))
+
+
+def _memorization_sentence(payload: dict | None) -> str:
+    """The memorization panel's worst case (notebook 04), when the run has it."""
+    if payload is None:
+        return ""
+    from cxrlib.linkage import MemorizationPanel
+
+    panel = MemorizationPanel.from_json(payload)
+    worst = panel.worst_case()
+    return (f" Under every attack of the panel, the worst case ({worst.label}) puts {worst.share_closer:.1%} "
+            f"(95 % CI {worst.share_closer_ci[0]:.1%}–{worst.share_closer_ci[1]:.1%}) of the accepted synthetic "
+            f"images closer to a training image than {panel.quantile:.0%} of real images of unseen patients are "
+            f"(expected {panel.expected_share:.0%} without memorization); AUC {worst.auc:.3f} for telling them "
+            "apart by that closeness (0.5: as close as new patients).")
 
 
 def synthesis_figure_block(results: Results) -> str | None:

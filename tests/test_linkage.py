@@ -112,3 +112,22 @@ def test_chance_and_tables():
         linkage_panel(descriptor_attacks(images), ids, scope="nowhere")
     with pytest.raises(ValueError, match="nothing to link"):
         linkage_panel([Attack("x", np.eye(3, dtype=np.float32))], np.arange(3))
+
+
+def test_memorization_panel_flags_copies_and_not_new_patients():
+    from cxrlib.linkage import MemorizationPanel, memorization_panel
+
+    training, _ = _patients(n_patients=30, per=2, seed=3)
+    unseen, _ = _patients(n_patients=30, per=2, seed=4)
+    rng = np.random.default_rng(5)
+    copies = Images(tuple(f"copy{i}" for i in range(40)),
+                    np.clip(training.pixels[rng.choice(len(training), 40)] + rng.normal(0, 2, (40, 16, 16)), 0, 255)
+                    .astype(np.uint8))
+    memorized = memorization_panel(copies, training, unseen, n_bootstrap=50)
+    raw = next(a for a in memorized.attacks if a.attack == "raw_pixels")
+    assert raw.share_closer > 0.9 and raw.auc > 0.95 and memorized.worst_case().share_closer >= raw.share_closer
+    fresh, _ = _patients(n_patients=20, per=2, seed=6)
+    new = memorization_panel(fresh, training, unseen, n_bootstrap=50)
+    raw = next(a for a in new.attacks if a.attack == "raw_pixels")
+    assert raw.share_closer < 0.25 and abs(raw.auc - 0.5) < 0.2
+    assert MemorizationPanel.from_json(new.to_json()) == new
