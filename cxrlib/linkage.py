@@ -37,7 +37,8 @@ import torch
 
 from cxrlib.attacks import TRAINING_FREE_ATTACKS, attack_features, block_means, zscored
 from cxrlib.data.images import Images
-from cxrlib.metrics import nearest_neighbours, patient_bootstrap_auc, patient_bootstrap_mean, percentile_ci
+from cxrlib.metrics import (nearest_neighbours, patient_bootstrap_auc, patient_bootstrap_mean, percentile_ci,
+                            standardized_pixels)
 
 #: every attack the project runs, in the order tables show them, with what a reader is told it is
 ATTACK_LABELS = {
@@ -47,27 +48,37 @@ ATTACK_LABELS = {
     **TRAINING_FREE_ATTACKS,
     "block_means_4": "4 x 4 block means",
     "block_means_16": "16 x 16 block means",
+    "gradient_orientation": "gradient orientations (8 x 8 cells)",
+    "raw_pixels_aligned": "pixel correlation, best of small shifts",
 }
-#: the attacks that need no training, in table order (block means at coarser and finer grids too: a
-#: pixelization of another block size leaves one of them intact)
-DESCRIPTOR_ATTACKS = (*TRAINING_FREE_ATTACKS, "block_means_4", "block_means_16")
+#: the attacks that need no training and rank by descriptors, in table order (block means at coarser and
+#: finer grids too: a pixelization of another block size leaves one of them intact)
+DESCRIPTOR_ATTACKS = (*TRAINING_FREE_ATTACKS, "block_means_4", "block_means_16", "gradient_orientation")
+#: every attack that needs no training: the descriptors and the aligned pixel correlation
+TRAINING_FREE = (*DESCRIPTOR_ATTACKS, "raw_pixels_aligned")
 SCOPES = ("internal", "anonymized", "against")
 #: same-patient pairs scored for the AUC at most (and as many different-patient pairs)
 MAX_PAIRS = 20_000
+#: scores held at once when a similarity attack ranks its gallery (a block of queries x the gallery)
+MATRIX_ENTRIES = 1 << 22
 
 
 @dataclass(frozen=True)
 class Attack:
-    """One attack on a query set and a gallery: descriptors (Euclidean k-NN) or a pair-score function.
+    """One attack on a query set and a gallery: descriptors (Euclidean k-NN) or a similarity function.
 
-    ``queries`` and ``gallery`` are (N, D) arrays; with ``pair_scores`` (a function of two equally long
-    blocks of rows, returning each aligned pair's score, higher: more likely the same patient) the rows
-    are whatever it scores, e.g. embeddings. ``gallery`` None: the queries' own set."""
+    ``queries`` and ``gallery`` are (N, D) arrays; ``gallery`` None: the queries' own set. Descriptor
+    attacks rank by Euclidean distance (:func:`cxrlib.metrics.nearest_neighbours`). Otherwise
+    ``pair_scores`` scores aligned rows -- two equally long blocks of rows, one score per pair, higher:
+    more likely the same patient -- and ``block_scores`` (a block of queries against the whole gallery,
+    a (Q, G) matrix; default: ``pair_scores`` over every combination) ranks the gallery, a block of
+    queries at a time, so the full matrix is never held."""
 
     name: str
     queries: np.ndarray = field(repr=False)
     gallery: np.ndarray | None = field(default=None, repr=False)
     pair_scores: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = field(default=None, repr=False)
+    block_scores: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = field(default=None, repr=False)
 
     @property
     def label(self) -> str:
@@ -81,31 +92,41 @@ class Attack:
         if self.pair_scores is None:
             distances, indices = nearest_neighbours(self.queries, self._gallery(), k, own=own)
             return -distances, indices
-        scores = torch.from_numpy(np.asarray(self.score_matrix(), dtype=np.float32))
-        if own is not None:
-            rows = np.flatnonzero(own >= 0)
-            scores[rows, own[rows]] = -math.inf
-        k = min(k, scores.shape[1] - (own is not None))
-        top = torch.topk(scores, k, dim=1)
-        return top.values.numpy(), top.indices.numpy()
-
-    def score_matrix(self, max_pairs: int = 1 << 18) -> np.ndarray:
-        """The (Q, G) scores of every query against every gallery row, a block of queries at a time."""
         gallery = self._gallery()
-        block = max(1, max_pairs // len(gallery))
-        rows = []
+        k = min(k, len(gallery) - (own is not None))
+        block = max(1, MATRIX_ENTRIES // len(gallery))
+        values, indices = [], []
         for start in range(0, len(self.queries), block):
-            q = self.queries[start:start + block]
-            rows.append(self.pair_scores(np.repeat(q, len(gallery), axis=0), np.tile(gallery, (len(q), 1)))
-                        .reshape(len(q), len(gallery)))
-        return np.concatenate(rows)
+            scores = torch.from_numpy(np.asarray(self._block(self.queries[start:start + block], gallery),
+                                                 dtype=np.float32))
+            if own is not None:
+                rows = np.arange(len(scores))
+                mine = own[start:start + block]
+                scores[rows[mine >= 0], mine[mine >= 0]] = -math.inf
+            top = torch.topk(scores, k, dim=1)
+            values.append(top.values.numpy())
+            indices.append(top.indices.numpy())
+        return np.concatenate(values), np.concatenate(indices)
+
+    def _block(self, queries: np.ndarray, gallery: np.ndarray) -> np.ndarray:
+        if self.block_scores is not None:
+            return self.block_scores(queries, gallery)
+        return np.asarray(self.pair_scores(np.repeat(queries, len(gallery), axis=0),
+                                           np.tile(gallery, (len(queries), 1)))).reshape(len(queries), len(gallery))
+
+    def score_matrix(self) -> np.ndarray:
+        """Every query's score against every gallery row (small sets only: tests, figures)."""
+        return np.concatenate([self._block(self.queries[s:s + 256], self._gallery())
+                               for s in range(0, len(self.queries), 256)])
 
     def scores(self, i: np.ndarray, j: np.ndarray) -> np.ndarray:
         """Scores of the pairs (query ``i``, gallery ``j``): minus the distance for descriptors."""
         gallery = self._gallery()
         if self.pair_scores is None:
             return -np.linalg.norm(self.queries[i] - gallery[j], axis=1)
-        return np.asarray(self.pair_scores(self.queries[i], gallery[j]), dtype=np.float64)
+        return np.concatenate([np.asarray(self.pair_scores(self.queries[i[s:s + 4096]], gallery[j[s:s + 4096]]),
+                                          dtype=np.float64) for s in range(0, len(i), 4096)]) \
+            if len(i) else np.empty(0)
 
 
 @dataclass(frozen=True)
@@ -196,23 +217,31 @@ class LinkagePanel:
     @classmethod
     def from_json(cls, payload: dict) -> "LinkagePanel":
         empty = np.empty(0)
+        order = list(ATTACK_LABELS)
+        # JSON files may sort their keys: restore the order tables show
+        names = sorted(payload["attacks"], key=lambda n: (order.index(n) if n in order else len(order), n))
         attacks = tuple(AttackFigures(name, f["label"], f["precision_at_1"], tuple(f["precision_at_1_ci"]),
                                       f["map_at_r"], f["r_precision"], f["auc"], tuple(f["auc_ci"]), empty, empty)
-                        for name, f in payload["attacks"].items())
+                        for name, f in ((n, payload["attacks"][n]) for n in names))
         return cls(payload["scope"], payload["queries"], payload["gallery"], payload["patients"],
                    payload["chance"]["precision_at_1"], attacks)
 
 
 def descriptor_attacks(queries: Images, gallery: Images | None = None,
-                       kinds: Sequence[str] = DESCRIPTOR_ATTACKS) -> list[Attack]:
+                       kinds: Sequence[str] = TRAINING_FREE) -> list[Attack]:
     """The attacks that need no training on ``queries`` (and ``gallery``). Descriptors other than raw
     pixels are z-scored over both sets together, so queries and gallery share one scale."""
     both = queries if gallery is None else Images((*queries.names, *gallery.names),
                                                  np.concatenate([queries.pixels, gallery.pixels]))
     out = []
     for kind in kinds:
+        if kind == "raw_pixels_aligned":
+            out.append(aligned_pixels_attack(queries, gallery))
+            continue
         if kind.startswith("block_means_") and kind not in TRAINING_FREE_ATTACKS:
             features = zscored(block_means(both.pixels, int(kind.rsplit("_", 1)[1])))
+        elif kind == "gradient_orientation":
+            features = gradient_orientation_features(both.pixels)
         else:
             features = attack_features(both, kind)
         features = np.ascontiguousarray(features, dtype=np.float32)
@@ -238,8 +267,84 @@ def siamese_attack(name: str, compare: Callable[[torch.Tensor, torch.Tensor], to
         with torch.no_grad():
             return compare(torch.from_numpy(np.ascontiguousarray(q)), torch.from_numpy(np.ascontiguousarray(g))
                            ).float().numpy()
+
+    def block_scores(q: np.ndarray, g: np.ndarray) -> np.ndarray:
+        # compare takes aligned pairs: every combination of a few queries with the gallery at a time,
+        # so that the (queries x gallery x features) differences stay small
+        step = max(1, (1 << 22) // (len(g) * q.shape[1]))
+        return np.concatenate([pair_scores(np.repeat(q[s:s + step], len(g), axis=0), np.tile(g, (len(q[s:s + step]), 1)))
+                               .reshape(-1, len(g)) for s in range(0, len(q), step)])
+
     return Attack(name, np.asarray(queries, np.float32), None if gallery is None else np.asarray(gallery, np.float32),
-                  pair_scores)
+                  pair_scores, block_scores)
+
+
+#: the aligned pixel attack compares images at this size (area-downsampled), over shifts of up to
+#: ALIGNED_SHIFT pixels at that size each axis (2 px at 64 px): the deformation-robust pixel correlation
+ALIGNED_SIZE, ALIGNED_SHIFT = 32, 1
+
+
+def _windows(x: torch.Tensor, dy: int, dx: int) -> torch.Tensor:
+    size = x.shape[-1]
+    return x[..., max(dy, 0):size + min(dy, 0), max(dx, 0):size + min(dx, 0)]
+
+
+def aligned_pixels_attack(queries: Images, gallery: Images | None = None) -> Attack:
+    """Pixel correlation at its best over small shifts (overlapping windows only, each standardized):
+    an attack that a deformation of a pixel or two, or a re-cropped export, does not escape."""
+    def small(images: Images) -> np.ndarray:
+        x = torch.from_numpy(images.pixels.astype(np.float32) / 255).unsqueeze(1)
+        if x.shape[-1] > ALIGNED_SIZE:
+            x = torch.nn.functional.interpolate(x, size=ALIGNED_SIZE, mode="area")
+        return x.flatten(1).numpy()
+
+    def shifts():
+        return [(dy, dx) for dy in range(-ALIGNED_SHIFT, ALIGNED_SHIFT + 1)
+                for dx in range(-ALIGNED_SHIFT, ALIGNED_SHIFT + 1)]
+
+    def as_images(x: np.ndarray) -> torch.Tensor:
+        side = int(round(math.sqrt(x.shape[1])))
+        return torch.from_numpy(np.ascontiguousarray(x)).reshape(len(x), side, side)
+
+    def block_scores(q: np.ndarray, g: np.ndarray) -> np.ndarray:
+        qi, gi = as_images(q), as_images(g)
+        best = torch.full((len(q), len(g)), -1.0)
+        for dy, dx in shifts():
+            torch.maximum(best, standardized_pixels(_windows(qi, dy, dx))
+                          @ standardized_pixels(_windows(gi, -dy, -dx)).T, out=best)
+        return best.numpy()
+
+    def pair_scores(q: np.ndarray, g: np.ndarray) -> np.ndarray:
+        qi, gi = as_images(q), as_images(g)
+        return torch.stack([(standardized_pixels(_windows(qi, dy, dx)) * standardized_pixels(_windows(gi, -dy, -dx)))
+                            .sum(dim=1) for dy, dx in shifts()]).max(dim=0).values.numpy()
+
+    return Attack("raw_pixels_aligned", small(queries), None if gallery is None else small(gallery),
+                  pair_scores, block_scores)
+
+
+#: the structural attack: gradient orientations (unsigned, ORIENTATION_BINS bins, weighted by the
+#: gradient's magnitude) pooled over an ORIENTATION_GRID x ORIENTATION_GRID grid -- the layout of edges
+#: (ribs, heart border, clavicles), blind to brightness and contrast
+ORIENTATION_BINS, ORIENTATION_GRID = 8, 8
+
+
+def gradient_orientation_features(pixels: np.ndarray) -> np.ndarray:
+    """(N, GRID * GRID * BINS) histograms of gradient orientation per cell, each image's descriptor scaled
+    to unit length (brightness and contrast drop out), then z-scored over the images."""
+    x = torch.from_numpy(pixels.astype(np.float32) / 255).unsqueeze(1)
+    sobel = torch.tensor([[-1.0, 0.0, 1.0], [-2.0, 0.0, 2.0], [-1.0, 0.0, 1.0]])
+    padded = torch.nn.functional.pad(x, (1, 1, 1, 1), mode="replicate")
+    gx = torch.nn.functional.conv2d(padded, sobel.view(1, 1, 3, 3))
+    gy = torch.nn.functional.conv2d(padded, sobel.T.contiguous().view(1, 1, 3, 3))
+    magnitude = torch.sqrt(gx ** 2 + gy ** 2)
+    angle = torch.remainder(torch.atan2(gy, gx), math.pi)  # unsigned: an edge, whichever side is brighter
+    bins = torch.clamp((angle / math.pi * ORIENTATION_BINS).long(), max=ORIENTATION_BINS - 1)
+    votes = torch.zeros(x.shape[0], ORIENTATION_BINS, *x.shape[-2:])
+    votes.scatter_(1, bins, magnitude)
+    cells = torch.nn.functional.adaptive_avg_pool2d(votes, ORIENTATION_GRID).flatten(1)
+    cells = cells / cells.norm(dim=1, keepdim=True).clamp_min(1e-8)
+    return zscored(cells.numpy())
 
 
 def p1_chance(query_labels: np.ndarray, gallery_labels: np.ndarray, own: np.ndarray | None) -> np.ndarray:

@@ -49,6 +49,10 @@ def _case(kind: str, seed: int = 0) -> np.ndarray:
         values = np.linspace(40, 215, 64)
         layout = np.stack([rng.permutation(values).reshape(8, 8) for _ in range(PATIENTS)]).repeat(PER, 0)
         x = layout.repeat(SIZE // 8, 1).repeat(SIZE // 8, 2) + rng.normal(0, 25, (n, SIZE, SIZE))
+    elif kind == "pattern_shifted":  # a fixed fine pattern per patient, each scan moved by up to 1 px
+        base = rng.uniform(20, 235, (PATIENTS, SIZE + 1, SIZE + 1)).repeat(PER, 0)
+        offsets = rng.integers(0, 2, (n, 2))
+        x = np.stack([b[dy:dy + SIZE, dx:dx + SIZE] for b, (dy, dx) in zip(base, offsets)])
     else:
         raise ValueError(kind)
     return np.clip(np.rint(x), 0, 255).astype(np.uint8)
@@ -74,6 +78,8 @@ WINS_AND_LOSSES = {
     "block_means_16": ("block_layout", "histogram_shape"),
     "histogram": ("histogram_shape", "block_layout"),
     "mean_sd": ("mean_sd", "block_layout"),
+    "gradient_orientation": ("pattern_affine", "histogram_shape"),
+    "raw_pixels_aligned": ("pattern_shifted", "histogram_shape"),
 }
 
 
@@ -91,6 +97,8 @@ def test_each_attack_wins_its_case_and_loses_another(network, attack):
 
 def test_all_attacks_of_the_library_are_in_the_panel():
     assert set(TRAINING_FREE_ATTACKS) | {linkage.NETWORK} <= set(linkage.AUDIT_ATTACKS)
+    # every attack that needs no training has a case it must win and one it must lose
+    assert set(WINS_AND_LOSSES) == set(linkage.AUDIT_ATTACKS) - {linkage.NETWORK}
 
 
 def test_chance_levels():

@@ -29,13 +29,14 @@ from collections.abc import Sequence
 import numpy as np
 
 from cxrlib.data.images import Images
-from cxrlib.linkage import (ATTACK_LABELS, DESCRIPTOR_ATTACKS, Attack, AttackFigures, LinkagePanel, descriptor_attacks,
+from cxrlib.linkage import (ATTACK_LABELS, TRAINING_FREE, Attack, AttackFigures, LinkagePanel, descriptor_attacks,
                             embedding_attack)
 
 NETWORK = "retrieval"
 #: the audit's attacks, in the order its tables show them: the retrieval network and every attack that
-#: needs no training (block means at three grids among them)
-AUDIT_ATTACKS = {name: ATTACK_LABELS[name] for name in (NETWORK, *DESCRIPTOR_ATTACKS)}
+#: needs no training (block means at three grids, gradient orientations and pixel correlation over small
+#: shifts among them)
+AUDIT_ATTACKS = {name: ATTACK_LABELS[name] for name in (NETWORK, *TRAINING_FREE)}
 
 #: plain-language meaning of each figure (the HTML shows them beside the numbers)
 LABELS = {
@@ -77,7 +78,7 @@ def audit_attacks(images: Images, embeddings: np.ndarray | None, kinds: Sequence
         if kind == NETWORK:
             if embeddings is not None:
                 out.append(embedding_attack(NETWORK, embeddings, gallery_embeddings))
-        elif kind in DESCRIPTOR_ATTACKS:
+        elif kind in TRAINING_FREE:
             out += descriptor_attacks(images, gallery, (kind,))
         else:
             raise ValueError(f"unknown audit attack {kind!r}; choose among {', '.join(AUDIT_ATTACKS)}")
