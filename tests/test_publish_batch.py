@@ -233,3 +233,25 @@ def test_a_manifest_left_in_out_by_an_earlier_version_is_refused(tmp_path, capsy
     assert main(["anonymize", str(folder), str(out), "--key", str(key), "--quiet"]) == 2
     err = capsys.readouterr().err
     assert "must not be published" in err and f"{MANIFEST_PREFIX}-0.jsonl" in err
+
+
+def test_remove_release_lets_another_export_be_written_where_one_was(tmp_path):
+    """Deleting OUT alone leaves its manifest beside it, which holds the old outputs' names as taken: another
+    export written to the same OUT then fails file by file (notebook 05 did, run on a second data set)."""
+    def copy(path, name, input_hash):  # outputs named by position, as new UIDs name DICOM outputs
+        return batch.FileResult(output="image" + name[-5:], data=path.read_bytes())
+
+    first, second, out = tmp_path / "first", tmp_path / "second", tmp_path / "out"
+    for folder, content in ((first, b"one"), (second, b"two")):
+        folder.mkdir()
+        for k in range(3):
+            (folder / f"{folder.name}{k}.png").write_bytes(content + bytes([k]))
+    assert batch.run_batch(first, out, copy, settings={}, progress=False).done == 3
+    shutil.rmtree(out)
+    stale = batch.run_batch(second, out, copy, settings={}, progress=False)
+    assert stale.done == 0 and len(stale.failed) == 3 and "already the output of another input" in stale.failed[0][1]
+    batch.remove_release(out)
+    assert not out.exists() and not default_state_folder(out).exists()
+    fresh = batch.run_batch(second, out, copy, settings={}, progress=False)
+    assert fresh.done == 3 and not fresh.failed
+    assert (out / "image1.png").read_bytes() == b"two\x01"

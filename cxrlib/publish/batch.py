@@ -67,6 +67,15 @@ def default_state_folder(out_dir: str | Path) -> Path:
     return out_dir.parent / (out_dir.name + STATE_SUFFIX)
 
 
+def remove_release(out_dir: str | Path, state_dir: str | Path | None = None) -> None:
+    """Delete OUT and its state folder (default :func:`default_state_folder`), so that the next run writes
+    the release anew: a manifest left without its outputs would hold the old outputs' names as taken."""
+    import shutil
+
+    for folder in (Path(out_dir), Path(state_dir) if state_dir is not None else default_state_folder(out_dir)):
+        shutil.rmtree(folder, ignore_errors=True)
+
+
 def manifests_in(folder: str | Path) -> list[Path]:
     """The manifest files (every rank's) directly in ``folder``."""
     return sorted(Path(folder).glob(f"{MANIFEST_PREFIX}-*.jsonl"))
