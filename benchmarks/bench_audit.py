@@ -18,6 +18,8 @@ import os
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import argparse  # noqa: E402
+import dataclasses  # noqa: E402
+import math  # noqa: E402
 import platform  # noqa: E402
 import subprocess  # noqa: E402
 import time  # noqa: E402
@@ -57,13 +59,48 @@ def main() -> None:
     print(f"{_cpu()}, {torch.get_num_threads()} torch thread(s); {len(release.patient_ids)} images at "
           f"{profile.data.image_size} px; panel: {', '.join(AUDIT_ATTACKS)}; {args.bootstrap} bootstrap resamples")
     print(f"read: {read_s:.1f} s")
+    # the same audit on the first half of the images: how each part grows with the release's size
+    half = len(release.patient_ids) // 2
+    small = dataclasses.replace(release, images=reid.Images(release.images.names[:half], release.images.pixels[:half]),
+                                patient_ids=release.patient_ids[:half], text_found=release.text_found[:half],
+                                headers=release.headers[:half])
+    small_result = audit_release(small, model, n_bootstrap=args.bootstrap)
     result = audit_release(release, model, n_bootstrap=args.bootstrap)
     print(f"audit (internal): {result['seconds']:.1f} s, of which the panel {result['panel_seconds']:.1f} s; "
           f"verdict: {result['verdict']['text']}")
+    _extrapolate(small_result, result, half, len(release.patient_ids))
     if not args.skip_against:
         result = audit_release(release, model, against=release, n_bootstrap=args.bootstrap)
         print(f"audit (internal + against itself): {result['seconds']:.1f} s, of which the panel "
               f"{result['panel_seconds']:.1f} s")
+
+
+#: the images of the whole ChestX-ray14 release
+RELEASE_IMAGES = 112_120
+
+
+def _extrapolate(small: dict, large: dict, n_small: int, n_large: int) -> None:
+    """Each part's time at two sizes, its growth exponent p (t ~ N^p) from them, and the time it would take
+    on the whole release at that exponent (the exhaustive searches grow as N^2; a measurement, not a model)."""
+    scale = RELEASE_IMAGES / n_large
+
+    def line(name: str, t_small: float, t_large: float) -> float:
+        p = math.log(max(t_large, 1e-6) / max(t_small, 1e-6)) / math.log(n_large / n_small)
+        estimate = t_large * scale ** max(p, 1.0)
+        print(f"  {name:40s} {t_small:7.2f} s -> {t_large:7.2f} s (p = {p:4.2f}); "
+              f"{RELEASE_IMAGES:,} images: about {estimate / 60:6.1f} min")
+        return estimate
+
+    print(f"growth from {n_small} to {n_large} images, extrapolated to the release ({RELEASE_IMAGES:,} images, "
+          "growth exponent at least 1):")
+    total = 0.0
+    for kind, figures in large["attack_panel"]["internal"]["attacks"].items():
+        total += line(f"panel: {figures['label']}", small["attack_panel"]["internal"]["attacks"][kind]["seconds"],
+                      figures["seconds"])
+    rest_small = small["seconds"] - sum(f["seconds"] for f in small["attack_panel"]["internal"]["attacks"].values())
+    rest_large = large["seconds"] - sum(f["seconds"] for f in large["attack_panel"]["internal"]["attacks"].values())
+    total += line("embedding, descriptors, clusters", rest_small, rest_large)
+    print(f"  the whole internal audit of the release: about {total / 3600:.1f} h on this machine")
 
 
 if __name__ == "__main__":

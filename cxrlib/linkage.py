@@ -28,6 +28,7 @@ same- against different-patient pairs with a patient-bootstrap CI, chance 0.5.
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -143,11 +144,14 @@ class AttackFigures:
     auc_ci: tuple[float, float]
     nearest_index: np.ndarray = field(repr=False, compare=False)
     nearest_score: np.ndarray = field(repr=False, compare=False)
+    #: time the search and the figures took (the descriptors' computation not included)
+    seconds: float = field(default=math.nan, compare=False)
 
     def to_json(self) -> dict:
         return {"label": self.label, "precision_at_1": self.precision_at_1,
                 "precision_at_1_ci": list(self.precision_at_1_ci), "map_at_r": self.map_at_r,
-                "r_precision": self.r_precision, "auc": self.auc, "auc_ci": list(self.auc_ci), "auc_chance": 0.5}
+                "r_precision": self.r_precision, "auc": self.auc, "auc_ci": list(self.auc_ci), "auc_chance": 0.5,
+                "seconds": self.seconds}
 
 
 @dataclass(frozen=True)
@@ -221,7 +225,8 @@ class LinkagePanel:
         # JSON files may sort their keys: restore the order tables show
         names = sorted(payload["attacks"], key=lambda n: (order.index(n) if n in order else len(order), n))
         attacks = tuple(AttackFigures(name, f["label"], f["precision_at_1"], tuple(f["precision_at_1_ci"]),
-                                      f["map_at_r"], f["r_precision"], f["auc"], tuple(f["auc_ci"]), empty, empty)
+                                      f["map_at_r"], f["r_precision"], f["auc"], tuple(f["auc_ci"]), empty, empty,
+                                      f.get("seconds", math.nan))
                         for name, f in ((n, payload["attacks"][n]) for n in names))
         return cls(payload["scope"], payload["queries"], payload["gallery"], payload["patients"],
                    payload["chance"]["precision_at_1"], attacks)
@@ -437,6 +442,7 @@ def linkage_panel(attacks: Sequence[Attack], query_labels, gallery_labels=None, 
     i, j, pair_label = _pairs(q_codes, g_codes, own, scope == "internal", rng)
     figures = []
     for attack in attacks:
+        started = time.perf_counter()
         scores, indices = attack.search(k, own)
         hits = g_codes[indices[scored]] == q_codes[scored][:, None]
         per_query = _ranking_figures(hits, relevant)
@@ -449,7 +455,7 @@ def linkage_panel(attacks: Sequence[Attack], query_labels, gallery_labels=None, 
             auc_ci = _ci(auc_resampled)
         figures.append(AttackFigures(attack.name, attack.label, p1, _ci(resampled),
                                      float(per_query["map_at_r"].mean()), float(per_query["r_precision"].mean()),
-                                     float(auc), auc_ci, indices[:, 0], scores[:, 0]))
+                                     float(auc), auc_ci, indices[:, 0], scores[:, 0], time.perf_counter() - started))
     return LinkagePanel(scope, int(scored.sum()), len(gallery_labels), int(len(np.unique(q_codes[scored]))),
                         float(chance.mean()), tuple(figures))
 

@@ -111,8 +111,10 @@ def _cards(result: dict) -> list[tuple[str, str]]:
     cards = [(f"{result['images']}", "images audited")]
     worst = result.get("verdict", {}).get("headline")
     if worst:
-        cards.append((f"{worst['precision_at_1']:.1%}", f"worst-case P@1 ({worst['attack']}, {worst['scope']}); "
-                                                         f"chance {worst['chance']:.1%}"))
+        where = {"internal": "within the release", "against": "in the other set"}.get(worst["scope"], worst["scope"])
+        name = result.get("attack_panel", {}).get("attack_names", {}).get(worst["attack"], worst["attack"])
+        cards.append((f"{worst['precision_at_1']:.1%}", f"worst-case P@1: {name}, {where}; chance "
+                                                         f"{worst['chance']:.1%}"))
     if "retrieval" in result:
         r = result["retrieval"]
         cards += [(f"{r['precision_at_1']:.1%}", "network P@1: nearest image is the same patient"),
@@ -169,7 +171,11 @@ def _verdict_box(result: dict) -> str:
         return ""
     colour = {"linkable": "#c0392b", "no linkage found": "#1e8449"}.get(v["verdict"], "#777")
     return (f"<div class='caveat' style='border-left-color:{colour}'><b>Verdict: {html.escape(v['verdict'])}.</b> "
-            f"{html.escape(v.get('reason', v['text']))}<br><span class='muted'>Scale: {html.escape(v['scale'])}.</span></div>")
+            f"{html.escape(_sentence(v.get('reason', v['text'])))}<br><span class='muted'>Scale: {html.escape(v['scale'])}.</span></div>")
+
+
+def _sentence(text: str) -> str:
+    return text[:1].upper() + text[1:]
 
 
 def _panel_table(panel: dict, names: dict) -> str:
