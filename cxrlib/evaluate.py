@@ -53,7 +53,7 @@ from cxrlib.config import EvaluationConfig, VerificationConfig
 from cxrlib.data.cache import ImageCache
 from cxrlib.data.chestxray14 import LABELS
 from cxrlib.data.datasets import PairDataset
-from cxrlib.linkage import LinkagePanel, descriptor_attacks, linkage_panel, network_attacks
+from cxrlib.linkage import ATTACK_LABELS, LinkagePanel, descriptor_attacks, linkage_panel, network_attacks
 from cxrlib.metrics import verification_metrics
 from cxrlib.models.siamese import SiameseNetwork
 from cxrlib.reid import (Images, VerificationExperiment, pair_scores, run_checkpoint,
@@ -233,8 +233,9 @@ def evaluation_key(anonymizer: Anonymizer, setup: EvaluationSetup) -> str:
         "attack": dataclasses.asdict(setup.attack), "runs": setup.runs, "processes": setup.processes,
         "bootstrap_samples": setup.bootstrap_samples, "seed": setup.seed,
         "retrieval": None if setup.retrieval is None else state_digest(setup.retrieval),
-        # 2: results carry the attack panel (cxrlib.linkage); older cached results do not
-        "protocol_version": 2,
+        # 2: results carry the attack panel (cxrlib.linkage); older cached results do not; a panel with
+        # other attacks is another result
+        "protocol_version": 2, "panel": list(ATTACK_LABELS),
     }
     return hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
