@@ -368,12 +368,14 @@ KEY_FIGURES: dict[str, tuple[str, tuple[str, ...]]] = {
 
 
 def real_sample_block(results: Results) -> str | None:
-    """The reference run's key figures beside those of the real sample's run, once that run has finished.
+    """The reference run's key figures beside those of the real sample's run, once that run has succeeded.
 
-    A finished run lists its files in ``outputs.txt``; a folder without it (a run in progress, or one
-    that failed) is left out, so the README never shows a half-written run's dashes."""
+    A finished run lists its files in ``outputs.txt``, and one whose every job succeeded also wrote
+    ``timings.tsv``; a folder without both (a run in progress, or one that failed) is left out, so the
+    README never shows a half-written or failed run's figures."""
     folder = Path(results["directory"]).parent / REAL_SAMPLE_RESULTS
-    if Path(results["directory"]).name == REAL_SAMPLE_RESULTS or not (folder / "outputs.txt").is_file():
+    if Path(results["directory"]).name == REAL_SAMPLE_RESULTS or not all(
+            (folder / name).is_file() for name in ("outputs.txt", "timings.tsv")):
         return None
     sample = load_results(folder)
     rows = []

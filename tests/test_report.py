@@ -311,6 +311,8 @@ def test_identity_profile_and_real_sample_blocks_come_from_their_runs(copied_res
     (sample / "reidentification.json").write_text(json.dumps(reid))
     assert real_sample_block(loaded()) is None  # a run in progress (no outputs.txt yet) is left out
     (sample / "outputs.txt").write_text("reidentification.json\n")
+    assert real_sample_block(loaded()) is None  # a failed run (outputs.txt, no timings.tsv) is left out
+    (sample / "timings.tsv").write_text("notebook\tstage\tseconds\tcpu_seconds\n")
     block = real_sample_block(loaded())
     ours = json.loads((results / "reidentification.json").read_text())["retrieval"]["precision_at_1"]
     row = next(line for line in block.splitlines() if line.startswith("| retrieval P@1"))
