@@ -1,3 +1,4 @@
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -198,7 +199,12 @@ def test_acquisition_changes_the_histogram_not_the_anatomy():
     seen = [p for _, _, p in renders]
     for name in patient.base:
         if not name.startswith(("dome_", "rib_spacing", "heart_")):
-            assert seen[0][name] == seen[1][name], name
+            assert getattr(seen[0], name) == getattr(seen[1], name), name
+
+
+def test_the_anatomy_has_a_field_for_every_parameter_and_mark():
+    names = {field.name for field in dataclasses.fields(phantom.Anatomy)}
+    assert set(phantom.ANATOMY_PARAMETERS) | {"rib_count"} | set(phantom.writing._MARK_COLUMNS) <= names
 
 
 def test_scans_follow_the_patients_usual_acquisition():

@@ -47,7 +47,7 @@ from cxrlib.data.phantom.acquisition import (
     draw_findings, draw_scan, draw_usual_acquisition,
 )
 from cxrlib.data.phantom.anatomy import (
-    ANATOMY_PARAMETERS, MARKS, POPULATION_SPREAD, Patient, cardiothoracic_ratio, draw_patient,
+    ANATOMY_PARAMETERS, MARKS, POPULATION_SPREAD, Anatomy, Patient, cardiothoracic_ratio, draw_patient,
 )
 from cxrlib.data.phantom.canvas import Textures, supersampling
 from cxrlib.data.phantom.common import FIELD_OF_VIEW_MM, MM, PHANTOM_VERSION
@@ -58,7 +58,7 @@ from cxrlib.data.phantom.writing import (
 )
 
 __all__ = [
-    "AIR", "ANATOMY_PARAMETERS", "FIELD_OF_VIEW_MM", "FRAMING", "MARKS", "MAX_SIZE", "METADATA_FILE", "MM",
+    "AIR", "ANATOMY_PARAMETERS", "Anatomy", "FIELD_OF_VIEW_MM", "FRAMING", "MARKS", "MAX_SIZE", "METADATA_FILE", "MM",
     "PHANTOM_TRUTH", "PHANTOM_VERSION", "PNG_COMPRESS_LEVEL", "POPULATION_SPREAD", "POSE_SPREAD",
     "TEST_FRACTION", "USUAL_ACQUISITION_SHARE", "USUAL_ACQUISITION_SPREAD", "VENDORS", "Patient", "Textures",
     "cardiothoracic_ratio", "draw_acquisition", "draw_findings", "draw_patient", "draw_scan", "draw_scans",

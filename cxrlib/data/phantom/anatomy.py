@@ -4,7 +4,7 @@ anatomy as one scan sees it (inspiration, view and findings applied)."""
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, replace
 
 import numpy as np
 
@@ -109,7 +109,9 @@ class Patient:
     marks: dict[str, float]
 
     def anatomy_at(self, age: float) -> dict[str, float]:
-        """The anatomy at ``age`` (drifted from the first scan's), with the distinctive marks."""
+        """The anatomy at ``age`` (drifted from the first scan's), with the distinctive marks: parameter
+        name -> value, as :data:`ANATOMY_PARAMETERS` and :func:`_draw_marks` name them (a scan's drawing
+        turns it into an :class:`Anatomy`)."""
         decades = (age - self.base_age) / 10.0
         return {**{k: v + self.drift[k] * decades for k, v in self.base.items()}, **self.marks}
 
@@ -155,67 +157,205 @@ def _draw_marks(rng: np.random.Generator) -> dict[str, float]:
     return marks
 
 
-#: the right atrium's centre lies this share of the heart's long radius to the right of the heart's
+#: the right atrium's centre lies this share of the heart's long radius to the right of the heart's centre
 _ATRIUM_OFFSET = 0.6
 
 
-def _apply_modifiers(p: dict, scan: dict, findings: dict) -> dict:
-    """Anatomy as seen on this scan: pose-independent changes of inspiration, view and findings."""
-    p = dict(p)
-    insp = scan["inspiration"]
-    p["dome_v_l"] = p["dome_v_r"] + p["dome_drop_l"]
-    for side in ("_r", "_l"):
-        p["dome_v" + side] += 0.035 * insp
-        p["dome_curv" + side] *= 1.0 - 0.06 * insp
-        p["collapse" + side] = 1.0
-        p["fluid" + side] = 0.0
-        p["rim" + side] = 0.0
-    p["rib_spacing"] *= 1.0 + 0.03 * insp
-    p["heart_v"] = p["dome_v_l"] + p["heart_dv"]  # the heart rides on the left hemidiaphragm
-    p["heart_rx"] *= scan["heart_magnification"] * (1.0 - 0.03 * insp)
-    p["heart_ry"] *= scan["heart_magnification"]
-    p["air"] = p["lung_air"]
-    p["body_w"] = p["thorax_w"] + p["body_margin"]
-    p["vessels"] = 1.0
-    p["haze"] = 0.0
-    sides = lambda f: ("_r", "_l") if f["bilateral"] else ("_r" if f["side"] < 0 else "_l",)  # noqa: E731
+@dataclass(frozen=True)
+class Side:
+    """One side's own parameters (:meth:`Anatomy.side`): the ``_r`` or ``_l`` fields of the anatomy."""
+
+    lung_med: float
+    dome_v: float
+    dome_curv: float
+    rib_phase: float
+    clav_angle: float
+    collapse: float
+    fluid: float
+    rim: float
+
+
+@dataclass(frozen=True, kw_only=True)
+class Anatomy:
+    """The anatomy as one scan sees it (:func:`_apply_modifiers`), read by the drawing functions: the
+    patient's parameters at the scan's age (names, units and meaning as in :data:`ANATOMY_PARAMETERS`;
+    the domes, rib spacing and heart as inspiration, view and findings change them), the distinctive
+    marks (None where the patient has none), and what only a scan or its findings set."""
+
+    # the persistent parameters of ANATOMY_PARAMETERS, in its order
+    thorax_w: float
+    apex_v: float
+    lung_box: float
+    lung_taper: float
+    lung_med_r: float
+    lung_med_l: float
+    dome_v_r: float
+    dome_drop_l: float
+    dome_curv_r: float
+    dome_curv_l: float
+    dome_peak: float
+    heart_u: float
+    heart_dv: float
+    heart_rx: float
+    heart_ry: float
+    heart_tilt: float
+    atrium_r: float
+    med_w: float
+    aorta_u: float
+    aorta_v: float
+    aorta_r: float
+    trachea_u: float
+    trachea_w: float
+    carina_v: float
+    spine_w: float
+    spine_curve: float
+    spine_wave: float
+    vert_h: float
+    rib_spacing: float
+    rib_growth: float
+    rib_rise: float
+    rib_curv: float
+    rib_thick: float
+    rib_phase_r: float
+    rib_phase_l: float
+    rib_wobble: float
+    rib_wobble_freq: float
+    ant_rib_slope: float
+    ant_rib_spacing: float
+    ant_rib_phase: float
+    ant_rib_cc: float
+    clav_v: float
+    clav_angle_r: float
+    clav_angle_l: float
+    clav_len: float
+    clav_thick: float
+    clav_s: float
+    scap_v: float
+    scap_size: float
+    scap_angle: float
+    body_margin: float
+    neck_w: float
+    shoulder_v: float
+    soft_tissue: float
+    bone_density: float
+    lung_air: float
+    breast_size: float
+    breast_v: float
+    hilum_v: float
+    vessel_count: float
+    vessel_twist: float
+    vessel_phase: float
+    rib_count: float
+
+    # derived for the scan
+    dome_v_l: float  # top of the left hemidiaphragm (dome_v_r + dome_drop_l, moved as dome_v_r is)
+    heart_v: float  # heart centre: the heart rides on the left hemidiaphragm
+    air: float  # how dark the lungs are: lung_air, raised by emphysema
+    body_w: float  # lateral half-width of the body: thorax_w + body_margin
+    # set by findings; the defaults are a healthy scan's
+    vessels: float = 1.0  # visibility of the lung vessels (emphysema prunes them)
+    haze: float = 0.0  # perihilar opacity of edema
+    collapse_r: float = 1.0  # lung size left by a pneumothorax (1: none)
+    collapse_l: float = 1.0
+    fluid_r: float = 0.0  # height of a pleural effusion, share of the lung's height
+    fluid_l: float = 0.0
+    rim_r: float = 0.0  # width of pleural thickening
+    rim_l: float = 0.0
+    rim_apical: float = 0.0  # 1: pleural thickening at the apex rather than laterally
+
+    # distinctive marks (:func:`_draw_marks`)
+    granuloma_side: float | None = None
+    granuloma_a: float | None = None
+    granuloma_v: float | None = None
+    granuloma_r: float | None = None
+    rib_fracture_side: float | None = None
+    rib_fracture_rib: float | None = None
+    rib_fracture_a: float | None = None
+    sternotomy_wires: float | None = None
+    sternotomy_top: float | None = None
+    port_side: float | None = None
+    port_a: float | None = None
+    port_v: float | None = None
+    pacemaker_a: float | None = None
+    pacemaker_v: float | None = None
+    pacemaker_leads: float | None = None
+
+    def side(self, side: float) -> Side:
+        """The patient's right (``side`` < 0, the image left) or left side's own parameters."""
+        sfx = "_r" if side < 0 else "_l"
+        return Side(**{name: getattr(self, name + sfx) for name in _SIDE_FIELDS})
+
+    def with_side(self, side: float, **changes: float) -> Anatomy:
+        """A copy with ``changes`` (named as the fields of :class:`Side`) to one side's parameters."""
+        sfx = "_r" if side < 0 else "_l"
+        return replace(self, **{name + sfx: value for name, value in changes.items()})
+
+
+_SIDE_FIELDS = tuple(field.name for field in fields(Side))
+
+
+def _apply_modifiers(parameters: dict[str, float], scan: dict, findings: dict) -> Anatomy:
+    """Anatomy as seen on this scan: pose-independent changes of inspiration, view and findings
+    applied to the patient's parameters at the scan's age (:meth:`Patient.anatomy_at`)."""
+    p = _as_scanned(parameters, scan)
     for label, f in findings.items():
-        sev = f["severity"]
-        if label == "Cardiomegaly":  # a cardiothoracic ratio of 0.52 to 0.66
-            target = 0.52 + 0.14 * sev
-            for _ in range(3):  # the ratio is nearly proportional to the heart's size
-                grow = target / cardiothoracic_ratio(p)
-                if grow <= 1.0:
-                    break
-                p["heart_rx"] *= grow
-                p["atrium_r"] *= grow
-                p["heart_ry"] *= math.sqrt(grow)
-        elif label == "Emphysema":
-            p["air"] *= 1.0 + 0.45 * sev
-            p["vessels"] = 1.0 - 0.6 * sev
-            for side in ("_r", "_l"):
-                p["dome_v" + side] += 0.14 * sev
-                p["dome_curv" + side] *= 1.0 - 0.65 * sev
-        elif label in ("Atelectasis", "Fibrosis"):
-            for side in sides(f):
-                p["dome_v" + side] -= 0.06 * sev
-        elif label == "Pneumothorax":
-            p["collapse" + ("_r" if f["side"] < 0 else "_l")] = 0.85 - 0.3 * sev
-        elif label == "Effusion":
-            for side in sides(f):
-                p["fluid" + side] = 0.06 + 0.3 * sev
-        elif label == "Pleural_Thickening":
-            for side in sides(f):
-                p["rim" + side] = 0.02 + 0.04 * sev
-            p["rim_apical"] = float(f["shape"] < 0.5)
-        elif label == "Edema":
-            p["haze"] = 0.1 + 0.15 * sev
+        p = _with_finding(p, label, f)
     return p
 
 
-def cardiothoracic_ratio(p: dict) -> float:
+def _as_scanned(parameters: dict[str, float], scan: dict) -> Anatomy:
+    """The anatomy before findings: inspiration lowers and flattens the domes, widens the rib spacing
+    and narrows the heart; an AP view magnifies the heart."""
+    insp = scan["inspiration"]
+    dome_v_l = parameters["dome_v_r"] + parameters["dome_drop_l"] + 0.035 * insp
+    p = Anatomy(**parameters, dome_v_l=dome_v_l,
+                heart_v=dome_v_l + parameters["heart_dv"],  # the heart rides on the left hemidiaphragm
+                air=parameters["lung_air"], body_w=parameters["thorax_w"] + parameters["body_margin"])
+    return replace(p, dome_v_r=p.dome_v_r + 0.035 * insp,
+                   dome_curv_r=p.dome_curv_r * (1.0 - 0.06 * insp), dome_curv_l=p.dome_curv_l * (1.0 - 0.06 * insp),
+                   rib_spacing=p.rib_spacing * (1.0 + 0.03 * insp),
+                   heart_rx=p.heart_rx * (scan["heart_magnification"] * (1.0 - 0.03 * insp)),
+                   heart_ry=p.heart_ry * scan["heart_magnification"])
+
+
+def _with_finding(p: Anatomy, label: str, f: dict) -> Anatomy:
+    """The anatomy changed by one finding (those that change shapes or densities the drawing of the
+    lungs and heart reads; the others add opacities when drawn)."""
+    sev = f["severity"]
+    sides = (-1.0, 1.0) if f["bilateral"] else (f["side"],)
+    if label == "Cardiomegaly":  # a cardiothoracic ratio of 0.52 to 0.66
+        target = 0.52 + 0.14 * sev
+        for _ in range(3):  # the ratio is nearly proportional to the heart's size
+            grow = target / cardiothoracic_ratio(p)
+            if grow <= 1.0:
+                break
+            p = replace(p, heart_rx=p.heart_rx * grow, atrium_r=p.atrium_r * grow,
+                        heart_ry=p.heart_ry * math.sqrt(grow))
+    elif label == "Emphysema":
+        p = replace(p, air=p.air * (1.0 + 0.45 * sev), vessels=1.0 - 0.6 * sev)
+        for side in (-1.0, 1.0):
+            own = p.side(side)
+            p = p.with_side(side, dome_v=own.dome_v + 0.14 * sev, dome_curv=own.dome_curv * (1.0 - 0.65 * sev))
+    elif label in ("Atelectasis", "Fibrosis"):
+        for side in sides:
+            p = p.with_side(side, dome_v=p.side(side).dome_v - 0.06 * sev)
+    elif label == "Pneumothorax":
+        p = p.with_side(f["side"], collapse=0.85 - 0.3 * sev)
+    elif label == "Effusion":
+        for side in sides:
+            p = p.with_side(side, fluid=0.06 + 0.3 * sev)
+    elif label == "Pleural_Thickening":
+        for side in sides:
+            p = p.with_side(side, rim=0.02 + 0.04 * sev)
+        p = replace(p, rim_apical=float(f["shape"] < 0.5))
+    elif label == "Edema":
+        p = replace(p, haze=0.1 + 0.15 * sev)
+    return p
+
+
+def cardiothoracic_ratio(p: Anatomy) -> float:
     """Widest heart silhouette (ventricles and right atrium) over the inner thoracic width."""
-    ct, st = math.cos(p["heart_tilt"]), math.sin(p["heart_tilt"])
-    reach = math.hypot(p["heart_rx"] * ct, p["heart_ry"] * st)
-    right_border = min(p["heart_u"] - reach, p["heart_u"] - _ATRIUM_OFFSET * p["heart_rx"] - p["atrium_r"])
-    return (p["heart_u"] + reach - right_border) / (2.0 * p["thorax_w"])
+    ct, st = math.cos(p.heart_tilt), math.sin(p.heart_tilt)
+    reach = math.hypot(p.heart_rx * ct, p.heart_ry * st)
+    right_border = min(p.heart_u - reach, p.heart_u - _ATRIUM_OFFSET * p.heart_rx - p.atrium_r)
+    return (p.heart_u + reach - right_border) / (2.0 * p.thorax_w)

@@ -8,7 +8,7 @@ import math
 
 import numpy as np
 
-from cxrlib.data.phantom.anatomy import _ATRIUM_OFFSET, _apply_modifiers
+from cxrlib.data.phantom.anatomy import _ATRIUM_OFFSET, Anatomy, _apply_modifiers
 from cxrlib.data.phantom.canvas import Textures, _Canvas, _downsample, _step, supersampling
 from cxrlib.data.phantom.common import MM
 from cxrlib.data.phantom.detector import _detector
@@ -25,26 +25,26 @@ _ZONES = {
 }
 
 
-def _body(cv: _Canvas, p: dict) -> None:
+def _body(cv: _Canvas, p: Anatomy) -> None:
     """Soft tissue of neck, shoulders and trunk: the thickness of an elliptic cylinder."""
-    density = 0.55 * p["soft_tissue"]
-    shoulders_end = p["shoulder_v"] + 0.3
+    density = 0.55 * p.soft_tissue
+    shoulders_end = p.shoulder_v + 0.3
     # the neck widening into rounded shoulders, in the rows that reach above the shoulders' end
     top = cv.window(-1.6, 1.6, -1.6, shoulders_end)
     rows = top[0][0].stop if top is not None else 0
     if top is not None:
         sl, u, v = top
-        shoulders = np.clip((v - p["shoulder_v"]) * (1.0 / 0.3), 0.0, 1.0)
+        shoulders = np.clip((v - p.shoulder_v) * (1.0 / 0.3), 0.0, 1.0)
         shoulders *= 2.0 - shoulders
         np.sqrt(shoulders, out=shoulders)
-        half_width = p["neck_w"] + (p["body_w"] - p["neck_w"]) * shoulders
+        half_width = p.neck_w + (p.body_w - p.neck_w) * shoulders
         _add_cylinder(cv.attenuation[sl], u / half_width, density)
     bottom = cv.window(-1.6, 1.6, shoulders_end, 1.6)
     if bottom is not None:  # rows below the top window: the trunk has one width
         (rs, cs), u, _ = bottom
         start = max(rs.start, rows)
         if start < rs.stop:
-            _add_cylinder(cv.attenuation[start:rs.stop, cs], u[start - rs.start:] * (1.0 / p["body_w"]), density)
+            _add_cylinder(cv.attenuation[start:rs.stop, cs], u[start - rs.start:] * (1.0 / p.body_w), density)
 
 
 def _add_cylinder(out: np.ndarray, x: np.ndarray, density: float) -> None:
@@ -56,13 +56,13 @@ def _add_cylinder(out: np.ndarray, x: np.ndarray, density: float) -> None:
     out += x
 
 
-def _hemithorax(cv: _Canvas, p: dict, side: float, tex: Textures, scan: dict) -> None:
+def _hemithorax(cv: _Canvas, p: Anatomy, side: float, tex: Textures, scan: dict) -> None:
     """One lung with its vessels and the findings that change its shape, and its half of the rib
     cage. Ribs are computed over the whole cage, the lung over its own smaller window."""
-    sfx = "_r" if side < 0 else "_l"
-    tw, med, apex = p["thorax_w"], p["lung_med" + sfx], p["apex_v"]
-    dome, curv = p["dome_v" + sfx], p["dome_curv" + sfx]
-    peak = p["dome_peak"] * tw
+    own = p.side(side)
+    tw, med, apex = p.thorax_w, own.lung_med, p.apex_v
+    dome, curv = own.dome_v, own.dome_curv
+    peak = p.dome_peak * tw
     bottom = dome + curv * (tw - peak) ** 2
     lo_u, hi_u = (-tw - 0.09, 0.0) if side < 0 else (0.0, tw + 0.09)
     found = cv.window(lo_u, hi_u, apex - 0.2, bottom + 0.12)
@@ -78,10 +78,10 @@ def _hemithorax(cv: _Canvas, p: dict, side: float, tex: Textures, scan: dict) ->
     q = (v - vc) * (1.0 / vh)
     top = np.clip(q, -1.0, 0.0)
     top *= top
-    narrowing = 1.0 - p["lung_taper"] * top
+    narrowing = 1.0 - p.lung_taper * top
     pu = (a - ac) / (aw * narrowing)
     pu2, q2 = pu * pu, q * q
-    box = p["lung_box"]
+    box = p.lung_box
     r = pu2 + q2
     r *= 1.0 - box
     r += box * (pu2 * pu2 + q2 * q2)
@@ -93,26 +93,26 @@ def _hemithorax(cv: _Canvas, p: dict, side: float, tex: Textures, scan: dict) ->
 
     # posterior ribs: a phase field whose level sets are the rib centre lines; clipping the phase
     # to the rib count leaves cos = -1 (no rib) beyond the first and the last rib
-    bone = p["bone_density"]
-    ribs_phase = p["rib_phase" + sfx]
-    s = (p["rib_rise"] - p["rib_curv"] * a) * a + v
-    s -= apex - 0.04 + ribs_phase * p["rib_spacing"]
-    phi = s * (1.0 / p["rib_spacing"])
-    phi *= 1.0 - p["rib_growth"] * s
-    phi += (p["rib_wobble"] / p["rib_spacing"]) * np.sin(p["rib_wobble_freq"] * a + (3.0 * side + ribs_phase))
-    if "rib_fracture_side" in p and p["rib_fracture_side"] == side:
+    bone = p.bone_density
+    ribs_phase = own.rib_phase
+    s = (p.rib_rise - p.rib_curv * a) * a + v
+    s -= apex - 0.04 + ribs_phase * p.rib_spacing
+    phi = s * (1.0 / p.rib_spacing)
+    phi *= 1.0 - p.rib_growth * s
+    phi += (p.rib_wobble / p.rib_spacing) * np.sin(p.rib_wobble_freq * a + (3.0 * side + ribs_phase))
+    if p.rib_fracture_side == side:  # None without a fracture
         # healed fracture: a step in one rib and a callus
-        k, fa = p["rib_fracture_rib"], p["rib_fracture_a"]
+        k, fa = p.rib_fracture_rib, p.rib_fracture_a
         near = np.exp(-((phi - k) ** 2) * 8.0)
         phi += 0.2 * near * _step(a - fa, eps)
         cv.attenuation[sl] += 0.3 * bone * near * np.exp(-((a - fa) ** 2) * (1.0 / 0.002))
-    np.clip(phi, -0.5, p["rib_count"] - 0.5, out=phi)
+    np.clip(phi, -0.5, p.rib_count - 0.5, out=phi)
     wave = np.cos(phi * (2.0 * np.pi))
     # sharp at high resolution, blending into the fundamental where a rib period spans few pixels
     # (otherwise small images alias into a mesh)
-    t = math.cos(math.pi * p["rib_thick"])
+    t = math.cos(math.pi * p.rib_thick)
     rib = np.sqrt(np.clip((wave - t) * (1.0 / (1.0 - t)), 0.0, 1.0))
-    smooth = min(max(3.0 * cv.pixel / p["rib_spacing"] - 0.3, 0.0), 1.0)
+    smooth = min(max(3.0 * cv.pixel / p.rib_spacing - 0.3, 0.0), 1.0)
     if smooth > 0.0:
         rib *= 1.0 - smooth
         rib += smooth * (0.35 + 0.35 * wave)
@@ -133,8 +133,8 @@ def _hemithorax(cv: _Canvas, p: dict, side: float, tex: Textures, scan: dict) ->
     cv.attenuation[sl] += (0.1 * bone) * rib
 
     # anterior ribs: sloping down toward the midline, ending at the costochondral junction
-    phi_a = (v - p["ant_rib_slope"] * (tw - a) - (apex + 0.05 + p["ant_rib_phase"] * p["ant_rib_spacing"]))
-    phi_a *= 1.0 / p["ant_rib_spacing"]
+    phi_a = (v - p.ant_rib_slope * (tw - a) - (apex + 0.05 + p.ant_rib_phase * p.ant_rib_spacing))
+    phi_a *= 1.0 / p.ant_rib_spacing
     np.clip(phi_a, -0.5, 6.5, out=phi_a)
     wave = np.cos(phi_a * (2.0 * np.pi))
     rib = np.clip((wave - 0.1) * (1.0 / 0.9), 0.0, 1.0)
@@ -142,7 +142,7 @@ def _hemithorax(cv: _Canvas, p: dict, side: float, tex: Textures, scan: dict) ->
         rib *= 1.0 - smooth
         rib += smooth * (0.3 + 0.3 * wave)
     rib *= weight
-    rib *= _step(a - p["ant_rib_cc"] * tw, 0.05)
+    rib *= _step(a - p.ant_rib_cc * tw, 0.05)
     cv.attenuation[sl] += (0.06 * bone) * rib
 
     # the lung, in its own window
@@ -160,30 +160,30 @@ def _hemithorax(cv: _Canvas, p: dict, side: float, tex: Textures, scan: dict) ->
     np.maximum(cv.lung[sl], field, out=cv.lung[sl])
     hidden = 1.0 - 0.9 * cv.solid[sl]
     depth *= hidden
-    collapse = p["collapse" + sfx]
+    collapse = own.collapse
     if collapse < 1.0:
         # pneumothorax: the lung shrinks toward the hilum, denser for the air it lost; the pleural
         # space is pure air, without vessels
-        cu_ = (a - (ac - aw * (1.0 - collapse) * 0.6)) / (aw * collapse * (1.0 - p["lung_taper"] * top))
+        cu_ = (a - (ac - aw * (1.0 - collapse) * 0.6)) / (aw * collapse * (1.0 - p.lung_taper * top))
         cq = (v - (vc + vh * (1.0 - collapse) * 0.5)) * (1.0 / (vh * collapse))
         rc = (1.0 - box) * (cu_ * cu_ + cq * cq) + box * (cu_**4 + cq**4)
         lung = _step(1.0 - rc, 0.04) * below * hidden
         pleural_line = np.clip(1.0 - np.abs(1.0 - rc) * (0.5 / (cv.pixel + 0.004)), 0.0, 1.0) * below
-        air = depth * (0.75 * lung + 1.4 * (1.0 - lung)) * p["air"]
+        air = depth * (0.75 * lung + 1.4 * (1.0 - lung)) * p.air
         cv.attenuation[sl] += 0.4 * pleural_line
     else:
         lung = np.clip(depth * 3.0, 0.0, 1.0)
-        air = depth * p["air"]
+        air = depth * p.air
     cv.air[sl] += air
 
     # vessels radiating from the hilum, fading to the periphery, broken up by a random field
-    ha, hv = med + 0.05, p["hilum_v"]
+    ha, hv = med + 0.05, p.hilum_v
     da, dv = a - ha, v - hv
     rr = da * da
     rr += dv * dv
     theta = np.arctan2(dv, da)
-    theta *= p["vessel_count"] * 2.0
-    theta += p["vessel_twist"] * rr + (p["vessel_phase"] + side)
+    theta *= p.vessel_count * 2.0
+    theta += p.vessel_twist * rr + (p.vessel_phase + side)
     vessels = np.cos(theta)
     vessels *= 4.0
     vessels -= 3.0
@@ -191,108 +191,107 @@ def _hemithorax(cv: _Canvas, p: dict, side: float, tex: Textures, scan: dict) ->
     broken = tex.window(tex.coarse, vessels.shape, scan["noise_offset"] // 3) * 0.7 + 0.7
     vessels *= np.clip(broken, 0.0, 1.2, out=broken)
     fade = np.exp(rr * -5.0)
-    fade *= 0.08 * p["vessels"]
+    fade *= 0.08 * p.vessels
     vessels *= fade
     vessels *= lung
     cv.attenuation[sl] += vessels
 
-    if p["haze"] > 0.0:  # edema: perihilar (bat-wing) haze
+    if p.haze > 0.0:  # edema: perihilar (bat-wing) haze
         haze = np.exp(-(da * da * (1.0 / 0.12) + dv * dv * (1.0 / 0.15)))
         texture = 1.0 + 0.35 * tex.window(tex.coarse, haze.shape, scan["noise_offset"] // 7)
-        cv.attenuation[sl] += p["haze"] * haze * texture * lung
-    fluid = p["fluid" + sfx]
+        cv.attenuation[sl] += p.haze * haze * texture * lung
+    fluid = own.fluid
     if fluid > 0.0:  # effusion: dependent fluid with a meniscus rising laterally, blunting the angle
         rise = np.clip((a - med) * (1.0 / (tw - med)), 0.0, 1.0)
         level = bottom - fluid * (bottom - apex) * (0.5 + rise * rise)
         water = _step(v - level, 2.0 * eps) * _step(1.05 - r, 0.05) * below
         cv.attenuation[sl] += water * (AIR * air + 0.1)
-    rim = p["rim" + sfx]
+    rim = own.rim
     if rim > 0.0:  # pleural thickening: a dense band inside the chest wall, apical or lateral
         band = _step(r - (1.0 - 3.0 * rim), 0.02) * _step(1.02 - r, 0.02)
-        zone = np.clip(-q * 2.0, 0.0, 1.0) if p.get("rim_apical", 0.0) else np.clip((a - ac) * (4.0 / aw), 0.0, 1.0)
+        zone = np.clip(-q * 2.0, 0.0, 1.0) if p.rim_apical else np.clip((a - ac) * (4.0 / aw), 0.0, 1.0)
         cv.attenuation[sl] += 0.3 * band * zone * below
 
 
-def _mediastinum(cv: _Canvas, p: dict, scan: dict) -> None:
+def _mediastinum(cv: _Canvas, p: Anatomy, scan: dict) -> None:
     """Upper mediastinum, aortic knob and heart: soft tissue that hides the lung behind it (marked
     in ``cv.solid`` for the lungs), and the air of trachea and main bronchi."""
     ob, eps = scan["obliquity"], cv.eps
-    found = cv.window(-0.25 + ob, 0.25 + ob, -1.2, p["heart_v"])
+    found = cv.window(-0.25 + ob, 0.25 + ob, -1.2, p.heart_v)
     if found is not None:  # upper mediastinum, widening toward the heart
         sl, u, v = found
-        width = p["med_w"] * (1.0 + 0.6 * np.clip((v - p["carina_v"]) * 3.0, 0.0, 1.0))
+        width = p.med_w * (1.0 + 0.6 * np.clip((v - p.carina_v) * 3.0, 0.0, 1.0))
         np.maximum(cv.solid[sl], _step(width - np.abs(u - (ob + 0.01)), eps), out=cv.solid[sl])
-    r = p["aorta_r"]
-    found = cv.window(p["aorta_u"] + ob - r, p["aorta_u"] + ob + r, p["aorta_v"] - r, p["aorta_v"] + r)
+    r = p.aorta_r
+    found = cv.window(p.aorta_u + ob - r, p.aorta_u + ob + r, p.aorta_v - r, p.aorta_v + r)
     if found is not None:
         sl, u, v = found
-        ku, kv = u - (p["aorta_u"] + ob), v - p["aorta_v"]
+        ku, kv = u - (p.aorta_u + ob), v - p.aorta_v
         np.maximum(cv.solid[sl], _step(r - np.sqrt(ku * ku + kv * kv), eps), out=cv.solid[sl])
     # heart: a tilted ellipse (ventricles) and a circle (right atrium, the right heart border)
-    hu, hv, rx, ry = p["heart_u"] + ob, p["heart_v"], p["heart_rx"], p["heart_ry"]
-    au, av, ar = hu - _ATRIUM_OFFSET * rx, hv - 0.05 * ry, p["atrium_r"]
+    hu, hv, rx, ry = p.heart_u + ob, p.heart_v, p.heart_rx, p.heart_ry
+    au, av, ar = hu - _ATRIUM_OFFSET * rx, hv - 0.05 * ry, p.atrium_r
     reach = max(rx, ry)
     found = cv.window(min(hu - reach, au - ar), hu + reach, hv - reach, hv + reach)
     if found is not None:
         sl, u, v = found
         du, dv = u - hu, v - hv
-        ct, st = math.cos(p["heart_tilt"]), math.sin(p["heart_tilt"])
+        ct, st = math.cos(p.heart_tilt), math.sin(p.heart_tilt)
         hx = (du * ct - dv * st) * (1.0 / rx)
         hy = (du * st + dv * ct) * (1.0 / ry)
         heart = np.sqrt(np.clip((1.0 - hx * hx - hy * hy) * 6.0, 0.0, 1.0))
         du, dv = u - au, v - av
         atrium = np.sqrt(np.clip((1.0 - (du * du + dv * dv) * (1.0 / ar**2)) * 6.0, 0.0, 1.0))
         np.maximum(cv.solid[sl], np.maximum(heart, atrium, out=heart), out=cv.solid[sl])
-    found = cv.window(-0.12 + ob, 0.12 + ob, -1.2, p["carina_v"] + 0.13)
+    found = cv.window(-0.12 + ob, 0.12 + ob, -1.2, p.carina_v + 0.13)
     if found is not None:  # trachea and main bronchi
         sl, u, v = found
-        uc = u - (ob + p["trachea_u"])
-        above = v < p["carina_v"]
-        trachea = _step(p["trachea_w"] - np.abs(uc - 0.15 * (v - p["carina_v"]) * above), eps)
+        uc = u - (ob + p.trachea_u)
+        above = v < p.carina_v
+        trachea = _step(p.trachea_w - np.abs(uc - 0.15 * (v - p.carina_v) * above), eps)
         trachea *= above
-        dvb = v - p["carina_v"]
-        bronchi = _step(0.7 * p["trachea_w"] - np.abs(np.abs(uc) - 0.9 * dvb), eps) * (dvb > 0.0)
+        dvb = v - p.carina_v
+        bronchi = _step(0.7 * p.trachea_w - np.abs(np.abs(uc) - 0.9 * dvb), eps) * (dvb > 0.0)
         cv.attenuation[sl] -= 0.12 * (trachea + bronchi)
 
 
-def _spine(cv: _Canvas, p: dict) -> None:
+def _spine(cv: _Canvas, p: Anatomy) -> None:
     found = cv.window(-0.25, 0.25, -1.3, 1.3)
     if found is None:
         return
     sl, u, v = found
-    centre = p["spine_curve"] * np.sin((v + 1.0) * (np.pi * p["spine_wave"]))
+    centre = p.spine_curve * np.sin((v + 1.0) * (np.pi * p.spine_wave))
     du = np.abs(u - centre)
-    body = _step(p["spine_w"] - du, cv.eps)
-    vertebrae = 0.75 + 0.25 * np.cos(v * (2.0 * np.pi / p["vert_h"]))
+    body = _step(p.spine_w - du, cv.eps)
+    vertebrae = 0.75 + 0.25 * np.cos(v * (2.0 * np.pi / p.vert_h))
     # pedicles: brighter ovals at the lateral edges of each body
-    pedicles = np.clip(1.0 - np.abs(du - 0.75 * p["spine_w"]) * (1.0 / (0.18 * p["spine_w"])), 0.0, 1.0)
-    cv.attenuation[sl] += p["bone_density"] * body * (0.09 * vertebrae + 0.06 * pedicles * (vertebrae > 0.8))
+    pedicles = np.clip(1.0 - np.abs(du - 0.75 * p.spine_w) * (1.0 / (0.18 * p.spine_w)), 0.0, 1.0)
+    cv.attenuation[sl] += p.bone_density * body * (0.09 * vertebrae + 0.06 * pedicles * (vertebrae > 0.8))
 
 
-def _shoulder_girdle(cv: _Canvas, p: dict, scan: dict, side: float) -> None:
-    sfx = "_r" if side < 0 else "_l"
-    bone = p["bone_density"]
+def _shoulder_girdle(cv: _Canvas, p: Anatomy, scan: dict, side: float) -> None:
+    bone = p.bone_density
     # clavicle: an S-shaped bar rising laterally from the sternal notch
-    cl_v, length = p["clav_v"] + scan["clavicle_lift"], p["clav_len"]
-    angle = p["clav_angle" + sfx] * (0.6 if scan["heart_magnification"] > 1.0 else 1.0)
+    cl_v, length = p.clav_v + scan["clavicle_lift"], p.clav_len
+    angle = p.side(side).clav_angle * (0.6 if scan["heart_magnification"] > 1.0 else 1.0)
     ob = scan["obliquity"]
     lo, hi = (-length - 0.08 + ob, ob) if side < 0 else (ob, length + 0.08 + ob)
     found = cv.window(lo, hi, cl_v - length * np.tan(angle) - 0.12, cl_v + 0.1)
     if found is not None:
         sl, u, v = found
         a = (u - ob) * side
-        centre = cl_v - np.tan(angle) * a + p["clav_s"] * np.sin(a * (2.0 * np.pi / length))
+        centre = cl_v - np.tan(angle) * a + p.clav_s * np.sin(a * (2.0 * np.pi / length))
         dist = np.abs(v - centre)
-        bar = np.sqrt(np.clip(1.0 - dist * (1.0 / p["clav_thick"]), 0.0, 1.0))
+        bar = np.sqrt(np.clip(1.0 - dist * (1.0 / p.clav_thick), 0.0, 1.0))
         cv.attenuation[sl] += 0.2 * bone * bar * _step(length - a, 0.02) * _step(a - 0.03, 0.02)
     # scapula: a tilted plate at the lateral chest wall, over the lung on AP views
-    size = p["scap_size"]
-    cu = side * (p["thorax_w"] + 0.1 - scan["scapula_shift"])
-    cv_ = p["scap_v"]
+    size = p.scap_size
+    cu = side * (p.thorax_w + 0.1 - scan["scapula_shift"])
+    cv_ = p.scap_v
     found = cv.window(cu - size, cu + size, cv_ - 1.4 * size, cv_ + 1.4 * size)
     if found is not None:
         sl, u, v = found
-        ca, sa = float(np.cos(p["scap_angle"])), float(np.sin(p["scap_angle"])) * side
+        ca, sa = float(np.cos(p.scap_angle)), float(np.sin(p.scap_angle)) * side
         du, dv = u - cu, v - cv_
         x = (du * ca + dv * sa) * (1.0 / (0.55 * size))
         y = (-du * sa + dv * ca) * (1.0 / (1.3 * size))
@@ -301,14 +300,14 @@ def _shoulder_girdle(cv: _Canvas, p: dict, scan: dict, side: float) -> None:
         cv.attenuation[sl] += 0.08 * bone * plate
     # humeral head at the top corner
     head = 0.12
-    cv.blob(side * (p["body_w"] + 0.08), p["shoulder_v"] + 0.3, head, head, 0.18 * bone)
+    cv.blob(side * (p.body_w + 0.08), p.shoulder_v + 0.3, head, head, 0.18 * bone)
 
 
-def _breasts(cv: _Canvas, p: dict) -> None:
+def _breasts(cv: _Canvas, p: Anatomy) -> None:
     """Breast shadows over the lower lung fields: a sharp curved lower border, fading upward."""
-    size = p["breast_size"]
+    size = p.breast_size
     for side in (-1.0, 1.0):
-        cu, cv_ = side * 0.6 * p["thorax_w"], p["breast_v"] + 0.5 * size
+        cu, cv_ = side * 0.6 * p.thorax_w, p.breast_v + 0.5 * size
         found = cv.window(cu - 0.9 * size, cu + 0.9 * size, cv_ - size, cv_ + size)
         if found is None:
             continue
@@ -319,33 +318,33 @@ def _breasts(cv: _Canvas, p: dict) -> None:
         cv.attenuation[sl] += 0.16 * shadow
 
 
-def _marks(cv: _Canvas, p: dict, scan: dict) -> None:
+def _marks(cv: _Canvas, p: Anatomy, scan: dict) -> None:
     """Distinctive marks (lateral positions as shares of the thorax half-width); metal is far denser
     than bone."""
     ob = scan["obliquity"]
-    if "granuloma_a" in p:
-        cv.blob(p["granuloma_side"] * p["granuloma_a"] * p["thorax_w"], p["granuloma_v"],
-                p["granuloma_r"], p["granuloma_r"], 1.0, profile="flat")
-    if "sternotomy_wires" in p:
-        wires = int(p["sternotomy_wires"])
+    if p.granuloma_a is not None:
+        cv.blob(p.granuloma_side * p.granuloma_a * p.thorax_w, p.granuloma_v,
+                p.granuloma_r, p.granuloma_r, 1.0, profile="flat")
+    if p.sternotomy_wires is not None:
+        wires = int(p.sternotomy_wires)
         for i in range(wires):
-            cu, cv_ = ob + 0.006 * (i % 2), p["sternotomy_top"] + i * 0.075
+            cu, cv_ = ob + 0.006 * (i % 2), p.sternotomy_top + i * 0.075
             cv.blob(cu, cv_, 0.03, 0.012, 0.9, profile="flat")
             cv.blob(cu, cv_, 0.018, 0.005, -0.9, profile="flat")
-    if "port_a" in p:
-        side = p["port_side"]
-        cu, cv_ = side * p["port_a"] + ob, p["port_v"]
+    if p.port_a is not None:
+        side = p.port_side
+        cu, cv_ = side * p.port_a + ob, p.port_v
         cv.blob(cu, cv_, 0.035, 0.03, 1.4, profile="flat")
-        catheter = np.array([[cu, cv_], [cu - side * 0.12, cv_ + 0.02], [ob - 0.03, p["carina_v"] - 0.02],
-                             [-0.05 + ob, p["heart_v"] - 0.08]])
+        catheter = np.array([[cu, cv_], [cu - side * 0.12, cv_ + 0.02], [ob - 0.03, p.carina_v - 0.02],
+                             [-0.05 + ob, p.heart_v - 0.08]])
         cv.curve(catheter, 0.006, 0.8)
-    if "pacemaker_a" in p:
-        cu, cv_ = p["pacemaker_a"] + ob, p["pacemaker_v"]
+    if p.pacemaker_a is not None:
+        cu, cv_ = p.pacemaker_a + ob, p.pacemaker_v
         cv.blob(cu, cv_, 0.07, 0.05, 2.0, profile="flat", edge=0.02)
-        for i in range(int(p["pacemaker_leads"])):
-            lead = np.array([[cu - 0.03, cv_ + 0.01], [0.12 + ob, cv_ - 0.01 * i], [-0.02 + ob, p["carina_v"] + 0.05],
-                             [-0.03 + ob + 0.05 * i, p["heart_v"] + 0.04 + 0.06 * i],
-                             [p["heart_u"] + ob + 0.04 * i, p["heart_v"] + 0.12]])
+        for i in range(int(p.pacemaker_leads)):
+            lead = np.array([[cu - 0.03, cv_ + 0.01], [0.12 + ob, cv_ - 0.01 * i], [-0.02 + ob, p.carina_v + 0.05],
+                             [-0.03 + ob + 0.05 * i, p.heart_v + 0.04 + 0.06 * i],
+                             [p.heart_u + ob + 0.04 * i, p.heart_v + 0.12]])
             cv.curve(lead, 0.007, 1.0)
 
 
@@ -359,16 +358,16 @@ def _support_devices(cv: _Canvas, scan: dict) -> None:
             cv.blob(cu, cv_, 0.02, 0.02, -0.45, profile="flat")
 
 
-def _lung_point(p: dict, side: float, a: float, h: float) -> tuple[float, float]:
+def _lung_point(p: Anatomy, side: float, a: float, h: float) -> tuple[float, float]:
     """Patient coordinates of a lung-relative position (a: medial 0 .. lateral 1, h: apex 0 .. base 1)."""
-    sfx = "_r" if side < 0 else "_l"
-    med, tw = p["lung_med" + sfx], p["thorax_w"]
+    own = p.side(side)
+    med, tw = own.lung_med, p.thorax_w
     lateral = med + a * (tw - med)
-    v = p["apex_v"] + 0.1 + h * (p["dome_v" + sfx] - p["apex_v"] - 0.1)
+    v = p.apex_v + 0.1 + h * (own.dome_v - p.apex_v - 0.1)
     return side * lateral, v
 
 
-def _lesions(cv: _Canvas, p: dict, findings: dict, tex: Textures) -> None:
+def _lesions(cv: _Canvas, p: Anatomy, findings: dict, tex: Textures) -> None:
     """Findings that add opacity inside the lungs."""
     for label, f in findings.items():
         sev = f["severity"]
@@ -404,7 +403,7 @@ def _lesions(cv: _Canvas, p: dict, findings: dict, tex: Textures) -> None:
             elif label == "Hernia":
                 # hiatal hernia: retrocardiac mass with an air-fluid level
                 size = (0.07 + 0.05 * sev)
-                hu, hv = 0.03 + 0.04 * f["a"], p["dome_v_l"] - 0.25 * size
+                hu, hv = 0.03 + 0.04 * f["a"], p.dome_v_l - 0.25 * size
                 cv.blob(hu, hv, size, 0.8 * size, 0.4, profile="dome")
                 _air_fluid_level(cv, hu, hv, size)
 
@@ -450,14 +449,15 @@ def _patch(cv: _Canvas, tex: Textures, f: dict, cu: float, cv_: float, ru: float
     cv.attenuation[sl] += opacity * lung
 
 
-def _gastric_bubble(cv: _Canvas, p: dict, scan: dict) -> None:
+def _gastric_bubble(cv: _Canvas, p: Anatomy, scan: dict) -> None:
     size = scan["gastric_bubble"]
     if size > 0.0:
-        cu, cv_ = 0.3 * p["thorax_w"] + 0.05, p["dome_v_l"] + 0.1 + size
+        cu, cv_ = 0.3 * p.thorax_w + 0.05, p.dome_v_l + 0.1 + size
         cv.blob(cu, cv_, 1.3 * size, size, -0.35, profile="dome")
 
 
-def _draw(patient_anatomy: dict, scan: dict, findings: dict, size: int, textures: Textures) -> tuple[_Canvas, dict]:
+def _draw(patient_anatomy: dict[str, float], scan: dict, findings: dict, size: int,
+          textures: Textures) -> tuple[_Canvas, Anatomy]:
     """The scan's anatomy, drawn on a canvas at the rendering resolution."""
     p = _apply_modifiers(patient_anatomy, scan, findings)
     cv = _Canvas(size * supersampling(size), scan)
@@ -470,7 +470,7 @@ def _draw(patient_anatomy: dict, scan: dict, findings: dict, size: int, textures
     _spine(cv, p)
     for side in (-1.0, 1.0):
         _shoulder_girdle(cv, p, scan, side)
-    if p["breast_size"] > 0.0:
+    if p.breast_size > 0.0:
         _breasts(cv, p)
     _gastric_bubble(cv, p, scan)
     _lesions(cv, p, findings, textures)
@@ -479,15 +479,16 @@ def _draw(patient_anatomy: dict, scan: dict, findings: dict, size: int, textures
     return cv, p
 
 
-def render(patient_anatomy: dict, scan: dict, findings: dict, size: int,
-           textures: Textures) -> tuple[np.ndarray, list[list[int]], dict]:
+def render(patient_anatomy: dict[str, float], scan: dict, findings: dict, size: int,
+           textures: Textures) -> tuple[np.ndarray, list[list[int]], Anatomy]:
     """One radiograph: (uint8 image, burned-in text boxes, the anatomy as seen on this scan)."""
     cv, p = _draw(patient_anatomy, scan, findings, size, textures)
     image, boxes = _detector(_downsample(cv.attenuation, supersampling(size)), scan, textures)
     return image, boxes, p
 
 
-def lung_field_mask(patient_anatomy: dict, scan: dict, findings: dict, size: int, textures: Textures) -> np.ndarray:
+def lung_field_mask(patient_anatomy: dict[str, float], scan: dict, findings: dict, size: int,
+                    textures: Textures) -> np.ndarray:
     """The scan's lung fields at ``size`` px (bool), outlined as a segmentation would: the visible lung
     above the domes, not the part hidden behind heart and mediastinum."""
     cv, _ = _draw(patient_anatomy, scan, findings, size, textures)

@@ -20,7 +20,7 @@ from cxrlib.data.chestxray14 import (
     write_metadata,
 )
 from cxrlib.data.phantom.acquisition import draw_findings, draw_scan, draw_usual_acquisition
-from cxrlib.data.phantom.anatomy import Patient, cardiothoracic_ratio, draw_patient
+from cxrlib.data.phantom.anatomy import Anatomy, Patient, cardiothoracic_ratio, draw_patient
 from cxrlib.data.phantom.canvas import Textures
 from cxrlib.data.phantom.common import _ANATOMY, _EXAMPLE, _FINDINGS, _HABIT, _META, _SCAN, FIELD_OF_VIEW_MM, _rng
 from cxrlib.data.phantom.rendering import render
@@ -124,7 +124,7 @@ def _write_png(image: np.ndarray, path: Path) -> None:
     Image.fromarray(image).save(path, format="PNG", compress_level=PNG_COMPRESS_LEVEL)
 
 
-def _truth_row(name: str, patient: Patient, anatomy: dict, seen: dict, scan: dict, findings: dict,
+def _truth_row(name: str, patient: Patient, anatomy: dict[str, float], seen: Anatomy, scan: dict, findings: dict,
                boxes: list[list[int]]) -> dict:
     row = {"image": name, "text_boxes": json.dumps(boxes), "marker": scan["marker"], "vendor": scan["vendor"],
            "cardiothoracic_ratio": cardiothoracic_ratio(seen)}
