@@ -5,6 +5,7 @@ passed through the detector; also the scan's lung-field mask."""
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -59,6 +60,56 @@ def _add_cylinder(out: np.ndarray, x: np.ndarray, density: float) -> None:
 def _hemithorax(cv: _Canvas, p: Anatomy, side: float, tex: Textures, scan: dict) -> None:
     """One lung with its vessels and the findings that change its shape, and its half of the rib
     cage. Ribs are computed over the whole cage, the lung over its own smaller window."""
+    cage = _cage(cv, p, side)
+    if cage is None:
+        return
+    weight = _rib_weight(cage)
+    # sharp at high resolution, blending into the fundamental where a rib period spans few pixels
+    # (otherwise small images alias into a mesh)
+    smooth = min(max(3.0 * cv.pixel / p.rib_spacing - 0.3, 0.0), 1.0)
+    _posterior_ribs(cv, p, cage, weight, smooth)
+    _anterior_ribs(cv, p, cage, weight, smooth)
+    found = _lung(cv, p, cage)
+    if found is None:
+        return
+    lung_cage, lung, air = found
+    _vessels(cv, p, lung_cage, lung, tex, scan)
+    _pleural_findings(cv, p, lung_cage, lung, air, tex, scan)
+
+
+@dataclass(frozen=True)
+class _Cage:
+    """One side of the rib cage on a canvas window ``sl``: ``a`` runs laterally from the midline, ``v``
+    down; ``r`` is the cage's superellipse radius (r < 1 is lung), ``q`` the height in it (-1 at its
+    top), ``top`` the squared height in its upper half (the narrowing toward the apex), ``below`` 1
+    above the hemidiaphragm and 0 under it. The scalars place the cage: half-width ``tw``, medial
+    border ``med``, apex and dome ``bottom``, centre ``ac``, ``vc`` and half-extents ``aw``, ``vh``."""
+
+    side: float
+    sl: tuple[slice, slice]
+    a: np.ndarray
+    v: np.ndarray
+    q: np.ndarray
+    top: np.ndarray
+    r: np.ndarray
+    below: np.ndarray
+    tw: float
+    med: float
+    apex: float
+    bottom: float
+    ac: float
+    aw: float
+    vc: float
+    vh: float
+
+    def part(self, cv: _Canvas, inner: tuple[slice, slice]) -> _Cage:
+        """The cage in ``inner``, a window given relative to this one (:meth:`_Canvas.subwindow`)."""
+        return replace(self, sl=cv.shift(self.sl, inner), a=self.a[inner], v=self.v[inner], q=self.q[inner],
+                       top=self.top[inner], r=self.r[inner], below=self.below[inner])
+
+
+def _cage(cv: _Canvas, p: Anatomy, side: float) -> _Cage | None:
+    """The cage: a superellipse narrowing to the apex; r < 1 is lung, cut below by the dome."""
     own = p.side(side)
     tw, med, apex = p.thorax_w, own.lung_med, p.apex_v
     dome, curv = own.dome_v, own.dome_curv
@@ -67,12 +118,9 @@ def _hemithorax(cv: _Canvas, p: Anatomy, side: float, tex: Textures, scan: dict)
     lo_u, hi_u = (-tw - 0.09, 0.0) if side < 0 else (0.0, tw + 0.09)
     found = cv.window(lo_u, hi_u, apex - 0.2, bottom + 0.12)
     if found is None:
-        return
+        return None
     sl, u, v = found
     a = u if side > 0 else -u
-    eps = cv.eps
-
-    # the cage: a superellipse narrowing to the apex; r < 1 is lung, cut below by the dome
     ac, aw = 0.5 * (tw + med), 0.5 * (tw - med)
     vc, vh = 0.5 * (apex + bottom + 0.2), 0.5 * (bottom + 0.2 - apex)
     q = (v - vc) * (1.0 / vh)
@@ -89,14 +137,36 @@ def _hemithorax(cv: _Canvas, p: Anatomy, side: float, tex: Textures, scan: dict)
     dome_curve *= dome_curve
     dome_curve *= curv
     dome_curve += dome - v
-    below = _step(dome_curve, eps)
+    below = _step(dome_curve, cv.eps)
+    return _Cage(side=side, sl=sl, a=a, v=v, q=q, top=top, r=r, below=below, tw=tw, med=med, apex=apex,
+                 bottom=bottom, ac=ac, aw=aw, vc=vc, vh=vh)
 
-    # posterior ribs: a phase field whose level sets are the rib centre lines; clipping the phase
-    # to the rib count leaves cos = -1 (no rib) beyond the first and the last rib
+
+def _rib_weight(cage: _Cage) -> np.ndarray:
+    """Ribs are seen edge-on (denser) at the lateral chest wall (r about 1.08) and end just outside
+    it; medially they run under the spine; below the domes they overlie the abdomen and fade."""
+    weight = np.clip(cage.r, 0.9, 1.08)
+    weight -= 0.9 - 1.0 / 6.7
+    wall = np.clip(cage.r, 1.08, 1.29)
+    wall -= 1.08
+    wall *= 10.5 / 6.7  # the density rises 1 -> 2.2 over r 0.9 -> 1.08 and falls to 0 at r 1.29
+    weight -= wall
+    weight *= 6.7
+    np.maximum(weight, 0.0, out=weight)
+    fade = cage.below * 0.6
+    fade += 0.4
+    weight *= fade
+    return weight
+
+
+def _posterior_ribs(cv: _Canvas, p: Anatomy, cage: _Cage, weight: np.ndarray, smooth: float) -> None:
+    """Posterior ribs: a phase field whose level sets are the rib centre lines; clipping the phase
+    to the rib count leaves cos = -1 (no rib) beyond the first and the last rib."""
+    a, v, side = cage.a, cage.v, cage.side
     bone = p.bone_density
-    ribs_phase = own.rib_phase
+    ribs_phase = p.side(side).rib_phase
     s = (p.rib_rise - p.rib_curv * a) * a + v
-    s -= apex - 0.04 + ribs_phase * p.rib_spacing
+    s -= cage.apex - 0.04 + ribs_phase * p.rib_spacing
     phi = s * (1.0 / p.rib_spacing)
     phi *= 1.0 - p.rib_growth * s
     phi += (p.rib_wobble / p.rib_spacing) * np.sin(p.rib_wobble_freq * a + (3.0 * side + ribs_phase))
@@ -104,36 +174,23 @@ def _hemithorax(cv: _Canvas, p: Anatomy, side: float, tex: Textures, scan: dict)
         # healed fracture: a step in one rib and a callus
         k, fa = p.rib_fracture_rib, p.rib_fracture_a
         near = np.exp(-((phi - k) ** 2) * 8.0)
-        phi += 0.2 * near * _step(a - fa, eps)
-        cv.attenuation[sl] += 0.3 * bone * near * np.exp(-((a - fa) ** 2) * (1.0 / 0.002))
+        phi += 0.2 * near * _step(a - fa, cv.eps)
+        cv.attenuation[cage.sl] += 0.3 * bone * near * np.exp(-((a - fa) ** 2) * (1.0 / 0.002))
     np.clip(phi, -0.5, p.rib_count - 0.5, out=phi)
     wave = np.cos(phi * (2.0 * np.pi))
-    # sharp at high resolution, blending into the fundamental where a rib period spans few pixels
-    # (otherwise small images alias into a mesh)
     t = math.cos(math.pi * p.rib_thick)
     rib = np.sqrt(np.clip((wave - t) * (1.0 / (1.0 - t)), 0.0, 1.0))
-    smooth = min(max(3.0 * cv.pixel / p.rib_spacing - 0.3, 0.0), 1.0)
     if smooth > 0.0:
         rib *= 1.0 - smooth
         rib += smooth * (0.35 + 0.35 * wave)
-    # ribs are seen edge-on (denser) at the lateral chest wall (r about 1.08) and end just outside
-    # it; medially they run under the spine; below the domes they overlie the abdomen and fade
-    weight = np.clip(r, 0.9, 1.08)
-    weight -= 0.9 - 1.0 / 6.7
-    wall = np.clip(r, 1.08, 1.29)
-    wall -= 1.08
-    wall *= 10.5 / 6.7  # the density rises 1 -> 2.2 over r 0.9 -> 1.08 and falls to 0 at r 1.29
-    weight -= wall
-    weight *= 6.7
-    np.maximum(weight, 0.0, out=weight)
-    fade = below * 0.6
-    fade += 0.4
-    weight *= fade
     rib *= weight
-    cv.attenuation[sl] += (0.1 * bone) * rib
+    cv.attenuation[cage.sl] += (0.1 * bone) * rib
 
-    # anterior ribs: sloping down toward the midline, ending at the costochondral junction
-    phi_a = (v - p.ant_rib_slope * (tw - a) - (apex + 0.05 + p.ant_rib_phase * p.ant_rib_spacing))
+
+def _anterior_ribs(cv: _Canvas, p: Anatomy, cage: _Cage, weight: np.ndarray, smooth: float) -> None:
+    """Anterior ribs: sloping down toward the midline, ending at the costochondral junction."""
+    a = cage.a
+    phi_a = (cage.v - p.ant_rib_slope * (cage.tw - a) - (cage.apex + 0.05 + p.ant_rib_phase * p.ant_rib_spacing))
     phi_a *= 1.0 / p.ant_rib_spacing
     np.clip(phi_a, -0.5, 6.5, out=phi_a)
     wave = np.cos(phi_a * (2.0 * np.pi))
@@ -142,30 +199,37 @@ def _hemithorax(cv: _Canvas, p: Anatomy, side: float, tex: Textures, scan: dict)
         rib *= 1.0 - smooth
         rib += smooth * (0.3 + 0.3 * wave)
     rib *= weight
-    rib *= _step(a - p.ant_rib_cc * tw, 0.05)
-    cv.attenuation[sl] += (0.06 * bone) * rib
+    rib *= _step(a - p.ant_rib_cc * cage.tw, 0.05)
+    cv.attenuation[cage.sl] += (0.06 * p.bone_density) * rib
 
-    # the lung, in its own window
-    inner = cv.subwindow(sl, -tw if side < 0 else med - 0.02, tw if side > 0 else -med + 0.02, apex, bottom + 0.02)
+
+def _lung(cv: _Canvas, p: Anatomy, cage: _Cage) -> tuple[_Cage, np.ndarray, np.ndarray] | None:
+    """The lung, in its own window: its air (``cv.air``) and its outline as a segmentation sees it
+    (``cv.lung``). Returns the cage in that window, the lung's share (0 where a pneumothorax left pure
+    air) and its air, or None where the lung lies outside the image."""
+    tw, med, side = cage.tw, cage.med, cage.side
+    inner = cv.subwindow(cage.sl, -tw if side < 0 else med - 0.02, tw if side > 0 else -med + 0.02, cage.apex,
+                         cage.bottom + 0.02)
     if inner is None:
-        return
-    ll, sl = inner, cv.shift(sl, inner)
-    a, v, r, q, top, below = a[ll], v[ll], r[ll], q[ll], top[ll], below[ll]
+        return None
+    cage = cage.part(cv, inner)
+    sl, r, below = cage.sl, cage.r, cage.below
     depth = np.clip((1.0 - r) * 1.5, 0.0, 1.0)
     np.sqrt(depth, out=depth)
     depth *= below
-    field = _step(1.0 - r, eps)
+    field = _step(1.0 - r, cv.eps)
     field *= below
     field *= cv.solid[sl] < 0.5
     np.maximum(cv.lung[sl], field, out=cv.lung[sl])
     hidden = 1.0 - 0.9 * cv.solid[sl]
     depth *= hidden
-    collapse = own.collapse
+    collapse = p.side(side).collapse
     if collapse < 1.0:
         # pneumothorax: the lung shrinks toward the hilum, denser for the air it lost; the pleural
         # space is pure air, without vessels
-        cu_ = (a - (ac - aw * (1.0 - collapse) * 0.6)) / (aw * collapse * (1.0 - p.lung_taper * top))
-        cq = (v - (vc + vh * (1.0 - collapse) * 0.5)) * (1.0 / (vh * collapse))
+        ac, aw, vc, vh, box = cage.ac, cage.aw, cage.vc, cage.vh, p.lung_box
+        cu_ = (cage.a - (ac - aw * (1.0 - collapse) * 0.6)) / (aw * collapse * (1.0 - p.lung_taper * cage.top))
+        cq = (cage.v - (vc + vh * (1.0 - collapse) * 0.5)) * (1.0 / (vh * collapse))
         rc = (1.0 - box) * (cu_ * cu_ + cq * cq) + box * (cu_**4 + cq**4)
         lung = _step(1.0 - rc, 0.04) * below * hidden
         pleural_line = np.clip(1.0 - np.abs(1.0 - rc) * (0.5 / (cv.pixel + 0.004)), 0.0, 1.0) * below
@@ -175,15 +239,23 @@ def _hemithorax(cv: _Canvas, p: Anatomy, side: float, tex: Textures, scan: dict)
         lung = np.clip(depth * 3.0, 0.0, 1.0)
         air = depth * p.air
     cv.air[sl] += air
+    return cage, lung, air
 
-    # vessels radiating from the hilum, fading to the periphery, broken up by a random field
-    ha, hv = med + 0.05, p.hilum_v
-    da, dv = a - ha, v - hv
+
+def _from_hilum(p: Anatomy, cage: _Cage) -> tuple[np.ndarray, np.ndarray]:
+    """Lateral and vertical offsets from the hilum."""
+    ha, hv = cage.med + 0.05, p.hilum_v
+    return cage.a - ha, cage.v - hv
+
+
+def _vessels(cv: _Canvas, p: Anatomy, cage: _Cage, lung: np.ndarray, tex: Textures, scan: dict) -> None:
+    """Vessels radiating from the hilum, fading to the periphery, broken up by a random field."""
+    da, dv = _from_hilum(p, cage)
     rr = da * da
     rr += dv * dv
     theta = np.arctan2(dv, da)
     theta *= p.vessel_count * 2.0
-    theta += p.vessel_twist * rr + (p.vessel_phase + side)
+    theta += p.vessel_twist * rr + (p.vessel_phase + cage.side)
     vessels = np.cos(theta)
     vessels *= 4.0
     vessels -= 3.0
@@ -194,22 +266,31 @@ def _hemithorax(cv: _Canvas, p: Anatomy, side: float, tex: Textures, scan: dict)
     fade *= 0.08 * p.vessels
     vessels *= fade
     vessels *= lung
-    cv.attenuation[sl] += vessels
+    cv.attenuation[cage.sl] += vessels
 
+
+def _pleural_findings(cv: _Canvas, p: Anatomy, cage: _Cage, lung: np.ndarray, air: np.ndarray, tex: Textures,
+                      scan: dict) -> None:
+    """Edema's haze in the lung, an effusion's fluid and pleural thickening at the chest wall."""
+    sl, a, r, below = cage.sl, cage.a, cage.r, cage.below
+    own = p.side(cage.side)
     if p.haze > 0.0:  # edema: perihilar (bat-wing) haze
+        da, dv = _from_hilum(p, cage)
         haze = np.exp(-(da * da * (1.0 / 0.12) + dv * dv * (1.0 / 0.15)))
         texture = 1.0 + 0.35 * tex.window(tex.coarse, haze.shape, scan["noise_offset"] // 7)
         cv.attenuation[sl] += p.haze * haze * texture * lung
     fluid = own.fluid
     if fluid > 0.0:  # effusion: dependent fluid with a meniscus rising laterally, blunting the angle
+        med, tw, bottom = cage.med, cage.tw, cage.bottom
         rise = np.clip((a - med) * (1.0 / (tw - med)), 0.0, 1.0)
-        level = bottom - fluid * (bottom - apex) * (0.5 + rise * rise)
-        water = _step(v - level, 2.0 * eps) * _step(1.05 - r, 0.05) * below
+        level = bottom - fluid * (bottom - cage.apex) * (0.5 + rise * rise)
+        water = _step(cage.v - level, 2.0 * cv.eps) * _step(1.05 - r, 0.05) * below
         cv.attenuation[sl] += water * (AIR * air + 0.1)
     rim = own.rim
     if rim > 0.0:  # pleural thickening: a dense band inside the chest wall, apical or lateral
         band = _step(r - (1.0 - 3.0 * rim), 0.02) * _step(1.02 - r, 0.02)
-        zone = np.clip(-q * 2.0, 0.0, 1.0) if p.rim_apical else np.clip((a - ac) * (4.0 / aw), 0.0, 1.0)
+        zone = (np.clip(-cage.q * 2.0, 0.0, 1.0) if p.rim_apical
+                else np.clip((a - cage.ac) * (4.0 / cage.aw), 0.0, 1.0))
         cv.attenuation[sl] += 0.3 * band * zone * below
 
 
