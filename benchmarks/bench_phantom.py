@@ -54,7 +54,7 @@ def render_rate(size: int, n_images: int, seed: int = 0) -> dict[str, float]:
 
 def profile_phantom(name: str, folder: Path) -> tuple[Path, float, int]:
     data = load_profile(name).data
-    phantom._real_scans()  # the real metadata is read once per process; not part of generation
+    phantom.writing._real_scans()  # the real metadata is read once per process; not part of generation
     start = time.perf_counter()
     out = phantom.generate_phantom(folder / name, n_patients=data.phantom_patients, size=data.image_size,
                                    seed=42, max_followups=data.phantom_max_followups, progress=False)

@@ -1,3 +1,4 @@
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -104,7 +105,7 @@ def test_text_and_markers_lie_inside_their_boxes():
 
 def test_metadata_follows_the_real_release():
     meta = phantom.sample_metadata(600, 8, 64, seed=1)
-    real = phantom._real_scans()
+    real = phantom.writing._real_scans()
     real = real[real["rank"] < 8]
     for label in ("Infiltration", "Effusion", "Atelectasis", "Nodule", "Mass"):
         assert meta[label].mean() == pytest.approx(real[label].mean(), abs=0.05), label
@@ -149,7 +150,7 @@ def test_existing_folders_are_replaced_only_when_asked(tmp_path):
 @pytest.mark.parametrize("error", [RuntimeError, KeyboardInterrupt])
 def test_interrupted_generation_leaves_no_complete_looking_folder(tmp_path, monkeypatch, error):
     calls = {"n": 0}
-    write = phantom._write_png
+    write = phantom.writing._write_png
 
     def failing(image, path):
         calls["n"] += 1
@@ -157,7 +158,7 @@ def test_interrupted_generation_leaves_no_complete_looking_folder(tmp_path, monk
             raise error("interrupted")
         write(image, path)
 
-    monkeypatch.setattr(phantom, "_write_png", failing)
+    monkeypatch.setattr(phantom.writing, "_write_png", failing)
     with pytest.raises(error):
         generate_phantom(tmp_path / "out", **ARGS)
     assert list(tmp_path.iterdir()) == []
@@ -198,7 +199,12 @@ def test_acquisition_changes_the_histogram_not_the_anatomy():
     seen = [p for _, _, p in renders]
     for name in patient.base:
         if not name.startswith(("dome_", "rib_spacing", "heart_")):
-            assert seen[0][name] == seen[1][name], name
+            assert getattr(seen[0], name) == getattr(seen[1], name), name
+
+
+def test_the_anatomy_has_a_field_for_every_parameter_and_mark():
+    names = {field.name for field in dataclasses.fields(phantom.Anatomy)}
+    assert set(phantom.ANATOMY_PARAMETERS) | {"rib_count"} | set(phantom.writing._MARK_COLUMNS) <= names
 
 
 def test_scans_follow_the_patients_usual_acquisition():
@@ -231,9 +237,9 @@ def test_rendering_is_supersampled_and_area_averaged():
     assert [phantom.supersampling(n) for n in (32, 64, 128, 256, 1024)] == [4, 4, 2, 1, 1]
     scan = phantom.draw_scan(np.random.default_rng(0), "PA")
     scan.update(rotation_deg=0.0, shift_x=0.0, shift_y=0.0, magnification=1.0, blur_mm=0.0)
-    canvas = phantom._Canvas(64 * phantom.supersampling(64), scan)
+    canvas = phantom.canvas._Canvas(64 * phantom.supersampling(64), scan)
     canvas.blob(0.013, -0.021, 0.31, 0.31, 1.0, profile="flat")
-    disc = phantom._downsample(canvas.attenuation, phantom.supersampling(64))
+    disc = phantom.canvas._downsample(canvas.attenuation, phantom.supersampling(64))
     assert disc.shape == (64, 64)
     # the disc's edge pixels hold the share of their area it covers; its integral is its area
     assert ((disc > 0.05) & (disc < 0.95)).sum() > 20
