@@ -2,10 +2,11 @@
 
     python benchmarks/gpu_check.py                      # on a CUDA machine: a few hundred steps each
     python benchmarks/gpu_check.py --data-dir CHESTXRAY14_DIR
-    python benchmarks/gpu_check.py --tiny               # on a CPU: the same code paths in seconds
+    python benchmarks/gpu_check.py --profile cpu        # on a CPU: the cpu profile's networks and sizes
+    python benchmarks/gpu_check.py --tiny               # on a CPU: the paper's code paths in seconds
 
-Trains, for ``--steps`` steps each, the ``paper`` profile's siamese network (ResNet-50, 256 px, batch
-32) and classifier (DenseNet-121 at 224, batch 16):
+Trains, for ``--steps`` steps each, the profile's siamese network and classifier (``paper``: ResNet-50 at
+256 px, batch 32, and DenseNet-121 at 224, batch 16; ``cpu``: its own small networks at 64 px and batches):
 
 * through the project's shared loop (:func:`cxrlib.train.fit`: Accelerate, bf16 on a GPU that has it,
   channels_last weights where the GPU has tensor cores), images from the uint8 cache;
@@ -138,8 +139,8 @@ def _synchronize(device: torch.device) -> None:
 
 
 def run(data_dir: Path, work: Path, *, steps: int, image_size: int, siamese_batch: int,
-        classifier_batch: int, workers: int) -> dict:
-    profile = load_profile("paper")
+        classifier_batch: int, workers: int, profile_name: str = "paper") -> dict:
+    profile = load_profile(profile_name)
     accelerator = make_accelerator()
     device = accelerator.device
     # tensor cores (compute capability 7+) are what channels_last helps; elsewhere it only costs
@@ -147,7 +148,8 @@ def run(data_dir: Path, work: Path, *, steps: int, image_size: int, siamese_batc
     meta = read_metadata(find_metadata_file(data_dir))
     cache = prepare_cache(data_dir, image_size, cache_dir=work / "cache", workers=workers, progress=False)
     v, c = profile.verification, profile.classifier
-    report = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+    report = {"profile": profile_name,
+              "device": torch.cuda.get_device_name(device) if device.type == "cuda" else _cpu_name(),
               "mixed_precision": accelerator.mixed_precision, "channels_last": channels_last,
               "image_size": image_size, "steps": steps, "hard_coded_cuda": hard_coded_cuda()}
 
@@ -178,6 +180,18 @@ def run(data_dir: Path, work: Path, *, steps: int, image_size: int, siamese_batc
     return report
 
 
+def _cpu_name() -> str:
+    import platform
+    import subprocess
+
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
+        name = next(line.split(":", 1)[1].strip() for line in out.splitlines() if line.startswith("Model name"))
+    except (OSError, subprocess.CalledProcessError, StopIteration):
+        name = platform.processor() or "unknown"
+    return f"CPU: {name}, {torch.get_num_threads()} torch thread(s)"
+
+
 def write_phantom_release(folder: Path, patients: int, size: int) -> Path:
     from cxrlib.data.phantom import generate_phantom
 
@@ -188,25 +202,37 @@ def write_phantom_release(folder: Path, patients: int, size: int) -> Path:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--data-dir", type=Path, help="a ChestX-ray14 folder (default: a phantom at 1024 px)")
-    parser.add_argument("--steps", type=int, default=300, help="training steps of each loop (default 300)")
+    parser.add_argument("--profile", choices=("paper", "cpu"), default="paper",
+                        help="whose networks, image size and batches (default paper; cpu runs on a CPU)")
+    parser.add_argument("--steps", type=int, default=None,
+                        help="training steps of each loop (default 300 for paper, 40 for cpu)")
     parser.add_argument("--workers", type=int, default=8, help="decoding processes of the official-style loop")
     parser.add_argument("--tiny", action="store_true",
                         help="a CPU-sized check: 2 steps, 64 px, batches of 2, a 128 px phantom")
     parser.add_argument("--json", type=Path, help="also write the figures to this file")
     args = parser.parse_args(argv)
-    if not args.tiny and not torch.cuda.is_available():
-        print("gpu_check: no CUDA device; run with --tiny on a CPU", file=sys.stderr)
+    if args.profile == "paper" and not args.tiny and not torch.cuda.is_available():
+        print("gpu_check: no CUDA device; run with --profile cpu (the cpu profile's networks) or --tiny on a CPU",
+              file=sys.stderr)
         return 2
-    steps, size, batches = (2, 64, (2, 2)) if args.tiny else (args.steps, 256, (32, 16))
-    workers = 0 if args.tiny else args.workers
+    if args.tiny:
+        steps, size, batches = 2, 64, (2, 2)
+    elif args.profile == "cpu":
+        cpu = load_profile("cpu")
+        steps, size = args.steps or 40, cpu.data.image_size
+        batches = (cpu.verification.batch_size, cpu.classifier.batch_size)
+    else:
+        steps, size, batches = args.steps or 300, 256, (32, 16)
+    # a CPU has two cores here: decoding workers would take them from the training
+    workers = 0 if args.tiny or not torch.cuda.is_available() else args.workers
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         data = args.data_dir or write_phantom_release(work / "phantom", 6 if args.tiny else 40,
                                                       128 if args.tiny else 1024)
         report = run(data, work, steps=steps, image_size=size, siamese_batch=batches[0],
-                     classifier_batch=batches[1], workers=workers)
-    print(f"device {report['device']}, mixed precision {report['mixed_precision']}, channels_last "
-          f"{report['channels_last']}, {size} px, {steps} steps per loop")
+                     classifier_batch=batches[1], workers=workers, profile_name="paper" if args.tiny else args.profile)
+    print(f"profile {report['profile']}, device {report['device']}, mixed precision {report['mixed_precision']}, "
+          f"channels_last {report['channels_last']}, {size} px, {steps} steps per loop")
     for name in ("siamese", "classifier"):
         r = report[name]
         print(f"{name} ({r['backbone']}, batch {r['batch']}): shared loop {r['shared_loop_images_per_s']:.1f} "

@@ -57,7 +57,7 @@ from cxrlib import classify, reid
 from cxrlib.artifacts import tensor_digest, write_json
 from cxrlib.config import DRY_RUN_BATCH, Profile
 from cxrlib.data.cache import prepare_cache
-from cxrlib.data.chestxray14 import DataError, find_metadata_file, read_metadata, split_patients
+from cxrlib.data.chestxray14 import find_metadata_file, read_metadata, split_patients
 from cxrlib.data.datasets import ImageDataset, PairDataset
 from cxrlib.data.images import Images
 from cxrlib.data.pairs import make_pairs, max_positive_pairs
@@ -79,21 +79,8 @@ LABELS = {"verification": "siamese network", "retrieval": "retrieval network", "
           "mean_auc": "mean AUC over findings", "scratch": "from scratch", "phantom": "phantom-pretrained",
           "test_pairs": "test pairs", "queries": "queries", "findings": "findings present"}
 
-#: the real sample's folder inside the checkout (see its README for provenance and terms)
-SAMPLE_DIR = Path("data") / "chestxray14-sample"
-
 #: the profile section of each network
 _SECTIONS = {"verification": "verification", "retrieval": "retrieval", "classifier": "classifier"}
-
-
-def real_sample_dir(root: str | Path | None = None) -> Path:
-    """The real ChestX-ray14 sample in the checkout ``root`` (default: the checkout this cxrlib runs
-    from), whatever data a run works on."""
-    root = Path(root) if root is not None else Path(__file__).resolve().parents[1]
-    folder = root / SAMPLE_DIR
-    if not folder.is_dir():
-        raise DataError(folder, "the real ChestX-ray14 sample is missing; it ships with the repository")
-    return folder
 
 
 # -- folds -----------------------------------------------------------------------------------------
@@ -585,7 +572,7 @@ def _pool(network: str, outcomes: list[_Outcome], bootstrap: int,
     return {metric: Estimate.from_resamples(value, resampled)}, {metric: resampled}
 
 
-__all__ = ["NETWORKS", "STARTS", "METRICS", "SAMPLE_DIR", "real_sample_dir", "patient_folds", "fold_splits",
+__all__ = ["NETWORKS", "STARTS", "METRICS", "patient_folds", "fold_splits",
            "FoldSplit", "PretrainedModels", "weights_digest", "Estimate", "FoldResult",
            "NetworkResult", "TransferResult", "random_ranking_retrieval", "retrieval_by_patient",
            "network_configs", "transfer_test"]

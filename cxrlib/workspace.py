@@ -125,7 +125,7 @@ class Workspace:
             return Workspace.open(self.profile, data_dir, seed=self.seed, results_dir=self.results_dir,
                                   artifacts_dir=self.artifacts_dir, progress=self.progress)
 
-        from cxrlib.transfer import real_sample_dir
+        from cxrlib.data.chestxray14 import real_sample_dir
 
         if self.is_phantom:
             return self, sibling(real_sample_dir())

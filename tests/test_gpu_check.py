@@ -34,3 +34,14 @@ def test_gpu_check_finds_hard_coded_cuda(tmp_path):
     (package / "a.py").write_text("x = 1\nmodel.cuda()\n")
     (package / "b.py").write_text("model.to(accelerator.device)\n")
     assert _gpu_check().hard_coded_cuda(package) == ["pkg/a.py:2"]
+
+
+def test_gpu_check_runs_the_cpu_profile_on_a_cpu(tmp_path, capsys):
+    check = _gpu_check()
+    data = check.write_phantom_release(tmp_path / "phantom", 6, 128)
+    assert check.main(["--profile", "cpu", "--steps", "2", "--data-dir", str(data),
+                       "--json", str(tmp_path / "figures.json")]) == 0
+    report = json.loads((tmp_path / "figures.json").read_text())
+    assert report["profile"] == "cpu" and report["image_size"] == 64 and report["device"].startswith("CPU")
+    assert all(report[name]["speedup"] > 0 for name in ("siamese", "classifier"))
+    assert "profile cpu" in capsys.readouterr().out

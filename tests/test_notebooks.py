@@ -40,29 +40,40 @@ def test_source_notebooks_have_no_outputs_and_a_parameters_cell():
         assert nb["metadata"]["kernelspec"]["name"] == "cxrlib"
 
 
-@pytest.mark.slow
-def test_run_all_executes_every_notebook_on_smoke(tmp_path):
+def run_smoke(tmp_path: Path, *arguments: str, env: dict | None = None) -> Path:
+    """``run_all.sh --profile smoke`` into ``tmp_path`` with ``arguments``; the results folder, after checking
+    that it succeeded, that every notebook wrote its metrics and showed a figure, and that no figure is empty."""
     from jupyter_client.kernelspec import KernelSpecManager
 
     assert "cxrlib" in KernelSpecManager().find_kernel_specs(), (
         "the 'cxrlib' Jupyter kernel is not registered; run ./run_tests.sh (scripts/setup.sh registers it)")
     results, artifacts = tmp_path / "results", tmp_path / "artifacts"
     assert set(EXPECTED_METRICS) == {path.stem for path in NOTEBOOKS}
-    # the default precision: bf16 autocast where the CPU computes bf16 in hardware (conftest turns it off)
-    env = {k: v for k, v in os.environ.items() if k != "CXRLIB_CPU_BF16"}
-    run = subprocess.run([str(ROOT / "run_all.sh"), "--profile", "smoke", "--results", str(results),
+    run = subprocess.run([str(ROOT / "run_all.sh"), "--profile", "smoke", *arguments, "--results", str(results),
                           "--artifacts", str(artifacts)], cwd=ROOT, capture_output=True, text=True, env=env)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     for path in NOTEBOOKS:
         for name in EXPECTED_METRICS[path.stem]:
             written = results / name
             assert written.is_file() and written.stat().st_size > 0, f"{path.name} did not write {name}"
-        executed = json.loads((results / "notebooks" / path.name).read_text())
-        images = [output for cell in executed["cells"] for output in cell.get("outputs", [])
-                  if "image/png" in output.get("data", {})]
-        assert images, f"{path.name} showed no figure"
+        assert any("image/png" in output.get("data", {}) for output in executed_outputs(results, path.name)), \
+            f"{path.name} showed no figure"
     figures = list((results / "figures").glob("*.png"))
     assert figures and all(f.stat().st_size > 1000 for f in figures), "an empty figure was saved"
+    return results
+
+
+def executed_outputs(results: Path, notebook: str) -> list[dict]:
+    """Every output of every cell of the executed ``notebook`` in ``results``."""
+    executed = json.loads((results / "notebooks" / notebook).read_text())
+    return [output for cell in executed["cells"] for output in cell.get("outputs", [])]
+
+
+@pytest.mark.slow
+def test_run_all_executes_every_notebook_on_smoke(tmp_path):
+    # the default precision: bf16 autocast where the CPU computes bf16 in hardware (conftest turns it off)
+    env = {k: v for k, v in os.environ.items() if k != "CXRLIB_CPU_BF16"}
+    results = run_smoke(tmp_path, env=env)
     metrics = json.loads((results / "data.json").read_text())
     assert metrics["context"]["profile"] == "smoke"
     # the models run_all.sh trains beside the notebooks are the ones the notebooks then load

@@ -15,11 +15,11 @@ from safetensors.torch import load_file
 
 from cxrlib import classify, reid
 from cxrlib.config import load_profile
-from cxrlib.data.chestxray14 import find_metadata_file, read_metadata
+from cxrlib.data.chestxray14 import find_metadata_file, read_metadata, real_sample_dir
 from cxrlib.metrics import (multilabel_auc, patient_bootstrap_mean, patient_bootstrap_mean_auc, percentile_ci,
                             retrieval_metrics)
 from cxrlib.transfer import (NETWORKS, STARTS, PretrainedModels, TransferResult, fold_splits, network_configs,
-                             patient_folds, random_ranking_retrieval, real_sample_dir, retrieval_by_patient,
+                             patient_folds, random_ranking_retrieval, retrieval_by_patient,
                              transfer_test, weights_digest)
 from tests.conftest import write_tiny_dataset
 

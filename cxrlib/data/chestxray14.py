@@ -465,3 +465,17 @@ def _to_gray8(img: Image.Image) -> Image.Image:
         # through RGBA so a palette with transparency resolves to its colours before luminance
         img = img.convert("RGBA")
     return img.convert("L")
+
+
+#: the real sample's folder inside the checkout (see its README for provenance and terms)
+SAMPLE_DIR = Path("data") / "chestxray14-sample"
+
+
+def real_sample_dir(root: str | Path | None = None) -> Path:
+    """The real ChestX-ray14 sample in the checkout ``root`` (default: the checkout this cxrlib runs
+    from), whatever data a run works on."""
+    root = Path(root) if root is not None else Path(__file__).resolve().parents[2]
+    folder = root / SAMPLE_DIR
+    if not folder.is_dir():
+        raise DataError(folder, "the real ChestX-ray14 sample is missing; it ships with the repository")
+    return folder
