@@ -372,7 +372,7 @@ PUBLISHED = {
     "privacy_net": ("49.8 ± 2.2", "57.5", "unconfirmed"),
     "dp_pix": ("≈ 50–52.5", "≈ 50–53", "unconfirmed, range over b"),
 }
-#: the paper's mu with published numbers (a share of the image, the same at every size:
+#: the paper's mu with published numbers (its displacement in pixels is the same at every size:
 #: :mod:`cxrlib.anonymize.flow_field`)
 PUBLISHED_MU = 0.01
 
@@ -394,7 +394,7 @@ def setting(result: dict[str, Any], *, short: bool = False) -> str:
     if result["method"] == "flow_field":
         if short:
             return f"mu={params['mu']:g}"
-        bound = displacement_bound_pixels(params["mu"], params["image_size"])
+        bound = displacement_bound_pixels(params["mu"])
         return f"mu = {params['mu']:g} (at most {bound:.2g} px at {params['image_size']} px)"
     if result["method"] == "dp_pix":
         return f"b={params['b']}" if short else f"b = {params['b']}, eps = {params['eps']:g}, m = {params['m']:g}"

@@ -13,7 +13,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from cxrlib.anonymize import FlowFieldAnonymizer, load_anonymizer
 from cxrlib.anonymize.privacy_net import PrivacyNetAnonymizer
 from cxrlib.anonymize.adversarial import (
-    LabeledPairDataset, adversarial_losses, batch_loader, privacy_loss, pretrain_anonymizer,
+    LabeledPairDataset, adversarial_losses, batch_loader, frozen_siamese_auc, privacy_loss, pretrain_anonymizer,
     train_adversarial,
 )
 from cxrlib.artifacts import ArtifactError
@@ -64,7 +64,7 @@ def pair_loader(n: int = 8, batch_size: int = 4, seed: int = 0) -> DataLoader:
 
 def networks():
     torch.manual_seed(0)
-    anonymizer = FlowFieldAnonymizer(mu=0.1, image_size=SIZE, features=4, poolings=2, smoothing_kernel=3,
+    anonymizer = FlowFieldAnonymizer(mu=0.01, image_size=SIZE, features=4, poolings=2, smoothing_kernel=3,
                                      smoothing_sigma=0.5)
     return anonymizer, TinySiamese(), TinyClassifier()
 
@@ -116,7 +116,35 @@ def test_one_iteration_updates_the_networks_it_should(tmp_path, update_adversari
     record = result.history[0]
     assert math.isnan(record["train_snn"]) != update_adversaries
     assert math.isnan(record["train_classifier"]) != update_adversaries
-    assert set(record) >= {"train_total", "val_total", "val_ac", "val_ver", "val_log_ver", "seconds"}
+    assert set(record) >= {"train_total", "val_total", "val_ac", "val_ver", "val_log_ver", "val_frozen_auc", "seconds"}
+
+
+def test_the_frozen_siamese_networks_auc_is_recorded_every_epoch(tmp_path):
+    anonymizer, siamese, classifier = networks()
+    val = pair_loader(n=8)
+    result = train_adversarial(anonymizer, siamese, classifier, pair_loader(n=8), val, max_epochs=3, lr=1e-2,
+                               siamese_lr=1e-2, checkpoint_path=tmp_path / "gen", config={}, seed=0)
+    curve = [row["val_frozen_auc"] for row in result.history]
+    assert len(curve) == 3 and all(0 <= auc <= 1 for auc in curve)
+    assert result.epoch_of_lowest_frozen_auc() == min(result.history, key=lambda r: r["val_frozen_auc"])["epoch"]
+    # the kept generator, scored by the caller's (never updated) siamese network, gives its epoch's figure
+    assert frozen_siamese_auc(anonymizer, siamese, val) == pytest.approx(curve[result.best_epoch - 1], abs=1e-6)
+    assert math.isnan(frozen_siamese_auc(anonymizer, siamese, DataLoader(
+        torch.utils.data.Subset(val.dataset, [1, 3, 5]), batch_size=4)))  # one class only
+
+
+def test_epochs_draw_new_pairs_from_a_larger_pool():
+    pool = TensorDataset(torch.arange(40))
+    loader = batch_loader(pool, batch_size=5, seed=0, samples_per_epoch=10)
+    epochs = [torch.cat([b[0] for b in loader]).tolist() for _ in range(4)]
+    assert all(len(e) == len(set(e)) == 10 for e in epochs)  # distinct within an epoch
+    assert len(set().union(*epochs)) > 20  # and mostly new from one epoch to the next
+    # without samples_per_epoch every item, once, each epoch (what the published schedule does)
+    assert sorted(torch.cat([b[0] for b in batch_loader(pool, 5, seed=0)]).tolist()) == list(range(40))
+    with pytest.raises(ValueError, match="between 1 and the 40"):
+        batch_loader(pool, 5, seed=0, samples_per_epoch=41)
+    with pytest.raises(ValueError, match="needs a seed"):
+        batch_loader(pool, 5, samples_per_epoch=10)
 
 
 def test_adversaries_are_updated_inside_the_loop(monkeypatch, tmp_path):
@@ -126,10 +154,11 @@ def test_adversaries_are_updated_inside_the_loop(monkeypatch, tmp_path):
     seen = {}
     original = adversarial._training_step
 
-    def spy(anonymizer, siamese, classifier, *args):
+    def spy(anonymizer, siamese, classifier, batch, optimizers, **settings):
         before = snapshot(siamese), snapshot(classifier)
-        record = original(anonymizer, siamese, classifier, *args)
-        seen.setdefault(args[-2], []).append((changed(siamese, before[0]), changed(classifier, before[1])))
+        record = original(anonymizer, siamese, classifier, batch, optimizers, **settings)
+        seen.setdefault(settings["update_adversaries"], []).append(
+            (changed(siamese, before[0]), changed(classifier, before[1])))
         return record
 
     monkeypatch.setattr(adversarial, "_training_step", spy)
@@ -142,7 +171,7 @@ def test_adversaries_are_updated_inside_the_loop(monkeypatch, tmp_path):
 
 
 def flow_field() -> FlowFieldAnonymizer:
-    return FlowFieldAnonymizer(mu=0.3, image_size=SIZE, features=4, poolings=2, smoothing_kernel=3,
+    return FlowFieldAnonymizer(mu=0.02, image_size=SIZE, features=4, poolings=2, smoothing_kernel=3,
                                smoothing_sigma=0.5)
 
 
@@ -206,11 +235,11 @@ def test_interrupted_run_resumes_to_the_uninterrupted_result(tmp_path, monkeypat
     reference, reference_result = run(tmp_path / "ref")
     original, calls = adversarial._training_step, {"n": 0}
 
-    def interrupted(*args):
+    def interrupted(*args, **kwargs):
         calls["n"] += 1
         if calls["n"] > 2 * 3:  # two epochs of three batches
             raise KeyboardInterrupt
-        return original(*args)
+        return original(*args, **kwargs)
 
     monkeypatch.setattr(adversarial, "_training_step", interrupted)
     with pytest.raises(KeyboardInterrupt):
@@ -286,7 +315,7 @@ def test_prichexy_pipeline_pretrains_once_trains_every_mu_and_reuses_checkpoints
     from cxrlib.config import load_profile
 
     config = load_profile("smoke", **{"anonymization.mu_values": (0.05, 0.2), "anonymization.generator_features": 4,
-                                      "anonymization.batch_size": 4}).anonymization
+                                      "anonymization.batch_size": 4, "anonymization.pairs_per_epoch": 4}).anonymization
     loader = pair_loader(n=8)
     pairs = loader.dataset
     images = TensorDataset(pairs.tensors[0], pairs.tensors[3])
@@ -311,6 +340,14 @@ def test_prichexy_pipeline_pretrains_once_trains_every_mu_and_reuses_checkpoints
     assert all(r.trained for r in side_by_side.results.values())
     for mu in (0.05, 0.2):
         assert torch.equal(side_by_side.anonymizers[mu](x), trained.anonymizers[mu](x))
+    assert trained.frozen_adversaries is None
+    # the diagnostic: the largest mu against adversaries never updated, beside the others
+    diagnosed = train_prichexy_net(config, SIZE, frozen_adversaries_diagnostic=True, **kwargs)
+    assert not any(r.trained for r in diagnosed.results.values())  # the others are loaded
+    anonymizer, result = diagnosed.frozen_adversaries
+    assert anonymizer.mu == 0.2 and result.trained
+    assert result.checkpoint_path.name == "prichexy_mu0p2_frozen_adversaries.safetensors"
+    assert all(math.isnan(row["train_snn"]) and not math.isnan(row["val_frozen_auc"]) for row in result.history)
 
 
 def test_loss_and_score_figures_draw(tmp_path):
@@ -325,8 +362,11 @@ def test_loss_and_score_figures_draw(tmp_path):
     anonymizer, siamese, classifier = networks()
     result = train_adversarial(anonymizer, siamese, classifier, pair_loader(n=4), pair_loader(n=4), max_epochs=2,
                                checkpoint_path=tmp_path / "g", config={}, seed=0)
-    fig = plot_adversarial_history({"mu = 0.1": result.history})
-    assert len(fig.axes[0].lines) == 2  # training and validation
+    fig = plot_adversarial_history({"mu = 0.1": result.history}, kept={"mu = 0.1": result.best_epoch})
+    assert len(fig.axes[0].lines) == 3  # training, validation, the kept epoch
+    assert len(fig.axes) == 5 and len(fig.axes[-1].lines) == 3  # the frozen AUC, its lowest, the kept epoch
+    history = [{k: v for k, v in row.items() if k != "val_frozen_auc"} for row in result.history]
+    assert len(plot_adversarial_history({"older run": history}).axes) == 4
     fig = plot_score_histograms({"original": (np.array([0.9, 0.1]), np.array([1, 0]))})
     assert len(fig.axes) == 1
     plt.close("all")

@@ -137,3 +137,15 @@ def test_attention_and_the_autoencoders_group_norms_compute_in_fp32_under_cpu_bf
         for parameter in copied.parameters():
             parameter.add_(0.1)
         assert not torch.allclose(copied.encode(images).latent_dist.mean, expected)
+
+
+@pytest.mark.parametrize("steps", [10, 15, 25])
+def test_sampling_starts_at_the_last_training_step_and_ends_near_zero(steps):
+    from diffusers import DDPMScheduler
+
+    from cxrlib.models.diffusion import LatentDiffusion
+
+    model = LatentDiffusion(autoencoder=None, unet=None, scheduler=DDPMScheduler(num_train_timesteps=1000))
+    timesteps = model.ddim_scheduler(steps).timesteps.tolist()
+    assert len(timesteps) == steps and timesteps[0] == 999  # pure noise in, as sampling begins
+    assert timesteps == sorted(timesteps, reverse=True) and timesteps[-1] <= 1000 // steps

@@ -255,11 +255,11 @@ def test_tables_and_figure_from_results():
     table = evaluate.comparison_table(results)
     assert list(table["method"]) == ["no anonymization", "PriCheXy-Net", "PriCheXy-Net", "DP-Pix"]
     assert table.loc[0, "attack AUC % (re-trained)"] == "90.0 ± 2.0" and table.loc[0, "PSNR dB"] == "∞"
-    # mu is a share of the image: 0.01 at 64 px is the paper's 0.01 at 256 px; 0.04 has no published number
+    # mu is the paper's at every size (its displacement in pixels); 0.04 has no published number
     assert table.loc[1, "published attack AUC %"] == "57.7 ± 4.0"
     assert table.loc[2, "published attack AUC %"] == ""
     assert "unconfirmed" in table.loc[3, "published values"]
-    assert table.loc[1, "setting"] == "mu = 0.01 (at most 0.32 px at 64 px)"
+    assert table.loc[1, "setting"] == "mu = 0.01 (at most 1.3 px at 64 px)"
     figure = plot_tradeoff(evaluate.results_table(results))
     assert len(figure.axes) == 1
     with pytest.raises(ValueError, match="lacks column"):

@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from cxrlib.anonymize.flow_field import (
-    FlowFieldAnonymizer, GaussianSmoothing, displacement_bound_pixels, identity_grid, jacobian_determinant,
-    jacobian_lower_bound, scaled_smoothing, worst_case_jacobian,
+    REFERENCE_KERNEL, REFERENCE_SIGMA, FlowFieldAnonymizer, GaussianSmoothing, displacement_bound_pixels,
+    grid_amplitude, identity_grid, jacobian_determinant, jacobian_lower_bound, worst_case_jacobian,
 )
 from cxrlib.config import load_profile
 from cxrlib.models.unets import UNet
@@ -56,14 +56,14 @@ def test_displacement_never_exceeds_the_bound():
     images = torch.rand(4, 1, SIZE, SIZE)
     with torch.no_grad():
         shift = anonymizer.displacement_pixels(images)
-    bound = displacement_bound_pixels(0.3, SIZE)
-    assert bound == pytest.approx(0.3 * (SIZE - 1) / 2)
+    bound = displacement_bound_pixels(0.3)
+    assert bound == pytest.approx(0.3 * 255 / 2)
     assert shift.abs().max() <= bound + 1e-5
     assert shift.abs().max() > 0
 
 
 def test_saturated_generator_shifts_by_exactly_the_bound_away_from_the_border():
-    mu = 2.0 / (SIZE - 1)  # bound = one pixel
+    mu = 2.0 / 255  # bound = one pixel
     anonymizer = make(mu)
     constant_generator(anonymizer, 1.0, 0.0)
     images = torch.rand(2, 1, SIZE, SIZE)
@@ -92,15 +92,20 @@ def test_smoothing_preserves_a_constant_field_away_from_the_border_and_reduces_n
         GaussianSmoothing(2, kernel_size=3, sigma=0.0)
 
 
-def test_smoothing_scales_with_the_image_and_mu_does_not():
-    assert scaled_smoothing(256) == (9, 2.0)
-    assert scaled_smoothing(64) == (3, 0.5)
-    # the bound in units of sigma is the paper's 0.64 at every size
-    for size in (64, 128, 256):
-        sigma = scaled_smoothing(size)[1]
-        assert displacement_bound_pixels(0.01, size) / sigma == pytest.approx(0.64, abs=0.02)
-    paper = load_profile("paper").anonymization
-    assert (paper.smoothing_kernel, paper.smoothing_sigma) == scaled_smoothing(256)
+def test_the_papers_displacement_in_pixels_at_every_size():
+    # the paper's bounds at 256 px: 0.13 / 0.64 / 1.28 px for mu 0.001 / 0.005 / 0.01
+    assert [round(displacement_bound_pixels(mu), 2) for mu in (0.001, 0.005, 0.01)] == [0.13, 0.64, 1.28]
+    assert grid_amplitude(0.01, 256) == pytest.approx(0.01)  # the official code's grid offset at 256 px
+    for size in (16, 64, 128):
+        torch.manual_seed(0)
+        anonymizer = FlowFieldAnonymizer(mu=0.01, image_size=size, features=4, poolings=2).eval()
+        constant_generator(anonymizer, 1.0, 0.0)
+        with torch.no_grad():
+            shift = anonymizer.displacement_pixels(torch.rand(1, 1, size, size))
+        # a saturated generator moves every pixel away from the border by the bound, in pixels
+        assert shift[0, 0, size // 2, size // 2].item() == pytest.approx(-displacement_bound_pixels(0.01), rel=1e-4)
+        # the bound in units of the official sigma (2 px) is the paper's 0.64
+        assert anonymizer.displacement_bound / anonymizer.smoothing_sigma == pytest.approx(0.64, abs=0.01)
 
 
 def test_jacobian_determinant_of_known_fields():
@@ -122,21 +127,21 @@ def test_jacobian_determinant_of_known_fields():
         jacobian_determinant(torch.zeros(2, 8, 8))
 
 
-def test_no_generator_folds_the_cpu_geometry_while_pixel_scaled_mu_did():
+def test_no_generator_folds_the_cpu_geometry_while_a_shrunk_kernel_would():
     section, size = load_profile("cpu").anonymization, load_profile("cpu").image_size
     kernel, sigma = section.smoothing_kernel, section.smoothing_sigma
     bound = jacobian_lower_bound(max(section.mu_values), size, kernel, sigma)
     assert 0 < bound <= worst_case_jacobian(max(section.mu_values), size, kernel, sigma, steps=150)
-    # the former rule: mu 0.04 kept the paper's displacement in pixels with the resized kernel
-    assert worst_case_jacobian(0.04, size, kernel, sigma, steps=150) < 0
+    # the paper's displacement with the kernel shrunk with the image (3, sigma 0.5 at 64 px) folds
+    assert worst_case_jacobian(max(section.mu_values), size, 3, 0.5, steps=150) < 0
 
 
+@pytest.mark.parametrize("mu", [0.01, 0.05])  # partial derivatives below and above 1
 @pytest.mark.parametrize("size, kernel, sigma", [(16, 3, 0.5), (32, 5, 0.8), (24, 9, 2.0)])
-def test_jacobian_lower_bound_holds_for_the_fields_that_fold_most(size, kernel, sigma):
-    mu = 0.05
+def test_jacobian_lower_bound_holds_for_the_fields_that_fold_most(size, kernel, sigma, mu):
     bound = jacobian_lower_bound(mu, size, kernel, sigma)
     smoothing = GaussianSmoothing(2, kernel, sigma)
-    pixels = mu * (size - 1) / 2
+    pixels = displacement_bound_pixels(mu)
     generator = torch.Generator().manual_seed(size)
     # sign fields (the extremes of |G| <= 1) and the ones that align every sign with the derivative filter
     fields = [torch.sign(torch.randn(8, 2, size, size, generator=generator))]
@@ -191,10 +196,9 @@ def test_unet_variants_keep_the_shape_and_range():
 
 
 @pytest.mark.parametrize("name", ["smoke", "cpu", "paper"])
-def test_profiles_scale_the_papers_smoothing_to_their_image_size(name):
-    profile = load_profile(name)
-    section = profile.anonymization
-    assert (section.smoothing_kernel, section.smoothing_sigma) == scaled_smoothing(profile.image_size)
+def test_profiles_smooth_with_the_papers_kernel_in_pixels(name):
+    section = load_profile(name).anonymization
+    assert (section.smoothing_kernel, section.smoothing_sigma) == (REFERENCE_KERNEL, REFERENCE_SIGMA)
 
 
 def test_deformation_and_tradeoff_figures_draw():
@@ -214,4 +218,26 @@ def test_deformation_and_tradeoff_figures_draw():
     assert len(fig.axes) == 2 * 4 + 2 * 2  # panels and two colour bars per row
     fig2 = plot_privacy_utility([0.1, 0.2], [0.8, 0.3], [0.7, 0.68], [(0.6, 0.8), (0.6, 0.75)], reference=(0.9, 0.7))
     assert fig2.axes[0].get_ylim()[0] <= 0.25
+    plt.close("all")
+
+
+def test_the_teachers_mu_slider_redraws_with_the_nearest_trained_generator(monkeypatch):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from cxrlib.plots.anonymize import deformation_slider
+
+    drawn = []
+    monkeypatch.setattr(plt, "show", lambda: drawn.append(plt.gcf()._suptitle.get_text()))
+    trained = {0.005: make(0.005), 0.01: make(0.01)}
+    constant_generator(trained[0.005], 1.0, 0.0)
+    widget = deformation_slider(trained, torch.rand(1, 1, SIZE, SIZE), titles=["a"])
+    slider = widget.children[0]
+    assert (slider.min, slider.max, slider.value) == (0.0, 0.01, 0.01)
+    widget.update()
+    slider.value = 0.004
+    assert drawn[0].endswith("(the generator trained for mu = 0.01)")
+    assert drawn[-1].startswith("mu = 0.0040: at most 0.51 px") and drawn[-1].endswith("mu = 0.005)")
     plt.close("all")

@@ -319,3 +319,18 @@ def test_identity_profile_and_real_sample_blocks_come_from_their_runs(copied_res
     assert [cell.strip() for cell in row.split("|")[2:4]] == [f"{ours:.3f}", "0.123"]
     assert "results/cpu-chestxray14-sample/" in block
     assert "–" in block  # the sample run wrote no synthesis.json
+
+
+def test_prichexy_schedule_sentence_comes_from_notebook_02s_json():
+    from cxrlib.report import _prichexy_schedule_sentence
+
+    assert _prichexy_schedule_sentence({}) == ""  # a run from before the schedule was recorded
+    prichexy = {"schedule": {"epochs": 10, "steps_per_epoch": 40}, "frozen_val_auc_original": 0.9,
+                "per_mu": [{"mu": 0.005, "frozen_val_auc_kept": 0.88, "frozen_val_auc_lowest": 0.85},
+                           {"mu": 0.01, "frozen_val_auc_kept": 0.8, "frozen_val_auc_lowest": 0.75}],
+                "diagnostic_frozen_adversaries": {"frozen_val_auc_lowest": 0.6, "frozen_snn_auc": 0.62,
+                                                  "frozen_snn_auc_ci": [0.58, 0.66]}}
+    text = _prichexy_schedule_sentence(prichexy)
+    assert "10 epochs of 40 generator steps" in text
+    assert "at mu = 0.01 the frozen siamese network's validation AUC was 0.800 at the kept epoch (0.750" in text
+    assert "0.900 on the original pairs" in text and "0.620 on the test pairs (95 % CI 0.580-0.660)" in text

@@ -16,8 +16,11 @@ official PriCheXy-Net code (``utils/utils.py``: ``pretrain``, ``train``, ``valid
      and the real ``x2`` against same/different, then a classifier step (SGD, momentum 0.9, weight
      decay 1e-4) on the detached anonymized ``x1``, both in train mode.
 
-  The anonymizer with the lowest validation total loss is kept. The caller's siamese network and
-  classifier are never modified: the loop trains copies of them.
+  The anonymizer with the lowest validation total loss is kept (the official selection). After each
+  epoch the siamese network as the caller gave it (frozen) scores the validation pairs with their
+  first image anonymized: its AUC is the privacy reached against the network the training started
+  from, which the in-loop copy drifts away from. The caller's siamese network and classifier are
+  never modified: the loop trains copies of them.
 """
 
 from __future__ import annotations
@@ -32,11 +35,12 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from sklearn.metrics import roc_auc_score
 import torch
 import torch.nn.functional as F
 from accelerate import Accelerator
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, RandomSampler
 from tqdm.auto import tqdm
 
 from cxrlib.anonymize.base import Anonymizer
@@ -72,13 +76,26 @@ class LabeledPairDataset(Dataset):
         return x1, x2, same, torch.from_numpy(self.labels[i])
 
 
-def batch_loader(dataset: Dataset, batch_size: int, seed: int | None = None) -> DataLoader:
+def batch_loader(dataset: Dataset, batch_size: int, seed: int | None = None,
+                 samples_per_epoch: int | None = None) -> DataLoader:
     """Shuffled with a seeded generator when ``seed`` is given (training, where a last incomplete batch is
-    dropped: batch norm cannot train on one image), in order otherwise."""
+    dropped: batch norm cannot train on one image), in order otherwise.
+
+    ``samples_per_epoch`` (training only): each epoch draws that many items without replacement from a
+    fresh permutation, so successive epochs see different items of a large pool.
+    """
     training = seed is not None
-    generator = torch.Generator().manual_seed(seed) if training else None
-    return DataLoader(dataset, batch_size=batch_size, shuffle=training, generator=generator,
-                      drop_last=training and len(dataset) > batch_size)
+    if not training:
+        if samples_per_epoch is not None:
+            raise ValueError("samples_per_epoch needs a seed: it draws training items")
+        return DataLoader(dataset, batch_size=batch_size, shuffle=False)
+    generator = torch.Generator().manual_seed(seed)
+    if samples_per_epoch is not None and not 0 < samples_per_epoch <= len(dataset):
+        raise ValueError(f"samples_per_epoch must be between 1 and the {len(dataset)} items, got {samples_per_epoch}")
+    drawn = len(dataset) if samples_per_epoch is None else samples_per_epoch
+    sampler = RandomSampler(dataset, num_samples=drawn, generator=generator)
+    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, generator=generator,
+                      drop_last=drawn > batch_size)
 
 
 def privacy_loss(logits: torch.Tensor) -> torch.Tensor:
@@ -111,7 +128,8 @@ def adversarial_losses(anonymizer: nn.Module, siamese: nn.Module, classifier: nn
 class AdversarialResult:
     #: one dict per epoch: ``epoch``; ``train_<name>`` and ``val_<name>`` for ``ac, ver, log_ver,
     #: total``; ``train_snn`` and ``train_classifier`` (the adversaries' own losses; NaN when they are
-    #: not updated); ``seconds``
+    #: not updated); ``val_frozen_auc`` (the siamese network the training started from, never updated,
+    #: on the validation pairs with their first image anonymized); ``seconds``
     history: list[dict[str, float]]
     best_epoch: int
     best_val_total: float
@@ -120,6 +138,14 @@ class AdversarialResult:
     trained: bool
     max_epochs: int
     patience: int | None
+
+    def epoch_of_lowest_frozen_auc(self) -> int:
+        """The epoch whose generator the frozen siamese network separated worst (on validation pairs)."""
+        curve = [(row["val_frozen_auc"], row["epoch"]) for row in self.history
+                 if not math.isnan(row.get("val_frozen_auc", math.nan))]
+        if not curve:
+            raise ValueError("this training recorded no frozen-network AUC")
+        return min(curve)[1]
 
     def record(self) -> dict[str, Any]:
         """:func:`~cxrlib.train.training_record` of this training."""
@@ -190,6 +216,9 @@ def train_adversarial(anonymizer: Anonymizer, siamese: nn.Module, classifier: nn
     seed_everything(seed)
     # the adversaries in channels_last (faster, benchmarks/bench_cpu_paths.py); the anonymizer keeps the
     # default layout, where the gain is smaller, so that a saved one loaded elsewhere computes the same bits
+    # the siamese network as the caller gave it, never updated: its AUC per epoch is the privacy the
+    # generator has reached against the network it started from
+    frozen = use_fast_layout(copy.deepcopy(siamese).to(device)).eval()
     siamese = use_fast_layout(copy.deepcopy(siamese).to(device))
     classifier = use_fast_layout(copy.deepcopy(classifier).to(device))
     anonymizer.to(device)
@@ -223,8 +252,8 @@ def train_adversarial(anonymizer: Anonymizer, siamese: nn.Module, classifier: nn
         count = 0
         for batch in train_loader:
             batch = _to_device(batch, device)
-            losses = _training_step(anonymizer, siamese, classifier, batch, *optimizers.values(),
-                                    w_ac, w_ver, update_adversaries, accelerator)
+            losses = _training_step(anonymizer, siamese, classifier, batch, optimizers, w_ac=w_ac, w_ver=w_ver,
+                                    update_adversaries=update_adversaries, accelerator=accelerator)
             check_finite(losses["total"], "adversarial training loss", epoch, _kept(path, state))
             size = batch[0].shape[0]
             for key, value in losses.items():
@@ -234,6 +263,7 @@ def train_adversarial(anonymizer: Anonymizer, siamese: nn.Module, classifier: nn
         record.update({f"val_{k}": v for k, v in validation_losses(anonymizer, siamese, classifier,
                                                                    val_loader, w_ac=w_ac, w_ver=w_ver,
                                                                    accelerator=accelerator).items()})
+        record["val_frozen_auc"] = frozen_siamese_auc(anonymizer, frozen, val_loader, accelerator=accelerator)
         check_finite(record["val_total"], "adversarial validation loss", epoch, _kept(path, state))
         record["seconds"] = time.perf_counter() - started
         record["bf16"] = uses_bf16(accelerator)
@@ -268,8 +298,12 @@ def _kept(path: Path, state: dict[str, Any]) -> str:
             else f"nothing was written to {path}")
 
 
-def _training_step(anonymizer, siamese, classifier, batch, optimizer, siamese_optimizer, classifier_optimizer,
+def _training_step(anonymizer, siamese, classifier, batch, optimizers: Mapping[str, torch.optim.Optimizer], *,
                    w_ac, w_ver, update_adversaries, accelerator) -> dict[str, float]:
+    """One generator step, then (``update_adversaries``) one step of each adversary; ``optimizers`` by name:
+    ``optimizer`` (the anonymizer's), ``siamese_optimizer``, ``classifier_optimizer``."""
+    optimizer, siamese_optimizer, classifier_optimizer = (
+        optimizers["optimizer"], optimizers["siamese_optimizer"], optimizers["classifier_optimizer"])
     x1, x2, same, labels1 = batch
     anonymizer.train()
     siamese.eval()
@@ -304,6 +338,26 @@ def _training_step(anonymizer, siamese, classifier, batch, optimizer, siamese_op
         classifier_optimizer.step()
         record["snn"], record["classifier"] = snn_loss.item(), classifier_loss.item()
     return record
+
+
+@torch.no_grad()
+def frozen_siamese_auc(anonymizer: nn.Module, siamese: nn.Module, loader: DataLoader, *,
+                       accelerator: Accelerator | None = None) -> float:
+    """ROC AUC of ``siamese`` on the pairs of ``loader`` with their first image anonymized (NaN when the
+    pairs hold one class only)."""
+    accelerator = accelerator or make_accelerator()
+    anonymizer.eval()
+    siamese.eval()
+    scores, same = [], []
+    for batch in loader:
+        x1, x2, label, _ = _to_device(batch, accelerator.device)
+        with autocast(accelerator):
+            scores.append(siamese(anonymizer(x1), x2).reshape(-1).float().cpu())
+        same.append(label.reshape(-1).cpu())
+    labels = torch.cat(same).numpy()
+    if len(np.unique(labels)) < 2:
+        return math.nan
+    return float(roc_auc_score(labels, torch.cat(scores).numpy()))
 
 
 @torch.no_grad()

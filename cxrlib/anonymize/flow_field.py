@@ -1,31 +1,24 @@
 """PriCheXy-Net's anonymizer: a U-Net predicts a smooth flow field that slightly deforms the radiograph.
 
 The generator ``G`` (U-Net, 1 channel in, 2 out, tanh) maps an image to a field in [-1, 1]; the
-sampling grid is ``identity - mu * smooth(G(x))`` and the output is ``grid_sample(x, grid)`` with
-border padding and ``align_corners=True``.
+sampling grid is ``identity - mu * smooth(G(x))`` at 256 px (the official code) and the output is
+``grid_sample(x, grid)`` with border padding and ``align_corners=True``.
 
-**Geometry: one rule, the image's own coordinates.** A radiograph at 64 px is the 256 px one
-resized, so the deformation of the anatomy must be the same at every size: mu is a share of the
-image (grid coordinates are normalized; with ``align_corners=True`` the S pixel centres span [-1, 1])
-and is never converted, and the smoothing kernel is the paper's (kernel 9, sigma 2 at 256 px) resized
-with the image (:func:`scaled_smoothing`: sigma ``2 * S / 256``, radius ``ceil(2 * sigma)``). Both
-lengths then scale together, so the displacement bound stays 0.64 sigma for mu 0.01 at every size, as
-in the official code, and the fields do not fold (:func:`jacobian_determinant` measures it;
-:func:`jacobian_lower_bound` proves it for every generator; :func:`worst_case_jacobian` searches
-for the output that folds most). Keeping the displacement in *pixels* instead (mu times 255 / 63 at
-64 px) while the kernel keeps the anatomy, as cxrlib once did, made the displacement 2.5 sigma, and
-fields could fold: at 64 px, kernel 3, sigma 0.5, the search finds a folding field for that mu 0.04.
+**Geometry: the paper's, in pixels, at every image size.** mu is read as in the paper at 256 px
+(normalized coordinates of a 256 px image) and the displacement it allows is kept in *pixels* at the
+profile's size: a pixel is sampled from at most ``mu * 255 / 2`` pixels away along each axis
+(:func:`displacement_bound_pixels`; 0.13 / 0.64 / 1.28 px for mu 0.001 / 0.005 / 0.01), and the
+smoothing is the official Gaussian in pixels (kernel 9, sigma 2) whatever the size. Displacement and
+smoothing then keep the paper's ratio (1.28 px = 0.64 sigma at mu 0.01), so the fields do not fold
+(:func:`jacobian_determinant` measures it; :func:`jacobian_lower_bound` proves it for every generator;
+:func:`worst_case_jacobian` searches for the output that folds most). At 64 px the anatomy is four
+times smaller than at 256 px, so the same displacement moves it four times as far in units of the
+anatomy: a stronger deformation than the paper's relative to the body, the same one relative to the
+pixel grid a re-identification network reads. Why not mu as a share of the image (0.32 px at
+64 px), nor a shrunk kernel: docs/decisions.md.
 
-**Displacement bound.** One normalized unit is ``(S - 1) / 2`` pixels. The Gaussian kernel sums to one
-and ``|G| <= 1``, so every pixel is sampled from at most ``mu * (S - 1) / 2`` pixels away along each
-axis (:func:`displacement_bound_pixels`); in units of the image, the same at every size:
-
-==========  ========  =======  =======  =======
-image size  mu        0.001    0.005    0.01
-==========  ========  =======  =======  =======
-256 px      pixels    0.13     0.64     1.28
-64 px       pixels    0.03     0.16     0.32
-==========  ========  =======  =======  =======
+In normalized grid coordinates of an S px image the field is scaled by ``mu * 255 / (S - 1)``
+(:func:`grid_amplitude`); at 256 px that is mu itself, as in the official code.
 
 **Smoothing.** The official code smooths the whole grid (identity included) with a zero-padded
 Gaussian. Zero padding pulls the identity's border values towards 0, so even ``G = 0`` resamples the
@@ -61,15 +54,16 @@ REFERENCE_SIZE = 256
 REFERENCE_KERNEL, REFERENCE_SIGMA = 9, 2.0
 
 
-def displacement_bound_pixels(mu: float, image_size: int) -> float:
-    """The largest distance, in pixels along each axis, between a pixel and where it is sampled from."""
-    return mu * (image_size - 1) / 2
+def displacement_bound_pixels(mu: float) -> float:
+    """The largest distance, in pixels along each axis, between a pixel and where it is sampled from:
+    the paper's at 256 px, at every image size."""
+    return mu * (REFERENCE_SIZE - 1) / 2
 
 
-def scaled_smoothing(image_size: int, reference_size: int = REFERENCE_SIZE) -> tuple[int, float]:
-    """(kernel, sigma) covering the same share of the image as the paper's (9, 2.0) at 256 px."""
-    sigma = REFERENCE_SIGMA * image_size / reference_size
-    return 2 * max(1, math.ceil(2 * sigma)) + 1, sigma
+def grid_amplitude(mu: float, image_size: int) -> float:
+    """The factor of ``smooth(G(x))`` in normalized grid coordinates of an ``image_size`` px image that
+    gives :func:`displacement_bound_pixels` (one normalized unit is ``(S - 1) / 2`` pixels)."""
+    return displacement_bound_pixels(mu) * 2 / (image_size - 1)
 
 
 def jacobian_determinant(displacement: torch.Tensor) -> torch.Tensor:
@@ -90,12 +84,13 @@ def jacobian_determinant(displacement: torch.Tensor) -> torch.Tensor:
 def jacobian_lower_bound(mu: float, image_size: int, smoothing_kernel: int, smoothing_sigma: float) -> float:
     """A guaranteed lower bound of :func:`jacobian_determinant` over every generator output (``|G| <= 1``).
 
-    Each partial derivative of the displacement is ``mu (S - 1) / 2`` times a fixed linear map of
+    Each partial derivative of the displacement is :func:`displacement_bound_pixels` times a fixed linear map of
     ``G``: the finite difference of :func:`jacobian_determinant` (central, one-sided at the border)
     after the separable, zero-padded Gaussian. Over ``|G| <= 1`` such a map is at most the L1 norm of
     its row; for the separable filter that is the 1-D difference-of-Gaussian row's norm times the 1-D
     Gaussian row's (at most 1). With every partial at most ``b`` in size, the determinant
-    ``(1 + a)(1 + d) - bc`` is at least ``(1 - b)^2 - b^2 = 1 - 2 b``. Above 0: no generator, trained or
+    ``(1 + a)(1 + d) - bc`` is at least ``(1 - b)^2 - b^2 = 1 - 2 b`` (for ``b <= 1``; beyond,
+    ``(1 - b)(1 + b) - b^2 = 1 - 2 b^2``). Above 0: no generator, trained or
     adversarial, can fold the image at this mu, size and smoothing.
     """
     offsets = torch.arange(smoothing_kernel, dtype=torch.float64) - (smoothing_kernel - 1) / 2
@@ -109,8 +104,8 @@ def jacobian_lower_bound(mu: float, image_size: int, smoothing_kernel: int, smoo
                        profile[shift.clamp(0, smoothing_kernel - 1)], torch.zeros((), dtype=torch.float64))
     difference = torch.gradient(blur, dim=0)[0]  # torch.gradient's own differences, applied to each column
     derivative = difference.abs().sum(dim=1).max() * blur.abs().sum(dim=1).max()
-    bound = mu * (image_size - 1) / 2 * float(derivative)
-    return 1 - 2 * bound
+    bound = displacement_bound_pixels(mu) * float(derivative)
+    return 1 - 2 * bound if bound <= 1 else 1 - 2 * bound ** 2
 
 
 def worst_case_jacobian(mu: float, image_size: int, smoothing_kernel: int, smoothing_sigma: float, *,
@@ -124,7 +119,7 @@ def worst_case_jacobian(mu: float, image_size: int, smoothing_kernel: int, smoot
     smoothing = GaussianSmoothing(2, smoothing_kernel, smoothing_sigma)
     theta = torch.randn(1, 2, image_size, image_size, generator=generator).requires_grad_()
     optimizer = torch.optim.Adam([theta], lr=0.1)
-    pixels = mu * (image_size - 1) / 2
+    pixels = displacement_bound_pixels(mu)
 
     def smallest(field: torch.Tensor) -> torch.Tensor:
         return jacobian_determinant(-pixels * smoothing(field))
@@ -172,7 +167,8 @@ class GaussianSmoothing(nn.Module):
 
 @register
 class FlowFieldAnonymizer(Anonymizer):
-    """PriCheXy-Net's deformation: ``grid = identity - mu * smooth(G(x))``, then ``grid_sample``."""
+    """PriCheXy-Net's deformation: ``grid = identity - a * smooth(G(x))``, then ``grid_sample``, with
+    ``a = grid_amplitude(mu, image_size)`` (mu itself at the paper's 256 px)."""
 
     name = "flow_field"
 
@@ -204,14 +200,14 @@ class FlowFieldAnonymizer(Anonymizer):
     @property
     def displacement_bound(self) -> float:
         """At most this many pixels along each axis between a pixel and its source."""
-        return displacement_bound_pixels(self.mu, self.image_size)
+        return displacement_bound_pixels(self.mu)
 
     def flow(self, images: torch.Tensor) -> torch.Tensor:
         """Offsets (B, 2, S, S) in normalized coordinates (x, y) added to the identity grid."""
         if images.shape[-2:] != (self.image_size, self.image_size):
             raise ValueError(f"this flow field was built for {self.image_size}x{self.image_size} images, "
                              f"got {tuple(images.shape[-2:])}")
-        return -self.mu * self.smoothing(self.generator(images))
+        return -grid_amplitude(self.mu, self.image_size) * self.smoothing(self.generator(images))
 
     def displacement_pixels(self, images: torch.Tensor) -> torch.Tensor:
         """Where each output pixel is sampled from, relative to itself, in pixels (B, 2, S, S), (x, y)."""
@@ -236,13 +232,16 @@ class PriCheXyNet:
     pretraining: FitResult
     anonymizers: dict[float, FlowFieldAnonymizer]
     results: dict[float, AdversarialResult]
+    #: the diagnostic, when asked for: the largest mu trained against adversaries that are never
+    #: updated (can the generator fool the frozen siamese network at all at this geometry?)
+    frozen_adversaries: tuple[FlowFieldAnonymizer, AdversarialResult] | None = None
 
 
 def train_prichexy_net(config: AnonymizationConfig, image_size: int, *, siamese: nn.Module,
                        classifier: nn.Module, images: tuple[Dataset, Dataset], pairs: tuple[Dataset, Dataset],
                        artifact_path: Callable[[str], Path], identity: Mapping[str, Any], seed: int,
-                       processes: int = 1, progress: bool | None = None,
-                       accelerator: Accelerator | None = None) -> PriCheXyNet:
+                       processes: int = 1, frozen_adversaries_diagnostic: bool = False,
+                       progress: bool | None = None, accelerator: Accelerator | None = None) -> PriCheXyNet:
     """Pretrain the generator once, then train it adversarially for every mu of ``config.mu_values``
     (``processes`` of them side by side on a CPU: :func:`cxrlib.parallel.map_in_processes`).
 
@@ -252,6 +251,8 @@ def train_prichexy_net(config: AnonymizationConfig, image_size: int, *, siamese:
     ``artifact_path(name)`` says where a trained model lives (``prichexy_pretrain`` and
     :func:`checkpoint_name` of each mu); ``identity`` names the siamese network and classifier the training starts
     from, so that a change of either retrains. Finished checkpoints are loaded, not retrained.
+    ``frozen_adversaries_diagnostic``: also train the largest mu with ``update_adversaries=False``
+    (:attr:`PriCheXyNet.frozen_adversaries`), side by side with the others.
     """
     if not config.mu_values:
         raise ValueError("config.mu_values is empty: nothing to train")
@@ -267,14 +268,19 @@ def train_prichexy_net(config: AnonymizationConfig, image_size: int, *, siamese:
         progress=progress, accelerator=accelerator)
     settings = {"anonymization": dataclasses.asdict(config), "pretrained": pretraining.checkpoint_path.name,
                 **identity}
-    checkpoints = [artifact_path(checkpoint_name(mu)) for mu in config.mu_values]
-    jobs = [(pretrained.with_mu(mu), siamese, classifier, pairs, config, path, settings, seed,
-             progress if processes <= 1 else False, accelerator) for mu, path in zip(config.mu_values, checkpoints)]
-    trained = map_in_processes(_train_adversarially, jobs, processes=1 if accelerator else processes,
-                               desc="PriCheXy-Net settings", progress=progress,
-                               inline=[checkpoint_finished(path) for path in checkpoints])
-    return PriCheXyNet(pretraining=pretraining, anonymizers={mu: a for mu, (a, _) in zip(config.mu_values, trained)},
-                       results={mu: r for mu, (_, r) in zip(config.mu_values, trained)})
+    settings_of = {mu: (config, artifact_path(checkpoint_name(mu))) for mu in config.mu_values}
+    if frozen_adversaries_diagnostic:
+        settings_of["diagnostic"] = (dataclasses.replace(config, update_adversaries=False),
+                                     artifact_path(checkpoint_name(max(config.mu_values)) + "_frozen_adversaries"))
+    jobs = [(pretrained.with_mu(max(config.mu_values) if key == "diagnostic" else key), siamese, classifier, pairs,
+             job_config, path, settings, seed, progress if processes <= 1 else False, accelerator)
+            for key, (job_config, path) in settings_of.items()]
+    trained = dict(zip(settings_of, map_in_processes(
+        _train_adversarially, jobs, processes=1 if accelerator else processes, desc="PriCheXy-Net settings",
+        progress=progress, inline=[checkpoint_finished(path) for _, path in settings_of.values()])))
+    diagnostic = trained.pop("diagnostic", None)
+    return PriCheXyNet(pretraining=pretraining, anonymizers={mu: a for mu, (a, _) in trained.items()},
+                       results={mu: r for mu, (_, r) in trained.items()}, frozen_adversaries=diagnostic)
 
 
 def _train_adversarially(anonymizer: FlowFieldAnonymizer, siamese: nn.Module, classifier: nn.Module,
@@ -283,9 +289,9 @@ def _train_adversarially(anonymizer: FlowFieldAnonymizer, siamese: nn.Module, cl
                          accelerator: Accelerator | None) -> tuple[FlowFieldAnonymizer, AdversarialResult]:
     """One mu of :func:`train_prichexy_net`: the pretrained generator trained against the judges."""
     result = train_adversarial(
-        anonymizer, siamese, classifier, batch_loader(pairs[0], config.batch_size, seed),
+        anonymizer, siamese, classifier, batch_loader(pairs[0], config.batch_size, seed, config.pairs_per_epoch),
         batch_loader(pairs[1], config.batch_size), max_epochs=config.adversarial_epochs, lr=config.lr,
-        siamese_lr=config.lr, classifier_lr=config.classifier_lr, w_ac=config.w_ac, w_ver=config.w_ver,
+        siamese_lr=config.siamese_lr, classifier_lr=config.classifier_lr, w_ac=config.w_ac, w_ver=config.w_ver,
         update_adversaries=config.update_adversaries, patience=config.adversarial_patience,
         checkpoint_path=checkpoint_path, config=settings, seed=seed, progress=progress, accelerator=accelerator)
     return anonymizer.eval(), result

@@ -93,9 +93,9 @@ def train_privacy_net(config: AnonymizationConfig, *, siamese: nn.Module, classi
         config={"anonymizer": anonymizer.config(), "batch_size": config.batch_size}, seed=seed,
         progress=progress, accelerator=accelerator)
     result = train_adversarial(
-        anonymizer, siamese, classifier, batch_loader(pairs[0], config.batch_size, seed),
+        anonymizer, siamese, classifier, batch_loader(pairs[0], config.batch_size, seed, config.pairs_per_epoch),
         batch_loader(pairs[1], config.batch_size),
-        max_epochs=config.adversarial_epochs, lr=config.lr, siamese_lr=config.lr,
+        max_epochs=config.adversarial_epochs, lr=config.lr, siamese_lr=config.siamese_lr,
         classifier_lr=config.classifier_lr, w_ac=config.w_ac, w_ver=config.w_ver,
         update_adversaries=config.update_adversaries,
             patience=config.adversarial_patience, checkpoint_path=artifact_path("privacy_net"),

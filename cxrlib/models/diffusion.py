@@ -215,7 +215,11 @@ class LatentDiffusion:
         return self
 
     def ddim_scheduler(self, steps: int) -> DDIMScheduler:
-        scheduler = DDIMScheduler.from_config(self.scheduler.config)
+        """DDIM over ``steps`` steps that starts at the last training step (pure noise, as sampling
+        begins): ``trailing`` spacing, not diffusers' default ``leading``, whose first step at
+        t = 1000 - 1000 / steps hands pure noise to a model that expects some signal there (Lin et
+        al., "Common Diffusion Noise Schedules and Sample Steps are Flawed", 2024)."""
+        scheduler = DDIMScheduler.from_config(self.scheduler.config, timestep_spacing="trailing")
         scheduler.set_timesteps(steps)
         return scheduler
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -87,19 +88,37 @@ def plot_deformations(originals: np.ndarray, anonymized: np.ndarray, displacemen
     return fig
 
 
-def plot_adversarial_history(histories: Mapping[str, Sequence[Mapping[str, float]]], title: str = "") -> plt.Figure:
-    """Loss curves per run (label -> history): AC, -log(1 - s), total; training solid, validation dashed."""
-    panels = (("ac", "classifier BCE (AC)"), ("log_ver", "-log(1 - s)"), ("total", "total loss"),
-              ("ver", "mean SNN score s"))
-    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.4))
+def plot_adversarial_history(histories: Mapping[str, Sequence[Mapping[str, float]]], title: str = "",
+                             kept: Mapping[str, int] | None = None) -> plt.Figure:
+    """Curves per run (label -> history): AC, -log(1 - s), total, mean score; training solid, validation
+    dashed; and, where recorded, the frozen siamese network's validation AUC, with each run's lowest
+    marked by a cross. ``kept`` (label -> epoch): the kept epoch, a circle on every validation curve."""
+    panels = [("ac", "classifier BCE (AC)"), ("log_ver", "-log(1 - s)"), ("total", "total loss"),
+              ("ver", "mean SNN score s")]
+    frozen = all(history and "val_frozen_auc" in history[0] for history in histories.values())
+    fig, axes = plt.subplots(1, len(panels) + frozen, figsize=(4.0 * (len(panels) + frozen), 3.4))
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    kept = kept or {}
     for (label, history), color in zip(histories.items(), colors * 4):
         epochs = [r["epoch"] for r in history]
+        at = {r["epoch"]: r for r in history}
         for ax, (key, name) in zip(axes, panels):
             ax.plot(epochs, [r[f"train_{key}"] for r in history], color=color, label=f"{label} train")
             ax.plot(epochs, [r[f"val_{key}"] for r in history], color=color, ls="--", label=f"{label} val")
+            if label in kept:
+                ax.plot(kept[label], at[kept[label]][f"val_{key}"], "o", color=color, mfc="none", ms=9)
             ax.set(title=name, xlabel="epoch")
+        if frozen:
+            curve = [r["val_frozen_auc"] for r in history]
+            axes[-1].plot(epochs, curve, color=color, ls="--", marker=".", label=label)
+            lowest = int(np.nanargmin(curve))
+            axes[-1].plot(epochs[lowest], curve[lowest], "x", color=color, ms=9)
+            if label in kept:
+                axes[-1].plot(kept[label], at[kept[label]]["val_frozen_auc"], "o", color=color, mfc="none", ms=9)
+            axes[-1].set(title="frozen SNN AUC (validation)", xlabel="epoch")
     axes[0].legend(fontsize=7)
+    if frozen:
+        axes[-1].legend(fontsize=7, title="o kept, x lowest", title_fontsize=7)
     if title:
         fig.suptitle(title)
     fig.tight_layout()
@@ -147,3 +166,28 @@ def plot_privacy_utility(mu: Sequence[float], verification_auc: Sequence[float],
         ax.set_title(title)
     fig.tight_layout()
     return fig
+
+
+def deformation_slider(anonymizers: Mapping[float, Any], images: Any, titles: Sequence[str] | None = None):
+    """A live mu slider for teachers (ipywidgets): ``images`` (N, 1, S, S), each deformed at the chosen mu
+    by the trained generator of the nearest trained mu (``anonymizers``: mu -> FlowFieldAnonymizer), its
+    field scaled to that mu, with the displacement field on the colour scale of the largest mu."""
+    import ipywidgets as widgets
+    import torch
+
+    trained = sorted(anonymizers)
+    largest = anonymizers[trained[-1]].displacement_bound
+
+    def show(mu: float) -> None:
+        nearest = min(trained, key=lambda m: abs(m - mu))
+        anonymizer = anonymizers[nearest].with_mu(mu).eval()
+        with torch.no_grad():
+            deformed, shift = anonymizer(images), anonymizer.displacement_pixels(images)
+        plot_deformations(images[:, 0].numpy(), deformed[:, 0].numpy(), shift.numpy(), titles=titles, bound=largest,
+                          title=f"mu = {mu:.4f}: at most {anonymizer.displacement_bound:.2f} px "
+                                f"(the generator trained for mu = {nearest:g})")
+        plt.show()
+
+    slider = widgets.FloatSlider(value=trained[-1], min=0.0, max=trained[-1], step=trained[-1] / 40,
+                                 readout_format=".4f", description="mu", continuous_update=False)
+    return widgets.interactive(show, mu=slider)
