@@ -542,6 +542,7 @@ CPU_PATHS_BENCHMARK = Path("benchmarks/results/cpu_paths.json")
 CPU_PROCESSES_BENCHMARK = Path("benchmarks/results/cpu_processes.json")
 SAMPLING_PRECISION_BENCHMARK = Path("benchmarks/results/sampling_precision.json")
 TRAINING_PRECISION_BENCHMARK = Path("benchmarks/results/training_precision.json")
+AUDIT_BENCHMARK = Path("benchmarks/results/audit.json")
 
 
 def _benchmark(results: Results, path: Path) -> dict | None:
@@ -664,12 +665,32 @@ def training_precision_block(results: Results) -> str | None:
             f"with its U-Net in bf16. {_precision_aucs(bench, 'the model trained in {}')}")
 
 
+def audit_benchmark_block(results: Results) -> str | None:
+    """How long ``cxrlib audit`` takes with the whole attack panel, and its extrapolation to the release."""
+    bench = _benchmark(results, AUDIT_BENCHMARK)
+    if bench is None:
+        return None
+    machine, estimate = bench["machine"], bench["release_estimate"]
+    against = (f", {bench['against_seconds']:.0f} s with `--against` a folder as large"
+               if "against_seconds" in bench else "")
+    return (f"**The audit's time** (`benchmarks/bench_audit.py`, {machine['cpu']}, {bench['threads']} "
+            f"thread{'s' if bench['threads'] != 1 else ''}; `{AUDIT_BENCHMARK.as_posix()}`): `cxrlib audit` of the "
+            f"{_count(bench['images'])} images of the `{bench['profile']}` phantom with all {len(bench['attacks'])} "
+            f"attacks of its panel took {bench['internal_seconds']:.0f} s (the panel {bench['internal_panel_seconds']:.0f} s)"
+            f"{against}. From each part's growth between half and all of the images, the "
+            f"{_count(bench['release_images'])} images of the whole release would take about "
+            f"{_minutes(estimate['total_seconds'])} on this machine, most of it the {estimate['slowest_part']} "
+            f"(about {_minutes(estimate['slowest_part_seconds'])}; its time grew as the number of images to the power "
+            f"{estimate['slowest_part_growth_exponent']:.2f}).")
+
+
 Block = Callable[[Results], str | None]
 
 BLOCKS: tuple[Block, ...] = (
     run_block, training_block, real_sample_block, identity_profile_block, reidentification_block,
     reidentification_table_block, identity_cues_block, tradeoff_block, tradeoff_table_block, tradeoff_reading_block, tradeoff_figure_block, synthesis_block,
-    synthesis_figure_block, cpu_paths_block, sampling_precision_block, training_precision_block,
+    synthesis_figure_block, audit_benchmark_block, cpu_paths_block, sampling_precision_block,
+    training_precision_block,
 )
 
 #: data/README.md's figures of the phantom as a fair test
