@@ -322,7 +322,7 @@ def test_identity_profile_and_real_sample_blocks_come_from_their_runs(copied_res
 
 
 def test_prichexy_schedule_sentence_comes_from_notebook_02s_json():
-    from cxrlib.report import _prichexy_schedule_sentence
+    from cxrlib.report.blocks import _prichexy_schedule_sentence
 
     assert _prichexy_schedule_sentence({}) == ""  # a run from before the schedule was recorded
     prichexy = {"schedule": {"epochs": 10, "steps_per_epoch": 40}, "frozen_val_auc_original": 0.9,
