@@ -353,3 +353,22 @@ def test_audit_time_comes_from_its_benchmark_beside_the_readme(copied_results):
     assert "about 60 min 0 s" in flat and "(about 39 min 24 s; its time grew as" in flat and "power 1.75" in flat
     (root / "benchmarks" / "results" / "audit.json").write_text(json.dumps({**bench, "profile": "smoke"}))
     assert "The audit's time" not in results_section(results, root)
+
+
+def test_loop_ratio_comes_from_gpu_checks_cpu_figures_beside_the_readme(copied_results):
+    results, readme = copied_results
+    root = readme.parent
+    assert "The shared loop against an official-style one" not in results_section(results, root)
+    (root / "benchmarks" / "results").mkdir(parents=True)
+
+    def loop(backbone, batch, shared, official):
+        return {"backbone": backbone, "batch": batch, "shared_loop_images_per_s": shared,
+                "official_style_images_per_s": official, "speedup": shared / official}
+
+    bench = {"profile": "cpu", "device": "Test CPU", "mixed_precision": "no", "image_size": 64, "steps": 40,
+             "siamese": loop("convnet_spatial", 32, 300.0, 100.0), "classifier": loop("convnet_spatial", 32, 500.0, 250.0)}
+    (root / "benchmarks" / "results" / "loop_ratio_cpu.json").write_text(json.dumps(bench))
+    flat = results_section(results, root).replace("\n", " ")
+    assert "(`benchmarks/gpu_check.py --profile cpu`, Test CPU, mixed precision no;" in flat
+    assert "the siamese network (convnet_spatial, batch 32) 300 against 100 images/s (3.00x)" in flat
+    assert "the classifier network (convnet_spatial, batch 32) 500 against 250 images/s (2.00x)" in flat

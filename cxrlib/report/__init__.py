@@ -24,9 +24,9 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from cxrlib.report.benchmarks import (AUDIT_BENCHMARK, CPU_PATHS_BENCHMARK, CPU_PROCESSES_BENCHMARK,
-                                      SAMPLING_PRECISION_BENCHMARK, TRAINING_PRECISION_BENCHMARK,
-                                      audit_benchmark_block, cpu_paths_block, sampling_precision_block,
-                                      training_precision_block)
+                                      LOOP_BENCHMARK, SAMPLING_PRECISION_BENCHMARK, TRAINING_PRECISION_BENCHMARK,
+                                      audit_benchmark_block, cpu_paths_block, loop_ratio_block,
+                                      sampling_precision_block, training_precision_block)
 from cxrlib.report.blocks import (KEY_FIGURES, REAL_SAMPLE_RESULTS, identity_cues_block, identity_profile_block,
                                   lung_fields_block, real_sample_block, reidentification_block,
                                   reidentification_table_block, run_block, synthesis_block, synthesis_figure_block,
@@ -37,6 +37,7 @@ from cxrlib.report.loading import (REIDENTIFICATION_COLUMNS, RESULT_FILES, WHOLE
 
 __all__ = [
     "AUDIT_BENCHMARK", "BLOCKS", "CPU_PATHS_BENCHMARK", "CPU_PROCESSES_BENCHMARK", "DOCUMENTS", "FAIR_TEST_BLOCKS",
+    "LOOP_BENCHMARK", "loop_ratio_block",
     "KEY_FIGURES", "REAL_SAMPLE_RESULTS", "REFERENCE_PROFILE", "REFERENCE_SEED", "REIDENTIFICATION_COLUMNS",
     "REPORT", "RESULT_FILES", "SAMPLING_PRECISION_BENCHMARK", "TRAINING_PRECISION_BENCHMARK", "WHOLE_NOTEBOOK",
     "ReportError", "Results", "audit_benchmark_block", "cpu_paths_block", "current_section", "has_section",
@@ -53,7 +54,7 @@ Block = Callable[[Results], str | None]
 BLOCKS: tuple[Block, ...] = (
     run_block, training_block, real_sample_block, identity_profile_block, reidentification_block,
     reidentification_table_block, identity_cues_block, tradeoff_block, tradeoff_table_block, tradeoff_reading_block, tradeoff_figure_block, synthesis_block,
-    synthesis_figure_block, audit_benchmark_block, cpu_paths_block, sampling_precision_block,
+    synthesis_figure_block, audit_benchmark_block, loop_ratio_block, cpu_paths_block, sampling_precision_block,
     training_precision_block,
 )
 

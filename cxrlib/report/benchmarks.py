@@ -16,6 +16,8 @@ CPU_PROCESSES_BENCHMARK = Path("benchmarks/results/cpu_processes.json")
 SAMPLING_PRECISION_BENCHMARK = Path("benchmarks/results/sampling_precision.json")
 TRAINING_PRECISION_BENCHMARK = Path("benchmarks/results/training_precision.json")
 AUDIT_BENCHMARK = Path("benchmarks/results/audit.json")
+#: ``benchmarks/gpu_check.py --profile cpu --json``: the shared loop against an official-style one on a CPU
+LOOP_BENCHMARK = Path("benchmarks/results/loop_ratio_cpu.json")
 
 
 def _benchmark(results: Results, path: Path) -> dict | None:
@@ -157,3 +159,18 @@ def audit_benchmark_block(results: Results) -> str | None:
             f"{estimate['slowest_part_growth_exponent']:.2f}).")
 
 
+
+
+def loop_ratio_block(results: Results) -> str | None:
+    """The project's shared training loop against an official-style one (fp32, a PNG decoded per item)."""
+    bench = _benchmark(results, LOOP_BENCHMARK)
+    if bench is None:
+        return None
+    parts = [f"the {name} network ({bench[name]['backbone']}, batch {bench[name]['batch']}) "
+             f"{bench[name]['shared_loop_images_per_s']:.0f} against {bench[name]['official_style_images_per_s']:.0f} "
+             f"images/s ({bench[name]['speedup']:.2f}x)" for name in ("siamese", "classifier")]
+    return (f"**The shared loop against an official-style one** (`benchmarks/gpu_check.py --profile "
+            f"{bench['profile']}`, {bench['device']}, mixed precision {bench['mixed_precision']}; "
+            f"`{LOOP_BENCHMARK.as_posix()}`): trained for {bench['steps']} steps each at {bench['image_size']} px, "
+            f"the project's loop (the uint8 cache, Accelerate) against a loop as the papers' code writes it (fp32, "
+            f"one PNG decoded and resized per item): {parts[0]} and {parts[1]}.")
