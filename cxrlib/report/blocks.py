@@ -357,7 +357,7 @@ def _memorization_sentence(payload: dict | None) -> str:
     """The memorization panel's worst case (notebook 04), when the run has it."""
     if payload is None:
         return ""
-    from cxrlib.linkage import MemorizationPanel
+    from cxrlib.memorization import MemorizationPanel
 
     panel = MemorizationPanel.from_json(payload)
     worst = panel.worst_case()
