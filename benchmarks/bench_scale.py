@@ -10,7 +10,8 @@ Each figure is measured in its own fresh process (so its peak resident memory is
   256 px cache with one worker; images/s, extrapolated to the 112,120 images on N cores (decoding
   scales with processes); cache size at 256 px and at the native 1024 px;
 * retrieval evaluation (mAP@R, R-precision, P@1) of 25,596 test embeddings (128-d) against each other
-  with the project's torch k-NN, patient ids as in the official test list: seconds and peak memory;
+  with the project's k-NN (faiss exact search, cxrlib.metrics.nearest_neighbours), patient ids as in the
+  official test list: seconds and peak memory;
 * training activations of ResNet-50 per image at 256 and 1024 px (sum of the outputs autograd keeps,
   from forward hooks): what the retrieval image size choice costs in GPU memory.
 """
@@ -152,7 +153,7 @@ def markdown(report: dict) -> str:
                                                           f"({p['images']} phantom PNGs of {p['png_mib_each']:.2f} MiB)"),
         (f"prepare all {RELEASE_IMAGES:,} images (extrapolated)", hours),
         ("cache size", f"{p['cache_gib']['256']:.1f} GiB at 256 px ({p['cache_gib']['1024']:.0f} GiB at 1024 px)"),
-        (f"retrieval evaluation, {r['embeddings']:,} x {r['embeddings']:,} test embeddings ({r['dim']}-d), torch k-NN",
+        (f"retrieval evaluation, {r['embeddings']:,} x {r['embeddings']:,} test embeddings ({r['dim']}-d), faiss k-NN",
          f"{r['seconds']:.0f} s, peak memory {r['peak_mib']:,.0f} MiB"),
         ("ResNet-50 training activations (fp32), per image / batch 32",
          "; ".join(f"{s} px: {v['mib_per_image_fp32']:,.0f} MiB / {v['gib_batch_32_fp32']:.1f} GiB"
@@ -191,7 +192,7 @@ def main(argv: list[str] | None = None) -> int:
           f"({p['png_mib_each']:.2f} MiB each, {p['images']} timed); the release's {RELEASE_IMAGES:,} images: "
           + ", ".join(f"{h:.1f} h on {c} cores" for c, h in p["hours_for_release"].items())
           + f"; cache {p['cache_gib']['256']:.1f} GiB at 256 px, {p['cache_gib']['1024']:.0f} GiB at 1024 px")
-    print(f"retrieval evaluation of {r['embeddings']:,} test embeddings ({r['dim']}-d), torch k-NN: "
+    print(f"retrieval evaluation of {r['embeddings']:,} test embeddings ({r['dim']}-d), faiss k-NN: "
           f"{r['seconds']:.1f} s, peak memory {r['peak_mib']:.0f} MiB")
     print("ResNet-50 training activations per image (fp32): "
           + ", ".join(f"{s} px {v['mib_per_image_fp32']:.0f} MiB ({v['gib_batch_32_fp32']:.1f} GiB at batch 32)"

@@ -13,7 +13,8 @@ Trains, for ``--steps`` steps each, the profile's siamese network and classifier
 * through an official-style loop: fp32, one PNG decoded and resized with PIL per item in DataLoader
   workers, as the papers' datasets do.
 
-It prints images/s of both and their ratio, and fails when any cxrlib source calls ``.cuda()``
+With ``--json benchmarks/results/loop_ratio_cpu.json`` after ``--profile cpu`` the README's sentence on
+the loop's speed-up is generated from its figures. It prints images/s of both and their ratio, and fails when any cxrlib source calls ``.cuda()``
 (devices come from Accelerate, so the same code runs on CPU, one GPU or several). Without
 ``--data-dir`` it writes a small phantom at the release's 1024 px to decode from.
 """

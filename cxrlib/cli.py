@@ -218,7 +218,14 @@ def _train(args: argparse.Namespace) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cxrlib", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
+    _add_publishing_commands(commands)
+    _add_data_commands(commands)
+    _add_running_commands(commands)
+    return parser
 
+
+def _add_publishing_commands(commands: argparse._SubParsersAction) -> None:
+    """The commands for data publishers: the phantom to try them on, anonymize, audit."""
     phantom = commands.add_parser("phantom", help="write a synthetic data set in the ChestX-ray14 layout")
     phantom.add_argument("--out", type=Path, required=True, help="output folder")
     phantom.add_argument("--patients", type=int, required=True, help="number of patients")
@@ -316,6 +323,9 @@ def build_parser() -> argparse.ArgumentParser:
     audit.add_argument("--quiet", action="store_true", help="no progress bars")
     audit.set_defaults(run=_audit)
 
+
+def _add_data_commands(commands: argparse._SubParsersAction) -> None:
+    """The commands that prepare data and report results."""
     prepare = commands.add_parser("prepare", help="decode and resize every image once into a uint8 cache")
     prepare.add_argument("data_dir", type=Path, help="a ChestX-ray14 (or phantom) folder")
     prepare.add_argument("--size", type=int, required=True, help="image size of the cache in pixels")
@@ -343,6 +353,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="the project folder holding README.md and data/README.md (default: here)")
     report.set_defaults(run=_report)
 
+
+def _add_running_commands(commands: argparse._SubParsersAction) -> None:
+    """The commands that run the pipeline, train its models and time its notebooks."""
     run = commands.add_parser(
         "run", help="the whole run (what ./run_all.sh calls): the data, then every notebook and model side by side",
         description="Make the data ready (cxrlib data), then run every job of cxrlib/pipeline.py's table side "
@@ -378,8 +391,6 @@ def build_parser() -> argparse.ArgumentParser:
                                                   "notebook, section heading, seconds), from their cell timings")
     timings.add_argument("notebooks", type=Path, nargs="+", help="executed notebooks")
     timings.set_defaults(run=_timings)
-    return parser
-
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)

@@ -405,7 +405,8 @@ def _ranking_figures(hits: np.ndarray, relevant: np.ndarray) -> dict[str, np.nda
             "map_at_r": (precision_at * hits_r).sum(axis=1) / relevant}
 
 
-def _ci(resampled: np.ndarray) -> tuple[float, float]:
+def percentile_interval(resampled: np.ndarray) -> tuple[float, float]:
+    """The 95 % percentile interval of bootstrap resamples; NaN without any."""
     return percentile_ci(resampled) if len(resampled) else (math.nan, math.nan)
 
 
@@ -452,8 +453,8 @@ def linkage_panel(attacks: Sequence[Attack], query_labels, gallery_labels=None, 
         if pair_label.any() and not pair_label.all():
             auc, auc_resampled = patient_bootstrap_auc(pair_label, attack.scores(i, j), q_codes[i], g_codes[j],
                                                        n_samples=n_bootstrap, seed=seed)
-            auc_ci = _ci(auc_resampled)
-        figures.append(AttackFigures(attack.name, attack.label, p1, _ci(resampled),
+            auc_ci = percentile_interval(auc_resampled)
+        figures.append(AttackFigures(attack.name, attack.label, p1, percentile_interval(resampled),
                                      float(per_query["map_at_r"].mean()), float(per_query["r_precision"].mean()),
                                      float(auc), auc_ci, indices[:, 0], scores[:, 0], time.perf_counter() - started))
     return LinkagePanel(scope, int(scored.sum()), len(gallery_labels), int(len(np.unique(q_codes[scored]))),
@@ -504,108 +505,3 @@ def _on_cpu(compare, model):
 
     device = module_device(model)
     return lambda a, b: compare(a.to(device), b.to(device)).cpu()
-
-
-# -- memorization: generated images against the training images ----------------------------------------
-
-#: a synthetic image is "closer than an unseen patient" when its nearest training image is more similar
-#: than for this share of real images of patients never trained on
-UNSEEN_QUANTILE = 0.95
-
-
-@dataclass(frozen=True)
-class MemorizationFigures:
-    """One attack's view of memorization: how similar each synthetic image is to its most similar training
-    image, against the same for real images of unseen patients."""
-
-    attack: str
-    label: str
-    #: share of synthetic images more similar to a training image than UNSEEN_QUANTILE of the unseen real
-    #: images are (expected 1 - UNSEEN_QUANTILE when the generator copies no more than new patients resemble)
-    share_closer: float
-    share_closer_ci: tuple[float, float]
-    #: chance that a synthetic image lies closer to the training set than an unseen real image (0.5: as close)
-    auc: float
-    auc_ci: tuple[float, float]
-    median_synthetic: float
-    median_unseen: float
-
-
-@dataclass(frozen=True)
-class MemorizationPanel:
-    """Every attack's memorization figures (:func:`memorization_panel`)."""
-
-    samples: int
-    training_images: int
-    unseen_images: int
-    quantile: float
-    attacks: tuple[MemorizationFigures, ...]
-
-    @property
-    def expected_share(self) -> float:
-        return 1 - self.quantile
-
-    def worst_case(self) -> MemorizationFigures:
-        """The attack under which the most synthetic images come closer to a training image than unseen
-        patients do."""
-        return max(self.attacks, key=lambda a: a.share_closer)
-
-    def table(self) -> pd.DataFrame:
-        worst = self.worst_case().attack
-        return pd.DataFrame([{
-            "attack": a.label + (" (worst case)" if a.attack == worst else ""),
-            f"synthetic closer than {self.quantile:.0%} of unseen": a.share_closer,
-            "95 % CI": f"{a.share_closer_ci[0]:.3f}-{a.share_closer_ci[1]:.3f}", "expected": self.expected_share,
-            "AUC synthetic vs unseen": a.auc, "AUC 95 % CI": f"{a.auc_ci[0]:.3f}-{a.auc_ci[1]:.3f}"}
-            for a in self.attacks]).set_index("attack")
-
-    def to_json(self) -> dict:
-        from dataclasses import asdict
-
-        return {"samples": self.samples, "training_images": self.training_images,
-                "unseen_images": self.unseen_images, "quantile": self.quantile,
-                "expected_share": self.expected_share, "attacks": [asdict(a) for a in self.attacks],
-                "worst_case": self.worst_case().attack}
-
-    @classmethod
-    def from_json(cls, payload: dict) -> "MemorizationPanel":
-        attacks = tuple(MemorizationFigures(**{**a, "share_closer_ci": tuple(a["share_closer_ci"]),
-                                               "auc_ci": tuple(a["auc_ci"])}) for a in payload["attacks"])
-        return cls(payload["samples"], payload["training_images"], payload["unseen_images"], payload["quantile"],
-                   attacks)
-
-
-def images_from_tensor(images: torch.Tensor, prefix: str) -> Images:
-    """(N, 1, H, W) images in [0, 1] as 8-bit :class:`Images` named ``prefix0``, ``prefix1``, ..."""
-    pixels = (images.float().clamp(0, 1) * 255).round().to(torch.uint8).squeeze(1).numpy()
-    return Images(tuple(f"{prefix}{i}" for i in range(len(pixels))), pixels)
-
-
-def memorization_panel(samples: Images, training: Images, unseen: Images, *, siamese=None, retrieval=None,
-                       quantile: float = UNSEEN_QUANTILE, n_bootstrap: int = 200, seed: int = 0) -> MemorizationPanel:
-    """Each attack's similarity of every synthetic image (``samples``) and every real image of an unseen
-    patient (``unseen``) to its most similar ``training`` image; per attack the share of samples more
-    similar than ``quantile`` of the unseen images, and the AUC separating the two by that similarity.
-
-    The unseen real images are the yardstick: a new patient resembles some training patient by chance, and
-    a generator that copies no more than that is not memorizing by this attack's light. Descriptors are
-    z-scored over the three sets together, so they share one scale."""
-    from cxrlib.metrics import verification_metrics
-
-    queries = Images((*samples.names, *unseen.names), np.concatenate([samples.pixels, unseen.pixels]))
-    attacks = [*network_attacks(queries, training, siamese=siamese, retrieval=retrieval),
-               *descriptor_attacks(queries, training)]
-    n = len(samples)
-    is_sample = np.r_[np.ones(n), np.zeros(len(unseen))]
-    figures = []
-    for attack in attacks:
-        similarity = attack.search(1, None)[0][:, 0].astype(np.float64)
-        synthetic, real = similarity[:n], similarity[n:]
-        threshold = np.quantile(real, quantile)
-        closer = (synthetic > threshold).astype(float)
-        share, resampled = patient_bootstrap_mean(closer, np.arange(n), n_samples=n_bootstrap, seed=seed)
-        separation = verification_metrics(is_sample, similarity, n_bootstrap=n_bootstrap, seed=seed)
-        figures.append(MemorizationFigures(attack.name, attack.label, share, _ci(resampled), separation["auc"],
-                                           tuple(separation.get("auc_ci", (math.nan, math.nan))),
-                                           float(np.median(synthetic)), float(np.median(real))))
-    return MemorizationPanel(n, len(training), len(unseen), quantile, tuple(figures))

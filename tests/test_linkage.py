@@ -115,7 +115,7 @@ def test_chance_and_tables():
 
 
 def test_memorization_panel_flags_copies_and_not_new_patients():
-    from cxrlib.linkage import MemorizationPanel, memorization_panel
+    from cxrlib.memorization import MemorizationPanel, memorization_panel
 
     training, _ = _patients(n_patients=30, per=2, seed=3)
     unseen, _ = _patients(n_patients=30, per=2, seed=4)

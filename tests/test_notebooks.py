@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from cxrlib.pipeline import JOBS, manifest_mismatches
+from cxrlib.pipeline import JOBS
+from cxrlib.results_folder import manifest_mismatches
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))

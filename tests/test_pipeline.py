@@ -16,9 +16,9 @@ import pytest
 
 from cxrlib import pipeline
 from cxrlib.cli import build_parser, main
-from cxrlib.pipeline import (JOBS, MANIFEST, PipelineError, RunOutcome, RunSettings, Stopped, check_notebooks,
-                             check_schedule, clear_results, default_results_dir, manifest_mismatches, notebook,
-                             run_jobs, trainable, training, write_manifest, write_timings)
+from cxrlib.pipeline import (JOBS, PipelineError, RunOutcome, RunSettings, Stopped, check_notebooks, check_schedule,
+                             default_results_dir, notebook, run_jobs, trainable, training, write_timings)
+from cxrlib.results_folder import MANIFEST, clear_results, manifest_mismatches, write_manifest
 from cxrlib.workspace import Workspace
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -100,9 +101,16 @@ def test_pngs_go_through_the_same_pixel_step(setup, tmp_path):
         assert a.shape == b.shape and a.dtype == b.dtype and not np.array_equal(a, b)
 
 
-def test_newest_trained_anonymizer_is_found_and_a_wrong_kind_refused(setup):
+def test_newest_trained_anonymizer_is_found_and_a_wrong_kind_refused(setup, tmp_path):
     root = setup["root"]
     assert find_trained(root / "artifacts", "flow_field").name == "flow_field-x.safetensors"
+    # notebook 02's diagnostic (trained against adversaries never updated) is never picked, however new
+    diagnostic = tmp_path / "artifacts" / "cpu" / "prichexy_mu0p01_frozen_adversaries"
+    shutil.copytree(root / "artifacts", tmp_path / "artifacts")
+    FlowFieldAnonymizer(mu=0.01, image_size=32, features=8, poolings=2).save(diagnostic)
+    sidecar = diagnostic.with_suffix(".json")
+    sidecar.write_text(json.dumps({**json.loads(sidecar.read_text()), "training": {"update_adversaries": False}}))
+    assert find_trained(tmp_path / "artifacts", "flow_field").name == "flow_field-x.safetensors"
     method = pixel_method("prichexy", artifacts_dir=root / "artifacts")
     assert method.size == 32
     with pytest.raises(ValueError, match="not flow_field"):

@@ -322,7 +322,7 @@ def test_identity_profile_and_real_sample_blocks_come_from_their_runs(copied_res
 
 
 def test_prichexy_schedule_sentence_comes_from_notebook_02s_json():
-    from cxrlib.report import _prichexy_schedule_sentence
+    from cxrlib.report.blocks import _prichexy_schedule_sentence
 
     assert _prichexy_schedule_sentence({}) == ""  # a run from before the schedule was recorded
     prichexy = {"schedule": {"epochs": 10, "steps_per_epoch": 40}, "frozen_val_auc_original": 0.9,
@@ -334,3 +334,41 @@ def test_prichexy_schedule_sentence_comes_from_notebook_02s_json():
     assert "10 epochs of 40 generator steps" in text
     assert "at mu = 0.01 the frozen siamese network's validation AUC was 0.800 at the kept epoch (0.750" in text
     assert "0.900 on the original pairs" in text and "0.620 on the test pairs (95 % CI 0.580-0.660)" in text
+
+
+def test_audit_time_comes_from_its_benchmark_beside_the_readme(copied_results):
+    results, readme = copied_results
+    root = readme.parent
+    assert "The audit's time" not in results_section(results, root)
+    (root / "benchmarks" / "results").mkdir(parents=True)
+    bench = {"profile": "cpu", "machine": {"cpu": "Test CPU"}, "threads": 2, "images": 5081,
+             "attacks": ["retrieval", "raw_pixels"], "internal_seconds": 36.3, "internal_panel_seconds": 21.9,
+             "against_seconds": 76.9, "release_images": 112120,
+             "release_estimate": {"total_seconds": 3600, "slowest_part": "pixel correlation, best of small shifts",
+                                  "slowest_part_seconds": 2364, "slowest_part_growth_exponent": 1.75}}
+    (root / "benchmarks" / "results" / "audit.json").write_text(json.dumps(bench))
+    flat = results_section(results, root).replace("\n", " ")
+    assert "**The audit's time** (`benchmarks/bench_audit.py`, Test CPU, 2 threads;" in flat
+    assert "5,081 images of the `cpu` phantom with all 2 attacks of its panel took 36 s (the panel 22 s), 77 s" in flat
+    assert "about 60 min 0 s" in flat and "(about 39 min 24 s; its time grew as" in flat and "power 1.75" in flat
+    (root / "benchmarks" / "results" / "audit.json").write_text(json.dumps({**bench, "profile": "smoke"}))
+    assert "The audit's time" not in results_section(results, root)
+
+
+def test_loop_ratio_comes_from_gpu_checks_cpu_figures_beside_the_readme(copied_results):
+    results, readme = copied_results
+    root = readme.parent
+    assert "The shared loop against an official-style one" not in results_section(results, root)
+    (root / "benchmarks" / "results").mkdir(parents=True)
+
+    def loop(backbone, batch, shared, official):
+        return {"backbone": backbone, "batch": batch, "shared_loop_images_per_s": shared,
+                "official_style_images_per_s": official, "speedup": shared / official}
+
+    bench = {"profile": "cpu", "device": "Test CPU", "mixed_precision": "no", "image_size": 64, "steps": 40,
+             "siamese": loop("convnet_spatial", 32, 300.0, 100.0), "classifier": loop("convnet_spatial", 32, 500.0, 250.0)}
+    (root / "benchmarks" / "results" / "loop_ratio_cpu.json").write_text(json.dumps(bench))
+    flat = results_section(results, root).replace("\n", " ")
+    assert "(`benchmarks/gpu_check.py --profile cpu`, Test CPU, mixed precision no;" in flat
+    assert "the siamese network (convnet_spatial, batch 32) 300 against 100 images/s (3.00x)" in flat
+    assert "the classifier network (convnet_spatial, batch 32) 500 against 250 images/s (2.00x)" in flat

@@ -214,11 +214,11 @@ def train_adversarial(anonymizer: Anonymizer, siamese: nn.Module, classifier: nn
     accelerator = accelerator or make_accelerator()
     device = accelerator.device
     seed_everything(seed)
-    # the adversaries in channels_last (faster, benchmarks/bench_cpu_paths.py); the anonymizer keeps the
-    # default layout, where the gain is smaller, so that a saved one loaded elsewhere computes the same bits
     # the siamese network as the caller gave it, never updated: its AUC per epoch is the privacy the
     # generator has reached against the network it started from
     frozen = use_fast_layout(copy.deepcopy(siamese).to(device)).eval()
+    # the adversaries in channels_last (faster, benchmarks/bench_cpu_paths.py); the anonymizer keeps the
+    # default layout, where the gain is smaller, so that a saved one loaded elsewhere computes the same bits
     siamese = use_fast_layout(copy.deepcopy(siamese).to(device))
     classifier = use_fast_layout(copy.deepcopy(classifier).to(device))
     anonymizer.to(device)

@@ -151,19 +151,7 @@ def _dataset(row, person: dict, rng: np.random.Generator, pixels: np.ndarray):
     nested.add_new(0x00290010, "LO", "PHANTOMRAY RIS 1.0")
     block.add_new(0x12, "SQ", Sequence([nested]))
 
-    ds.SamplesPerPixel, ds.Rows, ds.Columns = 1, *pixels.shape
-    ds.BitsAllocated, ds.PixelRepresentation = 16, 0
-    if cr:
-        stored = ((255 - pixels.astype(np.uint16)) * 4).astype(np.uint16)
-        ds.PhotometricInterpretation, ds.BitsStored, ds.HighBit = "MONOCHROME1", 10, 9
-        ds.RescaleSlope, ds.RescaleIntercept, ds.RescaleType = 2, -1024, "US"
-    else:
-        stored = (pixels.astype(np.uint16) * 16 + 8).astype(np.uint16)
-        ds.PhotometricInterpretation, ds.BitsStored, ds.HighBit = "MONOCHROME2", 12, 11
-        ds.WindowCenter, ds.WindowWidth = 2048, 4096
-    ds.ImagerPixelSpacing = imager_pixel_spacing(row, pixels.shape)
-    ds.BurnedInAnnotation = "YES"
-    ds.PixelData = stored.tobytes()
+    _set_pixels(ds, pixels, cr, row)
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID = sop_class, sop_uid
     meta.TransferSyntaxUID = ExplicitVRLittleEndian
@@ -179,6 +167,24 @@ def _dataset(row, person: dict, rng: np.random.Generator, pixels: np.ndarray):
         "uids": [study_uid, series_uid, sop_uid, frame_uid],
     }
     return ds, planted, date
+
+
+def _set_pixels(ds, pixels: np.ndarray, cr: bool, row) -> None:
+    """The pixel data as a vendor stores it: CR inverted (MONOCHROME1, 10 bits, a rescale), DX in 12 bits
+    with a window; the burned-in text is in the pixels."""
+    ds.SamplesPerPixel, ds.Rows, ds.Columns = 1, *pixels.shape
+    ds.BitsAllocated, ds.PixelRepresentation = 16, 0
+    if cr:
+        stored = ((255 - pixels.astype(np.uint16)) * 4).astype(np.uint16)
+        ds.PhotometricInterpretation, ds.BitsStored, ds.HighBit = "MONOCHROME1", 10, 9
+        ds.RescaleSlope, ds.RescaleIntercept, ds.RescaleType = 2, -1024, "US"
+    else:
+        stored = (pixels.astype(np.uint16) * 16 + 8).astype(np.uint16)
+        ds.PhotometricInterpretation, ds.BitsStored, ds.HighBit = "MONOCHROME2", 12, 11
+        ds.WindowCenter, ds.WindowWidth = 2048, 4096
+    ds.ImagerPixelSpacing = imager_pixel_spacing(row, pixels.shape)
+    ds.BurnedInAnnotation = "YES"
+    ds.PixelData = stored.tobytes()
 
 
 def imager_pixel_spacing(row, shape: tuple[int, int]) -> list[str]:

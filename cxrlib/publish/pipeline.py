@@ -40,17 +40,20 @@ METHODS = {"none": None, "prichexy": "flow_field", "dp-pix": "dp_pix", "privacy-
 
 
 def find_trained(artifacts_dir: str | Path, registered: str) -> Path:
-    """The newest saved anonymizer of kind ``registered`` under ``artifacts_dir``."""
+    """The newest saved anonymizer of kind ``registered`` under ``artifacts_dir``; never one trained against
+    adversaries that were not updated (notebook 02's diagnostic), which no release should be made with."""
     found = []
     for sidecar in Path(artifacts_dir).rglob("*.json"):
         weights = sidecar.with_suffix(".safetensors")
         if not weights.is_file():
             continue
         try:
-            config = read_sidecar(sidecar).get("config", {})
+            payload = read_sidecar(sidecar)
         except ValueError:
             continue
-        if isinstance(config, dict) and config.get("anonymizer") == registered:
+        config, training = payload.get("config", {}), payload.get("training", {})
+        diagnostic = isinstance(training, dict) and training.get("update_adversaries") is False
+        if isinstance(config, dict) and config.get("anonymizer") == registered and not diagnostic:
             found.append(weights)
     if not found:
         raise DataError(artifacts_dir, f"no trained {registered} anonymizer here; run notebooks 02/03 "

@@ -1,0 +1,176 @@
+"""The blocks built from the benchmarks' JSON beside the README (measured with the run's profile)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+
+from cxrlib.report.loading import ReportError, Results, _context, _count, _minutes
+
+#: the CPU benchmarks' last figures (``benchmarks/bench_cpu_paths.py``, plain and ``--processes 3``),
+#: relative to the project root, where the README lies
+CPU_PATHS_BENCHMARK = Path("benchmarks/results/cpu_paths.json")
+CPU_PROCESSES_BENCHMARK = Path("benchmarks/results/cpu_processes.json")
+SAMPLING_PRECISION_BENCHMARK = Path("benchmarks/results/sampling_precision.json")
+TRAINING_PRECISION_BENCHMARK = Path("benchmarks/results/training_precision.json")
+AUDIT_BENCHMARK = Path("benchmarks/results/audit.json")
+#: ``benchmarks/gpu_check.py --profile cpu --json``: the shared loop against an official-style one on a CPU
+LOOP_BENCHMARK = Path("benchmarks/results/loop_ratio_cpu.json")
+
+
+def _benchmark(results: Results, path: Path) -> dict | None:
+    """A benchmark's JSON beside the README, when it was measured with the run's profile."""
+    context = _context(results)
+    file = Path(results.get("root", results["link_root"])) / path
+    if context is None or not file.is_file():
+        return None
+    try:
+        payload = json.loads(file.read_text())
+    except json.JSONDecodeError as err:
+        raise ReportError(f"{file}: not valid JSON ({err})") from err
+    return payload if payload.get("profile") == context["profile"] else None
+
+
+def cpu_paths_block(results: Results) -> str | None:
+    """The CPU's fast paths per network, as ratios to fp32 measured in one run, and the loop overhead."""
+    bench = _benchmark(results, CPU_PATHS_BENCHMARK)
+    if bench is None:
+        return None
+    machine, loop = bench["machine"], bench["loop"]
+    spread = [round_["overhead"] for round_ in loop["rounds"]]
+    variants = [name for name in next(iter(bench["networks"].values())) if name != "fp32"]
+    side_by_side = (_benchmark(results, CPU_PROCESSES_BENCHMARK) or {}).get("processes", {})
+    batches = bench.get("batches", {})
+    header = ["network", *(["batch (train / inference)"] if batches else []), "fp32 img/s (train / inference)",
+              *(f"{v} / fp32" for v in variants)]
+    if side_by_side:
+        header.append("side by side / one process")
+    rows = []
+    for network, measured in bench["networks"].items():
+        batch = batches.get(network)
+        row = [network, *([f"{batch['train']} / {batch['inference']}" if batch else ""] if batches else []),
+               f"{measured['fp32']['train']:.0f} / {measured['fp32']['inference']:.0f}",
+               *(f"{measured[v]['train_ratio']:.2f} / {measured[v]['inference_ratio']:.2f}" for v in variants)]
+        if side_by_side:
+            row.append(f"{side_by_side[network]['ratio']:.2f}" if network in side_by_side else "")
+        rows.append(row)
+    table = pd.DataFrame(rows, columns=header).to_markdown(index=False)
+    sizes = ("at the batch sizes they train and infer at (the second column)" if batches
+             else "at their training batch sizes")
+    processes = next(iter(side_by_side.values()), None)
+    precision = ("On a CPU that computes bf16 in hardware, like this one, every network trains in bf16 "
+                 "autocast (`cxrlib.train.autocast`; `CXRLIB_CPU_BF16=0` keeps fp32), with `channels_last` "
+                 "where it is faster; elsewhere fp32. The latent diffusion model's attention, and its "
+                 "autoencoder's group norms, compute in fp32 inside it (`cxrlib.models.diffusion."
+                 "keep_fp32_on_cpu`): their bf16 kernels are slower on a CPU. The U-Net samples in bf16 "
+                 "(`cxrlib.synthesis.generate`)."
+                 if machine["bf16_flags"] else
+                 "On a CPU without bf16 hardware, like this one, every network trains in fp32 (bf16 is "
+                 "emulated there), with `channels_last` where it is faster.")
+    together = (f" The last column: {processes['processes']} single-thread processes training side by side "
+                f"against one process of {processes['threads']} threads, images/s together "
+                f"(`{CPU_PROCESSES_BENCHMARK.as_posix()}`)." if processes else "")
+    return (f"**The CPU's fast paths** (`benchmarks/bench_cpu_paths.py`, one run with {bench['threads']} "
+            f"threads on {machine['cpu']}, {machine['cores']} cores, PyTorch {machine['torch']} with CPU "
+            f"capability {machine['torch_cpu_capability']}; `{CPU_PATHS_BENCHMARK.as_posix()}`): the "
+            f"training loop `fit` over the cache-backed datasets takes {abs(loop['overhead']):.1%} "
+            f"{'longer' if loop['overhead'] >= 0 else 'less time'} than a "
+            f"bare loop over the same batches in memory ({loop['fit_train_seconds']:.1f} s against "
+            f"{loop['bare_loop_seconds']:.1f} s; the median of {loop['repeats']} rounds, which ranged from "
+            f"{min(spread):+.1%} to {max(spread):+.1%}). Throughput of each variant as a ratio to fp32, train / "
+            f"inference, the `{bench['profile']}` profile's networks {sizes}; ratios "
+            f"below 1 are slower. {precision}{together}\n\n{table}")
+
+
+def _precision_aucs(bench: dict, source: str) -> str:
+    """The sentence comparing the synthetic-only classifiers of the two precisions' sets; ``source``
+    names a set, ``{}`` standing for its precision."""
+    fp32, bf16 = bench["precisions"]["fp32"], bench["precisions"]["bf16"]
+
+    def aucs(precision: dict) -> str:
+        return ", ".join(f"{run['mean_auc']:.3f}" for run in precision["classifiers"])
+
+    return (f"The synthetic-only classifier trained on each set with the same {len(fp32['classifiers'])} seeds "
+            f"reaches a test mean AUC of {bf16['mean_auc']:.3f} from {source.format('bf16')} ({aucs(bf16)}) and "
+            f"{fp32['mean_auc']:.3f} from {source.format('fp32')} ({aucs(fp32)}): a difference of "
+            f"{bench['auc_difference']:+.3f}.")
+
+
+def _precision_source(bench: dict, path: Path) -> str:
+    flag = " --training" if bench.get("compared") == "training" else ""
+    return (f"`benchmarks/bench_sampling_precision.py{flag}`, "
+            f"{bench['machine']['cpu']}, {bench['threads']} thread{'s' if bench['threads'] != 1 else ''} per "
+            f"precision; `{path.as_posix()}`")
+
+
+def sampling_precision_block(results: Results) -> str | None:
+    """The latent diffusion model's sampling in fp32 against bf16: speed, pixels, synthetic-only AUCs."""
+    bench = _benchmark(results, SAMPLING_PRECISION_BENCHMARK)
+    if bench is None:
+        return None
+    fp32, bf16, pixels = bench["precisions"]["fp32"], bench["precisions"]["bf16"], bench["pixels"]
+    return (f"**Sampling in bf16** ({_precision_source(bench, SAMPLING_PRECISION_BENCHMARK)}): the "
+            f"{_count(bench['images'])} images of the synthetic data set, drawn from one seed, took "
+            f"{bf16['sampling_seconds']:.0f} s with the U-Net in bf16 against {fp32['sampling_seconds']:.0f} s in "
+            f"fp32 ({bench['speedup']:.2f}x). Their pixels differ by {pixels['mean_abs_difference']:.4f} on "
+            f"average (images in [0, 1]; {pixels['share_off_by_an_8bit_level']:.1%} of pixels by more than half "
+            f"an 8-bit level). {_precision_aucs(bench, '{} samples')}")
+
+
+def training_precision_block(results: Results) -> str | None:
+    """The latent diffusion model trained in fp32 against bf16: time, convergence, synthetic-only AUCs."""
+    bench = _benchmark(results, TRAINING_PRECISION_BENCHMARK)
+    if bench is None:
+        return None
+    fp32, bf16 = bench["precisions"]["fp32"], bench["precisions"]["bf16"]
+
+    def part(name: str, label: str) -> str:
+        return (f"the {label} {bf16[name]['seconds']:.0f} s against {fp32[name]['seconds']:.0f} s (best epoch "
+                f"{bf16[name]['best_epoch']} of {bf16[name]['epochs']} against {fp32[name]['best_epoch']} of "
+                f"{fp32[name]['epochs']}; validation loss {bf16[name]['best_val_loss']:.4f} against "
+                f"{fp32[name]['best_val_loss']:.4f})")
+
+    return (f"**Training in bf16** ({_precision_source(bench, TRAINING_PRECISION_BENCHMARK)}): the latent "
+            f"diffusion model trained once in each precision, side by side, from one seed. In bf16 against fp32: "
+            f"{part('autoencoder', 'autoencoder')}, {part('unet', 'U-Net')}; {bench['speedup']:.2f}x as fast "
+            f"together (the U-Nets' losses are on the latents of different autoencoders, so they do not "
+            f"compare). Each model then drew the {_count(bench['images'])} images of the synthetic data set "
+            f"with its U-Net in bf16. {_precision_aucs(bench, 'the model trained in {}')}")
+
+
+def audit_benchmark_block(results: Results) -> str | None:
+    """How long ``cxrlib audit`` takes with the whole attack panel, and its extrapolation to the release."""
+    bench = _benchmark(results, AUDIT_BENCHMARK)
+    if bench is None:
+        return None
+    machine, estimate = bench["machine"], bench["release_estimate"]
+    against = (f", {bench['against_seconds']:.0f} s with `--against` a folder as large"
+               if "against_seconds" in bench else "")
+    return (f"**The audit's time** (`benchmarks/bench_audit.py`, {machine['cpu']}, {bench['threads']} "
+            f"thread{'s' if bench['threads'] != 1 else ''}; `{AUDIT_BENCHMARK.as_posix()}`): `cxrlib audit` of the "
+            f"{_count(bench['images'])} images of the `{bench['profile']}` phantom with all {len(bench['attacks'])} "
+            f"attacks of its panel took {bench['internal_seconds']:.0f} s (the panel {bench['internal_panel_seconds']:.0f} s)"
+            f"{against}. From each part's growth between half and all of the images, the "
+            f"{_count(bench['release_images'])} images of the whole release would take about "
+            f"{_minutes(estimate['total_seconds'])} on this machine, most of it the {estimate['slowest_part']} "
+            f"(about {_minutes(estimate['slowest_part_seconds'])}; its time grew as the number of images to the power "
+            f"{estimate['slowest_part_growth_exponent']:.2f}).")
+
+
+
+
+def loop_ratio_block(results: Results) -> str | None:
+    """The project's shared training loop against an official-style one (fp32, a PNG decoded per item)."""
+    bench = _benchmark(results, LOOP_BENCHMARK)
+    if bench is None:
+        return None
+    parts = [f"the {name} network ({bench[name]['backbone']}, batch {bench[name]['batch']}) "
+             f"{bench[name]['shared_loop_images_per_s']:.0f} against {bench[name]['official_style_images_per_s']:.0f} "
+             f"images/s ({bench[name]['speedup']:.2f}x)" for name in ("siamese", "classifier")]
+    return (f"**The shared loop against an official-style one** (`benchmarks/gpu_check.py --profile "
+            f"{bench['profile']}`, {bench['device']}, mixed precision {bench['mixed_precision']}; "
+            f"`{LOOP_BENCHMARK.as_posix()}`): trained for {bench['steps']} steps each at {bench['image_size']} px, "
+            f"the project's loop (the uint8 cache, Accelerate) against a loop as the papers' code writes it (fp32, "
+            f"one PNG decoded and resized per item): {parts[0]} and {parts[1]}.")
