@@ -23,7 +23,7 @@ In normalized grid coordinates of an S px image the field is scaled by ``mu * 25
 **Smoothing.** The official code smooths the whole grid (identity included) with a zero-padded
 Gaussian. Zero padding pulls the identity's border values towards 0, so even ``G = 0`` resamples the
 outer ``kernel // 2`` pixels from well inside the image. cxrlib smooths the displacement
-``mu * G(x)`` instead: identical away from the border (a symmetric, normalized kernel leaves the
+``a * G(x)`` instead: identical away from the border (a symmetric, normalized kernel leaves the
 linear identity unchanged there), exactly the identity for ``mu = 0`` or ``G = 0``, and the bound above
 holds everywhere.
 """
@@ -84,8 +84,8 @@ def jacobian_determinant(displacement: torch.Tensor) -> torch.Tensor:
 def jacobian_lower_bound(mu: float, image_size: int, smoothing_kernel: int, smoothing_sigma: float) -> float:
     """A guaranteed lower bound of :func:`jacobian_determinant` over every generator output (``|G| <= 1``).
 
-    Each partial derivative of the displacement is :func:`displacement_bound_pixels` times a fixed linear map of
-    ``G``: the finite difference of :func:`jacobian_determinant` (central, one-sided at the border)
+    Each partial derivative of the displacement is :func:`displacement_bound_pixels` times a fixed
+    linear map of ``G``: the finite difference of :func:`jacobian_determinant` (central, one-sided at the border)
     after the separable, zero-padded Gaussian. Over ``|G| <= 1`` such a map is at most the L1 norm of
     its row; for the separable filter that is the 1-D difference-of-Gaussian row's norm times the 1-D
     Gaussian row's (at most 1). With every partial at most ``b`` in size, the determinant

@@ -53,9 +53,9 @@ Block = Callable[[Results], str | None]
 
 BLOCKS: tuple[Block, ...] = (
     run_block, training_block, real_sample_block, identity_profile_block, reidentification_block,
-    reidentification_table_block, identity_cues_block, tradeoff_block, tradeoff_table_block, tradeoff_reading_block, tradeoff_figure_block, synthesis_block,
-    synthesis_figure_block, audit_benchmark_block, loop_ratio_block, cpu_paths_block, sampling_precision_block,
-    training_precision_block,
+    reidentification_table_block, identity_cues_block, tradeoff_block, tradeoff_table_block,
+    tradeoff_reading_block, tradeoff_figure_block, synthesis_block, synthesis_figure_block,
+    audit_benchmark_block, loop_ratio_block, cpu_paths_block, sampling_precision_block, training_precision_block,
 )
 
 #: data/README.md's figures of the phantom as a fair test
