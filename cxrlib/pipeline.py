@@ -40,8 +40,6 @@ log = logging.getLogger(__name__)
 
 #: set by ``cxrlib run --max-steps N`` for every job: each notebook opens its profile as a dry run
 MAX_STEPS_VARIABLE = "CXRLIB_MAX_STEPS"
-#: set for every job of ``cxrlib run``: notebooks run headless (papermill) skip their live widgets
-HEADLESS_VARIABLE = "CXRLIB_HEADLESS"
 #: the numbered notebooks a run executes, in notebooks/
 NOTEBOOK_PATTERN = "[0-9][0-9]_*.ipynb"
 #: the Jupyter kernel scripts/setup.sh registers
@@ -468,14 +466,12 @@ class RunSettings:
                 *(part for name, value in values.items() for part in ("-p", name, value))]
 
     def environment(self, base: Mapping[str, str] | None = None) -> dict[str, str]:
-        """The jobs' environment: half the cores each (unless OMP_NUM_THREADS is set), the dry run's steps,
-        and the mark that nobody is watching (:data:`HEADLESS_VARIABLE`)."""
+        """The jobs' environment: half the cores each (unless OMP_NUM_THREADS is set), the dry run's steps."""
         env = dict(os.environ if base is None else base)
         # the profiles' small networks use one core better than two, so two jobs side by side do more
         # than one job with all the cores; a job's threads stay fixed, since an OpenMP team whose thread
         # waits for a core stalls at every barrier (docs/decisions.md)
         env.setdefault("OMP_NUM_THREADS", str(max(1, available_cores() // 2)))
-        env[HEADLESS_VARIABLE] = "1"
         env.pop(MAX_STEPS_VARIABLE, None)
         if self.max_steps:
             env[MAX_STEPS_VARIABLE] = str(self.max_steps)

@@ -27,7 +27,7 @@ from cxrlib.data.datasets import ImageDataset, PairDataset
 from cxrlib.data.pairs import (make_pairs, max_positive_pairs, official_pair_file, read_pair_file,
                                write_pair_file)
 # set by ``cxrlib run --max-steps N``: every notebook opens its profile as a dry run (``max_steps=N``)
-from cxrlib.pipeline import HEADLESS_VARIABLE, MAX_STEPS_VARIABLE
+from cxrlib.pipeline import MAX_STEPS_VARIABLE
 from cxrlib.train import machine_description, uses_bf16
 
 
@@ -146,11 +146,6 @@ class Workspace:
                                 n_bootstrap=self.profile.evaluation.bootstrap_samples, seed=self.seed)
 
     # -- data -------------------------------------------------------------------------------------
-    @property
-    def headless(self) -> bool:
-        """Run by ``cxrlib run`` (papermill, nobody watching): notebooks skip their live widgets."""
-        return bool(os.environ.get(HEADLESS_VARIABLE))
-
     @property
     def data_description(self) -> str:
         d = self.profile.data

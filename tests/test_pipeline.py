@@ -227,7 +227,6 @@ def test_job_commands_and_environment(tmp_path):
                                      f"-p artifacts_dir {tmp_path / 'a'}")
     env = settings.environment({"PATH": "/bin", "CXRLIB_MAX_STEPS": "9"})
     assert env["CXRLIB_MAX_STEPS"] == "2" and env["OMP_NUM_THREADS"] == str(max(1, pipeline.available_cores() // 2))
-    assert env["CXRLIB_HEADLESS"] == "1"
     full = RunSettings.make(ROOT, "cpu", results=tmp_path / "r")
     assert "CXRLIB_MAX_STEPS" not in full.environment({"CXRLIB_MAX_STEPS": "9", "OMP_NUM_THREADS": "3"})
     assert full.environment({"OMP_NUM_THREADS": "3"})["OMP_NUM_THREADS"] == "3"
