@@ -261,9 +261,8 @@ def train_adversarial(anonymizer: Anonymizer, siamese: nn.Module, classifier: nn
             count += size
         record = {"epoch": epoch, **{f"train_{k}": v / count for k, v in sums.items()}}
         record.update({f"val_{k}": v for k, v in validation_losses(anonymizer, siamese, classifier,
-                                                                   val_loader, w_ac=w_ac, w_ver=w_ver,
+                                                                   val_loader, w_ac=w_ac, w_ver=w_ver, frozen=frozen,
                                                                    accelerator=accelerator).items()})
-        record["val_frozen_auc"] = frozen_siamese_auc(anonymizer, frozen, val_loader, accelerator=accelerator)
         check_finite(record["val_total"], "adversarial validation loss", epoch, _kept(path, state))
         record["seconds"] = time.perf_counter() - started
         record["bf16"] = uses_bf16(accelerator)
@@ -354,7 +353,12 @@ def frozen_siamese_auc(anonymizer: nn.Module, siamese: nn.Module, loader: DataLo
         with autocast(accelerator):
             scores.append(siamese(anonymizer(x1), x2).reshape(-1).float().cpu())
         same.append(label.reshape(-1).cpu())
-    labels = torch.cat(same).numpy()
+    return _auc(same, scores)
+
+
+def _auc(labels: list[torch.Tensor], scores: list[torch.Tensor]) -> float:
+    """ROC AUC of batches of scores against their same/different labels; NaN for one class only."""
+    labels = torch.cat(labels).numpy()
     if len(np.unique(labels)) < 2:
         return math.nan
     return float(roc_auc_score(labels, torch.cat(scores).numpy()))
@@ -362,21 +366,29 @@ def frozen_siamese_auc(anonymizer: nn.Module, siamese: nn.Module, loader: DataLo
 
 @torch.no_grad()
 def validation_losses(anonymizer: nn.Module, siamese: nn.Module, classifier: nn.Module, loader: DataLoader, *,
-                      w_ac: float, w_ver: float, accelerator: Accelerator | None = None) -> dict[str, float]:
-    """Mean ``ac, ver, log_ver, total`` over ``loader`` with every network in eval mode."""
+                      w_ac: float, w_ver: float, frozen: nn.Module | None = None,
+                      accelerator: Accelerator | None = None) -> dict[str, float]:
+    """Mean ``ac, ver, log_ver, total`` over ``loader`` with every network in eval mode; with ``frozen``
+    (a siamese network), also ``frozen_auc``: its :func:`frozen_siamese_auc` on the same anonymized
+    images, which are computed once."""
     accelerator = accelerator or make_accelerator()
-    for module in (anonymizer, siamese, classifier):
+    for module in (anonymizer, siamese, classifier, *([frozen] if frozen is not None else [])):
         module.eval()
     sums, count = dict.fromkeys(LOSS_NAMES, 0.0), 0
+    scores, same = [], []
     for batch in loader:
         batch = _to_device(batch, accelerator.device)
         with autocast(accelerator):
             losses = adversarial_losses(anonymizer, siamese, classifier, batch, w_ac=w_ac, w_ver=w_ver)
+            if frozen is not None:
+                scores.append(frozen(losses["anonymized"], batch[1]).reshape(-1).float().cpu())
+                same.append(batch[2].reshape(-1).cpu())
         size = batch[0].shape[0]
         for key in LOSS_NAMES:
             sums[key] += losses[key].item() * size
         count += size
-    return {k: v / count for k, v in sums.items()}
+    means = {k: v / count for k, v in sums.items()}
+    return means if frozen is None else {**means, "frozen_auc": _auc(same, scores)}
 
 
 def _requires_grad(module: nn.Module, flag: bool) -> None:
