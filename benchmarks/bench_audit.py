@@ -87,31 +87,27 @@ def _extrapolate(small: dict, large: dict, n_small: int, n_large: int) -> dict:
     """Each part's time at two sizes, its growth exponent p (t ~ N^p) from them, and the time it would take
     on the whole release at that exponent (the exhaustive searches grow as N^2; a measurement, not a model)."""
     scale = RELEASE_IMAGES / n_large
-
-    slowest = ("", 0.0, 1.0)
-
-    def line(name: str, t_small: float, t_large: float) -> float:
-        nonlocal slowest
-        p = math.log(max(t_large, 1e-6) / max(t_small, 1e-6)) / math.log(n_large / n_small)
-        estimate = t_large * scale ** max(p, 1.0)
-        slowest = max(slowest, (name.removeprefix("panel: "), estimate, p), key=lambda item: item[1])
-        print(f"  {name:40s} {t_small:7.2f} s -> {t_large:7.2f} s (p = {p:4.2f}); "
-              f"{RELEASE_IMAGES:,} images: about {estimate / 60:6.1f} min")
-        return estimate
-
+    small_attacks = small["attack_panel"]["internal"]["attacks"]
+    large_attacks = large["attack_panel"]["internal"]["attacks"]
+    # (name, seconds at half the images, at all of them)
+    parts = [(figures["label"], small_attacks[kind]["seconds"], figures["seconds"])
+             for kind, figures in large_attacks.items()]
+    parts.append(("embedding, descriptors, clusters",
+                  small["seconds"] - sum(f["seconds"] for f in small_attacks.values()),
+                  large["seconds"] - sum(f["seconds"] for f in large_attacks.values())))
     print(f"growth from {n_small} to {n_large} images, extrapolated to the release ({RELEASE_IMAGES:,} images, "
           "growth exponent at least 1):")
-    total = 0.0
-    for kind, figures in large["attack_panel"]["internal"]["attacks"].items():
-        total += line(f"panel: {figures['label']}", small["attack_panel"]["internal"]["attacks"][kind]["seconds"],
-                      figures["seconds"])
-    rest_small = small["seconds"] - sum(f["seconds"] for f in small["attack_panel"]["internal"]["attacks"].values())
-    rest_large = large["seconds"] - sum(f["seconds"] for f in large["attack_panel"]["internal"]["attacks"].values())
-    total += line("embedding, descriptors, clusters", rest_small, rest_large)
+    estimates = []  # (seconds on the release, name, exponent)
+    for name, t_small, t_large in parts:
+        p = math.log(max(t_large, 1e-6) / max(t_small, 1e-6)) / math.log(n_large / n_small)
+        estimates.append((t_large * scale ** max(p, 1.0), name, p))
+        print(f"  {name:40s} {t_small:7.2f} s -> {t_large:7.2f} s (p = {p:4.2f}); "
+              f"{RELEASE_IMAGES:,} images: about {estimates[-1][0] / 60:6.1f} min")
+    total = sum(estimate for estimate, _, _ in estimates)
     print(f"  the whole internal audit of the release: about {total / 3600:.1f} h on this machine")
-    return {"total_seconds": total, "slowest_part": slowest[0], "slowest_part_seconds": slowest[1],
+    slowest = max(estimates)
+    return {"total_seconds": total, "slowest_part": slowest[1], "slowest_part_seconds": slowest[0],
             "slowest_part_growth_exponent": slowest[2]}
-
 
 if __name__ == "__main__":
     main()
