@@ -30,7 +30,7 @@ from cxrlib import reid
 from cxrlib.config import load_profile
 from cxrlib.publish.audit import audit_release, load_retrieval_network, read_release
 from cxrlib.publish.linkage import AUDIT_ATTACKS
-from cxrlib.train import machine_description
+from cxrlib.runtime import machine_description
 
 
 def main() -> None:

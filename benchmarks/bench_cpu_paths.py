@@ -54,7 +54,8 @@ from cxrlib.parallel import map_in_processes
 from cxrlib.reid import embed_images, pair_scores, verification_loss
 from cxrlib.synthesis.sampling import generate, reconstruct
 from cxrlib.synthesis.training import AutoencoderObjective, diffusion_loss
-from cxrlib.train import autocast, fit, machine_description, make_accelerator, use_fast_layout, uses_bf16
+from cxrlib.train import Checkpoint, Runtime, Schedule, fit
+from cxrlib.runtime import autocast, machine_description, make_accelerator, use_fast_layout, uses_bf16
 
 VARIANTS = (("fp32", False, False), ("fp32 channels_last", False, True), ("bf16", True, False),
             ("bf16 channels_last", True, True))
@@ -211,9 +212,8 @@ def loop_overhead(profile: Profile, pairs: int, epochs: int, repeats: int) -> di
         with tempfile.TemporaryDirectory() as tmp:
             result = fit(model, verification_loss,
                          DataLoader(dataset, batch_size=config.batch_size, shuffle=True, drop_last=True),
-                         DataLoader(val, batch_size=config.batch_size), optimizer=optimizer, max_epochs=epochs,
-                         patience=epochs, checkpoint_path=Path(tmp) / "siamese", config={"bench": 1}, seed=0,
-                         progress=False)
+                         DataLoader(val, batch_size=config.batch_size), optimizer=optimizer, schedule=Schedule(epochs),
+                         checkpoint=Checkpoint(Path(tmp) / "siamese", {"bench": 1}, 0), runtime=Runtime(progress=False))
         return sum(epoch["train_seconds"] for epoch in result.history)
 
     def bare_seconds(bare_epochs: int) -> float:

@@ -21,7 +21,8 @@ from torch.utils.data import DataLoader, TensorDataset
 from cxrlib.config import load_profile
 from cxrlib.models.siamese import SiameseNetwork
 from cxrlib.reid import verification_loss
-from cxrlib.train import fit, seed_everything
+from cxrlib.train import Checkpoint, Runtime, Schedule, fit
+from cxrlib.runtime import seed_everything
 
 
 def main() -> None:
@@ -48,8 +49,8 @@ def main() -> None:
             loader = DataLoader(data, batch_size=config.batch_size, shuffle=True, drop_last=True)
             val = DataLoader(warmup, batch_size=config.batch_size)
             wall, cpu = time.perf_counter(), time.process_time()
-            fit(model, verification_loss, loader, val, optimizer=optimizer, max_epochs=1, patience=1,
-                checkpoint_path=Path(tmp) / name, config={"bench": name}, seed=0, progress=False)
+            fit(model, verification_loss, loader, val, optimizer=optimizer, schedule=Schedule(1),
+                checkpoint=Checkpoint(Path(tmp) / name, {"bench": name}, 0), runtime=Runtime(progress=False))
             wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
     trained = len(loader) * config.batch_size + len(warmup)  # the epoch plus its validation pass
     print(f"profile {profile.name}, backbone {config.backbone}, {size} px, batch {config.batch_size}, "

@@ -10,7 +10,7 @@ far their pixels differ, and the test mean AUC of the synthetic-only classifier 
 Needs the profile's trained latent diffusion model in ``--artifacts`` (``./run_all.sh`` trains it; here it
 is trained when missing, about 20 minutes on one core on the ``cpu`` profile).
 
-With ``--training``, the model itself is trained twice, in fp32 and in bf16 (``cxrlib.train.autocast``),
+With ``--training``, the model itself is trained twice, in fp32 and in bf16 (``cxrlib.runtime.autocast``),
 in two processes at once, into ``ARTIFACTS/training-precision/{fp32,bf16}`` (reused when trained before);
 each model then samples the synthetic set in bf16, as notebook 04 does, and the synthetic-only
 classifiers judge the two sets. Printed: training seconds, best epochs and validation losses of the
@@ -39,7 +39,7 @@ from cxrlib.classify import predict, train_classifier
 from cxrlib.data.chestxray14 import LABELS
 from cxrlib.metrics import multilabel_auc
 from cxrlib.parallel import map_in_processes, worker_threads
-from cxrlib.train import CPU_BF16_VARIABLE, cpu_computes_bf16, machine_description
+from cxrlib.runtime import CPU_BF16_VARIABLE, cpu_computes_bf16, machine_description
 from cxrlib.workspace import Workspace
 
 PRECISIONS = ("fp32", "bf16")

@@ -47,7 +47,8 @@ from cxrlib.data.chestxray14 import (LABELS, ImageLocator, find_metadata_file, l
 from cxrlib.data.datasets import ImageDataset, PairDataset  # noqa: E402
 from cxrlib.models.siamese import SiameseNetwork  # noqa: E402
 from cxrlib.reid import verification_loss  # noqa: E402
-from cxrlib.train import fit, make_accelerator  # noqa: E402
+from cxrlib.train import Checkpoint, Runtime, Schedule, fit
+from cxrlib.runtime import make_accelerator  # noqa: E402
 
 CUDA_CALL = re.compile(r"\.cuda\(")
 
@@ -124,8 +125,8 @@ def shared_loop_rate(model: torch.nn.Module, loss_fn, train: Dataset, val: Datas
         model = model.to(memory_format=torch.channels_last)
     result = fit(model, loss_fn, DataLoader(train, batch_size=batch_size, shuffle=True, drop_last=True),
                  DataLoader(val, batch_size=batch_size), optimizer=torch.optim.Adam(model.parameters(), lr=1e-4),
-                 max_epochs=1, patience=1, checkpoint_path=checkpoint, config={"gpu_check": checkpoint.name},
-                 seed=0, progress=False)
+                 schedule=Schedule(1), checkpoint=Checkpoint(checkpoint, {"gpu_check": checkpoint.name}, 0),
+                 runtime=Runtime(progress=False))
     return len(train) // batch_size * batch_size * images_per_item / result.history[0]["train_seconds"]
 
 

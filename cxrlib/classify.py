@@ -27,7 +27,8 @@ from cxrlib.config import ClassifierConfig
 from cxrlib.data.chestxray14 import LABELS
 from cxrlib.metrics import multilabel_auc
 from cxrlib.models.classifier import Classifier
-from cxrlib.train import FitResult, autocast, fit, make_accelerator, seed_everything
+from cxrlib.train import Checkpoint, FitResult, Runtime, Schedule, fit
+from cxrlib.runtime import autocast, make_accelerator, seed_everything
 
 
 def build_classifier(config: ClassifierConfig) -> Classifier:
@@ -80,9 +81,9 @@ def _train(model: Classifier, train_set: Dataset, val_set: Dataset, config: Clas
     scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="min", factor=0.1,
                                                            patience=config.lr_patience)
     return fit(model, _flip_loss, train_loader, val_loader, optimizer=optimizer, scheduler=scheduler,
-               max_epochs=config.max_epochs, patience=config.patience, checkpoint_path=checkpoint_path,
-               config={"classifier": dataclasses.asdict(config)}, seed=seed, progress=progress,
-               accelerator=accelerator)
+               schedule=Schedule(config.max_epochs, config.patience),
+               checkpoint=Checkpoint(checkpoint_path, {"classifier": dataclasses.asdict(config)}, seed),
+               runtime=Runtime(accelerator, progress))
 
 
 @torch.no_grad()

@@ -58,7 +58,7 @@ from cxrlib.metrics import verification_metrics
 from cxrlib.models.siamese import SiameseNetwork
 from cxrlib.reid import (Images, VerificationExperiment, pair_scores, run_checkpoint,
                          verification_experiments)
-from cxrlib.train import default_device
+from cxrlib.runtime import default_device
 
 #: prefix that tells an anonymized image from its original in the linkage test set
 ANONYMIZED = "anonymized:"

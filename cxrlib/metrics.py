@@ -18,7 +18,7 @@ from torchmetrics.functional.image import multiscale_structural_similarity_index
 from torchmetrics.image.fid import FrechetInceptionDistance
 
 from cxrlib.data.chestxray14 import LABELS, NO_FINDING
-from cxrlib.train import default_device
+from cxrlib.runtime import default_device
 
 
 #: the metric names of pytorch-metric-learning's AccuracyCalculator and ours

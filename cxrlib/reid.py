@@ -39,7 +39,9 @@ from cxrlib.metrics import nearest_neighbours, retrieval_metrics, verification_m
 from cxrlib.models.retrieval import RetrievalNetwork
 from cxrlib.models.siamese import SiameseNetwork
 from cxrlib.parallel import map_in_processes
-from cxrlib.train import FitResult, checkpoint_finished, fit, map_batches, module_device, seed_everything
+from cxrlib.checkpoints import checkpoint_finished
+from cxrlib.train import Checkpoint, FitResult, Runtime, Schedule, fit
+from cxrlib.runtime import map_batches, module_device, seed_everything
 
 Anonymizer = Callable[[torch.Tensor], torch.Tensor]
 
@@ -86,8 +88,9 @@ def train_verification(train: Dataset, val: Dataset, config: VerificationConfig,
     val_loader = DataLoader(val, batch_size=config.batch_size)
     result = fit(model, verification_loss, train_loader, val_loader,
                  optimizer=torch.optim.Adam(model.parameters(), lr=config.lr),
-                 max_epochs=config.max_epochs, patience=config.patience, checkpoint_path=checkpoint_path,
-                 config=dataclasses.asdict(config), seed=seed, progress=progress, accelerator=accelerator)
+                 schedule=Schedule(config.max_epochs, config.patience),
+                 checkpoint=Checkpoint(checkpoint_path, dataclasses.asdict(config), seed),
+                 runtime=Runtime(accelerator, progress))
     return model, result
 
 
@@ -382,11 +385,10 @@ def train_retrieval(train: Dataset, val: Dataset, config: RetrievalConfig, *, se
             optimizer, max_lr=config.max_lr, total_steps=epochs * len(train_loader) + 1, pct_start=0.3,
             base_momentum=0.85, max_momentum=0.95, div_factor=25.0, final_div_factor=1e4)
         loss = RetrievalLoss(config.embedding_dim, config.memory_size)
-        results.append(fit(model, loss, train_loader, val_loader, optimizer=optimizer, max_epochs=epochs,
-                           patience=epochs, checkpoint_path=phase_path,
-                           config={**dataclasses.asdict(config), "phase": phase}, seed=seed,
-                           scheduler=scheduler, progress=progress, keep="last",
-                           accelerator=accelerator))
+        results.append(fit(model, loss, train_loader, val_loader, optimizer=optimizer, scheduler=scheduler,
+                           schedule=Schedule(epochs, keep="last"),
+                           checkpoint=Checkpoint(phase_path, {**dataclasses.asdict(config), "phase": phase}, seed),
+                           runtime=Runtime(accelerator, progress)))
     if not results:
         raise ValueError("frozen_epochs and unfrozen_epochs are both 0: nothing to train")
     model.freeze_backbone(False)

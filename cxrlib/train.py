@@ -1,51 +1,48 @@
-"""The training loop every model in cxrlib shares.
+"""The training engine every model in cxrlib shares.
 
-:func:`fit` runs through Hugging Face Accelerate, so the same call trains on a CPU, on one GPU with bf16
-mixed precision, or on several processes started by ``torchrun`` / ``accelerate launch`` (gradients are
-averaged, the validation loss is gathered from every process, only the main process writes files).
+:func:`train` runs a :class:`TrainingTask` (the networks, optimizers, one step and the validation of
+what is trained) for a :class:`Schedule`, keeping its weights as a :class:`Checkpoint` says, through
+Hugging Face Accelerate: the same call trains on a CPU, on one GPU with bf16 mixed precision, or, for a
+task that shards its data, on several processes started by ``torchrun`` / ``accelerate launch``
+(gradients are averaged, the validation is gathered from every process, only the main process writes
+files). :func:`fit` is the common task, one model and one loss; the adversarial loop of
+:mod:`cxrlib.anonymize.adversarial` (three networks, three optimizers, one step that is not a loss of
+one model) is another.
 
-Files at ``checkpoint_path`` (``NAME.safetensors`` + ``NAME.json``):
+Files at ``Checkpoint.path`` (``NAME.safetensors`` + ``NAME.json``):
 
-* the **best** weights by validation loss, with a sidecar holding config, seed, epoch, metrics, history,
-  package versions and a ``finished`` flag. A finished checkpoint whose config and seed match is loaded
-  instead of training again, so notebooks reuse trained models.
-* while training, a **last** checkpoint ``NAME.last.safetensors`` + ``.json`` with the model and
-  optimizer tensors and, in JSON, the optimizer's hyper-parameters, the scheduler state and the
-  early-stopping state. An interrupted :func:`fit` resumes from it; a finished one deletes it.
+* the **kept** weights (the best epoch by validation, or the last), with a sidecar holding the config,
+  what identifies the run (seed, training settings), the epoch, metrics, history, package versions and
+  a ``finished`` flag. A finished checkpoint of the same run is loaded instead of training again, so
+  notebooks reuse trained models; one of another run raises :class:`~cxrlib.artifacts.ArtifactError`.
+* while training, a **last** state ``NAME.last.safetensors`` + ``.json``: every network and optimizer
+  of the task, the task's own state (a scheduler), the shuffling generator of a loader that is not
+  sharded, and the early-stopping state. An interrupted training resumes from it; a finished one
+  deletes it.
 
 A launched multi-process script should call ``accelerator.end_training()`` once at its very end (it
-destroys the process group, so :func:`fit` does not call it itself): otherwise a process can abort at exit.
-
-The parts of a loop that do not depend on what it trains are here, for :func:`fit` and for the
-adversarial loop of :mod:`cxrlib.anonymize.adversarial` (three networks, three optimizers, one step
-that is not a loss of one model): which run a checkpoint belongs to (:func:`check_same_run`,
-:func:`finished_sidecar`), resumable training states of any number of networks and optimizers
-(:func:`save_training_state`, :func:`load_training_state`), the finite-loss check
-(:func:`check_finite`) and per-process seeds (:func:`process_seed`).
+destroys the process group, so :func:`train` does not call it itself): otherwise a process can abort at exit.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import functools
 import math
-import os
-import platform
-import random
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
-from accelerate import Accelerator, DataLoaderConfiguration
-from safetensors.torch import load_file, save_file
+from accelerate import Accelerator
 from tqdm.auto import tqdm
 
-from cxrlib.artifacts import (ArtifactError, config_differences, load_weights, read_sidecar,
-                              save_weights, write_json)
+from cxrlib.artifacts import ArtifactError, load_weights, save_weights
+from cxrlib.checkpoints import (finished_sidecar, last_checkpoint_path, load_training_state, remove_training_state,
+                                save_training_state)
+from cxrlib.runtime import (autocast, make_accelerator, process_seed, seed_everything, tqdm_disabled,
+                            use_fast_layout, uses_bf16)
 
 LossFn = Callable[[torch.nn.Module, Any], torch.Tensor]
 
@@ -70,16 +67,18 @@ def training_record(epochs_run: int, best_epoch: int, max_epochs: int, patience:
 
 @dataclass
 class FitResult:
-    #: one dict per epoch: ``epoch`` (1-based), ``train_loss``, ``val_loss``, ``seconds`` (the whole
-    #: epoch), ``train_seconds`` (its training part)
+    #: one dict per epoch: ``epoch`` (1-based), ``train_<name>`` per loss the task reports,
+    #: ``val_<name>`` per validation entry, ``seconds`` (the whole epoch), ``train_seconds`` (its
+    #: training part), ``bf16``
     history: list[dict[str, float]]
     best_epoch: int
+    #: the kept epoch's validation value that selects (:attr:`TrainingTask.selection`)
     best_val_loss: float
     checkpoint_path: Path
     #: False when a finished checkpoint was loaded instead of training
     trained: bool
     max_epochs: int
-    #: None for a schedule meant to run to its end (``fit(keep="last")``)
+    #: None for a schedule meant to run to its end (no patience, or ``keep="last"``)
     patience: int | None
     #: whether the patience ran out before the cap
     stopped_early: bool
@@ -90,481 +89,438 @@ class FitResult:
                                self.stopped_early)
 
 
-def seed_everything(seed: int) -> None:
-    """Seed Python, NumPy and torch (all devices)."""
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
+@dataclass(frozen=True)
+class Schedule:
+    """How long a training runs and which epoch's weights it keeps."""
+
+    max_epochs: int
+    #: stop after this many epochs without a large enough improvement; None: run all ``max_epochs``
+    patience: int | None = None
+    #: "best": the epoch with the lowest validation value; "last": the final epoch, for schedules meant
+    #: to run to their end (OneCycle), where a noisy validation loss would pick a worse epoch
+    keep: str = "best"
+    #: an epoch resets the patience only when it lowers the validation value by at least this share of
+    #: the value of the last epoch that did (0: any decrease); smaller gains still update the kept
+    #: weights. A smooth loss that creeps down for ever then stops once it has flattened.
+    min_improvement: float = 0.0
+
+    def __post_init__(self):
+        if self.max_epochs < 1:
+            raise ValueError(f"max_epochs must be at least 1, got {self.max_epochs}")
+        if self.patience is not None and self.patience < 1:
+            raise ValueError(f"patience must be at least 1, got {self.patience}")
+        if self.keep not in ("best", "last"):
+            raise ValueError(f"keep must be 'best' or 'last', got {self.keep!r}")
+
+    @property
+    def stopping_patience(self) -> int | None:
+        """The patience that can stop the training (None: it runs to the cap)."""
+        return None if self.keep == "last" else self.patience
 
 
-#: process ``p`` of a launched run draws from seeds ``seed + epoch + p * PROCESS_SEED_STRIDE``: apart
-#: for any number of epochs below the stride, and process 0 draws what a single process would
-PROCESS_SEED_STRIDE = 2**20
+@dataclass(frozen=True)
+class Checkpoint:
+    """Where the kept weights go and which run they belong to."""
+
+    path: str | Path
+    #: what the saved weights are (a dict or a dataclass), checked when they are loaded
+    config: Any
+    seed: int
+    #: the training's own settings when ``config`` does not hold them (the adversarial loop's): then
+    #: they, with the seed, identify the run
+    training: Mapping[str, Any] | None = None
+
+    @property
+    def best_path(self) -> Path:
+        return Path(self.path).with_suffix(".safetensors")
+
+    @property
+    def last_path(self) -> Path:
+        return last_checkpoint_path(self.path)
+
+    def config_dict(self) -> dict[str, Any]:
+        config = self.config
+        if dataclasses.is_dataclass(config) and not isinstance(config, type):
+            return dataclasses.asdict(config)
+        if isinstance(config, Mapping):
+            return dict(config)
+        raise TypeError(f"config must be a dict or a dataclass instance, not {type(config).__name__}")
+
+    def identity(self) -> dict[str, Any]:
+        """The sidecar entries that identify the run (a checkpoint of another run is refused)."""
+        if self.training is None:
+            return {"config": self.config_dict(), "seed": self.seed}
+        return {"training": {**self.training, "seed": self.seed}}
 
 
-def process_seed(seed: int, epoch: int, process_index: int) -> int:
-    """The seed for the random draws (augmentations, noise, timesteps) of ``epoch`` in one process.
+@dataclass(frozen=True)
+class Runtime:
+    """Where and how a training runs."""
 
-    Every process must draw differently: with one seed for all, each GPU would flip, noise and
-    time-step its shard exactly as the others do, which is fewer distinct augmentations, not more
-    data. The order of the data is not drawn from it (the samplers share one seed, so that the
-    shards stay disjoint).
+    #: None: one made by :func:`~cxrlib.runtime.make_accelerator` for this training
+    accelerator: Accelerator | None = None
+    #: one bar per training; None shows it only on a terminal, so notebooks stay quiet
+    progress: bool | None = None
+    #: bf16 autocast on a CPU that computes bf16 in hardware (:func:`~cxrlib.runtime.autocast`)
+    cpu_bf16: bool = True
+
+
+class TrainingTask:
+    """What :func:`train` trains: named networks and optimizers, one step, one validation.
+
+    Subclasses set :attr:`networks`, :attr:`optimizers`, :attr:`kept` and :attr:`target` and implement
+    :meth:`prepare`, :meth:`step` and :meth:`validate`.
     """
-    return seed + epoch + process_index * PROCESS_SEED_STRIDE
+
+    #: the validation entry whose lowest value picks the kept epoch
+    selection = "loss"
+    #: the losses :meth:`step` reports, in order; a step may leave out one it did not compute
+    #: (recorded as NaN)
+    loss_names: tuple[str, ...] = ("loss",)
+    #: whether Accelerate shards the loaders over processes (their order then drawn from the seed and
+    #: the epoch); False: one process, the loaders as given, their shuffling generator saved to resume
+    shards_data = True
+    #: every network whose state a resumed training needs, by name (unwrapped)
+    networks: dict[str, torch.nn.Module]
+    #: every optimizer, by name
+    optimizers: dict[str, torch.optim.Optimizer]
+    #: the network whose weights are validated and saved
+    kept: torch.nn.Module
+    #: the network the kept weights are loaded into at the end (the caller's model)
+    target: torch.nn.Module
+
+    def prepare(self, accelerator: Accelerator, cpu_bf16: bool) -> None:
+        """Move (and, for several processes, wrap) the networks and optimizers for ``accelerator``."""
+        raise NotImplementedError
+
+    def step(self, batch: Any) -> dict[str, torch.Tensor]:
+        """One training step on a batch already on the device; the losses (0-dim tensors) by name."""
+        raise NotImplementedError
+
+    def validate(self, loader: Any) -> dict[str, float]:
+        """The validation of the current weights, by name; it must hold :attr:`selection`."""
+        raise NotImplementedError
+
+    def end_epoch(self, validation: Mapping[str, float]) -> None:
+        """Called after each epoch's validation (e.g. a plateau scheduler steps here)."""
+
+    def state(self) -> dict[str, Any]:
+        """The task's own resumable state beyond its networks and optimizers (JSON)."""
+        return {}
+
+    def load_state(self, state: Mapping[str, Any]) -> None:
+        """Restore what :meth:`state` returned."""
 
 
-def tqdm_disabled(progress: bool | None) -> bool | None:
-    """tqdm's ``disable`` for a ``progress`` flag: None shows bars on a terminal only."""
-    return None if progress is None else not progress
+class SupervisedTask(TrainingTask):
+    """One model, one loss: ``loss_fn(model, batch)`` returns the mean loss of a batch already on the
+    device and must call ``model(...)`` (the forward) so that several processes synchronize gradients.
 
-
-def default_device() -> torch.device:
-    """Where work runs when no device is asked for: the GPU when there is one, else the CPU."""
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
-def module_device(module: torch.nn.Module) -> torch.device:
-    """The device a module's parameters live on (the CPU for a module without parameters)."""
-    return next(module.parameters(), torch.empty(0)).device
-
-
-@torch.no_grad()
-def map_batches(fn: Callable[[torch.Tensor], torch.Tensor], images: Any, *, batch_size: int,
-                device: torch.device | str, before: Callable[[torch.Tensor], torch.Tensor] | None = None,
-                progress: bool | None = False, desc: str = "embedding") -> torch.Tensor:
-    """``fn`` applied to ``images`` in batches on ``device`` (after ``before``, e.g. an anonymizer);
-    the results (N, ...) as float on the CPU. ``images`` is a float tensor (N, 1, S, S) or a container
-    with ``len()`` and ``tensor(rows)`` (:class:`cxrlib.data.images.Images`)."""
-    total = len(images)
-    out = []
-    for start in tqdm(range(0, total, batch_size), desc=desc, unit="batch", leave=False,
-                      disable=tqdm_disabled(progress)):
-        rows = slice(start, start + batch_size)
-        x = (images[rows] if isinstance(images, torch.Tensor) else images.tensor(rows)).to(device)
-        if before is not None:
-            x = before(x)
-        out.append(fn(x).float().cpu())
-    return torch.cat(out)
-
-
-def use_fast_layout(model: torch.nn.Module) -> torch.nn.Module:
-    """``model`` with its convolution weights in ``channels_last`` (in place; returned for chaining).
-
-    On this project's 2-core CPUs the ``cpu`` profile's convolutional networks train up to 1.3x and
-    run inference up to 2x faster in this layout; the latent diffusion U-Net (attention, group norm) is not
-    (``benchmarks/bench_cpu_paths.py`` prints the figures per network, ``benchmarks/results/cpu_paths.json``
-    holds the last ones). Inputs need no conversion: convolutions hand their output on in the
-    weights' layout.
+    ``scheduler`` steps after every batch (e.g. OneCycleLR), except ``ReduceLROnPlateau``, which steps
+    once per epoch on the validation loss. ``ema_decay``: validate, keep and return an exponential
+    moving average of the weights, updated after every step (as diffusion models are trained),
+    instead of the weights of the last step. ``channels_last``: the weights in that layout
+    (:func:`~cxrlib.runtime.use_fast_layout`), faster for most of the profile's networks.
     """
-    return model.to(memory_format=torch.channels_last)
 
+    def __init__(self, model: torch.nn.Module, loss_fn: LossFn, optimizer: torch.optim.Optimizer, *,
+                 scheduler: Any = None, ema_decay: float | None = None, channels_last: bool = True):
+        if channels_last:
+            use_fast_layout(model)
+        self.model, self.loss_fn, self.optimizer, self.scheduler = model, loss_fn, optimizer, scheduler
+        self.plateau = isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau)
+        # the average is a copy beside the model (its first update takes the first step's weights); it
+        # is what gets validated and saved
+        self.averaged = None if ema_decay is None else torch.optim.swa_utils.AveragedModel(
+            model, use_buffers=True, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(ema_decay))
+        self.networks = {"model": model, **({} if self.averaged is None else {"average": self.averaged})}
+        self.optimizers = {"optimizer": optimizer}
+        self.kept = model if self.averaged is None else self.averaged.module
+        self.target = model
 
-#: set to 0 to keep fp32 on a CPU that computes bf16 in hardware (for figures comparable across machines)
-CPU_BF16_VARIABLE = "CXRLIB_CPU_BF16"
+    def prepare(self, accelerator: Accelerator, cpu_bf16: bool) -> None:
+        self.accelerator, self.cpu_bf16 = accelerator, cpu_bf16
+        if self.averaged is not None:
+            self.averaged.to(accelerator.device)
+        self.wrapped, self.optimizer = accelerator.prepare(self.model, self.optimizer)
+        self.optimizers = {"optimizer": self.optimizer}
+        if self.scheduler is not None and not self.plateau:
+            # prepared, it steps once per process per batch, so a schedule sized from the unsharded
+            # loader length ends where it should under any number of processes
+            self.scheduler = accelerator.prepare(self.scheduler)
 
+    def step(self, batch: Any) -> dict[str, torch.Tensor]:
+        self.wrapped.train()
+        self.optimizer.zero_grad(set_to_none=True)
+        with autocast(self.accelerator, self.cpu_bf16):
+            loss = self.loss_fn(self.wrapped, batch)
+        self.accelerator.backward(loss)
+        self.optimizer.step()
+        if self.averaged is not None:
+            self.averaged.update_parameters(self.model)
+        if self.scheduler is not None and not self.plateau:
+            self.scheduler.step()
+        return {"loss": loss.detach()}
 
-@functools.cache  # autocast asks every batch; the answer is the machine's
-def cpu_computes_bf16() -> bool:
-    """Whether this CPU has bf16 arithmetic in hardware (AVX-512 BF16 or AMX). Only there does bf16
-    autocast pay: without it PyTorch emulates bf16, 6-16x slower than fp32 (measured on an AVX2-only
-    AMD EPYC; ``benchmarks/bench_cpu_paths.py`` prints the ratios of the machine it runs on)."""
-    return torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+    @torch.no_grad()
+    def validate(self, loader: Any) -> dict[str, float]:
+        model = self.wrapped if self.averaged is None else self.averaged.module
+        model.eval()
+        sums = torch.zeros(2, device=self.accelerator.device, dtype=torch.float64)
+        for batch in loader:
+            with autocast(self.accelerator, self.cpu_bf16):
+                loss = self.loss_fn(model, batch)
+            size = batch_size_of(batch)
+            sums += torch.stack([loss.detach().double() * size,
+                                 torch.tensor(size, device=sums.device, dtype=torch.float64)])
+        sums = self.accelerator.reduce(sums, reduction="sum")
+        return {"loss": (sums[0] / sums[1]).item()}
 
+    def end_epoch(self, validation: Mapping[str, float]) -> None:
+        if self.plateau:
+            self.scheduler.step(validation["loss"])
 
-@functools.cache
-def machine_description() -> dict[str, Any]:
-    """What timings and bf16 results depend on: the CPU model and core count, the instruction sets
-    PyTorch uses, its bf16/AMX flags, the GPU (None without one) and the PyTorch version."""
-    flags: set[str] = set()
-    model = platform.processor()
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.is_file():
-        for line in cpuinfo.read_text().splitlines():
-            key, _, value = line.partition(":")
-            if key.strip() == "model name":
-                model = value.strip()
-            elif key.strip() == "flags":
-                flags = set(value.split())
-    return {"cpu": model, "cores": os.cpu_count(), "torch": torch.__version__,
-            "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
-            "bf16_flags": sorted(f for f in flags if "bf16" in f or f.startswith("amx")),
-            "avx512": any(f.startswith("avx512") for f in flags),
-            "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None}
+    def state(self) -> dict[str, Any]:
+        return {"scheduler": None if self.scheduler is None else self.scheduler.state_dict()}
 
-
-def make_accelerator() -> Accelerator:
-    """An Accelerator with bf16 mixed precision on CUDA (when the GPU supports it), fp32 otherwise; bf16
-    on a CPU is :func:`autocast`'s choice per network, which one Accelerate state per process cannot make.
-
-    Shuffling samplers are re-seeded every epoch from the seed in force at ``prepare`` plus the epoch,
-    so every process draws the same order and a resumed run draws what an uninterrupted one would.
-    """
-    cuda = torch.cuda.is_available()
-    bf16 = cuda and torch.cuda.is_bf16_supported()
-    # cpu=True is what lets Accelerate see a torchrun launch on CPUs as multi-process (gloo)
-    return Accelerator(mixed_precision="bf16" if bf16 else "no", cpu=not cuda,
-                       dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True))
-
-
-def uses_bf16(accelerator: Accelerator | None = None, cpu_bf16: bool = True) -> bool:
-    """Whether :func:`autocast` computes in bf16 (with ``accelerator``, default: this machine's): on
-    CUDA where the GPU supports it; on a CPU that computes bf16 in hardware unless ``cpu_bf16`` is
-    False or ``CXRLIB_CPU_BF16=0``."""
-    if accelerator is None and torch.cuda.is_available():
-        return torch.cuda.is_bf16_supported()
-    if accelerator is not None and accelerator.device.type != "cpu":
-        return accelerator.mixed_precision == "bf16"
-    return cpu_uses_bf16(cpu_bf16)
-
-
-def cpu_uses_bf16(cpu_bf16: bool = True) -> bool:
-    """Whether work on the CPU computes in bf16: where the CPU does so in hardware, unless ``cpu_bf16`` is
-    False or ``CXRLIB_CPU_BF16=0``."""
-    return cpu_bf16 and os.environ.get(CPU_BF16_VARIABLE, "1") != "0" and cpu_computes_bf16()
-
-
-def autocast(accelerator: Accelerator, cpu_bf16: bool = True):
-    """The mixed-precision context of a training or inference step. On a CPU with bf16 in hardware,
-    bf16 autocast trains the ``cpu`` profile's convolutional networks faster than fp32
-    (``benchmarks/bench_cpu_paths.py`` prints the ratios per network, ``benchmarks/results/cpu_paths.json``
-    holds the last ones); ``cpu_bf16=False`` keeps fp32 for a network it would slow down. The latent
-    diffusion model gains only with its attention (and the autoencoder's group norms) kept in fp32
-    (:func:`cxrlib.models.diffusion.keep_fp32_on_cpu`)."""
-    if accelerator.device.type != "cpu":
-        return accelerator.autocast()
-    return torch.autocast("cpu", dtype=torch.bfloat16, enabled=uses_bf16(accelerator, cpu_bf16))
-
-
-def last_checkpoint_path(checkpoint_path: str | Path) -> Path:
-    path = Path(checkpoint_path).with_suffix(".safetensors")
-    return path.with_name(path.stem + ".last.safetensors")
+    def load_state(self, state: Mapping[str, Any]) -> None:
+        if self.scheduler is not None:
+            self.scheduler.load_state_dict(state["scheduler"])
 
 
 def fit(model: torch.nn.Module, loss_fn: LossFn, train_loader: torch.utils.data.DataLoader,
-        val_loader: torch.utils.data.DataLoader, *, optimizer: torch.optim.Optimizer, max_epochs: int,
-        patience: int, checkpoint_path: str | Path, config: Mapping[str, Any] | Any, seed: int,
-        scheduler: Any = None, progress: bool | None = None, keep: str = "best",
-        accelerator: Accelerator | None = None, channels_last: bool = True,
-        cpu_bf16: bool = True, ema_decay: float | None = None, min_improvement: float = 0.0) -> FitResult:
-    """Train ``model`` with early stopping on validation loss; afterwards it holds the best weights.
+        val_loader: torch.utils.data.DataLoader, *, optimizer: torch.optim.Optimizer, schedule: Schedule,
+        checkpoint: Checkpoint, scheduler: Any = None, ema_decay: float | None = None,
+        channels_last: bool = True, runtime: Runtime = Runtime()) -> FitResult:
+    """Train ``model`` on ``loss_fn`` (a :class:`SupervisedTask`) through :func:`train`; afterwards it
+    holds the kept weights, in eval mode."""
+    task = SupervisedTask(model, loss_fn, optimizer, scheduler=scheduler, ema_decay=ema_decay,
+                          channels_last=channels_last)
+    return train(task, train_loader, val_loader, schedule=schedule, checkpoint=checkpoint, runtime=runtime)
 
-    ``keep="last"`` instead trains all ``max_epochs`` and keeps the final weights, for schedules
-    meant to run to their end (OneCycle), where a noisy validation loss would pick a worse epoch.
 
-    ``loss_fn(model, batch)`` returns the mean loss of a batch that is already on the device; it must
-    call ``model(...)`` (the forward) so that multi-process training synchronizes gradients.
-    ``scheduler`` steps after every batch (e.g. OneCycleLR), except ``ReduceLROnPlateau``, which
-    steps once per epoch on the validation loss. ``config`` (a dict or a dataclass) identifies the
-    model: a finished checkpoint saved with the same config and seed is loaded instead of training,
-    one with another config raises :class:`~cxrlib.artifacts.ArtifactError`. ``progress``: one bar per
-    fit; None shows it only on a terminal, so notebooks stay quiet. A non-finite loss raises
-    ``FloatingPointError`` naming the epoch; the best checkpoint written before stays as it was.
-    The model is left in eval mode. ``channels_last``: the weights in that layout
-    (:func:`use_fast_layout`), faster for most of the profile's networks; False keeps PyTorch's default.
-    ``cpu_bf16``: bf16 autocast on a CPU that computes bf16 in hardware (:func:`autocast`); each
-    epoch's history entry records whether it trained in bf16. ``ema_decay``: validate, keep and return
-    an exponential moving average of the weights, updated after every step (as diffusion models
-    are trained), instead of the weights of the last step. ``min_improvement``: an epoch resets the
-    patience only when it lowers the validation loss by at least this share of the loss of the last
-    epoch that did (0: any decrease); smaller gains still update the kept weights. A smooth loss that
-    creeps down for ever then stops once it has flattened, instead of at the cap.
+#: the early-stopping state a training state must hold to be resumed
+_LOOP_STATE = ("epoch", "best_epoch", "best_val_loss", "reference_val_loss", "bad_epochs", "history")
 
-    Seeds: the samplers draw the data order from ``seed`` and the epoch, alike in every process;
-    the random draws inside ``loss_fn`` come from :func:`process_seed`, different in each process.
+
+def train(task: TrainingTask, train_loader: Any, val_loader: Any, *, schedule: Schedule, checkpoint: Checkpoint,
+          runtime: Runtime = Runtime()) -> FitResult:
+    """Train ``task`` for ``schedule``; afterwards ``task.target`` holds the kept weights, in eval mode.
+
+    A finished checkpoint of the same run is loaded instead of training. A non-finite loss raises
+    ``FloatingPointError`` naming the epoch; the kept checkpoint written before stays as it was.
+    Each epoch's history entry records the losses, the validation, the time and whether it trained in
+    bf16.
+
+    Seeds: sharded loaders draw their order from ``checkpoint.seed`` and the epoch, alike in every
+    process; the random draws inside a step come from :func:`~cxrlib.runtime.process_seed`, different
+    in each process, so a resumed training draws what an uninterrupted one would.
     """
-    if max_epochs < 1:
-        raise ValueError(f"max_epochs must be at least 1, got {max_epochs}")
-    if patience < 1:
-        raise ValueError(f"patience must be at least 1, got {patience}")
-    if keep not in ("best", "last"):
-        raise ValueError(f"keep must be 'best' or 'last', got {keep!r}")
     for name, loader in (("train_loader", train_loader), ("val_loader", val_loader)):
         if len(loader) == 0:
             raise ValueError(f"{name} yields no batches: its dataset is empty")
-    config = _config_dict(config)
-    stopping_patience = None if keep == "last" else patience
-    if channels_last:
-        use_fast_layout(model)
-    best_path = Path(checkpoint_path).with_suffix(".safetensors")
-    last_path = last_checkpoint_path(best_path)
-
-    own_accelerator = accelerator is None
-    accelerator = accelerator or make_accelerator()
-    identity = {"config": config, "seed": seed}
-    finished = finished_sidecar(best_path, identity)
+    accelerator = runtime.accelerator or make_accelerator()
+    finished = finished_sidecar(checkpoint.best_path, checkpoint.identity())
     if finished is not None:
-        load_weights(model, best_path, config=config)
-        model.to(accelerator.device).eval()  # where a freshly trained model would be
-        # checkpoints saved before the flag was recorded stopped early exactly when patience ran out
-        stopped = finished.get("stopped_early", len(finished["history"]) - finished["epoch"] >= patience)
-        return FitResult(history=finished["history"], best_epoch=finished["epoch"],
-                         best_val_loss=finished["metrics"]["val_loss"], checkpoint_path=best_path,
-                         trained=False, max_epochs=max_epochs, patience=stopping_patience,
-                         stopped_early=stopped)
-
-    # alike in every process: the seedable samplers take their seed from here at prepare
-    seed_everything(seed)
-    resume = load_training_state(last_path, identity)
-    # reference_val_loss: the loss of the last epoch that reset the patience
-    state = {"epoch": 0, "best_epoch": 0, "best_val_loss": math.inf, "reference_val_loss": math.inf,
-             "bad_epochs": 0, "history": []}
-    if resume is not None:
-        state = resume.sidecar["state"]
-        model.load_state_dict(resume.tensors("model"))
-
-    # the average is a copy beside the model (its first update takes the first step's weights; a resumed
-    # run restores it); it is what gets validated and saved
-    averaged = None if ema_decay is None else torch.optim.swa_utils.AveragedModel(
-        model, device=accelerator.device, use_buffers=True,
-        multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(ema_decay))
-    if averaged is not None and resume is not None:
-        averaged.load_state_dict(resume.tensors("average"))
-    plateau = isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau)
-    wrapped, optimizer, train_loader, val_loader = accelerator.prepare(model, optimizer, train_loader,
-                                                                       val_loader)
-    unwrapped = accelerator.unwrap_model(wrapped)
-    after_step = None if averaged is None else lambda: averaged.update_parameters(unwrapped)
-    validated = wrapped if averaged is None else averaged.module
-    if scheduler is not None and not plateau:
-        # prepared, it steps once per process per batch, so a schedule sized from the unsharded
-        # loader length ends where it should under any number of processes
-        scheduler = accelerator.prepare(scheduler)
-    if resume is not None:
-        resume.load_optimizer("optimizer", optimizer)
-        if scheduler is not None:
-            scheduler.load_state_dict(resume.sidecar["scheduler"])
-
-    bar = tqdm(total=max_epochs, initial=state["epoch"], unit="epoch", leave=False,
-               desc=best_path.stem, disable=not accelerator.is_main_process or
-               (None if progress is None else not progress))
+        return _loaded(task, finished, schedule, checkpoint, accelerator)
+    run = _Run(task, schedule, checkpoint, runtime, accelerator)
+    train_loader, val_loader = run.start(train_loader, val_loader)
+    bar = tqdm(total=schedule.max_epochs, initial=run.state["epoch"], unit="epoch", leave=False,
+               desc=checkpoint.best_path.stem,
+               disable=not accelerator.is_main_process or tqdm_disabled(runtime.progress))
     try:
-        while state["epoch"] < max_epochs and state["bad_epochs"] < patience:
-            epoch = state["epoch"] + 1
-            # per-epoch seeding makes a resumed run draw what an uninterrupted one would
-            seed_everything(process_seed(seed, epoch, accelerator.process_index))
-            for loader in (train_loader, val_loader):
-                if hasattr(loader, "set_epoch"):
-                    loader.set_epoch(epoch)
-            started = time.perf_counter()
-            train_loss = _train_epoch(wrapped, loss_fn, train_loader, optimizer,
-                                      None if plateau else scheduler, accelerator, cpu_bf16, epoch,
-                                      best_path, state["best_epoch"], after_step)
-            train_seconds = time.perf_counter() - started
-            val_loss = _validation_loss(validated, loss_fn, val_loader, accelerator, cpu_bf16)
-            check_finite(val_loss, "validation loss", epoch, _kept(best_path, state["best_epoch"]))
-            if plateau:
-                scheduler.step(val_loss)
-            state["epoch"] = epoch
-            state["history"].append({"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss,
-                                     "seconds": time.perf_counter() - started,
-                                     "train_seconds": train_seconds,
-                                     "bf16": uses_bf16(accelerator, cpu_bf16)})
-            if keep == "last" or val_loss < state["best_val_loss"]:
-                state.update(best_epoch=epoch, best_val_loss=val_loss)
-                if accelerator.is_main_process:
-                    _save_best(accelerator.unwrap_model(validated), best_path, config, seed, state,
-                               finished=False)
-            if keep == "last" or val_loss < state["reference_val_loss"] * (1 - min_improvement):
-                state.update(reference_val_loss=val_loss, bad_epochs=0)
-            else:
-                state["bad_epochs"] += 1
-            if accelerator.is_main_process:
-                save_training_state(
-                    last_path, tensors={"model": accelerator.unwrap_model(wrapped).state_dict(),
-                                        **({} if averaged is None else {"average": averaged.state_dict()})},
-                    optimizers={"optimizer": optimizer},
-                    sidecar={**identity, "state": state,
-                             "scheduler": None if scheduler is None else scheduler.state_dict()})
-            accelerator.wait_for_everyone()
+        while run.continues():
+            losses, value = run.epoch(train_loader, val_loader)
             bar.update(1)
-            bar.set_postfix(train=f"{train_loss:.4f}", val=f"{val_loss:.4f}")
+            bar.set_postfix(train=f"{next(iter(losses.values())):.4f}", val=f"{value:.4f}")
     finally:
         bar.close()
-
-    stopped_early = state["bad_epochs"] >= patience  # never with keep="last": every epoch resets it
-    load_weights(model, best_path, config=config)
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        _save_best(model, best_path, config, seed, state, finished=True, stopped_early=stopped_early)
-        remove_training_state(last_path)
-    accelerator.wait_for_everyone()
-    if own_accelerator:
+    result = run.finish()
+    if runtime.accelerator is None:
         accelerator.free_memory()
-    model.eval()
-    return FitResult(history=state["history"], best_epoch=state["best_epoch"],
-                     best_val_loss=state["best_val_loss"], checkpoint_path=best_path, trained=True,
-                     max_epochs=max_epochs, patience=stopping_patience, stopped_early=stopped_early)
+    return result
 
 
-def _train_epoch(model, loss_fn, loader, optimizer, scheduler, accelerator, cpu_bf16, epoch, best_path,
-                 best_epoch, after_step=None) -> float:
-    model.train()
-    total, count = torch.zeros((), device=accelerator.device), 0
+def _loaded(task: TrainingTask, finished: Mapping[str, Any], schedule: Schedule, checkpoint: Checkpoint,
+            accelerator: Accelerator) -> FitResult:
+    """The result of a finished checkpoint, its weights loaded into ``task.target``."""
+    load_weights(task.target, checkpoint.best_path, config=checkpoint.config_dict())
+    task.target.to(accelerator.device).eval()  # where a freshly trained model would be
+    # checkpoints written before these entries were recorded: the adversarial loop's older name for the
+    # epoch, and early stopping exactly when the patience ran out
+    best_epoch = finished.get("epoch", finished.get("best_epoch"))
+    patience = schedule.stopping_patience
+    stopped = finished.get("stopped_early", patience is not None and len(finished["history"]) - best_epoch >= patience)
+    return FitResult(history=finished["history"], best_epoch=best_epoch,
+                     best_val_loss=finished["metrics"]["val_" + task.selection], checkpoint_path=checkpoint.best_path,
+                     trained=False, max_epochs=schedule.max_epochs, patience=patience, stopped_early=stopped)
+
+
+class _Run:
+    """One training of :func:`train` from its start (or resume) to its kept weights."""
+
+    def __init__(self, task: TrainingTask, schedule: Schedule, checkpoint: Checkpoint, runtime: Runtime,
+                 accelerator: Accelerator):
+        self.task, self.schedule, self.checkpoint, self.runtime = task, schedule, checkpoint, runtime
+        self.accelerator = accelerator
+        self.identity = checkpoint.identity()
+        self.selection = "val_" + task.selection
+        self.patience = schedule.stopping_patience
+        # reference_val_loss: the validation value of the last epoch that reset the patience
+        self.state = {"epoch": 0, "best_epoch": 0, "best_val_loss": math.inf, "reference_val_loss": math.inf,
+                      "bad_epochs": 0, "history": []}
+        self.shuffler = None
+
+    def start(self, train_loader: Any, val_loader: Any) -> tuple[Any, Any]:
+        """Seed, resume from a training state if there is one, prepare; the loaders to iterate."""
+        task, accelerator = self.task, self.accelerator
+        # alike in every process: the seedable samplers take their seed from here at prepare
+        seed_everything(self.checkpoint.seed)
+        resume = load_training_state(self.checkpoint.last_path, self.identity)
+        if resume is not None:
+            self.state = resume.sidecar["state"]
+            if not set(_LOOP_STATE) <= set(self.state):
+                raise ArtifactError(self.checkpoint.last_path,
+                                    "training state written by an older cxrlib; delete it to train afresh")
+            for name, network in task.networks.items():
+                network.load_state_dict(resume.tensors(name))
+        task.prepare(accelerator, self.runtime.cpu_bf16)
+        # a loader that is not sharded keeps drawing from its own generator: saved with the state to resume
+        self.shuffler = None if task.shards_data else getattr(train_loader, "generator", None)
+        if task.shards_data:
+            train_loader, val_loader = accelerator.prepare(train_loader, val_loader)
+        if resume is not None:
+            for name, optimizer in task.optimizers.items():
+                resume.load_optimizer(name, optimizer)
+            task.load_state(resume.sidecar.get("task", {}))
+            if self.shuffler is not None:
+                self.shuffler.set_state(resume.tensors("shuffler")["state"])
+        return train_loader, val_loader
+
+    def continues(self) -> bool:
+        return self.state["epoch"] < self.schedule.max_epochs and (
+            self.patience is None or self.state["bad_epochs"] < self.patience)
+
+    def epoch(self, train_loader: Any, val_loader: Any) -> tuple[dict[str, float], float]:
+        """Train and validate one epoch, keep its weights if they are the best, save the training state;
+        the epoch's mean losses and its selecting validation value."""
+        task, accelerator, state, schedule = self.task, self.accelerator, self.state, self.schedule
+        epoch = state["epoch"] + 1
+        kept = _kept(self.checkpoint.best_path, state["best_epoch"])
+        # per-epoch seeding makes a resumed run draw what an uninterrupted one would
+        seed_everything(process_seed(self.checkpoint.seed, epoch, accelerator.process_index))
+        for loader in (train_loader, val_loader):
+            if hasattr(loader, "set_epoch"):
+                loader.set_epoch(epoch)
+        started = time.perf_counter()
+        try:
+            losses = _train_epoch(task, train_loader, accelerator)
+        except FloatingPointError as err:
+            raise FloatingPointError(f"{err} in epoch {epoch}; training stopped and {kept}. Lower the "
+                                     "learning rate or check the inputs for NaN/inf.") from None
+        train_seconds = time.perf_counter() - started
+        validation = task.validate(val_loader)
+        value = validation[task.selection]
+        check_finite(value, "validation loss", epoch, kept)
+        task.end_epoch(validation)
+        state["epoch"] = epoch
+        state["history"].append({"epoch": epoch, **{f"train_{k}": v for k, v in losses.items()},
+                                 **{f"val_{k}": v for k, v in validation.items()},
+                                 "seconds": time.perf_counter() - started, "train_seconds": train_seconds,
+                                 "bf16": uses_bf16(accelerator, self.runtime.cpu_bf16)})
+        if schedule.keep == "last" or value < state["best_val_loss"]:
+            state.update(best_epoch=epoch, best_val_loss=value)
+            if accelerator.is_main_process:
+                _save_kept(task.kept, self.checkpoint, state, self.selection, finished=False)
+        if schedule.keep == "last" or value < state["reference_val_loss"] * (1 - schedule.min_improvement):
+            state.update(reference_val_loss=value, bad_epochs=0)
+        else:
+            state["bad_epochs"] += 1
+        if accelerator.is_main_process:
+            tensors = {name: accelerator.unwrap_model(network).state_dict() for name, network in task.networks.items()}
+            if self.shuffler is not None:
+                tensors["shuffler"] = {"state": self.shuffler.get_state()}
+            save_training_state(self.checkpoint.last_path, tensors=tensors, optimizers=task.optimizers,
+                                sidecar={**self.identity, "state": state, "task": task.state()})
+        accelerator.wait_for_everyone()
+        return losses, value
+
+    def finish(self) -> FitResult:
+        """Load the kept weights into ``task.target``, mark the checkpoint finished, drop the training state."""
+        accelerator, state, path = self.accelerator, self.state, self.checkpoint.best_path
+        stopped_early = self.patience is not None and state["bad_epochs"] >= self.patience
+        load_weights(self.task.target, path, config=self.checkpoint.config_dict())
+        accelerator.wait_for_everyone()
+        if accelerator.is_main_process:
+            _save_kept(self.task.target, self.checkpoint, state, self.selection, finished=True,
+                       stopped_early=stopped_early)
+            remove_training_state(self.checkpoint.last_path)
+        accelerator.wait_for_everyone()
+        self.task.target.eval()
+        return FitResult(history=state["history"], best_epoch=state["best_epoch"],
+                         best_val_loss=state["best_val_loss"], checkpoint_path=path, trained=True,
+                         max_epochs=self.schedule.max_epochs, patience=self.patience, stopped_early=stopped_early)
+
+
+def _train_epoch(task: TrainingTask, loader: Any, accelerator: Accelerator) -> dict[str, float]:
+    """One epoch of ``task.step``; each loss's mean over the epoch's items, gathered from every process
+    (NaN for a loss no step reported). A non-finite loss raises ``FloatingPointError``."""
+    names = task.loss_names
+    sums = torch.zeros(len(names), device=accelerator.device, dtype=torch.float64)
+    counts = torch.zeros_like(sums)
     for batch in loader:
-        optimizer.zero_grad(set_to_none=True)
-        with autocast(accelerator, cpu_bf16):
-            loss = loss_fn(model, batch)
-        # every process checks every process's loss, so all stop together instead of one hanging
-        losses = accelerator.gather(loss.detach().float().reshape(1))
-        check_finite(losses, "training loss", epoch, _kept(best_path, best_epoch))
-        accelerator.backward(loss)
-        optimizer.step()
-        if after_step is not None:
-            after_step()
-        if scheduler is not None:
-            scheduler.step()
-        total += losses.sum()
-        count += losses.numel()
-    return (total / count).item()
+        losses = task.step(batch)
+        unknown = set(losses) - set(names)
+        if unknown:
+            raise KeyError(f"the step reported {sorted(unknown)}, not among the task's loss_names {names}")
+        present = torch.tensor([name in losses for name in names], device=sums.device)
+        values = torch.stack([losses[name].detach().double().reshape(()) if name in losses
+                              else torch.zeros((), dtype=torch.float64, device=sums.device) for name in names])
+        size = torch.tensor([float(batch_size_of(batch))], dtype=torch.float64, device=sums.device)
+        # every process checks every process's losses, so all stop together instead of one hanging
+        gathered = accelerator.gather(torch.cat([values, size]).reshape(1, -1))
+        check_finite(gathered[:, :-1][:, present], "training loss", None, None)
+        sizes = gathered[:, -1:]
+        sums += torch.where(present, (gathered[:, :-1] * sizes).sum(0), 0.0)
+        counts += present * sizes.sum()
+    return dict(zip(names, (sums / counts).tolist()))
 
 
-@torch.no_grad()
-def _validation_loss(model, loss_fn, loader, accelerator, cpu_bf16) -> float:
-    model.eval()
-    sums = torch.zeros(2, device=accelerator.device, dtype=torch.float64)
-    for batch in loader:
-        with autocast(accelerator, cpu_bf16):
-            loss = loss_fn(model, batch)
-        size = _batch_size(batch)
-        sums += torch.stack([loss.detach().double() * size, torch.tensor(size, device=sums.device,
-                                                                          dtype=torch.float64)])
-    sums = accelerator.reduce(sums, reduction="sum")
-    return (sums[0] / sums[1]).item()
-
-
-def _batch_size(batch: Any) -> int:
+def batch_size_of(batch: Any) -> int:
+    """The number of items in a batch: a tensor, or a mapping, list or tuple whose first entry is one."""
     if isinstance(batch, torch.Tensor):
         return batch.shape[0]
     if isinstance(batch, Mapping):
-        return _batch_size(next(iter(batch.values())))
+        return batch_size_of(next(iter(batch.values())))
     if isinstance(batch, (list, tuple)):
-        return _batch_size(batch[0])
+        return batch_size_of(batch[0])
     raise TypeError(f"cannot tell the batch size of a {type(batch).__name__}")
 
 
-def check_finite(value, what: str, epoch: int, kept: str) -> None:
+def check_finite(value, what: str, epoch: int | None, kept: str | None) -> None:
     """Raise ``FloatingPointError`` naming ``what``, the epoch and what was ``kept`` on disk when
-    ``value`` (a number or a tensor) holds NaN or inf."""
+    ``value`` (a number or a tensor) holds NaN or inf (without an epoch: only ``what`` and the values,
+    for the caller to complete)."""
     if bool(torch.isfinite(torch.as_tensor(value)).all()):
         return
-    raise FloatingPointError(f"{what} became {torch.as_tensor(value).flatten().tolist()} in epoch "
-                             f"{epoch}; training stopped and {kept}. Lower the learning rate or check "
-                             "the inputs for NaN/inf.")
+    values = torch.as_tensor(value).flatten().tolist()
+    if epoch is None:
+        raise FloatingPointError(f"{what} became {values}")
+    raise FloatingPointError(f"{what} became {values} in epoch {epoch}; training stopped and {kept}. Lower the "
+                             "learning rate or check the inputs for NaN/inf.")
 
 
 def _kept(best_path: Path, best_epoch: int) -> str:
-    return (f"the best checkpoint {best_path} (epoch {best_epoch}) is unchanged" if best_epoch
+    return (f"the kept checkpoint {best_path} (epoch {best_epoch}) is unchanged" if best_epoch
             else "no checkpoint was written")
 
 
-def _config_dict(config: Any) -> dict[str, Any]:
-    if dataclasses.is_dataclass(config) and not isinstance(config, type):
-        return dataclasses.asdict(config)
-    if isinstance(config, Mapping):
-        return dict(config)
-    raise TypeError(f"config must be a dict or a dataclass instance, not {type(config).__name__}")
-
-
-def check_same_run(path: Path, sidecar: Mapping[str, Any], identity: Mapping[str, Any]) -> None:
-    """Refuse a checkpoint whose sidecar differs from ``identity`` (the sidecar entries that identify
-    a run, e.g. ``{"config": ..., "seed": ...}``) with an :class:`ArtifactError` naming the keys."""
-    differing = config_differences({key: sidecar.get(key) for key in identity}, dict(identity))
-    if differing:
-        raise ArtifactError(path, f"checkpoint saved for another configuration (differs in {differing}); "
-                                  "delete it or choose another checkpoint path")
-
-
-def checkpoint_finished(path: str | Path) -> bool:
-    """Whether a finished checkpoint is at ``path`` (of whichever run: loading it checks that)."""
-    sidecar = Path(path).with_suffix(".json")
-    try:
-        return sidecar.is_file() and bool(read_sidecar(path).get("finished"))
-    except (ArtifactError, OSError, ValueError):
-        return False
-
-
-def finished_sidecar(path: Path, identity: Mapping[str, Any]) -> dict[str, Any] | None:
-    """The sidecar of a finished checkpoint of the run ``identity`` at ``path``; None when there is
-    none or it did not finish; :class:`ArtifactError` when it belongs to another run."""
-    if not path.with_suffix(".json").is_file():
-        return None
-    sidecar = read_sidecar(path)
-    check_same_run(path, sidecar, identity)
-    return sidecar if sidecar.get("finished") else None
-
-
-def save_training_state(path: Path, *, tensors: Mapping[str, Mapping[str, torch.Tensor]],
-                        optimizers: Mapping[str, torch.optim.Optimizer], sidecar: Mapping[str, Any]) -> None:
-    """Write a resumable training state: groups of tensors (state dicts, generator states) and
-    optimizers, by name, to ``path`` (safetensors); ``sidecar`` (JSON-able: identity, loop state,
-    scheduler) with the optimizers' hyper-parameters beside it. :func:`load_training_state` reads it."""
-    flat = {f"{group}.{k}": v.detach().cpu().contiguous() for group, values in tensors.items()
-            for k, v in values.items()}
-    hyper = {}
-    for name, optimizer in optimizers.items():
-        state = optimizer.state_dict()
-        scalars: dict[str, dict[str, Any]] = {}
-        for index, param_state in state["state"].items():
-            for key, value in param_state.items():
-                if isinstance(value, torch.Tensor):
-                    flat[f"{name}.{index}.{key}"] = value.detach().cpu().contiguous()
-                else:
-                    scalars.setdefault(str(index), {})[key] = value
-        hyper[name] = {"param_groups": state["param_groups"], "scalars": scalars}
-    sidecar_path = path.with_suffix(".json")
-    sidecar_path.unlink(missing_ok=True)
-    tmp = path.with_name(path.name + ".partial")
-    save_file(flat, str(tmp))
-    os.replace(tmp, path)
-    try:
-        write_json(sidecar_path, {**sidecar, "optimizers": hyper})
-    except TypeError as err:
-        raise TypeError(f"cannot write the training state to {sidecar_path}: the optimizer or "
-                        f"scheduler state holds something that is not JSON ({err})") from err
-
-
-@dataclass
-class TrainingState:
-    """A training state read back by :func:`load_training_state`."""
-
-    sidecar: dict[str, Any]
-    flat: dict[str, torch.Tensor]
-
-    def tensors(self, group: str) -> dict[str, torch.Tensor]:
-        prefix = group + "."
-        return {k[len(prefix):]: v for k, v in self.flat.items() if k.startswith(prefix)}
-
-    def load_optimizer(self, name: str, optimizer: torch.optim.Optimizer) -> None:
-        per_param: dict[int, dict[str, Any]] = {}
-        for key, value in self.tensors(name).items():
-            index, entry = key.split(".", 1)
-            per_param.setdefault(int(index), {})[entry] = value
-        hyper = self.sidecar["optimizers"][name]
-        for index, values in hyper["scalars"].items():
-            per_param.setdefault(int(index), {}).update(values)
-        optimizer.load_state_dict({"state": per_param, "param_groups": hyper["param_groups"]})
-
-
-def load_training_state(path: Path, identity: Mapping[str, Any]) -> TrainingState | None:
-    """The state :func:`save_training_state` wrote at ``path`` for the run ``identity``; None when
-    there is none; :class:`ArtifactError` when it belongs to another run or an older format."""
-    if not (path.is_file() and path.with_suffix(".json").is_file()):
-        return None
-    sidecar = read_sidecar(path)
-    check_same_run(path, sidecar, identity)
-    if "optimizers" not in sidecar:
-        raise ArtifactError(path, "training state written by an older cxrlib; delete it to train afresh")
-    return TrainingState(sidecar, load_file(str(path)))
-
-
-def remove_training_state(path: Path) -> None:
-    path.unlink(missing_ok=True)
-    path.with_suffix(".json").unlink(missing_ok=True)
-
-
-def _save_best(model, path: Path, config, seed, state, *, finished: bool, stopped_early: bool = False) -> None:
+def _save_kept(model: torch.nn.Module, checkpoint: Checkpoint, state: Mapping[str, Any], selection: str, *,
+               finished: bool, stopped_early: bool = False) -> None:
+    path = checkpoint.best_path
     # drop the old sidecar first: weights without a sidecar never pass for a complete save
     path.with_suffix(".json").unlink(missing_ok=True)
-    save_weights(model, path, config=config, metrics={"val_loss": state["best_val_loss"]},
-                 extra={"seed": seed, "epoch": state["best_epoch"], "history": state["history"],
+    identity = {k: v for k, v in checkpoint.identity().items() if k != "config"}
+    save_weights(model, path, config=checkpoint.config_dict(), metrics={selection: state["best_val_loss"]},
+                 extra={**identity, "epoch": state["best_epoch"], "history": state["history"],
                         "stopped_early": stopped_early, "finished": finished})

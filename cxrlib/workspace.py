@@ -28,7 +28,7 @@ from cxrlib.data.pairs import (make_pairs, max_positive_pairs, official_pair_fil
                                write_pair_file)
 # set by ``cxrlib run --max-steps N``: every notebook opens its profile as a dry run (``max_steps=N``)
 from cxrlib.pipeline import MAX_STEPS_VARIABLE
-from cxrlib.train import machine_description, uses_bf16
+from cxrlib.runtime import machine_description, uses_bf16
 
 
 #: images in the ChestX-ray14 release (Data_Entry_2017_v2020.csv)
@@ -317,7 +317,7 @@ class Workspace:
                 "image_size": self.profile.data.image_size, "phantom": self.is_phantom,
                 # a dry run says so, so that its results are never taken for the reference run's
                 **({"max_steps": self.profile.data.max_steps} if self.profile.data.max_steps else {}),
-                # bf16 autocast for every network (cxrlib.train.autocast)
+                # bf16 autocast for every network (cxrlib.runtime.autocast)
                 "bf16": uses_bf16(),
                 # timings, and results trained in bf16, depend on the machine
                 "machine": {key: machine_description()[key] for key in ("cpu", "cores", "gpu")}}

@@ -13,11 +13,13 @@ from torch.utils.data import DataLoader, TensorDataset
 from cxrlib.anonymize import FlowFieldAnonymizer, load_anonymizer
 from cxrlib.anonymize.privacy_net import PrivacyNetAnonymizer
 from cxrlib.anonymize.adversarial import (
-    LabeledPairDataset, adversarial_losses, batch_loader, frozen_siamese_auc, privacy_loss, pretrain_anonymizer,
-    train_adversarial,
+    AdversarialSettings, AdversarialTask, LabeledPairDataset, adversarial_losses, batch_loader, frozen_siamese_auc,
+    privacy_loss, pretrain_anonymizer, train_adversarial,
 )
 from cxrlib.artifacts import ArtifactError
 from cxrlib.data.chestxray14 import LABELS, DataError
+from cxrlib.checkpoints import checkpoint_finished, load_training_state
+from cxrlib.train import Checkpoint, Runtime, Schedule, train
 
 SIZE = 16
 
@@ -69,6 +71,15 @@ def networks():
     return anonymizer, TinySiamese(), TinyClassifier()
 
 
+def run_adversarial(anonymizer, siamese, classifier, train_loader, val_loader, *, path, max_epochs, patience=None,
+                    config=None, seed=0, **settings):
+    """:func:`train_adversarial` with the schedule, checkpoint and settings spelled as keywords."""
+    return train_adversarial(anonymizer, siamese, classifier, train_loader, val_loader,
+                             schedule=Schedule(max_epochs, patience),
+                             checkpoint=Checkpoint(path, anonymizer.config(), seed, training=config or {}),
+                             settings=AdversarialSettings(**settings), runtime=Runtime(progress=False))
+
+
 def snapshot(module: nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in module.named_parameters()}
 
@@ -106,9 +117,9 @@ def test_total_loss_combines_classifier_bce_and_privacy_term():
 def test_one_iteration_updates_the_networks_it_should(tmp_path, update_adversaries):
     anonymizer, siamese, classifier = networks()
     before = [snapshot(m) for m in (anonymizer, siamese, classifier)]
-    result = train_adversarial(anonymizer, siamese, classifier, pair_loader(n=4), pair_loader(n=4),
+    result = run_adversarial(anonymizer, siamese, classifier, pair_loader(n=4), pair_loader(n=4),
                                max_epochs=1, lr=1e-2, siamese_lr=1e-2, classifier_lr=1e-2,
-                               update_adversaries=update_adversaries, checkpoint_path=tmp_path / "gen",
+                               update_adversaries=update_adversaries, path=tmp_path / "gen",
                                config={"case": update_adversaries}, seed=1)
     assert changed(anonymizer, before[0])
     # the caller's networks stay as they were; the loop trains copies
@@ -122,8 +133,8 @@ def test_one_iteration_updates_the_networks_it_should(tmp_path, update_adversari
 def test_the_frozen_siamese_networks_auc_is_recorded_every_epoch(tmp_path):
     anonymizer, siamese, classifier = networks()
     val = pair_loader(n=8)
-    result = train_adversarial(anonymizer, siamese, classifier, pair_loader(n=8), val, max_epochs=3, lr=1e-2,
-                               siamese_lr=1e-2, checkpoint_path=tmp_path / "gen", config={}, seed=0)
+    result = run_adversarial(anonymizer, siamese, classifier, pair_loader(n=8), val, max_epochs=3, lr=1e-2,
+                               siamese_lr=1e-2, path=tmp_path / "gen", config={}, seed=0)
     curve = [row["val_frozen_auc"] for row in result.history]
     assert len(curve) == 3 and all(0 <= auc <= 1 for auc in curve)
     assert result.epoch_of_lowest_frozen_auc() == min(result.history, key=lambda r: r["val_frozen_auc"])["epoch"]
@@ -152,20 +163,20 @@ def test_adversaries_are_updated_inside_the_loop(monkeypatch, tmp_path):
     import cxrlib.anonymize.adversarial as adversarial
 
     seen = {}
-    original = adversarial._training_step
+    original = adversarial.AdversarialTask.step
 
-    def spy(anonymizer, siamese, classifier, batch, optimizers, **settings):
-        before = snapshot(siamese), snapshot(classifier)
-        record = original(anonymizer, siamese, classifier, batch, optimizers, **settings)
-        seen.setdefault(settings["update_adversaries"], []).append(
-            (changed(siamese, before[0]), changed(classifier, before[1])))
+    def spy(task, batch):
+        before = snapshot(task.siamese), snapshot(task.classifier)
+        record = original(task, batch)
+        seen.setdefault(task.settings.update_adversaries, []).append(
+            (changed(task.siamese, before[0]), changed(task.classifier, before[1])))
         return record
 
-    monkeypatch.setattr(adversarial, "_training_step", spy)
+    monkeypatch.setattr(adversarial.AdversarialTask, "step", spy)
     for flag in (True, False):
         anonymizer, siamese, classifier = networks()
-        train_adversarial(anonymizer, siamese, classifier, pair_loader(n=4), pair_loader(n=4), max_epochs=1,
-                          update_adversaries=flag, checkpoint_path=tmp_path / f"g{flag}", config={}, seed=0)
+        run_adversarial(anonymizer, siamese, classifier, pair_loader(n=4), pair_loader(n=4), max_epochs=1,
+                          update_adversaries=flag, path=tmp_path / f"g{flag}", config={}, seed=0)
     assert seen[True] == [(True, True)]
     assert seen[False] == [(False, False)]
 
@@ -197,8 +208,8 @@ def test_best_generator_is_kept_saved_and_reused(tmp_path, make_anonymizer):
     torch.manual_seed(0)
     anonymizer = make_anonymizer()
     before = snapshot(anonymizer)
-    result = train_adversarial(anonymizer, siamese, classifier, pair_loader(), pair_loader(seed=1),
-                               max_epochs=3, lr=1e-2, checkpoint_path=tmp_path / "gen", config={"a": 1}, seed=0)
+    result = run_adversarial(anonymizer, siamese, classifier, pair_loader(), pair_loader(seed=1),
+                               max_epochs=3, lr=1e-2, path=tmp_path / "gen", config={"a": 1}, seed=0)
     assert result.trained and len(result.history) == 3 and changed(anonymizer, before)
     totals = [r["val_total"] for r in result.history]
     assert result.best_epoch == 1 + totals.index(min(totals)) and result.best_val_total == min(totals)
@@ -210,13 +221,13 @@ def test_best_generator_is_kept_saved_and_reused(tmp_path, make_anonymizer):
 
     torch.manual_seed(1)
     fresh = make_anonymizer()
-    again = train_adversarial(fresh, siamese, classifier, pair_loader(), pair_loader(seed=1), max_epochs=3,
-                              lr=1e-2, checkpoint_path=tmp_path / "gen", config={"a": 1}, seed=0)
+    again = run_adversarial(fresh, siamese, classifier, pair_loader(), pair_loader(seed=1), max_epochs=3,
+                              lr=1e-2, path=tmp_path / "gen", config={"a": 1}, seed=0)
     assert not again.trained and again.history == result.history
     assert torch.equal(fresh(images), expected)
     with pytest.raises(ArtifactError, match="another configuration"):
-        train_adversarial(fresh, siamese, classifier, pair_loader(), pair_loader(seed=1), max_epochs=3,
-                          lr=1e-2, checkpoint_path=tmp_path / "gen", config={"a": 2}, seed=0)
+        run_adversarial(fresh, siamese, classifier, pair_loader(), pair_loader(seed=1), max_epochs=3,
+                          lr=1e-2, path=tmp_path / "gen", config={"a": 2}, seed=0)
 
 
 def _shuffled_pairs(n: int = 12) -> DataLoader:
@@ -228,25 +239,25 @@ def test_interrupted_run_resumes_to_the_uninterrupted_result(tmp_path, monkeypat
 
     def run(path, **kwargs):
         anonymizer, siamese, classifier = networks()
-        result = train_adversarial(anonymizer, siamese, classifier, _shuffled_pairs(), pair_loader(seed=1),
-                                   max_epochs=3, lr=1e-2, checkpoint_path=path, config={"a": 1}, seed=0)
+        result = run_adversarial(anonymizer, siamese, classifier, _shuffled_pairs(), pair_loader(seed=1),
+                                   max_epochs=3, lr=1e-2, path=path, config={"a": 1}, seed=0)
         return anonymizer, result
 
     reference, reference_result = run(tmp_path / "ref")
-    original, calls = adversarial._training_step, {"n": 0}
+    original, calls = adversarial.AdversarialTask.step, {"n": 0}
 
-    def interrupted(*args, **kwargs):
+    def interrupted(task, batch):
         calls["n"] += 1
         if calls["n"] > 2 * 3:  # two epochs of three batches
             raise KeyboardInterrupt
-        return original(*args, **kwargs)
+        return original(task, batch)
 
-    monkeypatch.setattr(adversarial, "_training_step", interrupted)
+    monkeypatch.setattr(adversarial.AdversarialTask, "step", interrupted)
     with pytest.raises(KeyboardInterrupt):
         run(tmp_path / "gen")
     last = tmp_path / "gen.last.safetensors"
-    assert last.is_file() and not (tmp_path / "gen.json").exists()
-    monkeypatch.setattr(adversarial, "_training_step", original)
+    assert last.is_file() and not checkpoint_finished(tmp_path / "gen")
+    monkeypatch.setattr(adversarial.AdversarialTask, "step", original)
     resumed, result = run(tmp_path / "gen")
     assert result.trained and [r["epoch"] for r in result.history] == [1, 2, 3]
     assert [r["val_total"] for r in result.history] == pytest.approx(
@@ -260,16 +271,16 @@ def test_nan_loss_stops_the_adversarial_loop_naming_the_epoch(tmp_path):
     anonymizer, siamese, classifier = networks()
     broken = pair_loader()
     broken.dataset.tensors[3][0, 0] = float("nan")  # a NaN label makes the classifier loss NaN
-    with pytest.raises(FloatingPointError, match="epoch 1; training stopped and nothing was written"):
-        train_adversarial(anonymizer, siamese, classifier, broken, pair_loader(), max_epochs=2,
-                          checkpoint_path=tmp_path / "gen", config={}, seed=0)
+    with pytest.raises(FloatingPointError, match="epoch 1; training stopped and no checkpoint was written"):
+        run_adversarial(anonymizer, siamese, classifier, broken, pair_loader(), max_epochs=2,
+                          path=tmp_path / "gen", config={}, seed=0)
     assert not any(tmp_path.iterdir())
 
 
 def test_patience_stops_the_generator_once_the_validation_total_stops_falling(tmp_path):
     anonymizer, siamese, classifier = networks()
-    result = train_adversarial(anonymizer, siamese, classifier, pair_loader(), pair_loader(seed=1),
-                               max_epochs=30, lr=1e-2, patience=1, checkpoint_path=tmp_path / "gen",
+    result = run_adversarial(anonymizer, siamese, classifier, pair_loader(), pair_loader(seed=1),
+                               max_epochs=30, lr=1e-2, patience=1, path=tmp_path / "gen",
                                config={"a": 1}, seed=0)
     totals = [r["val_total"] for r in result.history]
     assert len(totals) == result.best_epoch + 1 < 30  # one epoch without improvement, then stop
@@ -286,7 +297,7 @@ def test_pretraining_reduces_the_reconstruction_error(tmp_path, make_anonymizer)
     with torch.no_grad():
         start = nn.functional.mse_loss(anonymizer(images), images).item()
     result = pretrain_anonymizer(anonymizer, loader, loader, lr=1e-2, max_epochs=6,
-                                 checkpoint_path=tmp_path / "pre", config={"x": 1}, seed=0, progress=False)
+                                 checkpoint=Checkpoint(tmp_path / "pre", {"x": 1}, 0), runtime=Runtime(progress=False))
     with torch.no_grad():
         end = nn.functional.mse_loss(anonymizer(images), images).item()
     assert end == pytest.approx(result.best_val_loss, rel=1e-4)  # the best weights are kept
@@ -360,8 +371,8 @@ def test_loss_and_score_figures_draw(tmp_path):
     from cxrlib.plots.anonymize import plot_adversarial_history, plot_score_histograms
 
     anonymizer, siamese, classifier = networks()
-    result = train_adversarial(anonymizer, siamese, classifier, pair_loader(n=4), pair_loader(n=4), max_epochs=2,
-                               checkpoint_path=tmp_path / "g", config={}, seed=0)
+    result = run_adversarial(anonymizer, siamese, classifier, pair_loader(n=4), pair_loader(n=4), max_epochs=2,
+                               path=tmp_path / "g", config={}, seed=0)
     fig = plot_adversarial_history({"mu = 0.1": result.history}, kept={"mu = 0.1": result.best_epoch})
     assert len(fig.axes[0].lines) == 3  # training, validation, the kept epoch
     assert len(fig.axes) == 5 and len(fig.axes[-1].lines) == 3  # the frozen AUC, its lowest, the kept epoch
@@ -370,3 +381,39 @@ def test_loss_and_score_figures_draw(tmp_path):
     fig = plot_score_histograms({"original": (np.array([0.9, 0.1]), np.array([1, 0]))})
     assert len(fig.axes) == 1
     plt.close("all")
+
+
+def test_the_shared_engine_drives_the_adversarial_step_by_named_networks_and_optimizers(tmp_path, monkeypatch):
+    """The adversarial task runs through cxrlib.train.train like any other: its three networks and three
+    optimizers are saved and restored by name, and each optimizer steps its own network."""
+    anonymizer, siamese, classifier = networks()
+    task = AdversarialTask(anonymizer, siamese, classifier, AdversarialSettings(lr=1e-2, siamese_lr=1e-2,
+                                                                                classifier_lr=1e-2))
+    assert set(task.optimizers) == {"optimizer", "siamese_optimizer", "classifier_optimizer"}
+    owners = {"optimizer": anonymizer, "siamese_optimizer": task.siamese, "classifier_optimizer": task.classifier}
+    for name, optimizer in task.optimizers.items():
+        assert {id(p) for group in optimizer.param_groups for p in group["params"]} == \
+            {id(p) for p in owners[name].parameters()}
+    checkpoint = Checkpoint(tmp_path / "gen", anonymizer.config(), 0, training={"engine": 1})
+    # stop after the first epoch's state is written, to read it
+    import cxrlib.train as engine
+
+    saved = {}
+    original = engine.save_training_state
+
+    def keep_and_stop(path, **kwargs):
+        original(path, **kwargs)
+        saved["state"] = load_training_state(path, checkpoint.identity())
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(engine, "save_training_state", keep_and_stop)
+    with pytest.raises(KeyboardInterrupt):
+        train(task, pair_loader(n=8), pair_loader(n=4, seed=1), schedule=Schedule(2), checkpoint=checkpoint,
+              runtime=Runtime(progress=False))
+    state = saved["state"]
+    for name, network in task.networks.items():
+        assert set(state.tensors(name)) == set(network.state_dict())
+    for name, optimizer in task.optimizers.items():
+        assert state.sidecar["optimizers"][name]["param_groups"][0]["lr"] == 1e-2
+        assert state.tensors(name), f"{name} holds no state: it never stepped"
+    assert state.sidecar["state"]["history"][0]["train_snn"] > 0

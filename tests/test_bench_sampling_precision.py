@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from cxrlib.train import cpu_computes_bf16
+from cxrlib.runtime import cpu_computes_bf16
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch.utils.data import TensorDataset
 
-from cxrlib import train
+from cxrlib import runtime
 from cxrlib.config import load_profile
 from cxrlib.data.chestxray14 import LABELS, NO_FINDING
 from cxrlib.models.classifier import Classifier
@@ -96,16 +96,16 @@ def test_generate_predicts_the_noise_in_bf16_only_where_the_cpu_computes_it(trai
                         generator=torch.Generator().manual_seed(0), device=CPU, **precision)
 
     fp32 = draw(cpu_bf16=False)
-    monkeypatch.setattr(train, "cpu_computes_bf16", lambda: True)
-    monkeypatch.delenv(train.CPU_BF16_VARIABLE, raising=False)
+    monkeypatch.setattr(runtime, "cpu_computes_bf16", lambda: True)
+    monkeypatch.delenv(runtime.CPU_BF16_VARIABLE, raising=False)
     bf16 = draw()
     assert not torch.equal(bf16, fp32) and torch.equal(bf16, draw())  # another precision, still seeded
     assert (bf16 - fp32).abs().mean() < 0.02  # images in [0, 1]
     assert torch.equal(draw(cpu_bf16=False), fp32)
-    monkeypatch.setenv(train.CPU_BF16_VARIABLE, "0")
+    monkeypatch.setenv(runtime.CPU_BF16_VARIABLE, "0")
     assert torch.equal(draw(), fp32)
-    monkeypatch.delenv(train.CPU_BF16_VARIABLE)
-    monkeypatch.setattr(train, "cpu_computes_bf16", lambda: False)
+    monkeypatch.delenv(runtime.CPU_BF16_VARIABLE)
+    monkeypatch.setattr(runtime, "cpu_computes_bf16", lambda: False)
     assert torch.equal(draw(), fp32)
 
 

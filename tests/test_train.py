@@ -12,10 +12,11 @@ import torch
 from safetensors.torch import load_file
 from torch.utils.data import DataLoader, TensorDataset
 
-from cxrlib import train
+from cxrlib import runtime
 from cxrlib.artifacts import ArtifactError, tensor_digest
-from cxrlib.train import (FitResult, fit, last_checkpoint_path, make_accelerator, process_seed,
-                          seed_everything, training_record)
+from cxrlib.checkpoints import last_checkpoint_path
+from cxrlib.train import Checkpoint, FitResult, Runtime, Schedule, fit, training_record
+from cxrlib.runtime import make_accelerator, process_seed, seed_everything
 
 CONFIG = {"model": "linear", "features": 4}
 
@@ -47,9 +48,9 @@ def _fit(model, path, *, loss_fn=_mse, sign=1.0, max_epochs=4, patience=2, confi
     if scheduler_steps:
         scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=0.1, total_steps=scheduler_steps)
     train, val = _loaders(sign)
-    return fit(model, loss_fn, train, val, optimizer=optimizer, max_epochs=max_epochs, patience=patience,
-               checkpoint_path=path, config=config, seed=seed, scheduler=scheduler, progress=False, keep=keep,
-               ema_decay=ema_decay, min_improvement=min_improvement)
+    return fit(model, loss_fn, train, val, optimizer=optimizer,
+               schedule=Schedule(max_epochs, patience, keep, min_improvement), checkpoint=Checkpoint(path, config, seed),
+               scheduler=scheduler, ema_decay=ema_decay, runtime=Runtime(progress=False))
 
 
 def _weights(model):
@@ -89,14 +90,13 @@ def test_keep_last_trains_every_epoch_and_keeps_the_final_weights(tmp_path):
     model = _model()
     optimizer = torch.optim.Adam(model.parameters(), lr=0.05)
     train, val = _loaders(sign=-1.0)  # validation loss rises: "best" would stop early at epoch 1
-    result = fit(model, _mse, train, val, optimizer=optimizer, max_epochs=4, patience=1,
-                 checkpoint_path=tmp_path / "net", config=CONFIG, seed=0, keep="last", progress=False)
+    result = fit(model, _mse, train, val, optimizer=optimizer, schedule=Schedule(4, patience=1, keep="last"),
+                 checkpoint=Checkpoint(tmp_path / "net", CONFIG, 0), runtime=Runtime(progress=False))
     assert len(result.history) == 4 and result.best_epoch == 4
     assert result.record()["ended_by"] == "fixed budget"  # a schedule run to its end, not a cap
     assert result.best_val_loss == result.history[-1]["val_loss"]
     with pytest.raises(ValueError, match="keep must be"):
-        fit(model, _mse, train, val, optimizer=optimizer, max_epochs=1, patience=1,
-            checkpoint_path=tmp_path / "other", config=CONFIG, seed=0, keep="first")
+        Schedule(1, keep="first")
 
 
 def test_finished_checkpoint_is_reused_without_training(tmp_path):
@@ -233,7 +233,7 @@ def test_empty_loader_is_refused(tmp_path):
     model = _model()
     with pytest.raises(ValueError, match="train_loader.*empty"):
         fit(model, _mse, empty, val, optimizer=torch.optim.SGD(model.parameters(), lr=0.1),
-            max_epochs=1, patience=1, checkpoint_path=tmp_path / "net", config=CONFIG, seed=0)
+            schedule=Schedule(1), checkpoint=Checkpoint(tmp_path / "net", CONFIG, 0))
     assert not any(tmp_path.iterdir())
 
 
@@ -248,23 +248,23 @@ def cpu_with_bf16(monkeypatch):
     """A CPU that computes bf16 in hardware, as far as cxrlib can tell (bf16 runs emulated elsewhere)."""
     if torch.cuda.is_available():
         pytest.skip("CPU-only check")
-    monkeypatch.setattr(train, "cpu_computes_bf16", lambda: True)
-    monkeypatch.delenv(train.CPU_BF16_VARIABLE, raising=False)
+    monkeypatch.setattr(runtime, "cpu_computes_bf16", lambda: True)
+    monkeypatch.delenv(runtime.CPU_BF16_VARIABLE, raising=False)
 
 
 def test_autocast_on_cpu_is_bf16_only_where_the_hardware_computes_it(cpu_with_bf16, monkeypatch):
     accelerator = make_accelerator()
     layer = torch.nn.Linear(4, 4)
-    with train.autocast(accelerator):
+    with runtime.autocast(accelerator):
         assert layer(torch.rand(2, 4)).dtype == torch.bfloat16
-    with train.autocast(accelerator, cpu_bf16=False):  # the networks bf16 slows down
+    with runtime.autocast(accelerator, cpu_bf16=False):  # the networks bf16 slows down
         assert layer(torch.rand(2, 4)).dtype == torch.float32
-    monkeypatch.setenv(train.CPU_BF16_VARIABLE, "0")
-    with train.autocast(accelerator):
+    monkeypatch.setenv(runtime.CPU_BF16_VARIABLE, "0")
+    with runtime.autocast(accelerator):
         assert layer(torch.rand(2, 4)).dtype == torch.float32
-    monkeypatch.delenv(train.CPU_BF16_VARIABLE)
-    monkeypatch.setattr(train, "cpu_computes_bf16", lambda: False)
-    with train.autocast(accelerator):
+    monkeypatch.delenv(runtime.CPU_BF16_VARIABLE)
+    monkeypatch.setattr(runtime, "cpu_computes_bf16", lambda: False)
+    with runtime.autocast(accelerator):
         assert layer(torch.rand(2, 4)).dtype == torch.float32
 
 
@@ -273,8 +273,8 @@ def test_fit_records_the_precision_of_every_epoch_and_learns_in_bf16(tmp_path, c
     model = _model()
     optimizer = torch.optim.Adam(model.parameters(), lr=0.05)
     train_loader, val_loader = _loaders()
-    result = fit(model, _mse, train_loader, val_loader, optimizer=optimizer, max_epochs=4, patience=2,
-                 checkpoint_path=tmp_path / "net", config=CONFIG, seed=0, progress=False, cpu_bf16=cpu_bf16)
+    result = fit(model, _mse, train_loader, val_loader, optimizer=optimizer, schedule=Schedule(4, 2),
+                 checkpoint=Checkpoint(tmp_path / "net", CONFIG, 0), runtime=Runtime(progress=False, cpu_bf16=cpu_bf16))
     assert [h["bf16"] for h in result.history] == [cpu_bf16] * 4
     assert result.history[-1]["val_loss"] < 0.5 * result.history[0]["val_loss"]
     assert all(p.dtype == torch.float32 for p in model.parameters())  # autocast: weights stay fp32
@@ -284,7 +284,8 @@ DDP_SCRIPT = textwrap.dedent("""
     import sys, torch
     from torch.utils.data import DataLoader, TensorDataset
     from safetensors.torch import save_file
-    from cxrlib.train import fit, make_accelerator, seed_everything
+    from cxrlib.train import Checkpoint, Runtime, Schedule, fit
+    from cxrlib.runtime import make_accelerator, seed_everything
 
     out = sys.argv[1]
     accelerator = make_accelerator()
@@ -309,8 +310,8 @@ DDP_SCRIPT = textwrap.dedent("""
         return torch.nn.functional.mse_loss(m(inputs), targets)
 
     result = fit(model, loss, *loaders, optimizer=torch.optim.SGD(model.parameters(), lr=0.05),
-                 max_epochs=2, patience=2, checkpoint_path=out + "/net", config={"m": 1}, seed=0,
-                 accelerator=accelerator, progress=False)
+                 schedule=Schedule(2, 2), checkpoint=Checkpoint(out + "/net", {"m": 1}, 0),
+                 runtime=Runtime(accelerator, progress=False))
     assert accelerator.num_processes == 2, accelerator.num_processes
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, f"{out}/rank{rank}.safetensors")
     save_file({k: torch.cat(v) for k, v in seen.items()}, f"{out}/draws{rank}.safetensors")
@@ -356,7 +357,7 @@ def test_process_seeds_differ_between_processes_and_epochs():
 
 
 def test_checkpoint_finished_reads_the_flag_of_whichever_run(tmp_path):
-    from cxrlib.train import checkpoint_finished
+    from cxrlib.checkpoints import checkpoint_finished
 
     path = tmp_path / "model"
     assert not checkpoint_finished(path)

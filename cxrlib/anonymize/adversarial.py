@@ -26,11 +26,9 @@ official PriCheXy-Net code (``utils/utils.py``: ``pretrain``, ``train``, ``valid
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
-import time
-from collections.abc import Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -41,15 +39,12 @@ import torch.nn.functional as F
 from accelerate import Accelerator
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, RandomSampler
-from tqdm.auto import tqdm
 
 from cxrlib.anonymize.base import Anonymizer
-from cxrlib.artifacts import load_weights, save_weights
 from cxrlib.data.chestxray14 import LABELS, DataError
 from cxrlib.data.datasets import PairDataset
-from cxrlib.train import (FitResult, autocast, check_finite, finished_sidecar, fit, last_checkpoint_path,
-                          load_training_state, make_accelerator, process_seed, remove_training_state,
-                          save_training_state, seed_everything, training_record, use_fast_layout, uses_bf16)
+from cxrlib.runtime import autocast, make_accelerator, use_fast_layout
+from cxrlib.train import Checkpoint, FitResult, Runtime, Schedule, TrainingTask, fit, train
 
 #: the quantities recorded per epoch, for training and validation
 LOSS_NAMES = ("ac", "ver", "log_ver", "total")
@@ -124,20 +119,36 @@ def adversarial_losses(anonymizer: nn.Module, siamese: nn.Module, classifier: nn
     return {"ac": ac, "ver": ver, "log_ver": log_ver, "total": total, "anonymized": anonymized}
 
 
+@dataclass(frozen=True)
+class AdversarialSettings:
+    """The adversarial objective and the three optimizers' learning rates (official: 1e-4 each)."""
+
+    lr: float = 1e-4
+    siamese_lr: float = 1e-4
+    classifier_lr: float = 1e-4
+    w_ac: float = 1.0
+    w_ver: float = 1.0
+    #: False: the adversaries are never updated (notebook 02's diagnostic)
+    update_adversaries: bool = True
+
+    @classmethod
+    def of(cls, config: Any) -> AdversarialSettings:
+        """The settings held by a profile's anonymization section (:class:`~cxrlib.config.AnonymizationConfig`)."""
+        return cls(**{field.name: getattr(config, field.name) for field in dataclasses.fields(cls)})
+
+
 @dataclass
-class AdversarialResult:
-    #: one dict per epoch: ``epoch``; ``train_<name>`` and ``val_<name>`` for ``ac, ver, log_ver,
-    #: total``; ``train_snn`` and ``train_classifier`` (the adversaries' own losses; NaN when they are
-    #: not updated); ``val_frozen_auc`` (the siamese network the training started from, never updated,
-    #: on the validation pairs with their first image anonymized); ``seconds``
-    history: list[dict[str, float]]
-    best_epoch: int
-    best_val_total: float
-    checkpoint_path: Path
-    #: False when a finished checkpoint was loaded instead of training
-    trained: bool
-    max_epochs: int
-    patience: int | None
+class AdversarialResult(FitResult):
+    """A :class:`~cxrlib.train.FitResult` whose history holds, per epoch, ``train_<name>`` and
+    ``val_<name>`` for ``ac, ver, log_ver, total``; ``train_snn`` and ``train_classifier`` (the
+    adversaries' own losses; NaN when they are not updated); ``val_frozen_auc`` (the siamese network
+    the training started from, never updated, on the validation pairs with their first image
+    anonymized)."""
+
+    @property
+    def best_val_total(self) -> float:
+        """The kept generator's validation total loss (the official selection)."""
+        return self.best_val_loss
 
     def epoch_of_lowest_frozen_auc(self) -> int:
         """The epoch whose generator the frozen siamese network separated worst (on validation pairs)."""
@@ -147,21 +158,13 @@ class AdversarialResult:
             raise ValueError("this training recorded no frozen-network AUC")
         return min(curve)[1]
 
-    def record(self) -> dict[str, Any]:
-        """:func:`~cxrlib.train.training_record` of this training."""
-        # train_adversarial stops exactly when the patience runs out
-        stopped = self.patience is not None and len(self.history) - self.best_epoch >= self.patience
-        return training_record(len(self.history), self.best_epoch, self.max_epochs, self.patience, stopped)
-
 
 def pretrain_anonymizer(anonymizer: Anonymizer, train_loader: DataLoader, val_loader: DataLoader, *,
-                        lr: float, max_epochs: int, checkpoint_path: str | Path, config: Mapping[str, Any],
-                        seed: int, progress: bool | None = None,
-                        accelerator: Accelerator | None = None) -> FitResult:
+                        lr: float, max_epochs: int, checkpoint: Checkpoint, runtime: Runtime = Runtime()) -> FitResult:
     """Train ``anonymizer`` to reproduce its input (MSE, Adam); loaders yield images first in each batch.
 
     As in the official code there is no early stopping: all ``max_epochs`` run and the weights with
-    the lowest validation MSE are kept (in ``anonymizer`` and at ``checkpoint_path``).
+    the lowest validation MSE are kept (in ``anonymizer`` and at the checkpoint).
     """
     def reconstruction(model: nn.Module, batch) -> torch.Tensor:
         images = batch[0]
@@ -169,174 +172,111 @@ def pretrain_anonymizer(anonymizer: Anonymizer, train_loader: DataLoader, val_lo
 
     optimizer = torch.optim.Adam(anonymizer.parameters(), lr=lr)
     return fit(anonymizer, reconstruction, train_loader, val_loader, optimizer=optimizer,
-               max_epochs=max_epochs, patience=max_epochs, checkpoint_path=checkpoint_path,
-               config=dict(config), seed=seed, progress=progress, accelerator=accelerator)
+               schedule=Schedule(max_epochs), checkpoint=checkpoint, runtime=runtime)
+
+
+class AdversarialTask(TrainingTask):
+    """The adversarial loop's step (see the module docstring) for :func:`~cxrlib.train.train`: three
+    networks and three optimizers, by name; the generator kept by its validation total loss.
+
+    The siamese network and the classifier are copied: the caller's are never modified. A third copy
+    of the siamese network, never updated, scores the validation pairs every epoch (``frozen_auc``).
+    The adversaries are kept in ``channels_last`` (faster, benchmarks/bench_cpu_paths.py); the
+    anonymizer in the default layout, where the gain is smaller, so that a saved one loaded elsewhere
+    computes the same bits.
+    """
+
+    selection = "total"
+    loss_names = (*LOSS_NAMES, "snn", "classifier")
+    #: one process: the loaders as given
+    shards_data = False
+
+    def __init__(self, anonymizer: Anonymizer, siamese: nn.Module, classifier: nn.Module,
+                 settings: AdversarialSettings):
+        self.settings = settings
+        self.anonymizer = anonymizer
+        self.frozen = use_fast_layout(copy.deepcopy(siamese)).eval()
+        self.siamese = use_fast_layout(copy.deepcopy(siamese))
+        self.classifier = use_fast_layout(copy.deepcopy(classifier))
+        self.networks = {"anonymizer": anonymizer, "siamese": self.siamese, "classifier": self.classifier}
+        self.optimizers = {
+            "optimizer": torch.optim.Adam(anonymizer.parameters(), lr=settings.lr),
+            "siamese_optimizer": torch.optim.Adam(self.siamese.parameters(), lr=settings.siamese_lr),
+            "classifier_optimizer": torch.optim.SGD(self.classifier.parameters(), lr=settings.classifier_lr,
+                                                    momentum=0.9, weight_decay=1e-4)}
+        self.kept = self.target = anonymizer
+
+    def prepare(self, accelerator: Accelerator, cpu_bf16: bool) -> None:
+        self.accelerator, self.cpu_bf16 = accelerator, cpu_bf16
+        for network in (self.anonymizer, self.frozen, *self.networks.values()):
+            network.to(accelerator.device)
+
+    def step(self, batch) -> dict[str, torch.Tensor]:
+        """One generator step, then (``update_adversaries``) one step of each adversary."""
+        batch = _to_device(batch, self.accelerator.device)
+        x1, x2, same, labels1 = batch
+        settings, optimizers = self.settings, self.optimizers
+        self.anonymizer.train()
+        self.siamese.eval()
+        self.classifier.eval()
+        # the adversaries only pass gradients through to the anonymizer in this step
+        _requires_grad(self.siamese, False)
+        _requires_grad(self.classifier, False)
+        with autocast(self.accelerator, self.cpu_bf16):
+            losses = adversarial_losses(self.anonymizer, self.siamese, self.classifier, batch, w_ac=settings.w_ac,
+                                        w_ver=settings.w_ver)
+        optimizers["optimizer"].zero_grad(set_to_none=True)
+        losses["total"].backward()
+        optimizers["optimizer"].step()
+        _requires_grad(self.siamese, True)
+        _requires_grad(self.classifier, True)
+        record = {name: losses[name].detach() for name in LOSS_NAMES}
+        if not settings.update_adversaries:
+            return record
+        anonymized = losses["anonymized"].detach()
+        self.siamese.train()
+        optimizers["siamese_optimizer"].zero_grad(set_to_none=True)
+        with autocast(self.accelerator, self.cpu_bf16):
+            snn_loss = F.binary_cross_entropy_with_logits(self.siamese(anonymized, x2).reshape(-1).float(),
+                                                          same.float())
+        snn_loss.backward()
+        optimizers["siamese_optimizer"].step()
+        self.classifier.train()
+        optimizers["classifier_optimizer"].zero_grad(set_to_none=True)
+        with autocast(self.accelerator, self.cpu_bf16):
+            classifier_loss = F.binary_cross_entropy_with_logits(self.classifier(anonymized).float(),
+                                                                 labels1.float())
+        classifier_loss.backward()
+        optimizers["classifier_optimizer"].step()
+        return {**record, "snn": snn_loss.detach(), "classifier": classifier_loss.detach()}
+
+    def validate(self, loader) -> dict[str, float]:
+        return validation_losses(self.anonymizer, self.siamese, self.classifier, loader, w_ac=self.settings.w_ac,
+                                 w_ver=self.settings.w_ver, frozen=self.frozen, accelerator=self.accelerator)
 
 
 def train_adversarial(anonymizer: Anonymizer, siamese: nn.Module, classifier: nn.Module,
-                      train_loader: DataLoader, val_loader: DataLoader, *, max_epochs: int, lr: float = 1e-4,
-                      siamese_lr: float = 1e-4, classifier_lr: float = 1e-4, w_ac: float = 1.0,
-                      w_ver: float = 1.0, update_adversaries: bool = True, patience: int | None = None,
-                      checkpoint_path: str | Path, config: Mapping[str, Any], seed: int, progress: bool | None = None,
-                      accelerator: Accelerator | None = None) -> AdversarialResult:
-    """Train ``anonymizer`` adversarially (see the module docstring); afterwards it holds the best weights.
+                      train_loader: DataLoader, val_loader: DataLoader, *, schedule: Schedule,
+                      checkpoint: Checkpoint, settings: AdversarialSettings = AdversarialSettings(),
+                      runtime: Runtime = Runtime()) -> AdversarialResult:
+    """Train ``anonymizer`` adversarially (an :class:`AdversarialTask` through the shared engine,
+    :func:`~cxrlib.train.train`); afterwards it holds the kept weights.
 
-    Loaders yield ``(x1, x2, same, labels1)`` (:class:`LabeledPairDataset`). ``config`` identifies the
-    run (profile sections, the networks it started from): a finished checkpoint at ``checkpoint_path``
-    saved with the same config and seed is loaded instead of training; one saved with another config
-    raises :class:`~cxrlib.artifacts.ArtifactError`. The checkpoint is an ordinary saved anonymizer
-    (:func:`~cxrlib.anonymize.base.load_anonymizer` reads it), written once, at the end; while
-    training, the state after every epoch (all three networks, their optimizers, the best
-    anonymizer so far and the shuffling generator of ``train_loader``) is kept beside it, as
-    :func:`~cxrlib.train.fit` keeps its own, and an interrupted run resumes from it.
-    Runs on ``accelerator.device`` with its mixed precision, in one process. ``patience``: stop after
-    that many epochs without a lower validation total loss (None: all ``max_epochs``, as published).
+    Loaders yield ``(x1, x2, same, labels1)`` (:class:`LabeledPairDataset`). ``checkpoint.training``
+    names what the training starts from (profile sections, the networks); with the schedule and
+    ``settings`` it identifies the run: a finished checkpoint of the same run is loaded instead of
+    training, one of another raises :class:`~cxrlib.artifacts.ArtifactError`. The checkpoint is an
+    ordinary saved anonymizer (:func:`~cxrlib.anonymize.base.load_anonymizer` reads it); an
+    interrupted run resumes from the state kept beside it. ``schedule.patience``: stop after that many
+    epochs without a lower validation total loss (None: all ``max_epochs``, as published). Runs on
+    ``runtime.accelerator``'s device with its mixed precision, in one process.
     """
-    if max_epochs < 1:
-        raise ValueError(f"max_epochs must be at least 1, got {max_epochs}")
-    for name, loader in (("train_loader", train_loader), ("val_loader", val_loader)):
-        if len(loader) == 0:
-            raise ValueError(f"{name} yields no batches: its dataset is empty")
-    path = Path(checkpoint_path).with_suffix(".safetensors")
-    last_path = last_checkpoint_path(path)
-    training = {"config": dict(config), "seed": seed, "max_epochs": max_epochs, "lr": lr,
-                "siamese_lr": siamese_lr, "classifier_lr": classifier_lr, "w_ac": w_ac, "w_ver": w_ver,
-                "update_adversaries": update_adversaries, "patience": patience}
-    identity = {"training": training}
-    finished = finished_sidecar(path, identity)
-    if finished is not None:
-        load_weights(anonymizer, path, config=anonymizer.config())
-        anonymizer.eval()
-        return AdversarialResult(history=finished["history"], best_epoch=finished["best_epoch"],
-                                 best_val_total=finished["metrics"]["val_total"], checkpoint_path=path,
-                                 trained=False, max_epochs=max_epochs, patience=patience)
-
-    accelerator = accelerator or make_accelerator()
-    device = accelerator.device
-    seed_everything(seed)
-    # the siamese network as the caller gave it, never updated: its AUC per epoch is the privacy the
-    # generator has reached against the network it started from
-    frozen = use_fast_layout(copy.deepcopy(siamese).to(device)).eval()
-    # the adversaries in channels_last (faster, benchmarks/bench_cpu_paths.py); the anonymizer keeps the
-    # default layout, where the gain is smaller, so that a saved one loaded elsewhere computes the same bits
-    siamese = use_fast_layout(copy.deepcopy(siamese).to(device))
-    classifier = use_fast_layout(copy.deepcopy(classifier).to(device))
-    anonymizer.to(device)
-    optimizers = {
-        "optimizer": torch.optim.Adam(anonymizer.parameters(), lr=lr),
-        "siamese_optimizer": torch.optim.Adam(siamese.parameters(), lr=siamese_lr),
-        "classifier_optimizer": torch.optim.SGD(classifier.parameters(), lr=classifier_lr, momentum=0.9,
-                                                weight_decay=1e-4)}
-    networks = {"anonymizer": anonymizer, "siamese": siamese, "classifier": classifier}
-    shuffler = getattr(train_loader, "generator", None)
-
-    state = {"epoch": 0, "best_epoch": 0, "best_val_total": math.inf, "history": []}
-    best_state = None
-    resume = load_training_state(last_path, identity)
-    if resume is not None:
-        state = resume.sidecar["state"]
-        for name, module in networks.items():
-            module.load_state_dict(resume.tensors(name))
-        for name, optimizer in optimizers.items():
-            resume.load_optimizer(name, optimizer)
-        best_state = resume.tensors("best")
-        if shuffler is not None:
-            shuffler.set_state(resume.tensors("shuffler")["state"])
-
-    bar = tqdm(range(state["epoch"] + 1, max_epochs + 1), unit="epoch", leave=False, desc=path.stem,
-               disable=None if progress is None else not progress)
-    for epoch in bar:
-        seed_everything(process_seed(seed, epoch, accelerator.process_index))
-        started = time.perf_counter()
-        sums: dict[str, float] = {}
-        count = 0
-        for batch in train_loader:
-            batch = _to_device(batch, device)
-            losses = _training_step(anonymizer, siamese, classifier, batch, optimizers, w_ac=w_ac, w_ver=w_ver,
-                                    update_adversaries=update_adversaries, accelerator=accelerator)
-            check_finite(losses["total"], "adversarial training loss", epoch, _kept(path, state))
-            size = batch[0].shape[0]
-            for key, value in losses.items():
-                sums[key] = sums.get(key, 0.0) + value * size
-            count += size
-        record = {"epoch": epoch, **{f"train_{k}": v / count for k, v in sums.items()}}
-        record.update({f"val_{k}": v for k, v in validation_losses(anonymizer, siamese, classifier,
-                                                                   val_loader, w_ac=w_ac, w_ver=w_ver, frozen=frozen,
-                                                                   accelerator=accelerator).items()})
-        check_finite(record["val_total"], "adversarial validation loss", epoch, _kept(path, state))
-        record["seconds"] = time.perf_counter() - started
-        record["bf16"] = uses_bf16(accelerator)
-        state["history"].append(record)
-        state["epoch"] = epoch
-        if record["val_total"] < state["best_val_total"]:
-            state.update(best_val_total=record["val_total"], best_epoch=epoch)
-            best_state = {k: v.detach().clone() for k, v in anonymizer.state_dict().items()}
-        tensors = {**{name: module.state_dict() for name, module in networks.items()}, "best": best_state}
-        if shuffler is not None:
-            tensors["shuffler"] = {"state": shuffler.get_state()}
-        save_training_state(last_path, tensors=tensors, optimizers=optimizers,
-                            sidecar={**identity, "state": state})
-        bar.set_postfix(total=f"{record['train_total']:.4f}", val=f"{record['val_total']:.4f}")
-        if patience is not None and epoch - state["best_epoch"] >= patience:
-            break
-
-    anonymizer.load_state_dict(best_state)
-    anonymizer.eval()
-    save_weights(anonymizer, path, config=anonymizer.config(), metrics={"val_total": state["best_val_total"]},
-                 extra={**identity, "history": state["history"], "best_epoch": state["best_epoch"],
-                        "finished": True})
-    remove_training_state(last_path)
-    return AdversarialResult(history=state["history"], best_epoch=state["best_epoch"],
-                             best_val_total=state["best_val_total"], checkpoint_path=path, trained=True,
-                             max_epochs=max_epochs, patience=patience)
-
-
-def _kept(path: Path, state: dict[str, Any]) -> str:
-    where = last_checkpoint_path(path)
-    return (f"the state of epoch {state['epoch']} is kept in {where}" if state["epoch"]
-            else f"nothing was written to {path}")
-
-
-def _training_step(anonymizer, siamese, classifier, batch, optimizers: Mapping[str, torch.optim.Optimizer], *,
-                   w_ac, w_ver, update_adversaries, accelerator) -> dict[str, float]:
-    """One generator step, then (``update_adversaries``) one step of each adversary; ``optimizers`` by name:
-    ``optimizer`` (the anonymizer's), ``siamese_optimizer``, ``classifier_optimizer``."""
-    optimizer, siamese_optimizer, classifier_optimizer = (
-        optimizers["optimizer"], optimizers["siamese_optimizer"], optimizers["classifier_optimizer"])
-    x1, x2, same, labels1 = batch
-    anonymizer.train()
-    siamese.eval()
-    classifier.eval()
-    # the adversaries only pass gradients through to the anonymizer in this step
-    _requires_grad(siamese, False)
-    _requires_grad(classifier, False)
-    with autocast(accelerator):
-        losses = adversarial_losses(anonymizer, siamese, classifier, batch, w_ac=w_ac, w_ver=w_ver)
-    optimizer.zero_grad(set_to_none=True)
-    losses["total"].backward()
-    optimizer.step()
-    _requires_grad(siamese, True)
-    _requires_grad(classifier, True)
-    record = {k: losses[k].item() for k in LOSS_NAMES}
-    record["snn"] = record["classifier"] = math.nan
-    if update_adversaries:
-        anonymized = losses["anonymized"].detach()
-        siamese.train()
-        siamese_optimizer.zero_grad(set_to_none=True)
-        with autocast(accelerator):
-            snn_loss = F.binary_cross_entropy_with_logits(siamese(anonymized, x2).reshape(-1).float(),
-                                                          same.float())
-        snn_loss.backward()
-        siamese_optimizer.step()
-        classifier.train()
-        classifier_optimizer.zero_grad(set_to_none=True)
-        with autocast(accelerator):
-            classifier_loss = F.binary_cross_entropy_with_logits(classifier(anonymized).float(),
-                                                                 labels1.float())
-        classifier_loss.backward()
-        classifier_optimizer.step()
-        record["snn"], record["classifier"] = snn_loss.item(), classifier_loss.item()
-    return record
+    training = {"config": dict(checkpoint.training or {}), "max_epochs": schedule.max_epochs,
+                **dataclasses.asdict(settings), "patience": schedule.patience}
+    checkpoint = dataclasses.replace(checkpoint, config=anonymizer.config(), training=training)
+    task = AdversarialTask(anonymizer, siamese, classifier, settings)
+    result = train(task, train_loader, val_loader, schedule=schedule, checkpoint=checkpoint, runtime=runtime)
+    return AdversarialResult(**vars(result))
 
 
 @torch.no_grad()

@@ -43,12 +43,14 @@ from accelerate import Accelerator
 from torch import nn
 from torch.utils.data import Dataset
 
-from cxrlib.anonymize.adversarial import AdversarialResult, batch_loader, pretrain_anonymizer, train_adversarial
+from cxrlib.anonymize.adversarial import (AdversarialResult, AdversarialSettings, batch_loader,
+                                         pretrain_anonymizer, train_adversarial)
 from cxrlib.anonymize.base import Anonymizer, register
 from cxrlib.config import AnonymizationConfig
 from cxrlib.models.unets import UNet
 from cxrlib.parallel import map_in_processes
-from cxrlib.train import FitResult, checkpoint_finished
+from cxrlib.checkpoints import checkpoint_finished
+from cxrlib.train import Checkpoint, FitResult, Runtime, Schedule
 
 REFERENCE_SIZE = 256
 REFERENCE_KERNEL, REFERENCE_SIGMA = 9, 2.0
@@ -263,9 +265,10 @@ def train_prichexy_net(config: AnonymizationConfig, image_size: int, *, siamese:
                                      smoothing_sigma=config.smoothing_sigma)
     pretraining = pretrain_anonymizer(
         pretrained, batch_loader(images[0], config.batch_size, seed), batch_loader(images[1], config.batch_size),
-        lr=config.pretrain_lr, max_epochs=config.pretrain_epochs, checkpoint_path=artifact_path("prichexy_pretrain"),
-        config={"anonymizer": pretrained.config(), "batch_size": config.batch_size}, seed=seed,
-        progress=progress, accelerator=accelerator)
+        lr=config.pretrain_lr, max_epochs=config.pretrain_epochs,
+        checkpoint=Checkpoint(artifact_path("prichexy_pretrain"),
+                              {"anonymizer": pretrained.config(), "batch_size": config.batch_size}, seed),
+        runtime=Runtime(accelerator, progress))
     settings = {"anonymization": dataclasses.asdict(config), "pretrained": pretraining.checkpoint_path.name,
                 **identity}
     settings_of = {mu: (config, artifact_path(checkpoint_name(mu))) for mu in config.mu_values}
@@ -290,10 +293,10 @@ def _train_adversarially(anonymizer: FlowFieldAnonymizer, siamese: nn.Module, cl
     """One mu of :func:`train_prichexy_net`: the pretrained generator trained against the judges."""
     result = train_adversarial(
         anonymizer, siamese, classifier, batch_loader(pairs[0], config.batch_size, seed, config.pairs_per_epoch),
-        batch_loader(pairs[1], config.batch_size), max_epochs=config.adversarial_epochs, lr=config.lr,
-        siamese_lr=config.siamese_lr, classifier_lr=config.classifier_lr, w_ac=config.w_ac, w_ver=config.w_ver,
-        update_adversaries=config.update_adversaries, patience=config.adversarial_patience,
-        checkpoint_path=checkpoint_path, config=settings, seed=seed, progress=progress, accelerator=accelerator)
+        batch_loader(pairs[1], config.batch_size),
+        schedule=Schedule(config.adversarial_epochs, config.adversarial_patience),
+        checkpoint=Checkpoint(checkpoint_path, anonymizer.config(), seed, training=settings),
+        settings=AdversarialSettings.of(config), runtime=Runtime(accelerator, progress))
     return anonymizer.eval(), result
 
 

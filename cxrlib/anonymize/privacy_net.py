@@ -32,11 +32,12 @@ from accelerate import Accelerator
 from torch import nn
 from torch.utils.data import Dataset
 
-from cxrlib.anonymize.adversarial import AdversarialResult, batch_loader, pretrain_anonymizer, train_adversarial
+from cxrlib.anonymize.adversarial import (AdversarialResult, AdversarialSettings, batch_loader,
+                                         pretrain_anonymizer, train_adversarial)
 from cxrlib.anonymize.base import Anonymizer, register
 from cxrlib.config import AnonymizationConfig
 from cxrlib.models.unets import UNet
-from cxrlib.train import FitResult
+from cxrlib.train import Checkpoint, FitResult, Runtime, Schedule
 
 
 @register
@@ -89,17 +90,16 @@ def train_privacy_net(config: AnonymizationConfig, *, siamese: nn.Module, classi
 
     pretraining = pretrain_anonymizer(
         anonymizer, batch_loader(images[0], config.batch_size, seed), batch_loader(images[1], config.batch_size),
-        lr=config.pretrain_lr, max_epochs=config.pretrain_epochs, checkpoint_path=artifact_path("privacy_net_pretrain"),
-        config={"anonymizer": anonymizer.config(), "batch_size": config.batch_size}, seed=seed,
-        progress=progress, accelerator=accelerator)
+        lr=config.pretrain_lr, max_epochs=config.pretrain_epochs,
+        checkpoint=Checkpoint(artifact_path("privacy_net_pretrain"),
+                              {"anonymizer": anonymizer.config(), "batch_size": config.batch_size}, seed),
+        runtime=Runtime(accelerator, progress))
     result = train_adversarial(
         anonymizer, siamese, classifier, batch_loader(pairs[0], config.batch_size, seed, config.pairs_per_epoch),
         batch_loader(pairs[1], config.batch_size),
-        max_epochs=config.adversarial_epochs, lr=config.lr, siamese_lr=config.siamese_lr,
-        classifier_lr=config.classifier_lr, w_ac=config.w_ac, w_ver=config.w_ver,
-        update_adversaries=config.update_adversaries,
-            patience=config.adversarial_patience, checkpoint_path=artifact_path("privacy_net"),
-        config={"anonymization": dataclasses.asdict(config), "pretrained": pretraining.checkpoint_path.name,
-                **identity},
-        seed=seed, progress=progress, accelerator=accelerator)
+        schedule=Schedule(config.adversarial_epochs, config.adversarial_patience),
+        checkpoint=Checkpoint(artifact_path("privacy_net"), anonymizer.config(), seed,
+                              training={"anonymization": dataclasses.asdict(config),
+                                        "pretrained": pretraining.checkpoint_path.name, **identity}),
+        settings=AdversarialSettings.of(config), runtime=Runtime(accelerator, progress))
     return PrivacyNet(pretraining=pretraining, anonymizer=anonymizer.eval(), result=result)

@@ -61,7 +61,7 @@ def cpu_paths_block(results: Results) -> str | None:
              else "at their training batch sizes")
     processes = next(iter(side_by_side.values()), None)
     precision = ("On a CPU that computes bf16 in hardware, like this one, every network trains in bf16 "
-                 "autocast (`cxrlib.train.autocast`; `CXRLIB_CPU_BF16=0` keeps fp32), with `channels_last` "
+                 "autocast (`cxrlib.runtime.autocast`; `CXRLIB_CPU_BF16=0` keeps fp32), with `channels_last` "
                  "where it is faster; elsewhere fp32. The latent diffusion model's attention, and its "
                  "autoencoder's group norms, compute in fp32 inside it (`cxrlib.models.diffusion."
                  "keep_fp32_on_cpu`): their bf16 kernels are slower on a CPU. The U-Net samples in bf16 "

@@ -22,7 +22,7 @@ from torch import nn
 
 from cxrlib.metrics import standardized_pixels
 from cxrlib.models.siamese import SiameseNetwork
-from cxrlib.train import default_device, map_batches
+from cxrlib.runtime import default_device, map_batches
 
 Embedder = Callable[[torch.Tensor], torch.Tensor]
 

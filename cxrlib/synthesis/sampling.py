@@ -17,7 +17,7 @@ from cxrlib.config import SynthesisConfig
 from cxrlib.metrics import ssim_psnr
 from cxrlib.models.diffusion import LatentDiffusion
 from cxrlib.synthesis.privacy_filter import PrivacyFilter, Thresholds
-from cxrlib.train import cpu_uses_bf16, default_device, tqdm_disabled
+from cxrlib.runtime import cpu_uses_bf16, default_device, tqdm_disabled
 
 
 @torch.no_grad()

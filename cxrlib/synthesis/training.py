@@ -23,7 +23,8 @@ from tqdm.auto import tqdm
 from cxrlib.config import SynthesisConfig
 from cxrlib.models.diffusion import (LatentDiffusion, build_autoencoder, build_noise_scheduler,
                                      build_unet, decode_latents, encode_images)
-from cxrlib.train import FitResult, default_device, fit, seed_everything, tqdm_disabled
+from cxrlib.train import Checkpoint, FitResult, Runtime, Schedule, fit
+from cxrlib.runtime import default_device, seed_everything, tqdm_disabled
 
 
 class AutoencoderObjective(nn.Module):
@@ -84,10 +85,10 @@ def train_autoencoder(train_images: Dataset, val_images: Dataset, config: Synthe
         DataLoader(train_images, batch_size=config.batch_size, shuffle=True, generator=generator),
         DataLoader(val_images, batch_size=config.batch_size),
         optimizer=torch.optim.AdamW(objective.parameters(), lr=config.autoencoder_lr),
-        max_epochs=config.autoencoder_epochs, patience=config.patience, min_improvement=config.min_improvement,
-        checkpoint_path=checkpoint_path, config=training_config(config, image_size, "autoencoder"),
+        schedule=Schedule(config.autoencoder_epochs, config.patience, min_improvement=config.min_improvement),
+        checkpoint=Checkpoint(checkpoint_path, training_config(config, image_size, "autoencoder"), seed),
         # bf16 (on CPUs that compute it) with its attention and group norms in fp32 (build_autoencoder)
-        seed=seed, progress=progress)
+        runtime=Runtime(progress=progress))
     return autoencoder, result
 
 
@@ -169,14 +170,12 @@ def train_latent_unet(posteriors: tuple[torch.Tensor, ...], val_posteriors: tupl
                    generator=generator),
         DataLoader(TensorDataset(*val_posteriors), batch_size=config.batch_size),
         optimizer=torch.optim.AdamW(unet.parameters(), lr=config.unet_lr),
-        max_epochs=config.unet_epochs, patience=config.patience, min_improvement=config.min_improvement,
-        checkpoint_path=checkpoint_path,
+        schedule=Schedule(config.unet_epochs, config.patience, min_improvement=config.min_improvement),
         # not the scaling factor: it follows from the autoencoder, and its last digits from the device
-        config=training_config(config, image_size, "unet"),
+        checkpoint=Checkpoint(checkpoint_path, training_config(config, image_size, "unet"), seed),
         # bf16 (on CPUs that compute it) with its attention in fp32 (ConditionalLatentUNet); channels_last
         # slows it down (benchmarks/bench_cpu_paths.py)
-        seed=seed, progress=progress, channels_last=False,
-        ema_decay=config.unet_ema_decay or None)
+        runtime=Runtime(progress=progress), channels_last=False, ema_decay=config.unet_ema_decay or None)
     return unet, scheduler, result
 
 
