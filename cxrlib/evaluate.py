@@ -394,7 +394,8 @@ def setting(result: dict[str, Any], *, short: bool = False) -> str:
     if result["method"] == "flow_field":
         if short:
             return f"mu={params['mu']:g}"
-        bound = displacement_bound_pixels(params["mu"])
+        # a run records the bound its geometry gave; older runs moved pixels by another rule
+        bound = params.get("max_displacement_px", displacement_bound_pixels(params["mu"]))
         return f"mu = {params['mu']:g} (at most {bound:.2g} px at {params['image_size']} px)"
     if result["method"] == "dp_pix":
         return f"b={params['b']}" if short else f"b = {params['b']}, eps = {params['eps']:g}, m = {params['m']:g}"

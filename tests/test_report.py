@@ -372,3 +372,20 @@ def test_loop_ratio_comes_from_gpu_checks_cpu_figures_beside_the_readme(copied_r
     assert "(`benchmarks/gpu_check.py --profile cpu`, Test CPU, mixed precision no;" in flat
     assert "the siamese network (convnet_spatial, batch 32) 300 against 100 images/s (3.00x)" in flat
     assert "the classifier network (convnet_spatial, batch 32) 500 against 250 images/s (2.00x)" in flat
+
+
+def test_prichexy_geometry_is_the_one_the_run_recorded_not_the_codes_current_rule():
+    """A run trained under an older geometry (mu a share of the image: 0.32 px at 64 px) is described by
+    what it recorded, in the table and in the sentence, never relabelled with today's 1.28 px."""
+    from cxrlib.report.blocks import tradeoff_reading_block, tradeoff_table_block
+
+    results = load_results(RESULTS)
+    for row in results["prichexy_net"]["per_mu"]:
+        row["max_displacement_px"] = row["mu"] * 63 / 2  # the older rule: mu a share of the 64 px image
+    table = tradeoff_table_block(results)
+    assert "mu = 0.01 (at most 0.32 px at 64 px)" in table and "1.3 px" not in table
+    assert "at most 0.32 px at 64 px, not the paper's 1.28 px" in tradeoff_reading_block(results)
+    for row in results["prichexy_net"]["per_mu"]:
+        row["max_displacement_px"] = 255 * row["mu"] / 2
+    assert "mu = 0.01 (at most 1.3 px at 64 px)" in tradeoff_table_block(results)
+    assert "at most 1.28 px at 64 px, as the paper's at 256 px" in tradeoff_reading_block(results)
