@@ -17,11 +17,14 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from cxrlib.attacks import IdentityProfile
 from cxrlib.config import load_profile
+from cxrlib.data.chestxray14 import LABELS
 from cxrlib.evaluate import short_label
 from cxrlib.linkage import LinkagePanel
 from cxrlib.publish.comparison import AuditSummary, PublishingResults, ReleaseUtility
 from cxrlib.report import results_section
+from cxrlib.results.data import DataResults, data_results
 from cxrlib.results.prichexy_net import (DIAGNOSTIC_ROW, LOWER_BOUND, SMALLEST, WORST_FOUND, PriCheXyNetResults,
                                          mu_label, prichexy_net_results)
 from cxrlib.results.reidentification import ReidentificationResults, reidentification_results
@@ -33,7 +36,7 @@ ROOT = Path(__file__).resolve().parents[1]
 #: the committed results folders, which the report and the README read
 COMMITTED = [ROOT / "results" / "cpu", ROOT / "results" / "cpu-chestxray14-sample"]
 #: each metrics file and the type that writes it
-TYPES = {"reidentification.json": ReidentificationResults, "prichexy_net.json": PriCheXyNetResults,
+TYPES = {"data.json": DataResults, "reidentification.json": ReidentificationResults, "prichexy_net.json": PriCheXyNetResults,
          "tradeoff.json": TradeoffResults, "synthesis.json": SynthesisResults, "publishing.json": PublishingResults}
 
 
@@ -80,6 +83,37 @@ def test_the_report_reads_the_results_written_by_the_types(tmp_path):
         kind.from_json(payload).save(copy / name, context=context)
         assert canonical(json.loads((copy / name).read_text())) == canonical(committed(source, name))
     assert results_section(copy, link_root=tmp_path) == results_section(source, link_root=source.parent)
+
+
+# -- notebook 00 -----------------------------------------------------------------------------------
+
+
+def test_data_results_from_what_notebook_00_measured():
+    payload = committed(COMMITTED[0], "data.json")
+    meta = pd.DataFrame({"image": [f"{i}.png" for i in range(6)], "patient_id": [1, 1, 1, 2, 2, 3],
+                         "follow_up": [0, 1, 2, 0, 1, 0], "age": [40, 41, 43, 50, 50, 60], "sex": list("MMMFFF"),
+                         "view": ["PA"] * 6, "finding_labels": ["No Finding"] * 6, **{label: 0 for label in LABELS}})
+    split_table = pd.DataFrame({"train": {"images": 4, "patients": 2}, "test": {"images": 2, "patients": 1}}).T
+    comparison = pd.DataFrame({"area": {"real q2.5": 0.1, "phantom share outside": 0.2}}).T
+    profiles = [IdentityProfile.from_json(p) for p in payload["identity_profiles"]]
+    results = data_results(real_metadata={"images": 112120}, working_metadata=meta, splits_source="patients",
+                           split_table=split_table, real_mask_count=10, real_masks_with_two_lungs=9,
+                           lung_comparison=comparison, outside_real_range={"area": "20 %"}, identity_profiles=profiles,
+                           phantom_cues_inside_real_ci={"raw_pixels": True})
+    written = results.to_json()
+    assert written["splits"] == {"source": "patients", "train": {"images": 4, "patients": 2},
+                                 "test": {"images": 2, "patients": 1}}
+    assert written["working_data"]["images"] == 6 and written["working_data"]["patients"] == 3
+    assert written["lung_fields"] == {"real_masks": 10, "real_masks_with_two_lungs": 9,
+                                      "comparison": {"area": {"real q2.5": 0.1, "phantom share outside": 0.2}},
+                                      "outside_real_range": {"area": "20 %"}}
+    assert canonical(written["identity_profiles"]) == canonical(payload["identity_profiles"])
+    assert set(written) == set(payload) - {"context"}
+    # real data: no lung comparison, no phantom cues
+    real = data_results(real_metadata={}, working_metadata=meta, splits_source="official lists", split_table=split_table,
+                        real_mask_count=10, real_masks_with_two_lungs=9, lung_comparison=None,
+                        outside_real_range=None, identity_profiles=profiles[:1], phantom_cues_inside_real_ci=None)
+    assert real.to_json()["lung_fields"]["comparison"] is None and real.phantom_cues_inside_real_ci is None
 
 
 # -- notebook 03 -----------------------------------------------------------------------------------
