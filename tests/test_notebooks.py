@@ -48,15 +48,16 @@ LONGEST_DICT_LINES = 10
 
 def notebook_code_problems(source: str) -> list[str]:
     """What a notebook code cell does that belongs in the library: a function or class defined (also a
-    lambda bound to a name), or a dict display or comprehension spanning more than
-    :data:`LONGEST_DICT_LINES` lines."""
+    lambda bound to a name), or a dict (a display, a comprehension or a ``dict(...)`` call) spanning more
+    than :data:`LONGEST_DICT_LINES` lines."""
     problems = []
     for node in ast.walk(ast.parse(source)):
         if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
             problems.append(f"line {node.lineno} defines {node.name}")
         elif isinstance(node, (ast.Assign, ast.AnnAssign)) and isinstance(node.value, ast.Lambda):
             problems.append(f"line {node.lineno} binds a lambda to a name")
-        elif isinstance(node, (ast.Dict, ast.DictComp)):
+        elif isinstance(node, (ast.Dict, ast.DictComp)) or (
+                isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "dict"):
             lines = node.end_lineno - node.lineno + 1
             if lines > LONGEST_DICT_LINES:
                 problems.append(f"line {node.lineno} builds a dict over {lines} lines")
@@ -67,6 +68,10 @@ def test_notebook_code_problems_finds_functions_and_long_dicts():
     long_dict = "x = {\n" + "".join(f"    'k{i}': {i},\n" for i in range(10)) + "}\n"
     assert notebook_code_problems(long_dict) == ["line 1 builds a dict over 12 lines"]
     assert notebook_code_problems("x = {\n" + "".join(f"    'k{i}': {i},\n" for i in range(8)) + "}\n") == []
+    long_call = "x = dict(\n" + "".join(f"    k{i}={i},\n" for i in range(10)) + ")\n"
+    assert notebook_code_problems(long_call) == ["line 1 builds a dict over 12 lines"]
+    long_comprehension = "x = {k: v\n" + "     for k, v in y.items()\n" * 10 + "}\n"
+    assert notebook_code_problems(long_comprehension) == ["line 1 builds a dict over 12 lines"]
     assert notebook_code_problems("def f():\n    pass\n") == ["line 1 defines f"]
     assert notebook_code_problems("async def f():\n    pass\n") == ["line 1 defines f"]
     assert notebook_code_problems("class C:\n    pass\n") == ["line 1 defines C"]
