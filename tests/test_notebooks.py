@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import json
 import os
 import subprocess
@@ -39,6 +40,52 @@ def test_source_notebooks_have_no_outputs_and_a_parameters_cell():
         for name in ("profile", "data_dir", "seed", "results_dir", "artifacts_dir"):
             assert f"{name} =" in source, f"{path.name}: parameter {name} missing"
         assert nb["metadata"]["kernelspec"]["name"] == "cxrlib"
+
+
+#: the longest dict display a notebook cell may build; results JSON is assembled by typed objects of the library
+LONGEST_DICT_LINES = 10
+
+
+def notebook_code_problems(source: str) -> list[str]:
+    """What a notebook code cell does that belongs in the library: a function or class defined (also a
+    lambda bound to a name), or a dict (a display, a comprehension or a ``dict(...)`` call) spanning more
+    than :data:`LONGEST_DICT_LINES` lines."""
+    problems = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            problems.append(f"line {node.lineno} defines {node.name}")
+        elif isinstance(node, (ast.Assign, ast.AnnAssign)) and isinstance(node.value, ast.Lambda):
+            problems.append(f"line {node.lineno} binds a lambda to a name")
+        elif isinstance(node, (ast.Dict, ast.DictComp)) or (
+                isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "dict"):
+            lines = node.end_lineno - node.lineno + 1
+            if lines > LONGEST_DICT_LINES:
+                problems.append(f"line {node.lineno} builds a dict over {lines} lines")
+    return problems
+
+
+def test_notebook_code_problems_finds_functions_and_long_dicts():
+    long_dict = "x = {\n" + "".join(f"    'k{i}': {i},\n" for i in range(10)) + "}\n"
+    assert notebook_code_problems(long_dict) == ["line 1 builds a dict over 12 lines"]
+    assert notebook_code_problems("x = {\n" + "".join(f"    'k{i}': {i},\n" for i in range(8)) + "}\n") == []
+    long_call = "x = dict(\n" + "".join(f"    k{i}={i},\n" for i in range(10)) + ")\n"
+    assert notebook_code_problems(long_call) == ["line 1 builds a dict over 12 lines"]
+    long_comprehension = "x = {k: v\n" + "     for k, v in y.items()\n" * 10 + "}\n"
+    assert notebook_code_problems(long_comprehension) == ["line 1 builds a dict over 12 lines"]
+    assert notebook_code_problems("def f():\n    pass\n") == ["line 1 defines f"]
+    assert notebook_code_problems("async def f():\n    pass\n") == ["line 1 defines f"]
+    assert notebook_code_problems("class C:\n    pass\n") == ["line 1 defines C"]
+    assert notebook_code_problems("f = lambda x: x\n") == ["line 1 binds a lambda to a name"]
+    # an inline lambda (a sort key, a rename) defines nothing
+    assert notebook_code_problems("sorted(xs, key=lambda x: -x)\n") == []
+
+
+def test_notebooks_define_no_functions_and_build_no_long_dicts():
+    # magics and shell escapes are not Python; none of the notebooks uses them, so parsing must succeed
+    problems = [f"{path.name} cell {index}: {problem}" for path in NOTEBOOKS
+                for index, cell in enumerate(json.loads(path.read_text())["cells"]) if cell["cell_type"] == "code"
+                for problem in notebook_code_problems("".join(cell["source"]))]
+    assert not problems, "\n".join(problems)
 
 
 def run_smoke(tmp_path: Path, *arguments: str, env: dict | None = None) -> Path:
