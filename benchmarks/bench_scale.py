@@ -31,8 +31,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from cxrlib.report.benchmarks import RELEASE_IMAGES, scale_table  # noqa: E402
 LISTS = ROOT / "tests" / "data" / "chestxray14"
-RELEASE_IMAGES = 112_120
 TEST_IMAGES = 25_596
 
 
@@ -139,29 +140,6 @@ def _measure(name: str, *args):
     return globals()[name](*args)
 
 
-def markdown(report: dict) -> str:
-    """The README's table of scale figures, from a saved report."""
-    m, p, r, a = (report[k] for k in ("metadata_splits_pairs", "prepare_throughput", "retrieval_evaluation",
-                                      "activation_memory"))
-    pairs = ", ".join(f"{n:,} in {s:.1f} s" for n, s in zip(m["pair_counts"], m["pairs_s"].values()))
-    hours = ", ".join(f"{h:.1f} h on {c} core{'s' if c != '1' else ''}" for c, h in p["hours_for_release"].items())
-    rows = [
-        ("metadata (112,120 rows) + official splits", f"{m['metadata_s']:.1f} s + {m['splits_s']:.1f} s"),
-        ("verification pairs at the paper's counts", f"{pairs}; peak memory {m['peak_mib']:,.0f} MiB "
-                                                     "(metadata included)"),
-        ("`cxrlib prepare`, 1024 px PNGs -> 256 px cache", f"{p['images_per_s_one_core']:.1f} images/s per core "
-                                                          f"({p['images']} phantom PNGs of {p['png_mib_each']:.2f} MiB)"),
-        (f"prepare all {RELEASE_IMAGES:,} images (extrapolated)", hours),
-        ("cache size", f"{p['cache_gib']['256']:.1f} GiB at 256 px ({p['cache_gib']['1024']:.0f} GiB at 1024 px)"),
-        (f"retrieval evaluation, {r['embeddings']:,} x {r['embeddings']:,} test embeddings ({r['dim']}-d), faiss k-NN",
-         f"{r['seconds']:.0f} s, peak memory {r['peak_mib']:,.0f} MiB"),
-        ("ResNet-50 training activations (fp32), per image / batch 32",
-         "; ".join(f"{s} px: {v['mib_per_image_fp32']:,.0f} MiB / {v['gib_batch_32_fp32']:.1f} GiB"
-                   for s, v in a.items())),
-    ]
-    return "\n".join(["| what | measured |", "|---|---|", *(f"| {k} | {v} |" for k, v in rows)])
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--images", type=int, default=16, help="1024 px PNGs to time prepare on (default 16)")
@@ -170,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="print the README table of a saved report instead of measuring")
     args = parser.parse_args(argv)
     if args.markdown:
-        print(markdown(json.loads(args.markdown.read_text())))
+        print(scale_table(json.loads(args.markdown.read_text())))
         return 0
     context = multiprocessing.get_context("spawn")
     report = {"machine": f"{platform.processor() or platform.machine()}, {multiprocessing.cpu_count()} cores, "

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from cxrlib.cli import main
-from cxrlib.report import (DOCUMENTS, REPORT, ReportError, current_section, load_results, markers,
+from cxrlib.report import (BENCHMARK_BLOCKS, BLOCKS, DOCUMENTS, REPORT, ReportError, current_section, load_results, markers,
                            reference_differences, replace_section, results_section, stage_timings, training_block,
                            training_records, update_readme, write_report)
 from cxrlib.train import training_record
@@ -21,7 +21,8 @@ RESULTS = ROOT / "results" / "cpu"
 @pytest.mark.parametrize("document", list(DOCUMENTS))
 def test_generated_sections_agree_with_results_cpu(document):
     path = ROOT / document
-    assert current_section(path.read_text(), "cpu") == results_section(RESULTS, path.parent, DOCUMENTS[document]), (
+    expected = results_section(RESULTS, path.parent, DOCUMENTS[document], root=ROOT)
+    assert current_section(path.read_text(), "cpu") == expected, (
         f"{document}'s generated section differs from results/cpu: run `cxrlib report --profile cpu` "
         "(run_all.sh does) instead of editing the section by hand")
 
@@ -119,8 +120,8 @@ def _recontext(results: Path, **changes) -> None:
 ])
 def test_only_the_reference_run_writes_the_readmes_any_other_its_report(tmp_path, capsys, run, reason):
     root = tmp_path / "project"
-    (root / "data").mkdir(parents=True)
     for name in DOCUMENTS:  # the real documents, markers and all
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(ROOT / name, root / name)
     before = {name: (root / name).read_bytes() for name in DOCUMENTS}
     results = root / "results" / ("cpu-elsewhere" if run == "folder" else "cpu")
@@ -194,7 +195,7 @@ def test_stage_timings_refuse_a_notebook_papermill_did_not_run(tmp_path):
 def test_cpu_fast_paths_come_from_the_benchmarks_beside_the_readme(copied_results):
     results, readme = copied_results
     root = readme.parent
-    assert "fast paths" not in results_section(results, root)  # no benchmark there: no block
+    assert "fast paths" not in results_section(results, root, BENCHMARK_BLOCKS)  # no benchmark there: no block
     (root / "benchmarks" / "results").mkdir(parents=True)
     machine = {"cpu": "Test CPU", "cores": 2, "torch": "9.9", "torch_cpu_capability": "AVX2", "bf16_flags": []}
     network = {"fp32": {"train": 100.0, "inference": 300.0, "train_ratio": 1.0, "inference_ratio": 1.0},
@@ -203,7 +204,7 @@ def test_cpu_fast_paths_come_from_the_benchmarks_beside_the_readme(copied_result
              "loop": {"fit_train_seconds": 10.5, "bare_loop_seconds": 10.0, "overhead": 0.05, "repeats": 3,
                       "rounds": [{"overhead": o} for o in (0.05, -0.02, 0.11)]}}
     (root / "benchmarks" / "results" / "cpu_paths.json").write_text(json.dumps(paths))
-    section = results_section(results, root)
+    section = results_section(results, root, BENCHMARK_BLOCKS)
     flat = section.replace("\n", " ")
     assert "5.0% longer than a bare loop" in flat and "Test CPU, 2 cores" in flat
     assert "the median of 3 rounds, which ranged from -2.0% to +11.0%" in flat
@@ -211,23 +212,23 @@ def test_cpu_fast_paths_come_from_the_benchmarks_beside_the_readme(copied_result
     assert "without bf16 hardware, like this one, every network trains in fp32" in flat
     with_bf16 = {**paths, "machine": {**machine, "bf16_flags": ["avx512_bf16"]}}
     (root / "benchmarks" / "results" / "cpu_paths.json").write_text(json.dumps(with_bf16))
-    assert "like this one, every network trains in bf16 autocast" in results_section(results, root).replace("\n", " ")
+    assert "like this one, every network trains in bf16 autocast" in results_section(results, root, BENCHMARK_BLOCKS).replace("\n", " ")
     with_batches = {**paths, "batches": {"siamese": {"train": 32, "inference": 128}}}
     (root / "benchmarks" / "results" / "cpu_paths.json").write_text(json.dumps(with_batches))
-    assert "| siamese   | 32 / 128                    | 100 / 300" in results_section(results, root)
+    assert "| siamese   | 32 / 128                    | 100 / 300" in results_section(results, root, BENCHMARK_BLOCKS)
     (root / "benchmarks" / "results" / "cpu_paths.json").write_text(json.dumps(paths))
     processes = {"profile": "cpu", "processes": {"siamese": {"threads": 2, "processes": 3, "ratio": 1.234}}}
     (root / "benchmarks" / "results" / "cpu_processes.json").write_text(json.dumps(processes))
-    assert "1.23 |" in results_section(results, root)
+    assert "1.23 |" in results_section(results, root, BENCHMARK_BLOCKS)
     # measured with another profile: left out
     (root / "benchmarks" / "results" / "cpu_paths.json").write_text(json.dumps({**paths, "profile": "smoke"}))
-    assert "fast paths" not in results_section(results, root)
+    assert "fast paths" not in results_section(results, root, BENCHMARK_BLOCKS)
 
 
 def test_sampling_precision_comes_from_its_benchmark_beside_the_readme(copied_results):
     results, readme = copied_results
     root = readme.parent
-    assert "Sampling in bf16" not in results_section(results, root)
+    assert "Sampling in bf16" not in results_section(results, root, BENCHMARK_BLOCKS)
     (root / "benchmarks" / "results").mkdir(parents=True)
 
     def precision(seconds, aucs):
@@ -239,7 +240,7 @@ def test_sampling_precision_comes_from_its_benchmark_beside_the_readme(copied_re
              "precisions": {"fp32": precision(240.0, [0.72, 0.74]), "bf16": precision(155.0, [0.71, 0.73])},
              "speedup": 240 / 155, "auc_difference": -0.01}
     (root / "benchmarks" / "results" / "sampling_precision.json").write_text(json.dumps(bench))
-    flat = results_section(results, root).replace("\n", " ")
+    flat = results_section(results, root, BENCHMARK_BLOCKS).replace("\n", " ")
     assert "3,944 images of the synthetic data set, drawn from one seed, took 155 s with the U-Net in bf16 " \
            "against 240 s in fp32 (1.55x)" in flat
     assert "5.2% of pixels" in flat and "with the same 2 seeds" in flat
@@ -247,7 +248,7 @@ def test_sampling_precision_comes_from_its_benchmark_beside_the_readme(copied_re
     assert "a difference of -0.010" in flat
     smoke = {**bench, "profile": "smoke"}
     (root / "benchmarks" / "results" / "sampling_precision.json").write_text(json.dumps(smoke))
-    assert "Sampling in bf16" not in results_section(results, root)
+    assert "Sampling in bf16" not in results_section(results, root, BENCHMARK_BLOCKS)
 
     def trained(seconds, best, epochs, loss):
         return {"seconds": seconds, "best_epoch": best, "epochs": epochs, "best_val_loss": loss}
@@ -259,7 +260,7 @@ def test_sampling_precision_comes_from_its_benchmark_beside_the_readme(copied_re
                                "bf16": {**precision(128.0, [0.71, 0.73]), "autoencoder": trained(160, 7, 10, 0.0775),
                                         "unet": trained(640, 33, 36, 0.0483)}}}
     (root / "benchmarks" / "results" / "training_precision.json").write_text(json.dumps(training))
-    flat = results_section(results, root).replace("\n", " ")
+    flat = results_section(results, root, BENCHMARK_BLOCKS).replace("\n", " ")
     assert "`benchmarks/bench_sampling_precision.py --training`, Test CPU, 1 thread per precision" in flat
     assert ("the autoencoder 160 s against 200 s (best epoch 7 of 10 against 6 of 9; validation loss 0.0775 "
             "against 0.0778), the U-Net 640 s against 800 s") in flat and "1.25x as fast together" in flat
@@ -339,7 +340,7 @@ def test_prichexy_schedule_sentence_comes_from_notebook_02s_json():
 def test_audit_time_comes_from_its_benchmark_beside_the_readme(copied_results):
     results, readme = copied_results
     root = readme.parent
-    assert "The audit's time" not in results_section(results, root)
+    assert "The audit's time" not in results_section(results, root, BENCHMARK_BLOCKS)
     (root / "benchmarks" / "results").mkdir(parents=True)
     bench = {"profile": "cpu", "machine": {"cpu": "Test CPU"}, "threads": 2, "images": 5081,
              "attacks": ["retrieval", "raw_pixels"], "internal_seconds": 36.3, "internal_panel_seconds": 21.9,
@@ -347,18 +348,18 @@ def test_audit_time_comes_from_its_benchmark_beside_the_readme(copied_results):
              "release_estimate": {"total_seconds": 3600, "slowest_part": "pixel correlation, best of small shifts",
                                   "slowest_part_seconds": 2364, "slowest_part_growth_exponent": 1.75}}
     (root / "benchmarks" / "results" / "audit.json").write_text(json.dumps(bench))
-    flat = results_section(results, root).replace("\n", " ")
+    flat = results_section(results, root, BENCHMARK_BLOCKS).replace("\n", " ")
     assert "**The audit's time** (`benchmarks/bench_audit.py`, Test CPU, 2 threads;" in flat
     assert "5,081 images of the `cpu` phantom with all 2 attacks of its panel took 36 s (the panel 22 s), 77 s" in flat
     assert "about 60 min 0 s" in flat and "(about 39 min 24 s; its time grew as" in flat and "power 1.75" in flat
     (root / "benchmarks" / "results" / "audit.json").write_text(json.dumps({**bench, "profile": "smoke"}))
-    assert "The audit's time" not in results_section(results, root)
+    assert "The audit's time" not in results_section(results, root, BENCHMARK_BLOCKS)
 
 
 def test_loop_ratio_comes_from_gpu_checks_cpu_figures_beside_the_readme(copied_results):
     results, readme = copied_results
     root = readme.parent
-    assert "The shared loop against an official-style one" not in results_section(results, root)
+    assert "The shared loop against an official-style one" not in results_section(results, root, BENCHMARK_BLOCKS)
     (root / "benchmarks" / "results").mkdir(parents=True)
 
     def loop(backbone, batch, shared, official):
@@ -368,7 +369,7 @@ def test_loop_ratio_comes_from_gpu_checks_cpu_figures_beside_the_readme(copied_r
     bench = {"profile": "cpu", "device": "Test CPU", "mixed_precision": "no", "image_size": 64, "steps": 40,
              "siamese": loop("convnet_spatial", 32, 300.0, 100.0), "classifier": loop("convnet_spatial", 32, 500.0, 250.0)}
     (root / "benchmarks" / "results" / "loop_ratio_cpu.json").write_text(json.dumps(bench))
-    flat = results_section(results, root).replace("\n", " ")
+    flat = results_section(results, root, BENCHMARK_BLOCKS).replace("\n", " ")
     assert "(`benchmarks/gpu_check.py --profile cpu`, Test CPU, mixed precision no;" in flat
     assert "the siamese network (convnet_spatial, batch 32) 300 against 100 images/s (3.00x)" in flat
     assert "the classifier network (convnet_spatial, batch 32) 500 against 250 images/s (2.00x)" in flat
@@ -389,3 +390,16 @@ def test_prichexy_geometry_is_the_one_the_run_recorded_not_the_codes_current_rul
         row["max_displacement_px"] = 255 * row["mu"] / 2
     assert "mu = 0.01 (at most 1.3 px at 64 px)" in tradeoff_table_block(results)
     assert "at most 1.28 px at 64 px, as the paper's at 256 px" in tradeoff_reading_block(results)
+
+
+def test_benchmarks_leave_the_readme_for_docs_benchmarks_and_the_scale_table_is_generated(copied_results):
+    results, readme = copied_results
+    root = readme.parent
+    assert not set(BLOCKS) & set(BENCHMARK_BLOCKS)  # each topic once: results in the README, speed in docs/
+    assert "at ChestX-ray14 scale" not in results_section(results, root, BENCHMARK_BLOCKS)  # not measured
+    (root / "benchmarks" / "results").mkdir(parents=True)
+    shutil.copy(ROOT / "benchmarks" / "results" / "scale.json", root / "benchmarks" / "results" / "scale.json")
+    bench = json.loads((root / "benchmarks" / "results" / "scale.json").read_text())
+    section = results_section(results, root, BENCHMARK_BLOCKS)
+    assert f"{bench['bench_seconds']:.0f} s on {bench['machine']}" in section.replace("\n", " ")
+    assert "| cache size | " in section and "| what | measured |" in section

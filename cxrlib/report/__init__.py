@@ -24,9 +24,10 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from cxrlib.report.benchmarks import (AUDIT_BENCHMARK, CPU_PATHS_BENCHMARK, CPU_PROCESSES_BENCHMARK,
-                                      LOOP_BENCHMARK, SAMPLING_PRECISION_BENCHMARK, TRAINING_PRECISION_BENCHMARK,
-                                      audit_benchmark_block, cpu_paths_block, loop_ratio_block,
-                                      sampling_precision_block, training_precision_block)
+                                      LOOP_BENCHMARK, SAMPLING_PRECISION_BENCHMARK, SCALE_BENCHMARK,
+                                      TRAINING_PRECISION_BENCHMARK, audit_benchmark_block, cpu_paths_block,
+                                      loop_ratio_block, sampling_precision_block, scale_block,
+                                      training_precision_block)
 from cxrlib.report.blocks import (KEY_FIGURES, REAL_SAMPLE_RESULTS, identity_cues_block, identity_profile_block,
                                   lung_fields_block, real_sample_block, reidentification_block,
                                   reidentification_table_block, run_block, synthesis_block, synthesis_figure_block,
@@ -36,33 +37,40 @@ from cxrlib.report.loading import (REIDENTIFICATION_COLUMNS, RESULT_FILES, WHOLE
                                    load_results, markers, stage_timings)
 
 __all__ = [
-    "AUDIT_BENCHMARK", "BLOCKS", "CPU_PATHS_BENCHMARK", "CPU_PROCESSES_BENCHMARK", "DOCUMENTS", "FAIR_TEST_BLOCKS",
+    "AUDIT_BENCHMARK", "BENCHMARK_BLOCKS", "BLOCKS", "CPU_PATHS_BENCHMARK", "CPU_PROCESSES_BENCHMARK", "DOCUMENTS", "FAIR_TEST_BLOCKS",
     "LOOP_BENCHMARK", "loop_ratio_block",
     "KEY_FIGURES", "REAL_SAMPLE_RESULTS", "REFERENCE_PROFILE", "REFERENCE_SEED", "REIDENTIFICATION_COLUMNS",
-    "REPORT", "RESULT_FILES", "SAMPLING_PRECISION_BENCHMARK", "TRAINING_PRECISION_BENCHMARK", "WHOLE_NOTEBOOK",
+    "REPORT", "RESULT_FILES", "SAMPLING_PRECISION_BENCHMARK", "SCALE_BENCHMARK", "TRAINING_PRECISION_BENCHMARK", "WHOLE_NOTEBOOK",
     "ReportError", "Results", "audit_benchmark_block", "cpu_paths_block", "current_section", "has_section",
     "identity_cues_block", "identity_profile_block", "load_results", "lung_fields_block", "markers",
     "real_sample_block", "recorded_contexts", "reference_differences", "reference_results",
     "reidentification_block", "reidentification_table_block", "replace_section", "results_section", "run_block",
-    "sampling_precision_block", "stage_timings", "synthesis_block", "synthesis_figure_block", "tradeoff_block",
+    "sampling_precision_block", "scale_block", "stage_timings", "synthesis_block", "synthesis_figure_block", "tradeoff_block",
     "tradeoff_figure_block", "tradeoff_reading_block", "tradeoff_table_block", "training_block",
     "training_precision_block", "training_records", "update_readme", "write_report",
 ]
 
 Block = Callable[[Results], str | None]
 
+#: the README's results: what the run shows (its machine benchmarks are in docs/benchmarks.md)
 BLOCKS: tuple[Block, ...] = (
     run_block, training_block, real_sample_block, identity_profile_block, reidentification_block,
     reidentification_table_block, identity_cues_block, tradeoff_block, tradeoff_table_block,
     tradeoff_reading_block, tradeoff_figure_block, synthesis_block, synthesis_figure_block,
-    audit_benchmark_block, loop_ratio_block, cpu_paths_block, sampling_precision_block, training_precision_block,
 )
 
 #: data/README.md's figures of the phantom as a fair test
 FAIR_TEST_BLOCKS: tuple[Block, ...] = (identity_profile_block, identity_cues_block, lung_fields_block)
 
+#: docs/benchmarks.md: what the benchmark scripts last measured, with the run's profile, and on which machine
+BENCHMARK_BLOCKS: tuple[Block, ...] = (
+    audit_benchmark_block, loop_ratio_block, cpu_paths_block, sampling_precision_block, training_precision_block,
+    scale_block,
+)
+
 #: the documents ``cxrlib report`` writes (paths relative to the project root) and their blocks
-DOCUMENTS: dict[str, tuple[Block, ...]] = {"README.md": BLOCKS, "data/README.md": FAIR_TEST_BLOCKS}
+DOCUMENTS: dict[str, tuple[Block, ...]] = {"README.md": BLOCKS, "data/README.md": FAIR_TEST_BLOCKS,
+                                           "docs/benchmarks.md": BENCHMARK_BLOCKS}
 
 
 def results_section(results_dir: str | Path, link_root: str | Path = ".", blocks: Sequence[Block] = BLOCKS, *,
@@ -108,12 +116,12 @@ def has_section(readme: str | Path, profile: str) -> bool:
 
 
 def update_readme(readme: str | Path, results_dir: str | Path, profile: str,
-                  blocks: Sequence[Block] = BLOCKS) -> bool:
+                  blocks: Sequence[Block] = BLOCKS, root: str | Path | None = None) -> bool:
     """Write the section of ``profile`` (made of ``blocks``) into ``readme`` (atomically); True when it
-    changed."""
+    changed. ``root``: the project folder the benchmarks lie in (default: the README's folder)."""
     readme = Path(readme)
     text = readme.read_text()
-    updated = replace_section(text, results_section(results_dir, readme.parent, blocks), profile,
+    updated = replace_section(text, results_section(results_dir, readme.parent, blocks, root=root), profile,
                               where=str(readme))
     if updated == text:
         return False
@@ -195,8 +203,8 @@ def write_report(results_dir: str | Path, root: str | Path, profile: str | None 
         if not document.is_file() or not has_section(document, REFERENCE_PROFILE):
             written[document] = "no section"
         else:
-            written[document] = "rewritten" if update_readme(document, results_dir, REFERENCE_PROFILE, blocks) \
-                else "unchanged"
+            written[document] = ("rewritten" if update_readme(document, results_dir, REFERENCE_PROFILE, blocks, root)
+                                 else "unchanged")
     return written
 
 

@@ -18,6 +18,9 @@ TRAINING_PRECISION_BENCHMARK = Path("benchmarks/results/training_precision.json"
 AUDIT_BENCHMARK = Path("benchmarks/results/audit.json")
 #: ``benchmarks/gpu_check.py --profile cpu --json``: the shared loop against an official-style one on a CPU
 LOOP_BENCHMARK = Path("benchmarks/results/loop_ratio_cpu.json")
+#: ``benchmarks/bench_scale.py --json``: the paper run's cost at ChestX-ray14 scale (no profile: the release's)
+SCALE_BENCHMARK = Path("benchmarks/results/scale.json")
+RELEASE_IMAGES = 112_120
 
 
 def _benchmark(results: Results, path: Path) -> dict | None:
@@ -174,3 +177,42 @@ def loop_ratio_block(results: Results) -> str | None:
             f"`{LOOP_BENCHMARK.as_posix()}`): trained for {bench['steps']} steps each at {bench['image_size']} px, "
             f"the project's loop (the uint8 cache, Accelerate) against a loop as the papers' code writes it (fp32, "
             f"one PNG decoded and resized per item): {parts[0]} and {parts[1]}.")
+
+
+def scale_table(report: dict) -> str:
+    """The table of ``benchmarks/bench_scale.py``'s figures, from its saved JSON."""
+    m, p, r, a = (report[k] for k in ("metadata_splits_pairs", "prepare_throughput", "retrieval_evaluation",
+                                      "activation_memory"))
+    pairs = ", ".join(f"{n:,} in {s:.1f} s" for n, s in zip(m["pair_counts"], m["pairs_s"].values()))
+    hours = ", ".join(f"{h:.1f} h on {c} core{'s' if c != '1' else ''}" for c, h in p["hours_for_release"].items())
+    rows = [
+        ("metadata (112,120 rows) + official splits", f"{m['metadata_s']:.1f} s + {m['splits_s']:.1f} s"),
+        ("verification pairs at the paper's counts", f"{pairs}; peak memory {m['peak_mib']:,.0f} MiB "
+                                                     "(metadata included)"),
+        ("`cxrlib prepare`, 1024 px PNGs -> 256 px cache", f"{p['images_per_s_one_core']:.1f} images/s per core "
+                                                          f"({p['images']} phantom PNGs of {p['png_mib_each']:.2f} MiB)"),
+        (f"prepare all {RELEASE_IMAGES:,} images (extrapolated)", hours),
+        ("cache size", f"{p['cache_gib']['256']:.1f} GiB at 256 px ({p['cache_gib']['1024']:.0f} GiB at 1024 px)"),
+        (f"retrieval evaluation, {r['embeddings']:,} x {r['embeddings']:,} test embeddings ({r['dim']}-d), faiss k-NN",
+         f"{r['seconds']:.0f} s, peak memory {r['peak_mib']:,.0f} MiB"),
+        ("ResNet-50 training activations (fp32), per image / batch 32",
+         "; ".join(f"{s} px: {v['mib_per_image_fp32']:,.0f} MiB / {v['gib_batch_32_fp32']:.1f} GiB"
+                   for s, v in a.items())),
+    ]
+    return "\n".join(["| what | measured |", "|---|---|", *(f"| {k} | {v} |" for k, v in rows)])
+
+
+def scale_block(results: Results) -> str | None:
+    """What the ``paper`` run costs at the release's scale (``benchmarks/bench_scale.py``)."""
+    file = Path(results.get("root", results["link_root"])) / SCALE_BENCHMARK
+    if not file.is_file():
+        return None
+    try:
+        bench = json.loads(file.read_text())
+    except json.JSONDecodeError as err:
+        raise ReportError(f"{file}: not valid JSON ({err})") from err
+    return (f"**The `paper` path at ChestX-ray14 scale** (`OMP_NUM_THREADS=1 python benchmarks/bench_scale.py "
+            f"--json {SCALE_BENCHMARK.as_posix()}`, {bench['bench_seconds']:.0f} s on {bench['machine']}): each "
+            "figure measured in its own process, on the real metadata and official lists, or extrapolated from "
+            "a timed sample. The retrieval evaluation's embeddings are synthetic, clustered by the official test "
+            "list's patients.\n\n" + scale_table(bench))
