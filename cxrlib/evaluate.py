@@ -43,7 +43,6 @@ import pandas as pd
 import torch
 from torch import nn
 from torch.utils.data import TensorDataset
-from torchmetrics.image import PeakSignalNoiseRatio, StructuralSimilarityIndexMeasure
 
 from cxrlib.anonymize.base import Anonymizer
 from cxrlib.anonymize.flow_field import displacement_bound_pixels
@@ -54,7 +53,7 @@ from cxrlib.data.cache import ImageCache
 from cxrlib.data.chestxray14 import LABELS
 from cxrlib.data.datasets import PairDataset
 from cxrlib.linkage import ATTACK_LABELS, LinkagePanel, descriptor_attacks, linkage_panel, network_attacks
-from cxrlib.metrics import verification_metrics
+from cxrlib.metrics import fidelity, verification_metrics
 from cxrlib.models.siamese import SiameseNetwork
 from cxrlib.reid import (Images, VerificationExperiment, pair_scores, run_checkpoint,
                          verification_experiments)
@@ -345,20 +344,6 @@ def anonymization_panel(anonymized: Images, setup: EvaluationSetup, *, retrained
                *descriptor_attacks(queries, gallery)]
     return linkage_panel(attacks, setup.test_meta["patient_id"].to_numpy(), setup.test_meta["patient_id"].to_numpy(),
                          scope="anonymized", n_bootstrap=setup.bootstrap_samples, seed=setup.seed)
-
-
-def fidelity(original: torch.Tensor, anonymized: torch.Tensor, batch_size: int = 256) -> dict[str, float | None]:
-    """SSIM (mean over images) and PSNR in dB of the whole set (from the mean squared error over all
-    pixels, so that a few images left exactly unchanged by rounding do not make it infinite), in batches.
-    PSNR is None when no pixel changed at all."""
-    ssim = StructuralSimilarityIndexMeasure(data_range=1.0)
-    psnr = PeakSignalNoiseRatio(data_range=1.0)
-    for start in range(0, len(original), batch_size):
-        x, y = original[start:start + batch_size].float(), anonymized[start:start + batch_size].float()
-        ssim.update(y, x)
-        psnr.update(y, x)
-    value = float(psnr.compute())
-    return {"ssim": float(ssim.compute()), "psnr": value if math.isfinite(value) else None}
 
 
 # -- the comparison table --------------------------------------------------------------------------

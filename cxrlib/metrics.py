@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch
 from sklearn import metrics as skm
 from torch import nn
 from torchmetrics.functional.image import multiscale_structural_similarity_index_measure
+from torchmetrics.image import PeakSignalNoiseRatio, StructuralSimilarityIndexMeasure
 from torchmetrics.image.fid import FrechetInceptionDistance
 
 from cxrlib.data.chestxray14 import LABELS, NO_FINDING
@@ -352,21 +354,27 @@ def retrieval_metrics(embeddings, labels, *, normalize: bool = True) -> dict[str
     return {ours: float(accuracy[theirs]) for theirs, ours in _RETRIEVAL_METRICS.items()}
 
 
-def ssim_psnr(original: torch.Tensor, anonymized: torch.Tensor) -> dict[str, float]:
-    """Mean SSIM and PSNR (dB) of anonymized images against the originals, images in [0, 1]."""
-    from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
+def fidelity(original: torch.Tensor, processed: torch.Tensor, batch_size: int = 256) -> dict[str, Any]:
+    """How closely ``processed`` images keep their ``original`` (both (N, C, H, W) in [0, 1], the same order):
+    the project's one SSIM and PSNR, for anonymized images, releases and autoencoder reconstructions alike.
 
-    if original.shape != anonymized.shape or original.ndim != 4:
-        raise ValueError(f"original {tuple(original.shape)} and anonymized {tuple(anonymized.shape)} "
-                         "must both be (B, C, H, W)")
-    original, anonymized = original.float(), anonymized.float()
-    # per image, then averaged, as image-quality tables report it; over the images that changed, since
-    # one unchanged image (PSNR infinite) would make the mean infinite; inf only when none changed
-    changed = (anonymized != original).flatten(1).any(dim=1)
-    psnr = (float(peak_signal_noise_ratio(anonymized[changed], original[changed], data_range=1.0, dim=(1, 2, 3)))
-            if changed.any() else math.inf)
-    return {"ssim": float(structural_similarity_index_measure(anonymized, original, data_range=1.0)),
-            "psnr": psnr, "changed_images": int(changed.sum())}
+    ``ssim``: the mean over images; ``psnr`` (dB): of the whole set, from the mean squared error over all of
+    its pixels, so that images left exactly unchanged (a release where only some images lost burned-in
+    text, rounding to 8 bits) neither make it infinite nor drop out; None when no pixel changed at all.
+    ``changed_images``: how many images differ in any pixel. Computed in batches (torchmetrics).
+    """
+    if original.shape != processed.shape or original.ndim != 4:
+        raise ValueError(f"original {tuple(original.shape)} and processed {tuple(processed.shape)} "
+                         "must both be (N, C, H, W)")
+    ssim, psnr, changed = StructuralSimilarityIndexMeasure(data_range=1.0), PeakSignalNoiseRatio(data_range=1.0), 0
+    for start in range(0, len(original), batch_size):
+        x, y = original[start:start + batch_size].float(), processed[start:start + batch_size].float()
+        ssim.update(y, x)
+        psnr.update(y, x)
+        changed += int((x != y).flatten(1).any(dim=1).sum())
+    value = float(psnr.compute())
+    return {"ssim": float(ssim.compute()), "psnr": value if math.isfinite(value) and changed else None,
+            "changed_images": changed}
 
 
 def quantiles(values, levels: Sequence[float] = (0.05, 0.5, 0.95)) -> dict[str, float]:

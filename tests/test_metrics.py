@@ -6,8 +6,8 @@ import torch
 from sklearn.metrics import roc_auc_score
 
 from cxrlib.data.chestxray14 import LABELS
-from cxrlib.metrics import (bootstrap_mean_aucs, multilabel_auc, percentile_ci, resampled_auc, retrieval_metrics,
-                            roc_points, ssim_psnr, verification_metrics)
+from cxrlib.metrics import (fidelity, bootstrap_mean_aucs, multilabel_auc, percentile_ci, resampled_auc, retrieval_metrics,
+                            roc_points, verification_metrics)
 
 
 def _scores(n=200, separation=1.0, seed=0):
@@ -117,21 +117,22 @@ def test_retrieval_metrics_perfect_and_chance():
         retrieval_metrics(np.eye(3), [0, 1, 2])
 
 
-def test_ssim_psnr():
-    x = torch.rand(2, 1, 32, 32)
-    same = ssim_psnr(x, x.clone())
-    assert same["ssim"] == pytest.approx(1.0) and math.isinf(same["psnr"])
-    noisy = ssim_psnr(x, (x + 0.1 * torch.randn_like(x)).clamp(0, 1))
-    assert noisy["ssim"] < 0.95 and 15 < noisy["psnr"] < 25
+def test_fidelity_matches_hand_computed_values_and_keeps_unchanged_images():
+    torch.manual_seed(0)
+    original = torch.rand(5, 1, 16, 16)
+    shifted = (original + 0.1).clamp(0, 1)
+    mse = ((shifted - original) ** 2).mean().item()
+    got = fidelity(original, shifted, batch_size=2)  # batches: the same as one pass
+    assert got["psnr"] == pytest.approx(10 * math.log10(1 / mse), rel=1e-4)
+    assert 0 < got["ssim"] < 1 and got["changed_images"] == 5
+    assert got == pytest.approx(fidelity(original, shifted, batch_size=5))
+    # an unchanged image among changed ones stays in the set's error: PSNR finite, and lower error than all changed
+    mixed = torch.cat([original[:1], shifted[1:]])
+    partly = fidelity(original, mixed)
+    assert partly["changed_images"] == 4 and math.isfinite(partly["psnr"]) and partly["psnr"] > got["psnr"]
+    assert fidelity(original, original.clone()) == {"ssim": pytest.approx(1.0), "psnr": None, "changed_images": 0}
     with pytest.raises(ValueError, match="must both be"):
-        ssim_psnr(x, x[:1])
-    # an unchanged image (a release where only some images lost burned-in text) leaves the mean finite
-    partly = x.clone()
-    partly[0] = (x[0] + 0.1 * torch.randn_like(x[0])).clamp(0, 1)
-    mixed, first = ssim_psnr(x, partly), ssim_psnr(x[:1], partly[:1])
-    assert mixed["changed_images"] == 1 and mixed["psnr"] == pytest.approx(first["psnr"])
-    assert same["changed_images"] == 0
-
+        fidelity(original, original[:1])
 
 def test_retrieval_metrics_can_rank_by_length_as_well_as_direction():
     """Two patients along one direction, told apart by the vectors' length (as by an image's mean and sd)."""

@@ -22,7 +22,7 @@ from torch.utils.data import TensorDataset
 from cxrlib.artifacts import write_json
 from cxrlib.classify import predict
 from cxrlib.data.chestxray14 import LABELS
-from cxrlib.metrics import multilabel_auc, ssim_psnr
+from cxrlib.metrics import fidelity, multilabel_auc
 from cxrlib.publish.audit import Release, audit_release, read_release
 from cxrlib.publish.batch import BatchSummary, output_names, remove_release, run_batch
 from cxrlib.publish.pipeline import PixelMethod, ReleasePipeline
@@ -146,12 +146,13 @@ def release_images(release: Release, files: Sequence[str] | None = None) -> torc
 @dataclasses.dataclass(frozen=True)
 class ReleaseUtility:
     """What a release leaves its users: a frozen classifier's mean AUC over the findings (bootstrap 95 %
-    CI), and how far the pixels moved from the raw export's (mean SSIM, PSNR in dB)."""
+    CI), and how far the pixels moved from the raw export's (:func:`cxrlib.metrics.fidelity`: mean SSIM,
+    PSNR in dB of the whole set, None when no pixel moved)."""
 
     mean_auc: float
     ci: tuple[float, float]
     ssim: float
-    psnr: float
+    psnr: float | None
 
     @classmethod
     def from_row(cls, row: Mapping[str, Any]) -> "ReleaseUtility":
@@ -173,7 +174,7 @@ def release_utility(classifier: nn.Module, images: torch.Tensor, raw_images: tor
         raise ValueError("a release's utility comes with its bootstrap CI: bootstrap_samples must be at least 1")
     probabilities, truth = predict(classifier, TensorDataset(images, torch.from_numpy(labels)), progress=False)
     auc = multilabel_auc(truth, probabilities, LABELS, n_bootstrap=bootstrap_samples, seed=seed)
-    quality = ssim_psnr(raw_images, images)
+    quality = fidelity(raw_images, images)
     return ReleaseUtility(auc["mean_auc"], auc["ci"], quality["ssim"], quality["psnr"])
 
 

@@ -14,7 +14,7 @@ import torch
 from tqdm.auto import tqdm
 
 from cxrlib.config import SynthesisConfig
-from cxrlib.metrics import ssim_psnr
+from cxrlib.metrics import fidelity
 from cxrlib.models.diffusion import LatentDiffusion
 from cxrlib.synthesis.privacy_filter import PrivacyFilter, Thresholds
 from cxrlib.runtime import cpu_uses_bf16, default_device, tqdm_disabled
@@ -34,9 +34,9 @@ def reconstruct(model: LatentDiffusion, images: torch.Tensor, *, batch_size: int
 def reconstruction_quality(model: LatentDiffusion, images: torch.Tensor, *, batch_size: int = 64,
                            device: torch.device | None = None) -> tuple[torch.Tensor, dict[str, float]]:
     """What the autoencoder keeps of ``images``: their reconstructions (:func:`reconstruct`) and the
-    mean absolute error ``l1`` with SSIM and PSNR (:func:`cxrlib.metrics.ssim_psnr`)."""
+    mean absolute error ``l1`` with SSIM and PSNR (:func:`cxrlib.metrics.fidelity`)."""
     reconstructed = reconstruct(model, images, batch_size=batch_size, device=device)
-    quality = ssim_psnr(images, reconstructed)
+    quality = fidelity(images, reconstructed)
     quality["l1"] = float((images - reconstructed).abs().mean())
     return reconstructed, quality
 
