@@ -43,7 +43,7 @@ def _anonymize(args: argparse.Namespace) -> int:
 
     from cxrlib.publish.batch import default_state_folder, run_batch
     from cxrlib.publish.deidentify import HeaderOptions, load_key
-    from cxrlib.publish.pipeline import ReleasePipeline, pixel_method
+    from cxrlib.publish.pipeline import METHODS, ReleasePipeline, pixel_method, trained_anonymizers
 
     key = load_key(args.key)
     method = pixel_method(args.method, model=args.model, artifacts_dir=args.artifacts, size=args.size,
@@ -52,6 +52,8 @@ def _anonymize(args: argparse.Namespace) -> int:
                            keep_private_creators=tuple(args.keep_private))
     pipeline = ReleasePipeline(key, method, detect_text=not args.no_text_detection, header=header,
                                rename=not args.keep_names)
+    if method.anonymizer is not None and args.model is None and method.source != "parameters":
+        _say_which_model(Path(method.source), trained_anonymizers(args.artifacts, METHODS[args.method]))
     state = args.state or default_state_folder(args.output)
     start = time.perf_counter()
     summary = run_batch(args.input, args.output, pipeline, settings=pipeline.settings(),
@@ -67,6 +69,15 @@ def _anonymize(args: argparse.Namespace) -> int:
     print(f"publish {args.output} as it is; keep the state folder {state} (it maps outputs to inputs; a rerun "
           "resumes from it) and the key private")
     return 0 if summary.ok else 1
+
+
+def _say_which_model(chosen: Path, candidates: list[Path]) -> None:
+    """Name the model a command took by itself: the newest of those found, which may have been trained on
+    other data than the folder at hand."""
+    others = [path for path in candidates if path != chosen]
+    print(f"model: {chosen} (the newest found" + (f"; {len(others)} other(s), e.g. {others[0]}: pass --model to "
+                                                 "choose, one trained on data like this folder's)" if others
+                                                 else ")"))
 
 
 def _prepare(args: argparse.Namespace) -> None:
@@ -152,11 +163,14 @@ def _timings(args: argparse.Namespace) -> None:
 
 def _audit(args: argparse.Namespace) -> None:
     from cxrlib.config import load_profile
-    from cxrlib.publish.audit import audit_release, find_retrieval_network, load_retrieval_network, read_release
+    from cxrlib.publish.audit import (audit_release, find_retrieval_network, load_retrieval_network, read_release,
+                                      trained_retrieval_networks)
     from cxrlib.publish.deidentify import load_key
     from cxrlib.publish.report import CAVEAT, write_report
 
     model_path = args.model or find_retrieval_network(args.artifacts, args.profile)
+    if args.model is None:
+        _say_which_model(model_path, trained_retrieval_networks(args.artifacts, args.profile))
     model = load_retrieval_network(model_path)
     size = args.size or load_profile(args.profile).data.image_size
     progress = False if args.quiet else None

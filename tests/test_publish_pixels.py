@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -18,7 +19,7 @@ from cxrlib.data.chestxray14 import RAW_COLUMNS, SPLIT_FILES, read_metadata, wri
 from cxrlib.data.phantom import generate_phantom
 from cxrlib.publish.deidentify import CXR14_PATIENT_ID, Pseudonymizer
 from cxrlib.publish.phantom_dicom import write_phantom_dicom
-from cxrlib.publish.pipeline import find_trained, output_of, pixel_method
+from cxrlib.publish.pipeline import find_trained, output_of, pixel_method, trained_anonymizers
 
 #: the 1,000 real ChestX-ray14 radiographs in the release layout
 SAMPLE = Path(__file__).resolve().parents[1] / "data" / "chestxray14-sample"
@@ -111,6 +112,7 @@ def test_newest_trained_anonymizer_is_found_and_a_wrong_kind_refused(setup, tmp_
     sidecar = diagnostic.with_suffix(".json")
     sidecar.write_text(json.dumps({**json.loads(sidecar.read_text()), "training": {"update_adversaries": False}}))
     assert find_trained(tmp_path / "artifacts", "flow_field").name == "flow_field-x.safetensors"
+    assert [p.name for p in trained_anonymizers(tmp_path / "artifacts", "flow_field")] == ["flow_field-x.safetensors"]
     method = pixel_method("prichexy", artifacts_dir=root / "artifacts")
     assert method.size == 32
     with pytest.raises(ValueError, match="not flow_field"):
@@ -225,3 +227,23 @@ def test_two_inputs_with_one_release_name_are_refused_not_overwritten(tmp_path, 
     assert len(list((out / "images").iterdir())) == 2
     assert main(args) == 1  # a rerun refuses it again, and keeps the first
     assert "already the output of another input" in capsys.readouterr().err
+
+
+def test_the_command_names_the_model_it_took_and_the_others_it_could_have(setup, tmp_path, capsys):
+    """A model picked by itself may have been trained on other data: the command line says which it took."""
+    root = setup["root"]
+    artifacts = tmp_path / "artifacts"
+    shutil.copytree(root / "artifacts", artifacts)
+    args = ["anonymize", str(setup["png"] / "images"), None, "--key", str(root / "key"), "--method", "prichexy",
+            "--artifacts", str(artifacts), "--no-text-detection", "--quiet"]
+    args[2] = str(tmp_path / "one")
+    assert main(args) == 0
+    assert "model: " + str(artifacts / "cpu" / "flow_field-x.safetensors") + " (the newest found)" in capsys.readouterr().out
+    newer = FlowFieldAnonymizer(mu=0.01, image_size=32, features=8, poolings=2)
+    newer.save(artifacts / "cpu" / "other-data" / "flow_field-y")
+    os.utime(artifacts / "cpu" / "other-data" / "flow_field-y.safetensors", (2e9, 2e9))  # the newest
+    args[2] = str(tmp_path / "two")
+    assert main(args) == 0
+    out = capsys.readouterr().out.replace("\n", " ")
+    assert f"model: {artifacts / 'cpu' / 'other-data' / 'flow_field-y.safetensors'} (the newest found; 1 other(s)" in out
+    assert "pass --model to choose" in out

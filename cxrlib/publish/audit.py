@@ -71,14 +71,22 @@ def load_retrieval_network(path: str | Path) -> reid.RetrievalNetwork:
     return model.eval()
 
 
-def find_retrieval_network(artifacts_dir: str | Path, profile: str) -> Path:
-    """The newest finished retrieval network notebook 01 saved for ``profile``."""
+def trained_retrieval_networks(artifacts_dir: str | Path, profile: str) -> list[Path]:
+    """Every finished retrieval network notebook 01 saved for ``profile``, of whatever data (one folder each
+    under ``artifacts_dir/profile``), the newest first."""
     found = [p for p in (Path(artifacts_dir) / profile).glob("*/retrieval-*.safetensors")
              if ".last" not in p.name and not p.stem.endswith("-frozen") and p.with_suffix(".json").is_file()]
+    return sorted(found, key=lambda p: p.stat().st_mtime, reverse=True)
+
+
+def find_retrieval_network(artifacts_dir: str | Path, profile: str) -> Path:
+    """The newest of :func:`trained_retrieval_networks` (the command line names it, and how many others
+    there are)."""
+    found = trained_retrieval_networks(artifacts_dir, profile)
     if not found:
         raise DataError(Path(artifacts_dir) / profile, "no trained retrieval network; run notebook 01 for this "
                                                        "profile or pass --model PATH.safetensors")
-    return max(found, key=lambda p: p.stat().st_mtime)
+    return found[0]
 
 
 @dataclass

@@ -39,9 +39,10 @@ CSV_PATIENT_CHARACTERISTICS = ("age", "sex", "width", "height", "spacing_x", "sp
 METHODS = {"none": None, "prichexy": "flow_field", "dp-pix": "dp_pix", "privacy-net": "privacy_net"}
 
 
-def find_trained(artifacts_dir: str | Path, registered: str) -> Path:
-    """The newest saved anonymizer of kind ``registered`` under ``artifacts_dir``; never one trained against
-    adversaries that were not updated (notebook 02's diagnostic), which no release should be made with."""
+def trained_anonymizers(artifacts_dir: str | Path, registered: str) -> list[Path]:
+    """Every saved anonymizer of kind ``registered`` under ``artifacts_dir``, of whatever data, profile or
+    mu, the newest first; never one trained against adversaries that were not updated (notebook 02's
+    diagnostic), which no release should be made with."""
     found = []
     for sidecar in Path(artifacts_dir).rglob("*.json"):
         weights = sidecar.with_suffix(".safetensors")
@@ -55,10 +56,16 @@ def find_trained(artifacts_dir: str | Path, registered: str) -> Path:
         diagnostic = isinstance(training, dict) and training.get("update_adversaries") is False
         if isinstance(config, dict) and config.get("anonymizer") == registered and not diagnostic:
             found.append(weights)
+    return sorted(found, key=lambda p: p.stat().st_mtime, reverse=True)
+
+
+def find_trained(artifacts_dir: str | Path, registered: str) -> Path:
+    """The newest of :func:`trained_anonymizers` (the command line names it, and how many others there are)."""
+    found = trained_anonymizers(artifacts_dir, registered)
     if not found:
         raise DataError(artifacts_dir, f"no trained {registered} anonymizer here; run notebooks 02/03 "
                                        "or pass --model PATH.safetensors")
-    return max(found, key=lambda p: p.stat().st_mtime)
+    return found[0]
 
 
 @dataclass
