@@ -16,9 +16,10 @@ import time
 from pathlib import Path
 
 import torch
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import DataLoader
 
 from cxrlib.config import load_profile
+from cxrlib.data.datasets import TensorItems
 from cxrlib.models.siamese import SiameseNetwork
 from cxrlib.reid import verification_loss
 from cxrlib.train import Checkpoint, Runtime, Schedule, fit
@@ -40,10 +41,10 @@ def main() -> None:
     size = profile.image_size
     seed_everything(0)
     x = torch.rand(args.pairs, 2, 1, size, size)
-    pairs = TensorDataset(x[:, 0], x[:, 1], (torch.rand(args.pairs) < 0.5).float())
+    pairs = TensorItems(image1=x[:, 0], image2=x[:, 1], same=(torch.rand(args.pairs) < 0.5).float())
     model = SiameseNetwork(config.backbone, False, config.features)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
-    warmup = TensorDataset(*(t[: 2 * config.batch_size] for t in pairs.tensors))
+    warmup = TensorItems(**{k: t[: 2 * config.batch_size] for k, t in pairs.tensors.items()})
     with tempfile.TemporaryDirectory() as tmp:
         for name, data in (("warmup", warmup), ("timed", pairs)):
             loader = DataLoader(data, batch_size=config.batch_size, shuffle=True, drop_last=True)

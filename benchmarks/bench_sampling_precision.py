@@ -32,10 +32,10 @@ from unittest import mock
 
 import numpy as np
 import torch
-from torch.utils.data import TensorDataset
 
 from cxrlib import synthesis
 from cxrlib.classify import predict, train_classifier
+from cxrlib.data.datasets import TensorItems
 from cxrlib.data.chestxray14 import LABELS
 from cxrlib.metrics import multilabel_auc
 from cxrlib.parallel import map_in_processes, worker_threads
@@ -84,8 +84,8 @@ def classifier_auc(workspace: tuple, images: torch.Tensor, classifier_seed: int,
     ws = _workspace(*workspace)
     conditions, n_train = _conditions(ws)
     classifier, fitted = train_classifier(
-        TensorDataset(images[:n_train], conditions[:n_train]),
-        TensorDataset(images[n_train:], conditions[n_train:]), ws.profile.classifier, seed=classifier_seed, checkpoint_path=Path(folder) / "classifier", progress=False)
+        TensorItems(image=images[:n_train], labels=conditions[:n_train]),
+        TensorItems(image=images[n_train:], labels=conditions[n_train:]), ws.profile.classifier, seed=classifier_seed, checkpoint_path=Path(folder) / "classifier", progress=False)
     probabilities, labels = predict(classifier, ws.images("test"), progress=False)
     return {"seed": classifier_seed, "mean_auc": multilabel_auc(labels, probabilities, n_bootstrap=0)["mean_auc"],
             **fitted.record()}

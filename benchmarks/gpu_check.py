@@ -78,7 +78,8 @@ def random_pairs(meta: pd.DataFrame, count: int, seed: int) -> pd.DataFrame:
 
 
 class DecodedPerItem(Dataset):
-    """The official datasets' way: open, decode and resize one PNG with PIL per item, in fp32."""
+    """The official datasets' way: open, decode and resize one PNG with PIL per item, in fp32 (items in the
+    project's dict form, so that both loops run the same loss)."""
 
     def __init__(self, data_dir: Path, pairs: pd.DataFrame | None, meta: pd.DataFrame, size: int):
         self.locate, self.size = ImageLocator(data_dir), size
@@ -93,9 +94,10 @@ class DecodedPerItem(Dataset):
     def __getitem__(self, i: int):
         if self.pairs is not None:
             a, b, label = self.pairs.iloc[i]
-            return self._image(a), self._image(b), torch.tensor(float(label))
+            return {"image1": self._image(a), "image2": self._image(b), "same": torch.tensor(float(label))}
         row = self.meta.iloc[i]
-        return self._image(row["image"]), torch.from_numpy(row[list(LABELS)].to_numpy(dtype=np.float32))
+        return {"image": self._image(row["image"]),
+                "labels": torch.from_numpy(row[list(LABELS)].to_numpy(dtype=np.float32))}
 
 
 def official_style_rate(model: torch.nn.Module, loss_fn, loader: DataLoader, device: torch.device,
@@ -105,7 +107,7 @@ def official_style_rate(model: torch.nn.Module, loss_fn, loader: DataLoader, dev
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
     images, started = 0, None
     for step, batch in enumerate(loader):
-        batch = [t.to(device) for t in batch]
+        batch = {key: t.to(device) for key, t in batch.items()}
         optimizer.zero_grad(set_to_none=True)
         loss_fn(model, batch).backward()
         optimizer.step()
@@ -113,7 +115,7 @@ def official_style_rate(model: torch.nn.Module, loss_fn, loader: DataLoader, dev
             _synchronize(device)
             started = time.perf_counter()
         else:
-            images += batch[0].shape[0] * images_per_item
+            images += next(iter(batch.values())).shape[0] * images_per_item
     _synchronize(device)
     return images / (time.perf_counter() - started)
 
@@ -131,7 +133,7 @@ def shared_loop_rate(model: torch.nn.Module, loss_fn, train: Dataset, val: Datas
 
 
 def classifier_loss(model: torch.nn.Module, batch) -> torch.Tensor:
-    images, labels = batch
+    images, labels = batch["image"], batch["labels"]
     return F.binary_cross_entropy_with_logits(model(images).float(), labels.float())
 
 

@@ -36,7 +36,7 @@ def build_classifier(config: ClassifierConfig) -> Classifier:
 
 
 def _flip_loss(model: nn.Module, batch) -> torch.Tensor:
-    images, labels = batch
+    images, labels = batch["image"], batch["labels"]
     if model.training:
         # random horizontal flip per image, drawn from fit's per-epoch, per-process seed
         flip = torch.rand(images.shape[0], device=images.device) < 0.5
@@ -58,7 +58,7 @@ def train_classifier(train_set: Dataset, val_set: Dataset, config: ClassifierCon
                      accelerator: Accelerator | None = None, num_workers: int = 0,
                      initial_weights: Mapping[str, torch.Tensor] | None = None) -> tuple[Classifier, FitResult]:
     """Build the classifier (initialized from ``seed``, or from ``initial_weights``, a state dict to
-    fine-tune) and train it on ``(image, labels)`` datasets with the shared loop; a finished checkpoint
+    fine-tune) and train it on image datasets (items with ``image`` and ``labels``, :mod:`cxrlib.data.datasets`) with the shared loop; a finished checkpoint
     is reused. Returns the classifier and the FitResult."""
     seed_everything(seed)
     model = build_classifier(config)
@@ -97,8 +97,8 @@ def predict(model: nn.Module, dataset: Dataset, *, anonymizer: nn.Module | None 
         anonymizer.eval().to(device)
     probabilities, labels = [], []
     loader = DataLoader(dataset, batch_size=batch_size)
-    for images, targets in tqdm(loader, desc="predict", leave=False, disable=None if progress is None else not progress):
-        images = images.to(device)
+    for batch in tqdm(loader, desc="predict", leave=False, disable=None if progress is None else not progress):
+        images, targets = batch["image"].to(device), batch["labels"]
         with autocast(accelerator):
             if anonymizer is not None:
                 images = anonymizer(images)

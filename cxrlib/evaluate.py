@@ -42,7 +42,6 @@ import numpy as np
 import pandas as pd
 import torch
 from torch import nn
-from torch.utils.data import TensorDataset
 
 from cxrlib.anonymize.base import Anonymizer
 from cxrlib.anonymize.flow_field import displacement_bound_pixels
@@ -51,7 +50,7 @@ from cxrlib.classify import evaluate_classifier
 from cxrlib.config import EvaluationConfig, VerificationConfig
 from cxrlib.data.cache import ImageCache
 from cxrlib.data.chestxray14 import LABELS
-from cxrlib.data.datasets import PairDataset
+from cxrlib.data.datasets import PairDataset, TensorItems
 from cxrlib.linkage import ATTACK_LABELS, LinkagePanel, descriptor_attacks, linkage_panel, network_attacks
 from cxrlib.metrics import fidelity, verification_metrics
 from cxrlib.models.siamese import SiameseNetwork
@@ -201,7 +200,7 @@ def classifier_utility(classifier: nn.Module, images: Images, test_meta: pd.Data
     """The frozen ``classifier`` on the images of ``test_meta`` (taken from ``images``, e.g. anonymized
     ones): :func:`cxrlib.metrics.multilabel_auc`'s dict and the probabilities (N, 14)."""
     labels = test_meta[list(LABELS)].to_numpy(dtype=np.float32)
-    data = TensorDataset(images.tensor(images.rows(test_meta["image"].tolist())), torch.tensor(labels))
+    data = TensorItems(image=images.tensor(images.rows(test_meta["image"].tolist())), labels=torch.tensor(labels))
     return evaluate_classifier(classifier, data, bootstrap_samples=bootstrap_samples, seed=seed, progress=progress)
 
 

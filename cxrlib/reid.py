@@ -65,8 +65,9 @@ def embed_images(embed: Callable[[torch.Tensor], torch.Tensor], images: Images, 
 
 
 def verification_loss(model: torch.nn.Module, batch) -> torch.Tensor:
-    x1, x2, label = batch
-    return torch.nn.functional.binary_cross_entropy_with_logits(model(x1, x2).float(), label.float())
+    """BCE-with-logits of a siamese network on a batch of pairs (``image1``, ``image2``, ``same``)."""
+    logits = model(batch["image1"], batch["image2"]).float()
+    return torch.nn.functional.binary_cross_entropy_with_logits(logits, batch["same"].float())
 
 
 def train_verification(train: Dataset, val: Dataset, config: VerificationConfig, *, seed: int,
@@ -75,7 +76,7 @@ def train_verification(train: Dataset, val: Dataset, config: VerificationConfig,
                        ) -> tuple[SiameseNetwork, FitResult]:
     """Train (or load, when a finished checkpoint exists) the siamese network on pair datasets.
 
-    ``train``/``val`` yield ``(x1, x2, label)`` (e.g. :class:`cxrlib.data.datasets.PairDataset`).
+    ``train``/``val`` yield pairs (``image1``, ``image2``, ``same``: :class:`cxrlib.data.datasets.PairDataset`).
     Adam, BCE-with-logits, early stopping on validation loss, as published. ``initial_weights``: a state
     dict to fine-tune from (the checkpoint's name should say so) instead of the random initialization.
     """
@@ -315,8 +316,8 @@ class RetrievalLoss:
         self.training = CrossBatchMemory(ContrastiveLoss(), embedding_dim, memory_size=memory_size)
 
     def __call__(self, model: torch.nn.Module, batch) -> torch.Tensor:
-        x, patient = batch
-        embeddings = model(x).float()
+        patient = batch["patient"]
+        embeddings = model(batch["image"]).float()
         if not model.training:
             return self.validation(embeddings, patient)
         return self.training.to(embeddings.device)(embeddings, patient)
@@ -357,8 +358,8 @@ def train_retrieval(train: Dataset, val: Dataset, config: RetrievalConfig, *, se
                     ) -> tuple[RetrievalNetwork, list[FitResult]]:
     """Train (or load) the retrieval network: ``frozen_epochs`` on the head, then ``unfrozen_epochs``.
 
-    ``train``/``val`` yield ``(image, patient_id)`` and have a ``patient_ids`` array (e.g.
-    :class:`cxrlib.data.datasets.ImageDataset` with ``target="patient"``; give the training set
+    ``train``/``val`` yield items with ``image`` and ``patient`` and have a ``patient_ids`` array (e.g.
+    :class:`cxrlib.data.datasets.ImageDataset`; give the training set
     :func:`retrieval_augmentation` as transform). Each phase: SGD with momentum, weight decay except
     on biases and norm layers, a OneCycle schedule run to its end, as published (the validation loss
     is recorded, not used to stop). Returns the network and one :class:`FitResult` per phase that ran.

@@ -516,8 +516,8 @@ def _run_fold(network: str, split: FoldSplit, config, cache, seed: int, path: Pa
                    "test_pairs": float(len(scores))}
     elif network == "retrieval":
         model, fits = reid.train_retrieval(
-            ImageDataset(cache, split.train, target="patient", transform=reid.retrieval_augmentation(config)),
-            ImageDataset(cache, split.val, target="patient"), config, seed=fold_seed, checkpoint_path=path,
+            ImageDataset(cache, split.train, transform=reid.retrieval_augmentation(config)),
+            ImageDataset(cache, split.val), config, seed=fold_seed, checkpoint_path=path,
             progress=False, initial_weights=weights)
         embeddings = reid.retrieval_embeddings(model, test_images)
         predictions = retrieval_by_patient(embeddings, test_ids)

@@ -185,8 +185,8 @@ class Workspace:
 
         return read_truth(self.data_dir)
 
-    def images(self, split: str, target: str = "labels", transform=None) -> ImageDataset:
-        return ImageDataset(self.cache, self.splits[split], target=target, transform=transform)
+    def images(self, split: str, transform=None) -> ImageDataset:
+        return ImageDataset(self.cache, self.splits[split], transform=transform)
 
     def pairs(self, split: str, n_pairs: int, purpose: str) -> pd.DataFrame:
         """The verification pairs of one split for ``purpose``.
@@ -225,11 +225,9 @@ class Workspace:
     def pair_dataset(self, pairs: pd.DataFrame, transform=None) -> PairDataset:
         return PairDataset(self.cache, pairs, transform=transform)
 
-    def labeled_pairs(self, split: str, n_pairs: int):
+    def labeled_pairs(self, split: str, n_pairs: int) -> PairDataset:
         """The anonymizers' training pairs of one split, each with the first image's 14 labels."""
-        from cxrlib.anonymize.adversarial import LabeledPairDataset
-
-        return LabeledPairDataset(self.pair_dataset(self.pairs(split, n_pairs, "anonymization")), self.metadata)
+        return PairDataset(self.cache, self.pairs(split, n_pairs, "anonymization"), meta=self.metadata)
 
     # -- the judges -------------------------------------------------------------------------------
     @cached_property
@@ -275,8 +273,8 @@ class Workspace:
         from cxrlib.reid import retrieval_augmentation, train_retrieval
 
         config = self.profile.retrieval
-        return train_retrieval(self.images("train", target="patient", transform=retrieval_augmentation(config)),
-                               self.images("val", target="patient"), config, seed=self.seed,
+        return train_retrieval(self.images("train", transform=retrieval_augmentation(config)),
+                               self.images("val"), config, seed=self.seed,
                                checkpoint_path=self.artifact_path("retrieval", "retrieval"), progress=False)
 
     def anonymizer_path(self, name: str) -> Path:

@@ -8,16 +8,17 @@ import pandas as pd
 import pytest
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import DataLoader, TensorDataset  # TensorDataset: a pool of indices only
 
 from cxrlib.anonymize import FlowFieldAnonymizer, load_anonymizer
 from cxrlib.anonymize.privacy_net import PrivacyNetAnonymizer
 from cxrlib.anonymize.adversarial import (
-    AdversarialSettings, AdversarialTask, LabeledPairDataset, adversarial_losses, batch_loader, frozen_siamese_auc,
+    AdversarialSettings, AdversarialTask, adversarial_losses, batch_loader, frozen_siamese_auc,
     privacy_loss, pretrain_anonymizer, train_adversarial,
 )
 from cxrlib.artifacts import ArtifactError
 from cxrlib.data.chestxray14 import LABELS, DataError
+from cxrlib.data.datasets import TensorItems
 from cxrlib.checkpoints import checkpoint_finished, load_training_state
 from cxrlib.train import Checkpoint, Runtime, Schedule, train
 
@@ -61,7 +62,7 @@ def pair_loader(n: int = 8, batch_size: int = 4, seed: int = 0) -> DataLoader:
     x1, x2 = torch.rand(n, 1, SIZE, SIZE, generator=g), torch.rand(n, 1, SIZE, SIZE, generator=g)
     same = (torch.arange(n) % 2).float()
     labels = (torch.rand(n, len(LABELS), generator=g) < 0.3).float()
-    return DataLoader(TensorDataset(x1, x2, same, labels), batch_size=batch_size)
+    return DataLoader(TensorItems(image1=x1, image2=x2, same=same, labels1=labels), batch_size=batch_size)
 
 
 def networks():
@@ -102,9 +103,9 @@ def test_total_loss_combines_classifier_bce_and_privacy_term():
     anonymizer, _, classifier = networks()
     anonymizer.eval()
     classifier.eval()
-    x1, x2, same, labels = next(iter(pair_loader()))
-    losses = adversarial_losses(anonymizer, ConstantLogit(1.0), classifier, (x1, x2, same, labels),
-                                w_ac=2.0, w_ver=0.5)
+    batch = next(iter(pair_loader()))
+    x1, labels = batch["image1"], batch["labels1"]
+    losses = adversarial_losses(anonymizer, ConstantLogit(1.0), classifier, batch, w_ac=2.0, w_ver=0.5)
     expected_ac = nn.functional.binary_cross_entropy_with_logits(classifier(anonymizer(x1)), labels)
     s = 1 / (1 + math.exp(-1.0))
     assert losses["ac"].item() == pytest.approx(expected_ac.item(), rel=1e-6)
@@ -270,7 +271,7 @@ def test_interrupted_run_resumes_to_the_uninterrupted_result(tmp_path, monkeypat
 def test_nan_loss_stops_the_adversarial_loop_naming_the_epoch(tmp_path):
     anonymizer, siamese, classifier = networks()
     broken = pair_loader()
-    broken.dataset.tensors[3][0, 0] = float("nan")  # a NaN label makes the classifier loss NaN
+    broken.dataset.tensors["labels1"][0, 0] = float("nan")  # a NaN label makes the classifier loss NaN
     with pytest.raises(FloatingPointError, match="epoch 1; training stopped and no checkpoint was written"):
         run_adversarial(anonymizer, siamese, classifier, broken, pair_loader(), max_epochs=2,
                           path=tmp_path / "gen", config={}, seed=0)
@@ -292,7 +293,7 @@ def test_pretraining_reduces_the_reconstruction_error(tmp_path, make_anonymizer)
     torch.manual_seed(0)
     anonymizer = make_anonymizer()
     images = smooth_images(16, seed=0)
-    loader = DataLoader(TensorDataset(images, torch.zeros(16)), batch_size=8)
+    loader = DataLoader(TensorItems(image=images, labels=torch.zeros(16, len(LABELS))), batch_size=8)
     anonymizer.eval()
     with torch.no_grad():
         start = nn.functional.mse_loss(anonymizer(images), images).item()
@@ -313,12 +314,14 @@ def test_labeled_pairs_carry_the_first_images_findings(tiny_dataset):
     cache = prepare_cache(tiny_dataset, 16, workers=1, progress=False)
     pairs = pd.DataFrame({"img1": meta["image"][:3].tolist(), "img2": meta["image"][3:6].tolist(),
                           "label": [1, 0, 0]})
-    dataset = LabeledPairDataset(PairDataset(cache, pairs), meta)
-    x1, x2, same, labels = dataset[1]
-    assert x1.shape == (1, 16, 16) and same.item() == 0
-    assert labels.tolist() == meta.loc[1, list(LABELS)].astype(float).tolist()
+    dataset = PairDataset(cache, pairs, meta=meta)
+    item = dataset[1]
+    assert set(item) == set(dataset.keys) == {"image1", "image2", "same", "labels1"}
+    assert item["image1"].shape == (1, 16, 16) and item["same"].item() == 0
+    assert item["labels1"].tolist() == meta.loc[1, list(LABELS)].astype(float).tolist()
+    assert "labels1" not in PairDataset(cache, pairs)[1]  # without metadata: the pair alone
     with pytest.raises(DataError, match="no labels"):
-        LabeledPairDataset(PairDataset(cache, pairs), meta.iloc[3:])
+        PairDataset(cache, pairs, meta=meta.iloc[3:])
 
 
 def test_prichexy_pipeline_pretrains_once_trains_every_mu_and_reuses_checkpoints(tmp_path):
@@ -329,7 +332,7 @@ def test_prichexy_pipeline_pretrains_once_trains_every_mu_and_reuses_checkpoints
                                       "anonymization.batch_size": 4, "anonymization.pairs_per_epoch": 4}).anonymization
     loader = pair_loader(n=8)
     pairs = loader.dataset
-    images = TensorDataset(pairs.tensors[0], pairs.tensors[3])
+    images = TensorItems(image=pairs.tensors["image1"], labels=pairs.tensors["labels1"])
     _, siamese, classifier = networks()
     kwargs = dict(siamese=siamese, classifier=classifier, images=(images, images), pairs=(pairs, pairs),
                   artifact_path=lambda name: tmp_path / name, identity={"siamese": "tiny"}, seed=0)

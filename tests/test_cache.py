@@ -70,14 +70,15 @@ def test_datasets_read_the_cache(tiny_dataset):
     cache = prepare_cache(tiny_dataset, 16, workers=1)
     meta = read_metadata(tiny_dataset / "Data_Entry_2017_v2020.csv")
     images = ImageDataset(cache, meta)
-    x, y = images[2]
+    item = images[2]
+    assert set(item) == set(images.keys) == {"image", "labels", "patient"}
+    x, y = item["image"], item["labels"]
     assert x.shape == (1, 16, 16) and x.dtype == torch.float32 and 0 <= x.min() and x.max() <= 1
     assert torch.equal(y, torch.from_numpy(meta.iloc[2, -14:].to_numpy(dtype=np.float32)))
-    _, patient = ImageDataset(cache, meta, target="patient")[5]
-    assert patient.item() == meta["patient_id"][5]
+    assert images[5]["patient"].item() == meta["patient_id"][5]
     pairs = make_pairs(meta, 8, seed=0)
-    x1, x2, label = PairDataset(cache, pairs)[0]
-    assert label.item() == 1.0
-    assert torch.equal(x1, images[int(np.flatnonzero(meta["image"] == pairs["img1"][0])[0])][0])
+    pair = PairDataset(cache, pairs)[0]
+    assert pair["same"].item() == 1.0
+    assert torch.equal(pair["image1"], images[int(np.flatnonzero(meta["image"] == pairs["img1"][0])[0])]["image"])
     with pytest.raises(DataError, match="empty split"):
         ImageDataset(cache, meta.iloc[:0])

@@ -5,23 +5,23 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from torch.utils.data import TensorDataset
 
 from cxrlib.anonymize import FlowFieldAnonymizer, Identity
 from cxrlib.classify import build_classifier, evaluate_classifier, predict, train_classifier
 from cxrlib.config import load_profile
 from cxrlib.data.chestxray14 import LABELS
+from cxrlib.data.datasets import TensorItems
 from cxrlib.models.classifier import Classifier
 
 
-def labelled_images(n: int, size: int = 16, seed: int = 0) -> TensorDataset:
+def labelled_images(n: int, size: int = 16, seed: int = 0) -> TensorItems:
     """Images whose bright left half marks finding 0 and bright right half finding 1; others random."""
     g = torch.Generator().manual_seed(seed)
     labels = (torch.rand(n, len(LABELS), generator=g) < 0.5).float()
     images = torch.rand(n, 1, size, size, generator=g) * 0.3
     images[:, :, :, : size // 2] += 0.6 * labels[:, 0, None, None, None]
     images[:, :, : size // 2, :] += 0.6 * labels[:, 1, None, None, None]
-    return TensorDataset(images.clamp(0, 1), labels)
+    return TensorItems(image=images.clamp(0, 1), labels=labels)
 
 
 def test_classifier_returns_14_logits_and_resizes_to_its_input_size():

@@ -9,12 +9,12 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from torch.utils.data import TensorDataset
 
 import cxrlib.evaluate as evaluate
 from cxrlib.anonymize.base import Anonymizer, Identity
 from cxrlib.anonymize.dp_pix import DPPix
 from cxrlib.config import VerificationConfig, load_profile
+from cxrlib.data.datasets import TensorItems
 from cxrlib.data.chestxray14 import LABELS
 from cxrlib.data.pairs import make_pairs
 from cxrlib.metrics import verification_metrics
@@ -79,10 +79,10 @@ class Inverted(Anonymizer):
         return 1.0 - images
 
 
-def pair_tensors(images: Images, pairs: pd.DataFrame) -> TensorDataset:
+def pair_tensors(images: Images, pairs: pd.DataFrame) -> TensorItems:
     x1 = images.tensor(images.rows(pairs["img1"].tolist()))
     x2 = images.tensor(images.rows(pairs["img2"].tolist()))
-    return TensorDataset(x1, x2, torch.as_tensor(pairs["label"].to_numpy(dtype=np.float32)))
+    return TensorItems(image1=x1, image2=x2, same=torch.as_tensor(pairs["label"].to_numpy(dtype=np.float32)))
 
 
 @pytest.fixture(scope="module")
@@ -126,7 +126,8 @@ def test_attack_trains_on_anonymized_pairs_and_tests_anonymized_against_real(tmp
     evaluate.evaluate_anonymizer(Inverted(), setup, progress=False)
     original = setup.images
     for name, pairs in (("train", setup.train_pairs), ("val", setup.val_pairs)):
-        x1, x2, label = seen[name][3]
+        pair = seen[name][3]
+        x1, x2, label = pair["image1"], pair["image2"], pair["same"]
         row = pairs.iloc[3]
         torch.testing.assert_close(x1, 1 - original.tensor(original.rows([row["img1"]]))[0], atol=1 / 255, rtol=0)
         torch.testing.assert_close(x2, 1 - original.tensor(original.rows([row["img2"]]))[0], atol=1 / 255, rtol=0)

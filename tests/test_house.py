@@ -29,3 +29,28 @@ def test_no_function_is_longer_than_a_screen_or_two():
                     node.end_lineno - node.lineno + 1 > FUNCTION_LINES:
                 long.add(f"{path.relative_to(ROOT).as_posix()}:{node.name}")
     assert long == set(), sorted(long)
+
+
+def test_every_dataset_yields_the_one_item_shape():
+    """One dataset contract (cxrlib.data.datasets): every torch Dataset the package defines derives from
+    ItemDataset (items are dicts of tensors), and nothing builds a TensorDataset (items as tuples)."""
+    import importlib
+    import inspect
+    import pkgutil
+
+    from torch.utils.data import Dataset
+
+    import cxrlib
+    from cxrlib.data.datasets import ItemDataset
+
+    outside = []
+    for info in pkgutil.walk_packages(cxrlib.__path__, "cxrlib."):
+        if info.name.endswith("__main__"):
+            continue
+        module = importlib.import_module(info.name)
+        outside += [f"{info.name}.{name}" for name, obj in vars(module).items()
+                    if inspect.isclass(obj) and obj.__module__ == info.name and issubclass(obj, Dataset)
+                    and not issubclass(obj, ItemDataset)]
+    assert outside == []
+    sources = [*modules(), *(ROOT / "benchmarks").glob("*.py"), *(ROOT / "notebooks").glob("*.ipynb")]
+    assert [p.relative_to(ROOT).as_posix() for p in sources if "TensorDataset" in p.read_text()] == []

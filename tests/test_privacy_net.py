@@ -6,11 +6,12 @@ from __future__ import annotations
 import pytest
 import torch
 from torch import nn
-from torch.utils.data import TensorDataset
+
 
 from cxrlib.anonymize.privacy_net import PrivacyNetAnonymizer
 from cxrlib.config import load_profile
 from cxrlib.data.chestxray14 import LABELS
+from cxrlib.data.datasets import TensorItems
 
 SIZE = 16
 
@@ -78,9 +79,10 @@ def test_train_privacy_net_pretrains_trains_and_reuses_its_checkpoints(tmp_path)
 
     config = AnonymizationConfig(privacy_net_features=4, privacy_net_poolings=3, pretrain_epochs=2,
                                  adversarial_epochs=1, batch_size=4, pretrain_lr=1e-2, lr=1e-2)
-    images = TensorDataset(smooth_images(8, seed=4), torch.zeros(8))
+    images = TensorItems(image=smooth_images(8, seed=4), labels=torch.zeros(8, len(LABELS)))
     x1, x2 = smooth_images(8, seed=5), smooth_images(8, seed=6)
-    pairs = TensorDataset(x1, x2, (torch.arange(8) % 2).float(), (torch.rand(8, len(LABELS)) < 0.3).float())
+    pairs = TensorItems(image1=x1, image2=x2, same=(torch.arange(8) % 2).float(),
+                        labels1=(torch.rand(8, len(LABELS)) < 0.3).float())
     classifier = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
                                nn.Linear(4, len(LABELS)))
     from cxrlib.anonymize.privacy_net import train_privacy_net

@@ -29,7 +29,7 @@ def trained(tmp_path_factory):
                         progress=False)
     config = ws.profile.retrieval
     path = ws.artifact_path("retrieval", "retrieval")
-    model, _ = reid.train_retrieval(ws.images("train", target="patient"), ws.images("val", target="patient"),
+    model, _ = reid.train_retrieval(ws.images("train"), ws.images("val"),
                                     config, seed=ws.seed, checkpoint_path=path, progress=False)
     test = ws.splits.test
     images = reid.Images.from_cache(ws.cache, test["image"])

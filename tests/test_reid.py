@@ -235,9 +235,8 @@ def test_identity_cues_put_the_networks_on_the_same_pairs(trained, data):
 def test_retrieval_trains_both_phases_and_evaluates(data, tmp_path):
     config = load_profile("smoke", **{"retrieval.frozen_epochs": 1, "retrieval.unfrozen_epochs": 1,
                                       "retrieval.memory_size": 32}).retrieval
-    train = ImageDataset(data["cache"], data["splits"].train, target="patient",
-                         transform=retrieval_augmentation(config))
-    val = ImageDataset(data["cache"], data["splits"].val, target="patient")
+    train = ImageDataset(data["cache"], data["splits"].train, transform=retrieval_augmentation(config))
+    val = ImageDataset(data["cache"], data["splits"].val)
     model, results = train_retrieval(train, val, config, seed=0, checkpoint_path=tmp_path / "ret",
                                      progress=False)
     assert [len(r.history) for r in results] == [1, 1]
@@ -252,7 +251,7 @@ def test_retrieval_trains_both_phases_and_evaluates(data, tmp_path):
 def test_retrieval_loss_leaves_the_memory_alone_on_validation():
     loss = RetrievalLoss(embedding_dim=4, memory_size=8)
     model = torch.nn.Linear(3, 4)
-    batch = (torch.randn(4, 3), torch.tensor([0, 0, 1, 1]))
+    batch = {"image": torch.randn(4, 3), "patient": torch.tensor([0, 0, 1, 1])}
     model.eval()
     loss(model, batch)
     assert loss.training.queue_idx == 0 and not loss.training.has_been_filled

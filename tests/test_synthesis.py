@@ -7,11 +7,12 @@ import dataclasses
 import numpy as np
 import pytest
 import torch
-from torch.utils.data import TensorDataset
+
 
 from cxrlib import runtime
 from cxrlib.config import load_profile
 from cxrlib.data.chestxray14 import LABELS, NO_FINDING
+from cxrlib.data.datasets import TensorItems
 from cxrlib.models.classifier import Classifier
 from cxrlib.models.diffusion import LatentDiffusion
 from cxrlib.models.siamese import SiameseNetwork
@@ -36,7 +37,7 @@ def _train_tiny(config, folder):
     generator = torch.Generator().manual_seed(0)
     images = torch.rand(24, 1, SIZE, SIZE, generator=generator)
     labels = (torch.rand(24, len(LABELS), generator=generator) < 0.2).float()
-    return train_latent_diffusion(TensorDataset(images, labels), TensorDataset(images[:8], labels[:8]),
+    return train_latent_diffusion(TensorItems(image=images, labels=labels), TensorItems(image=images[:8], labels=labels[:8]),
                                   config, SIZE, artifact_path=lambda name: folder / name, seed=0,
                                   progress=False)
 
@@ -276,9 +277,8 @@ def reid_world(tmp_path_factory):
                                     profile.verification, seed=0, checkpoint_path=root / "siamese",
                                     progress=False)
     retrieval, _ = train_retrieval(
-        ImageDataset(cache, splits.train, target="patient",
-                     transform=retrieval_augmentation(profile.retrieval)),
-        ImageDataset(cache, splits.val, target="patient"), profile.retrieval, seed=0,
+        ImageDataset(cache, splits.train, transform=retrieval_augmentation(profile.retrieval)),
+        ImageDataset(cache, splits.val), profile.retrieval, seed=0,
         checkpoint_path=root / "retrieval", progress=False)
     train_images = Images.from_cache(cache, splits.train["image"])
     privacy_filter = PrivacyFilter(train_images.tensor(), train_images.names, retrieval, siamese, neighbours=5,
@@ -364,7 +364,7 @@ class _ZeroUNet(torch.nn.Module):
 def _posterior_batch(n: int = 64):
     generator = torch.Generator().manual_seed(0)
     mean = torch.randn(n, 4, 4, 4, generator=generator)
-    return mean, torch.full_like(mean, 0.1), torch.zeros(n, len(LABELS))
+    return {"mean": mean, "std": torch.full_like(mean, 0.1), "labels": torch.zeros(n, len(LABELS))}
 
 
 def test_diffusion_loss_is_fixed_in_eval_mode_random_in_training_and_min_snr_weighted(config):

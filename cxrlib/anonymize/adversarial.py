@@ -7,7 +7,8 @@ official PriCheXy-Net code (``utils/utils.py``: ``pretrain``, ``train``, ``valid
 * **Pretraining** (:func:`pretrain_anonymizer`): the anonymizer learns to reproduce its input, MSE
   between ``anonymizer(x)`` and ``x`` through the whole anonymizer (for the flow field: G learns to
   output ~0, so the deformation starts as the identity), Adam, keep the lowest validation MSE.
-* **Adversarial training** (:func:`train_adversarial`), per batch of pairs ``(x1, x2, same, labels1)``:
+* **Adversarial training** (:func:`train_adversarial`), per batch of pairs ``x1, x2`` (``image1``,
+  ``image2``) with ``same`` and the first image's findings ``labels1``:
 
   1. generator step (Adam) on ``w_ac * AC + w_ver * (-log(1 - s))`` where AC is the classifier's
      BCE-with-logits on ``anonymizer(x1)`` against ``labels1`` and ``s = sigmoid(SNN(anonymizer(x1),
@@ -28,11 +29,11 @@ from __future__ import annotations
 import copy
 import dataclasses
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import pandas as pd
 from sklearn.metrics import roc_auc_score
 import torch
 import torch.nn.functional as F
@@ -41,34 +42,11 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, RandomSampler
 
 from cxrlib.anonymize.base import Anonymizer
-from cxrlib.data.chestxray14 import LABELS, DataError
-from cxrlib.data.datasets import PairDataset
 from cxrlib.runtime import autocast, make_accelerator, use_fast_layout
 from cxrlib.train import Checkpoint, FitResult, Runtime, Schedule, TrainingTask, fit, train
 
 #: the quantities recorded per epoch, for training and validation
 LOSS_NAMES = ("ac", "ver", "log_ver", "total")
-
-
-class LabeledPairDataset(Dataset):
-    """Pairs with the findings of the first image: items ``(x1, x2, same, labels1)``."""
-
-    def __init__(self, pairs: PairDataset, meta: pd.DataFrame):
-        labels = meta.set_index("image")[list(LABELS)]
-        first = pairs.pairs["img1"]
-        missing = first[~first.isin(labels.index)]
-        if len(missing):
-            raise DataError("metadata", f"{len(missing)} first image(s) of the pairs have no labels in the "
-                                        f"metadata given, e.g. {missing.iloc[0]}")
-        self.pairs = pairs
-        self.labels = labels.loc[first].to_numpy(dtype=np.float32)
-
-    def __len__(self) -> int:
-        return len(self.pairs)
-
-    def __getitem__(self, i: int):
-        x1, x2, same = self.pairs[i]
-        return x1, x2, same, torch.from_numpy(self.labels[i])
 
 
 def batch_loader(dataset: Dataset, batch_size: int, seed: int | None = None,
@@ -102,17 +80,17 @@ def privacy_loss(logits: torch.Tensor) -> torch.Tensor:
 
 
 def adversarial_losses(anonymizer: nn.Module, siamese: nn.Module, classifier: nn.Module,
-                       batch: tuple[torch.Tensor, ...], *, w_ac: float, w_ver: float) -> dict[str, torch.Tensor]:
-    """The generator's losses on one batch ``(x1, x2, same, labels1)``.
+                       batch: Mapping[str, torch.Tensor], *, w_ac: float, w_ver: float) -> dict[str, torch.Tensor]:
+    """The generator's losses on one batch of pairs with the first image's findings (``image1``, ``image2``,
+    ``labels1``: :class:`~cxrlib.data.datasets.PairDataset` with ``meta``).
 
     Returns ``ac`` (classifier BCE on the anonymized x1), ``ver`` (mean score s), ``log_ver`` (mean
     ``-log(1 - s)``), ``total`` (``w_ac * ac + w_ver * log_ver``, float64) and ``anonymized`` (x1 after
     the anonymizer, still attached to the graph).
     """
-    x1, x2, _, labels1 = batch
-    anonymized = anonymizer(x1)
-    ac = F.binary_cross_entropy_with_logits(classifier(anonymized).float(), labels1.float())
-    logits = siamese(anonymized, x2).reshape(-1)
+    anonymized = anonymizer(batch["image1"])
+    ac = F.binary_cross_entropy_with_logits(classifier(anonymized).float(), batch["labels1"].float())
+    logits = siamese(anonymized, batch["image2"]).reshape(-1)
     ver = torch.sigmoid(logits.double()).mean()
     log_ver = privacy_loss(logits)
     total = w_ac * ac.double() + w_ver * log_ver
@@ -161,13 +139,13 @@ class AdversarialResult(FitResult):
 
 def pretrain_anonymizer(anonymizer: Anonymizer, train_loader: DataLoader, val_loader: DataLoader, *,
                         lr: float, max_epochs: int, checkpoint: Checkpoint, runtime: Runtime = Runtime()) -> FitResult:
-    """Train ``anonymizer`` to reproduce its input (MSE, Adam); loaders yield images first in each batch.
+    """Train ``anonymizer`` to reproduce its input (MSE, Adam) on batches of images (``image``).
 
     As in the official code there is no early stopping: all ``max_epochs`` run and the weights with
     the lowest validation MSE are kept (in ``anonymizer`` and at the checkpoint).
     """
     def reconstruction(model: nn.Module, batch) -> torch.Tensor:
-        images = batch[0]
+        images = batch["image"]
         return F.mse_loss(model(images).float(), images.float())
 
     optimizer = torch.optim.Adam(anonymizer.parameters(), lr=lr)
@@ -214,7 +192,6 @@ class AdversarialTask(TrainingTask):
     def step(self, batch) -> dict[str, torch.Tensor]:
         """One generator step, then (``update_adversaries``) one step of each adversary."""
         batch = _to_device(batch, self.accelerator.device)
-        x1, x2, same, labels1 = batch
         settings, optimizers = self.settings, self.optimizers
         self.anonymizer.train()
         self.siamese.eval()
@@ -237,15 +214,15 @@ class AdversarialTask(TrainingTask):
         self.siamese.train()
         optimizers["siamese_optimizer"].zero_grad(set_to_none=True)
         with autocast(self.accelerator, self.cpu_bf16):
-            snn_loss = F.binary_cross_entropy_with_logits(self.siamese(anonymized, x2).reshape(-1).float(),
-                                                          same.float())
+            snn_loss = F.binary_cross_entropy_with_logits(
+                self.siamese(anonymized, batch["image2"]).reshape(-1).float(), batch["same"].float())
         snn_loss.backward()
         optimizers["siamese_optimizer"].step()
         self.classifier.train()
         optimizers["classifier_optimizer"].zero_grad(set_to_none=True)
         with autocast(self.accelerator, self.cpu_bf16):
             classifier_loss = F.binary_cross_entropy_with_logits(self.classifier(anonymized).float(),
-                                                                 labels1.float())
+                                                                 batch["labels1"].float())
         classifier_loss.backward()
         optimizers["classifier_optimizer"].step()
         return {**record, "snn": snn_loss.detach(), "classifier": classifier_loss.detach()}
@@ -262,7 +239,8 @@ def train_adversarial(anonymizer: Anonymizer, siamese: nn.Module, classifier: nn
     """Train ``anonymizer`` adversarially (an :class:`AdversarialTask` through the shared engine,
     :func:`~cxrlib.train.train`); afterwards it holds the kept weights.
 
-    Loaders yield ``(x1, x2, same, labels1)`` (:class:`LabeledPairDataset`). ``checkpoint.training``
+    Loaders yield pairs with the first image's findings (:class:`~cxrlib.data.datasets.PairDataset` with
+    ``meta``). ``checkpoint.training``
     names what the training starts from (profile sections, the networks); with the schedule and
     ``settings`` it identifies the run: a finished checkpoint of the same run is loaded instead of
     training, one of another raises :class:`~cxrlib.artifacts.ArtifactError`. The checkpoint is an
@@ -289,10 +267,10 @@ def frozen_siamese_auc(anonymizer: nn.Module, siamese: nn.Module, loader: DataLo
     siamese.eval()
     scores, same = [], []
     for batch in loader:
-        x1, x2, label, _ = _to_device(batch, accelerator.device)
+        batch = _to_device(batch, accelerator.device)
         with autocast(accelerator):
-            scores.append(siamese(anonymizer(x1), x2).reshape(-1).float().cpu())
-        same.append(label.reshape(-1).cpu())
+            scores.append(siamese(anonymizer(batch["image1"]), batch["image2"]).reshape(-1).float().cpu())
+        same.append(batch["same"].reshape(-1).cpu())
     return _auc(same, scores)
 
 
@@ -321,9 +299,9 @@ def validation_losses(anonymizer: nn.Module, siamese: nn.Module, classifier: nn.
         with autocast(accelerator):
             losses = adversarial_losses(anonymizer, siamese, classifier, batch, w_ac=w_ac, w_ver=w_ver)
             if frozen is not None:
-                scores.append(frozen(losses["anonymized"], batch[1]).reshape(-1).float().cpu())
-                same.append(batch[2].reshape(-1).cpu())
-        size = batch[0].shape[0]
+                scores.append(frozen(losses["anonymized"], batch["image2"]).reshape(-1).float().cpu())
+                same.append(batch["same"].reshape(-1).cpu())
+        size = batch["image1"].shape[0]
         for key in LOSS_NAMES:
             sums[key] += losses[key].item() * size
         count += size
@@ -336,5 +314,5 @@ def _requires_grad(module: nn.Module, flag: bool) -> None:
         parameter.requires_grad_(flag)
 
 
-def _to_device(batch, device):
-    return tuple(t.to(device, non_blocking=True) for t in batch)
+def _to_device(batch: Mapping[str, torch.Tensor], device) -> dict[str, torch.Tensor]:
+    return {key: t.to(device, non_blocking=True) for key, t in batch.items()}

@@ -249,7 +249,7 @@ def train_prichexy_net(config: AnonymizationConfig, image_size: int, *, siamese:
 
     As in the official code the generator is pretrained once, with the largest mu, to reproduce its
     input, and every mu starts from that generator. ``images`` are (train, val) datasets whose items
-    start with an image; ``pairs`` are (train, val) :class:`~cxrlib.anonymize.adversarial.LabeledPairDataset`.
+    start with an image; ``pairs`` are (train, val) :class:`~cxrlib.data.datasets.PairDataset` with the first images' findings (``meta``).
     ``artifact_path(name)`` says where a trained model lives (``prichexy_pretrain`` and
     :func:`checkpoint_name` of each mu); ``identity`` names the siamese network and classifier the training starts
     from, so that a change of either retrains. Finished checkpoints are loaded, not retrained.

@@ -80,7 +80,7 @@ def train_privacy_net(config: AnonymizationConfig, *, siamese: nn.Module, classi
 
     Arguments as for :func:`~cxrlib.anonymize.flow_field.train_prichexy_net`: ``images`` are (train, val)
     datasets whose items start with an image, ``pairs`` (train, val)
-    :class:`~cxrlib.anonymize.adversarial.LabeledPairDataset`, ``artifact_path(name)`` where the models
+    :class:`~cxrlib.data.datasets.PairDataset` with ``meta``, ``artifact_path(name)`` where the models
     ``privacy_net_pretrain`` and ``privacy_net`` live, ``identity`` names the siamese network and the
     classifier the training starts from (a change of either retrains). Same optimizers, learning
     rates, loss weights, batch size and epochs as PriCheXy-Net.

@@ -17,11 +17,11 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import TensorDataset
 
 from cxrlib.artifacts import write_json
 from cxrlib.classify import predict
 from cxrlib.data.chestxray14 import LABELS
+from cxrlib.data.datasets import TensorItems
 from cxrlib.metrics import fidelity, multilabel_auc
 from cxrlib.publish.audit import Release, audit_release, read_release
 from cxrlib.publish.batch import BatchSummary, output_names, remove_release, run_batch
@@ -172,7 +172,7 @@ def release_utility(classifier: nn.Module, images: torch.Tensor, raw_images: tor
     and whose findings are ``labels`` (N, 14); the CI takes ``bootstrap_samples`` (at least one)."""
     if bootstrap_samples < 1:
         raise ValueError("a release's utility comes with its bootstrap CI: bootstrap_samples must be at least 1")
-    probabilities, truth = predict(classifier, TensorDataset(images, torch.from_numpy(labels)), progress=False)
+    probabilities, truth = predict(classifier, TensorItems(image=images, labels=torch.from_numpy(labels)), progress=False)
     auc = multilabel_auc(truth, probabilities, LABELS, n_bootstrap=bootstrap_samples, seed=seed)
     quality = fidelity(raw_images, images)
     return ReleaseUtility(auc["mean_auc"], auc["ci"], quality["ssim"], quality["psnr"])

@@ -17,10 +17,11 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import DataLoader, Dataset, TensorDataset
+from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from cxrlib.config import SynthesisConfig
+from cxrlib.data.datasets import TensorItems
 from cxrlib.models.diffusion import (LatentDiffusion, build_autoencoder, build_noise_scheduler,
                                      build_unet, decode_latents, encode_images)
 from cxrlib.train import Checkpoint, FitResult, Runtime, Schedule, fit
@@ -67,10 +68,6 @@ def _key(payload: dict) -> str:
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:10]
 
 
-def _images_only(batch):
-    return batch[0] if isinstance(batch, (list, tuple)) else batch
-
-
 def train_autoencoder(train_images: Dataset, val_images: Dataset, config: SynthesisConfig,
                       image_size: int, *, checkpoint_path: str | Path, seed: int,
                       progress: bool | None = None):
@@ -81,7 +78,7 @@ def train_autoencoder(train_images: Dataset, val_images: Dataset, config: Synthe
     objective = AutoencoderObjective(autoencoder, config.kl_weight)
     generator = torch.Generator().manual_seed(seed)
     result = fit(
-        objective, lambda model, batch: model(_images_only(batch)),
+        objective, lambda model, batch: model(batch["image"]),
         DataLoader(train_images, batch_size=config.batch_size, shuffle=True, generator=generator),
         DataLoader(val_images, batch_size=config.batch_size),
         optimizer=torch.optim.AdamW(objective.parameters(), lr=config.autoencoder_lr),
@@ -99,12 +96,12 @@ def encode_posteriors(autoencoder: nn.Module, images: Dataset, *, batch_size: in
     device = device or default_device()
     autoencoder.to(device).eval()
     means, stds, labels = [], [], []
-    for x, y in tqdm(DataLoader(images, batch_size=batch_size), desc="encode", leave=False,
-                     disable=tqdm_disabled(progress)):
-        posterior = encode_images(autoencoder, x.to(device) * 2 - 1)
+    for batch in tqdm(DataLoader(images, batch_size=batch_size), desc="encode", leave=False,
+                      disable=tqdm_disabled(progress)):
+        posterior = encode_images(autoencoder, batch["image"].to(device) * 2 - 1)
         means.append(posterior.mean.float().cpu())
         stds.append(posterior.std.float().cpu())
-        labels.append(y.float())
+        labels.append(batch["labels"].float())
     return torch.cat(means), torch.cat(stds), torch.cat(labels)
 
 
@@ -126,7 +123,7 @@ def diffusion_loss(unet: nn.Module, batch, *, scheduler, scaling_factor: float, 
     In eval mode (validation) timesteps are evenly spread and the noise comes from a fixed generator,
     so validation losses of different epochs are comparable and early stopping is not chasing noise.
     """
-    mean, std, labels = batch
+    mean, std, labels = batch["mean"], batch["std"], batch["labels"]
     size, device = len(mean), mean.device
     if unet.training:
         generator = None
@@ -150,6 +147,11 @@ def diffusion_loss(unet: nn.Module, batch, *, scheduler, scaling_factor: float, 
     return error.mean()
 
 
+def _posterior_items(posteriors: tuple[torch.Tensor, ...]) -> TensorItems:
+    mean, std, labels = posteriors
+    return TensorItems(mean=mean, std=std, labels=labels)
+
+
 def train_latent_unet(posteriors: tuple[torch.Tensor, ...], val_posteriors: tuple[torch.Tensor, ...],
                       config: SynthesisConfig, image_size: int, scaling_factor: float, *,
                       checkpoint_path: str | Path, seed: int, progress: bool | None = None):
@@ -166,9 +168,8 @@ def train_latent_unet(posteriors: tuple[torch.Tensor, ...], val_posteriors: tupl
 
     result = fit(
         unet, loss_fn,
-        DataLoader(TensorDataset(*posteriors), batch_size=config.batch_size, shuffle=True,
-                   generator=generator),
-        DataLoader(TensorDataset(*val_posteriors), batch_size=config.batch_size),
+        DataLoader(_posterior_items(posteriors), batch_size=config.batch_size, shuffle=True, generator=generator),
+        DataLoader(_posterior_items(val_posteriors), batch_size=config.batch_size),
         optimizer=torch.optim.AdamW(unet.parameters(), lr=config.unet_lr),
         schedule=Schedule(config.unet_epochs, config.patience, min_improvement=config.min_improvement),
         # not the scaling factor: it follows from the autoencoder, and its last digits from the device
