@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pandas as pd
@@ -17,6 +18,7 @@ from cxrlib.anonymize.adversarial import (
     privacy_loss, pretrain_anonymizer, train_adversarial,
 )
 from cxrlib.artifacts import ArtifactError
+from cxrlib.config import AnonymizationConfig
 from cxrlib.data.chestxray14 import LABELS, DataError
 from cxrlib.data.datasets import TensorItems
 from cxrlib.checkpoints import checkpoint_finished, load_training_state
@@ -72,13 +74,17 @@ def networks():
     return anonymizer, TinySiamese(), TinyClassifier()
 
 
+#: the published settings (the anonymization section's defaults)
+PUBLISHED = AdversarialSettings.of(AnonymizationConfig())
+
+
 def run_adversarial(anonymizer, siamese, classifier, train_loader, val_loader, *, path, max_epochs, patience=None,
                     config=None, seed=0, **settings):
     """:func:`train_adversarial` with the schedule, checkpoint and settings spelled as keywords."""
     return train_adversarial(anonymizer, siamese, classifier, train_loader, val_loader,
                              schedule=Schedule(max_epochs, patience),
                              checkpoint=Checkpoint(path, anonymizer.config(), seed, training=config or {}),
-                             settings=AdversarialSettings(**settings), runtime=Runtime(progress=False))
+                             settings=dataclasses.replace(PUBLISHED, **settings), runtime=Runtime(progress=False))
 
 
 def snapshot(module: nn.Module) -> dict[str, torch.Tensor]:
@@ -390,8 +396,8 @@ def test_the_shared_engine_drives_the_adversarial_step_by_named_networks_and_opt
     """The adversarial task runs through cxrlib.train.train like any other: its three networks and three
     optimizers are saved and restored by name, and each optimizer steps its own network."""
     anonymizer, siamese, classifier = networks()
-    task = AdversarialTask(anonymizer, siamese, classifier, AdversarialSettings(lr=1e-2, siamese_lr=1e-2,
-                                                                                classifier_lr=1e-2))
+    task = AdversarialTask(anonymizer, siamese, classifier,
+                           dataclasses.replace(PUBLISHED, lr=1e-2, siamese_lr=1e-2, classifier_lr=1e-2))
     assert set(task.optimizers) == {"optimizer", "siamese_optimizer", "classifier_optimizer"}
     owners = {"optimizer": anonymizer, "siamese_optimizer": task.siamese, "classifier_optimizer": task.classifier}
     for name, optimizer in task.optimizers.items():

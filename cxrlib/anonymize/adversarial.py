@@ -99,15 +99,16 @@ def adversarial_losses(anonymizer: nn.Module, siamese: nn.Module, classifier: nn
 
 @dataclass(frozen=True)
 class AdversarialSettings:
-    """The adversarial objective and the three optimizers' learning rates (official: 1e-4 each)."""
+    """The adversarial objective and the three optimizers' learning rates: the fields of a profile's
+    anonymization section (:class:`~cxrlib.config.AnonymizationConfig`, whose defaults are the published
+    values) that the loop reads; ``update_adversaries`` False is notebook 02's diagnostic."""
 
-    lr: float = 1e-4
-    siamese_lr: float = 1e-4
-    classifier_lr: float = 1e-4
-    w_ac: float = 1.0
-    w_ver: float = 1.0
-    #: False: the adversaries are never updated (notebook 02's diagnostic)
-    update_adversaries: bool = True
+    lr: float
+    siamese_lr: float
+    classifier_lr: float
+    w_ac: float
+    w_ver: float
+    update_adversaries: bool
 
     @classmethod
     def of(cls, config: Any) -> AdversarialSettings:
@@ -234,8 +235,7 @@ class AdversarialTask(TrainingTask):
 
 def train_adversarial(anonymizer: Anonymizer, siamese: nn.Module, classifier: nn.Module,
                       train_loader: DataLoader, val_loader: DataLoader, *, schedule: Schedule,
-                      checkpoint: Checkpoint, settings: AdversarialSettings = AdversarialSettings(),
-                      runtime: Runtime = Runtime()) -> AdversarialResult:
+                      checkpoint: Checkpoint, settings: AdversarialSettings, runtime: Runtime = Runtime()) -> AdversarialResult:
     """Train ``anonymizer`` adversarially (an :class:`AdversarialTask` through the shared engine,
     :func:`~cxrlib.train.train`); afterwards it holds the kept weights.
 
