@@ -480,7 +480,8 @@ def network_attacks(queries: Images, gallery: Images | None = None, *, siamese=N
     """The trained networks' attacks on ``queries`` (and ``gallery``): the siamese network (pair scores),
     the retrieval network (embedding), and siamese networks re-trained on anonymized images (the first
     named ``retrained``, the others ``retrained_2``, ...). Each network in eval mode, on its device."""
-    from cxrlib.reid import embed_images, module_device
+    from cxrlib.reid import embed_images
+    from cxrlib.runtime import module_device
 
     def embedded(model, embed, images):
         model.eval()
@@ -501,7 +502,7 @@ def network_attacks(queries: Images, gallery: Images | None = None, *, siamese=N
 
 def _on_cpu(compare, model):
     """``compare`` fed with CPU tensors whatever the model's device, returning CPU tensors."""
-    from cxrlib.reid import module_device
+    from cxrlib.runtime import module_device
 
     device = module_device(model)
     return lambda a, b: compare(a.to(device), b.to(device)).cpu()
