@@ -1,0 +1,196 @@
+"""The latent diffusion model's sampler: DDIM against DPM-Solver++, guidance scale by step count, and
+guidance rescaling, measured on the trained model of a run (nothing is trained here).
+
+Every setting draws images for the same label vectors from the same initial noise (one seed), with
+``cxrlib.synthesis.generate`` and without the privacy filter, and is judged by the run's classifier
+trained on real images:
+
+* Fréchet distance in that classifier's penultimate features to the real test images
+  (``cxrlib.metrics.frechet_distance``, as notebook 04 measures it);
+* rendering: the classifier's AUC on the synthetic images against the labels they were drawn for,
+  per finding and their mean (``cxrlib.metrics.multilabel_auc``): does a finding asked for show?
+* seconds per image on one thread.
+
+The label vectors are the training split's (notebook 04 draws its synthetic set from them), the
+rarest findings first until each has ``--min-positives`` positives where the split has as many, then a
+seeded draw of the rest. The rare findings are thus over-represented; the real training images of the
+same label vectors, measured the same way, are the reference (their Fréchet distance is the floor
+under that label mix; their AUC is optimistic, the classifier having trained on them; its AUC on the
+real test images is recorded beside it).
+``--images`` (default: as many as ``--budget-minutes`` allows, from a timed probe) caps the count.
+
+After the sweep (``--samplers`` x ``--scales`` x ``--steps``), guidance rescale ``--rescale`` at the
+profile's setting and at the best one (the lowest sum of its Fréchet and rendering ranks).
+
+    python benchmarks/bench_sampler.py [--artifacts DIR] [--data-dir DIR] [--json benchmarks/results/sampler_sweep.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import TensorDataset
+
+from cxrlib.artifacts import load_weights
+from cxrlib.classify import build_classifier, predict
+from cxrlib.data.chestxray14 import LABELS
+from cxrlib.data.images import Images
+from cxrlib.metrics import PenultimateFeatures, frechet_distance, multilabel_auc
+from cxrlib.models.diffusion import SAMPLERS, LatentDiffusion
+from cxrlib.synthesis import generate
+from cxrlib.train import machine_description
+from cxrlib.workspace import Workspace
+
+#: the reference cpu run's trained models (run_all.sh, profile cpu on its phantom, seed 42)
+REFERENCE_ARTIFACTS = Path("/work/fresh-artifacts2/cpu/phantom-4ae08920")
+REFERENCE_LDM = "ldm-5894803b8c-108195f6d4-seed42"
+REFERENCE_CLASSIFIER = "classifier-5920b6df8d-seed42"
+CPU = torch.device("cpu")
+
+
+def label_vectors_with_positives(labels: np.ndarray, min_positives: int, seed: int) -> np.ndarray:
+    """Row indices of ``labels`` (N, 14): first, rarest finding first, seeded draws of rows positive for
+    each finding until it has ``min_positives`` positives among the chosen rows (or all the rows it has);
+    then every other row in a seeded order. Any prefix of the result is a valid smaller choice, the
+    rare findings' rows leading."""
+    rng = np.random.default_rng(seed)
+    chosen: list[int] = []
+    taken = np.zeros(len(labels), dtype=bool)
+    for finding in np.argsort(labels.sum(0), kind="stable"):
+        missing = max(min_positives - int(labels[chosen, finding].sum()), 0)
+        picked = rng.permutation(np.flatnonzero((labels[:, finding] > 0) & ~taken))[:missing]
+        chosen.extend(picked.tolist())
+        taken[picked] = True
+    chosen.extend(rng.permutation(np.flatnonzero(~taken)).tolist())
+    return np.asarray(chosen)
+
+
+def load_classifier(workspace: Workspace, path: Path) -> torch.nn.Module:
+    """The classifier trained on real images, from its saved weights (checked against the profile)."""
+    model = build_classifier(workspace.profile.classifier)
+    load_weights(model, path, config={"classifier": dataclasses.asdict(workspace.profile.classifier)})
+    return model.eval()
+
+
+def judge(images: torch.Tensor, labels: torch.Tensor, test_images: torch.Tensor, classifier: torch.nn.Module,
+          features: PenultimateFeatures) -> dict:
+    """Fréchet distance of ``images`` to the test images, and the classifier's AUC against ``labels``."""
+    probabilities, _ = predict(classifier, TensorDataset(images, labels), progress=False)
+    auc = multilabel_auc(labels.numpy(), probabilities, n_bootstrap=0)
+    return {"frechet_distance": frechet_distance(test_images, images, features, device=CPU),
+            "rendering_auc": auc["mean_auc"], "rendering_auc_per_finding": auc["per_class"],
+            "findings_without_auc": auc["excluded"]}
+
+
+def best_by_ranks(runs: list[dict]) -> dict:
+    """The run with the lowest sum of its Fréchet-distance rank and its rendering-AUC rank (the faster
+    on a tie): neither criterion alone, since a strong guidance can render findings at the cost of
+    realism."""
+    fd_rank = np.argsort(np.argsort([run["frechet_distance"] for run in runs]))
+    auc_rank = np.argsort(np.argsort([-run["rendering_auc"] for run in runs]))
+    return runs[min(range(len(runs)), key=lambda i: (fd_rank[i] + auc_rank[i], runs[i]["seconds_per_image"]))]
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--profile", default="cpu")
+    parser.add_argument("--data-dir", default="", help="a ChestX-ray14 folder (default: the profile's phantom)")
+    parser.add_argument("--seed", type=int, default=42, help="the run's seed (its splits, the draws)")
+    parser.add_argument("--artifacts", type=Path, default=REFERENCE_ARTIFACTS,
+                        help="the folder of the run's trained models")
+    parser.add_argument("--ldm", default=REFERENCE_LDM, help="the saved latent diffusion model's folder in it")
+    parser.add_argument("--classifier", default=REFERENCE_CLASSIFIER, help="the real-image classifier's weights in it")
+    parser.add_argument("--samplers", nargs="+", default=list(SAMPLERS), choices=SAMPLERS)
+    parser.add_argument("--scales", nargs="+", type=float, default=[1.5, 2.0, 3.0, 4.0])
+    parser.add_argument("--steps", nargs="+", type=int, default=[10, 15, 25])
+    parser.add_argument("--rescale", type=float, default=0.7, help="the guidance rescale tried (0: none)")
+    parser.add_argument("--min-positives", type=int, default=20)
+    parser.add_argument("--images", type=int, default=None, help="label vectors drawn for (default: the budget's)")
+    parser.add_argument("--budget-minutes", type=float, default=25.0)
+    parser.add_argument("--json", type=Path, default=None, help="also write the figures here")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(1)
+    started = time.perf_counter()
+
+    ws = Workspace.open(args.profile, args.data_dir, seed=args.seed)
+    config = ws.profile.synthesis
+    model = LatentDiffusion.load(args.artifacts / args.ldm)
+    classifier = load_classifier(ws, args.artifacts / args.classifier)
+    features = PenultimateFeatures(classifier)
+    test_images = Images.from_cache(ws.cache, ws.splits.test["image"]).tensor()
+    train = ws.splits.train
+    order = label_vectors_with_positives(train[list(LABELS)].to_numpy(dtype=np.float32), args.min_positives, ws.seed)
+    current = {"sampler": "ddim", "guidance_scale": config.guidance_scale, "steps": config.sampling_steps}
+    grid = [{"sampler": sampler, "guidance_scale": scale, "steps": steps}
+            for sampler in args.samplers for scale in args.scales for steps in args.steps]
+
+    def draw(setting: dict, labels: torch.Tensor, guidance_rescale: float = 0.0) -> tuple[torch.Tensor, float]:
+        began = time.perf_counter()
+        images = generate(model, labels, steps=setting["steps"], guidance_scale=setting["guidance_scale"],
+                          sampler=setting["sampler"], guidance_rescale=guidance_rescale,
+                          generator=torch.Generator().manual_seed(ws.seed), device=CPU, progress=False)
+        return images, time.perf_counter() - began
+
+    images_count = args.images
+    if images_count is None:
+        # the U-Net's steps dominate: a probe at the profile's setting times one image-step
+        probe = torch.from_numpy(train[list(LABELS)].to_numpy(dtype=np.float32)[order[:32]])
+        _, seconds = draw(current, probe)
+        per_image_step = seconds / (len(probe) * current["steps"])
+        image_steps = sum(s["steps"] for s in grid) + current["steps"] + max(args.steps)  # the rescaled two
+        judging = 0.15  # Fréchet distance and AUC, a share of the time, from a first run
+        images_count = int(args.budget_minutes * 60 * (1 - judging) / (per_image_step * image_steps))
+        print(f"probe: {per_image_step * 1000:.1f} ms per image and step; {image_steps} image-steps per image "
+              f"in the sweep -> {images_count} images for {args.budget_minutes:g} min", flush=True)
+    rows = order[:min(images_count, len(order))]
+    labels = torch.from_numpy(train[list(LABELS)].to_numpy(dtype=np.float32)[rows])
+    positives = dict(zip(LABELS, labels.sum(0).int().tolist()))
+    print(f"{len(rows)} label vectors of the training split; positives per finding: {positives}", flush=True)
+
+    real = Images.from_cache(ws.cache, train["image"].iloc[rows]).tensor()
+    reference = judge(real, labels, test_images, classifier, features)
+    test_labels = torch.from_numpy(ws.splits.test[list(LABELS)].to_numpy(dtype=np.float32))
+    on_test = multilabel_auc(test_labels.numpy(), predict(classifier, TensorDataset(test_images, test_labels),
+                                                          progress=False)[0], n_bootstrap=0)
+    print(f"real training images of these labels: Fréchet distance {reference['frechet_distance']:.2f}, "
+          f"rendering AUC {reference['rendering_auc']:.3f} (seen in training); the classifier's test AUC "
+          f"{on_test['mean_auc']:.3f}", flush=True)
+
+    def measure(setting: dict, guidance_rescale: float = 0.0) -> dict:
+        images, seconds = draw(setting, labels, guidance_rescale)
+        run = {**setting, "guidance_rescale": guidance_rescale, "seconds": seconds,
+               "seconds_per_image": seconds / len(labels), **judge(images, labels, test_images, classifier, features)}
+        print(f"[{time.perf_counter() - started:5.0f} s] {run['sampler']:4} scale {run['guidance_scale']:g} "
+              f"steps {run['steps']:2d} rescale {guidance_rescale:g}: Fréchet {run['frechet_distance']:7.2f}, "
+              f"rendering AUC {run['rendering_auc']:.3f}, {run['seconds_per_image']:.3f} s/image", flush=True)
+        return run
+
+    runs = [measure(setting) for setting in grid]
+    best = best_by_ranks(runs)
+    best_setting = {key: best[key] for key in ("sampler", "guidance_scale", "steps")}
+    rescaled = [measure(setting, args.rescale) for setting in
+                ([current] if best_setting == current else [current, best_setting])] if args.rescale else []
+    figures = {"profile": args.profile, "seed": ws.seed, "machine": machine_description(),
+               "threads": torch.get_num_threads(), "ldm": args.ldm, "classifier": args.classifier,
+               "label_source": "training split", "images": len(rows), "test_images": len(test_images),
+               "min_positives": args.min_positives, "positives": positives,
+               "profile_setting": current, "best_by_ranks": best_setting,
+               "real_training_images": reference,
+               "real_test_images": {"auc": on_test["mean_auc"], "auc_per_finding": on_test["per_class"],
+                                    "findings_without_auc": on_test["excluded"]},
+               "runs": runs + rescaled,
+               "wall_seconds": time.perf_counter() - started}
+    print(f"best by the sum of ranks: {best_setting}; the sweep took {figures['wall_seconds'] / 60:.1f} min")
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(figures, indent=1))
+
+
+if __name__ == "__main__":
+    main()
