@@ -92,9 +92,12 @@ def best_by_ranks(runs: list[dict]) -> dict:
     """The run with the lowest sum of its Fréchet-distance rank and its rendering-AUC rank (the faster
     on a tie): neither criterion alone, since a strong guidance can render findings at the cost of
     realism."""
-    fd_rank = np.argsort(np.argsort([run["frechet_distance"] for run in runs]))
-    auc_rank = np.argsort(np.argsort([-run["rendering_auc"] for run in runs]))
-    return runs[min(range(len(runs)), key=lambda i: (fd_rank[i] + auc_rank[i], runs[i]["seconds_per_image"]))]
+    def ranks(values: list[float]) -> np.ndarray:  # how many runs do better; equal values share a rank
+        values = np.asarray(values)
+        return (values[None, :] < values[:, None]).sum(1)
+
+    rank_sums = ranks([run["frechet_distance"] for run in runs]) + ranks([-run["rendering_auc"] for run in runs])
+    return runs[min(range(len(runs)), key=lambda i: (rank_sums[i], runs[i]["seconds_per_image"]))]
 
 
 def main(argv: list[str] | None = None) -> None:

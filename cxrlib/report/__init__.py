@@ -24,9 +24,10 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from cxrlib.report.benchmarks import (AUDIT_BENCHMARK, CPU_PATHS_BENCHMARK, CPU_PROCESSES_BENCHMARK,
-                                      LOOP_BENCHMARK, SAMPLING_PRECISION_BENCHMARK, TRAINING_PRECISION_BENCHMARK,
-                                      audit_benchmark_block, cpu_paths_block, loop_ratio_block,
-                                      sampling_precision_block, training_precision_block)
+                                      LOOP_BENCHMARK, SAMPLER_SWEEP_BENCHMARK, SAMPLING_PRECISION_BENCHMARK,
+                                      TRAINING_PRECISION_BENCHMARK, audit_benchmark_block, cpu_paths_block,
+                                      loop_ratio_block, sampler_sweep_block, sampling_precision_block,
+                                      training_precision_block)
 from cxrlib.report.blocks import (KEY_FIGURES, REAL_SAMPLE_RESULTS, identity_cues_block, identity_profile_block,
                                   lung_fields_block, real_sample_block, reidentification_block,
                                   reidentification_table_block, run_block, synthesis_block, synthesis_figure_block,
@@ -39,10 +40,10 @@ __all__ = [
     "AUDIT_BENCHMARK", "BLOCKS", "CPU_PATHS_BENCHMARK", "CPU_PROCESSES_BENCHMARK", "DOCUMENTS", "FAIR_TEST_BLOCKS",
     "LOOP_BENCHMARK", "loop_ratio_block",
     "KEY_FIGURES", "REAL_SAMPLE_RESULTS", "REFERENCE_PROFILE", "REFERENCE_SEED", "REIDENTIFICATION_COLUMNS",
-    "REPORT", "RESULT_FILES", "SAMPLING_PRECISION_BENCHMARK", "TRAINING_PRECISION_BENCHMARK", "WHOLE_NOTEBOOK",
+    "REPORT", "RESULT_FILES", "SAMPLER_SWEEP_BENCHMARK", "SAMPLING_PRECISION_BENCHMARK", "TRAINING_PRECISION_BENCHMARK", "WHOLE_NOTEBOOK",
     "ReportError", "Results", "audit_benchmark_block", "cpu_paths_block", "current_section", "has_section",
     "identity_cues_block", "identity_profile_block", "load_results", "lung_fields_block", "markers",
-    "real_sample_block", "recorded_contexts", "reference_differences", "reference_results",
+    "real_sample_block", "recorded_contexts", "reference_differences", "reference_results", "sampler_sweep_block",
     "reidentification_block", "reidentification_table_block", "replace_section", "results_section", "run_block",
     "sampling_precision_block", "stage_timings", "synthesis_block", "synthesis_figure_block", "tradeoff_block",
     "tradeoff_figure_block", "tradeoff_reading_block", "tradeoff_table_block", "training_block",
@@ -56,6 +57,7 @@ BLOCKS: tuple[Block, ...] = (
     reidentification_table_block, identity_cues_block, tradeoff_block, tradeoff_table_block,
     tradeoff_reading_block, tradeoff_figure_block, synthesis_block, synthesis_figure_block,
     audit_benchmark_block, loop_ratio_block, cpu_paths_block, sampling_precision_block, training_precision_block,
+    sampler_sweep_block,
 )
 
 #: data/README.md's figures of the phantom as a fair test

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from cxrlib.report.loading import ReportError, Results, _context, _count, _minutes
+from cxrlib.report.loading import ReportError, Results, _context, _count, _minutes, _words
 
 #: the CPU benchmarks' last figures (``benchmarks/bench_cpu_paths.py``, plain and ``--processes 3``),
 #: relative to the project root, where the README lies
@@ -18,6 +18,8 @@ TRAINING_PRECISION_BENCHMARK = Path("benchmarks/results/training_precision.json"
 AUDIT_BENCHMARK = Path("benchmarks/results/audit.json")
 #: ``benchmarks/gpu_check.py --profile cpu --json``: the shared loop against an official-style one on a CPU
 LOOP_BENCHMARK = Path("benchmarks/results/loop_ratio_cpu.json")
+#: ``benchmarks/bench_sampler.py``: the latent diffusion model's sampler, guidance scale and steps
+SAMPLER_SWEEP_BENCHMARK = Path("benchmarks/results/sampler_sweep.json")
 
 
 def _benchmark(results: Results, path: Path) -> dict | None:
@@ -174,3 +176,62 @@ def loop_ratio_block(results: Results) -> str | None:
             f"`{LOOP_BENCHMARK.as_posix()}`): trained for {bench['steps']} steps each at {bench['image_size']} px, "
             f"the project's loop (the uint8 cache, Accelerate) against a loop as the papers' code writes it (fp32, "
             f"one PNG decoded and resized per item): {parts[0]} and {parts[1]}.")
+
+
+#: how the sampler sweep's table and sentences name the samplers of ``cxrlib.synthesis.generate``
+SAMPLER_NAMES = {"ddim": "DDIM", "dpm": "DPM-Solver++"}
+
+
+def _sampler_setting(run: dict) -> str:
+    rescale = f", guidance rescale {run['guidance_rescale']:g}" if run.get("guidance_rescale") else ""
+    return (f"{SAMPLER_NAMES.get(run['sampler'], run['sampler'])}, guidance scale {run['guidance_scale']:g}, "
+            f"{run['steps']} steps{rescale}")
+
+
+def sampler_sweep_block(results: Results) -> str | None:
+    """The sampler sweep: per setting the Fréchet distance, the rendering AUC and the seconds per image,
+    and which setting is best by each."""
+    bench = _benchmark(results, SAMPLER_SWEEP_BENCHMARK)
+    if bench is None:
+        return None
+    runs, machine = bench["runs"], bench["machine"]
+    best = {"the lowest Fréchet distance": min(runs, key=lambda run: run["frechet_distance"]),
+            "the highest rendering AUC": max(runs, key=lambda run: run["rendering_auc"]),
+            "the fastest": min(runs, key=lambda run: run["seconds_per_image"])}
+    positives = bench["positives"]
+    fewest = min(positives, key=positives.get)
+    shortfall = ([finding for finding, count in positives.items() if count < bench["min_positives"]])
+    short = (f"; {_words(shortfall)} fewer, all the split has" if shortfall else "")
+    rescaled = [run for run in runs if run.get("guidance_rescale")]
+    plain = {(run["sampler"], run["guidance_scale"], run["steps"]): run for run in runs if not run.get("guidance_rescale")}
+    rescale_parts = []
+    for run in rescaled:
+        without = plain.get((run["sampler"], run["guidance_scale"], run["steps"]))
+        if without is not None:
+            rescale_parts.append(
+                f"at {_sampler_setting({**run, 'guidance_rescale': 0})} it moves the Fréchet distance from "
+                f"{without['frechet_distance']:.2f} to {run['frechet_distance']:.2f} and the rendering AUC from "
+                f"{without['rendering_auc']:.3f} to {run['rendering_auc']:.3f}")
+    rescale = (f" Guidance rescale {rescaled[0]['guidance_rescale']:g} (Lin et al. 2024): "
+               f"{'; '.join(rescale_parts)}." if rescale_parts else "")
+    profile_setting = bench["profile_setting"]
+    table = pd.DataFrame([{
+        "sampler": SAMPLER_NAMES.get(run["sampler"], run["sampler"]), "guidance scale": f"{run['guidance_scale']:g}",
+        "steps": run["steps"], "guidance rescale": f"{run.get('guidance_rescale', 0):g}",
+        "Fréchet distance": f"{run['frechet_distance']:.2f}", "rendering AUC": f"{run['rendering_auc']:.3f}",
+        "s / image": f"{run['seconds_per_image']:.3f}"} for run in runs
+    ]).to_markdown(index=False, disable_numparse=True)  # as formatted: 18.00, not 18
+    threads = bench["threads"]
+    return (f"**The sampler** (`benchmarks/bench_sampler.py`, {machine['cpu']}, {threads} "
+            f"thread{'s' if threads != 1 else ''}; `{SAMPLER_SWEEP_BENCHMARK.as_posix()}`): the `{bench['profile']}` "
+            f"run's latent diffusion model drew {_count(bench['images'])} images with each setting, from one seed, "
+            f"for label vectors of the training split chosen so that each finding has at least "
+            f"{bench['min_positives']} positives (the fewest, {fewest}, {positives[fewest]}{short}). The classifier "
+            f"trained on real images judges them: the Fréchet distance in its features to the "
+            f"{_count(bench['test_images'])} real test images (the real training images of the same label vectors: "
+            f"{bench['real_training_images']['frechet_distance']:.2f}), and its mean AUC on the synthetic images "
+            f"against the labels they were drawn for, the rendering AUC (on the real test images it reaches "
+            f"{bench['real_test_images']['auc']:.3f}). "
+            + "; ".join(f"{criterion}: {_sampler_setting(run)}" for criterion, run in best.items())
+            + f"; the lowest sum of both ranks: {_sampler_setting(bench['best_by_ranks'])}. The profile samples "
+            f"with {_sampler_setting(profile_setting)}.{rescale}\n\n{table}")
