@@ -20,7 +20,8 @@ real test images is recorded beside it).
 ``--images`` (default: as many as ``--budget-minutes`` allows, from a timed probe) caps the count.
 
 After the sweep (``--samplers`` x ``--scales`` x ``--steps``), guidance rescale ``--rescale`` at the
-profile's setting and at the best one (the lowest sum of its Fréchet and rendering ranks).
+profile's setting and at the best one (the lowest sum of its Fréchet and rendering ranks); then the
+profile's setting from ``--spread-seeds`` other seeds, how far the figures move by the draw alone.
 
     python benchmarks/bench_sampler.py [--artifacts DIR] [--data-dir DIR] [--json benchmarks/results/sampler_sweep.json]
 """
@@ -114,6 +115,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--steps", nargs="+", type=int, default=[10, 15, 25])
     parser.add_argument("--rescale", type=float, default=0.7, help="the guidance rescale tried (0: none)")
     parser.add_argument("--min-positives", type=int, default=20)
+    parser.add_argument("--spread-seeds", type=int, default=3,
+                        help="other seeds the profile's setting is drawn from, to show the draw's own spread")
     parser.add_argument("--images", type=int, default=None, help="label vectors drawn for (default: the budget's)")
     parser.add_argument("--budget-minutes", type=float, default=25.0)
     parser.add_argument("--json", type=Path, default=None, help="also write the figures here")
@@ -133,11 +136,12 @@ def main(argv: list[str] | None = None) -> None:
     grid = [{"sampler": sampler, "guidance_scale": scale, "steps": steps}
             for sampler in args.samplers for scale in args.scales for steps in args.steps]
 
-    def draw(setting: dict, labels: torch.Tensor, guidance_rescale: float = 0.0) -> tuple[torch.Tensor, float]:
+    def draw(setting: dict, labels: torch.Tensor, guidance_rescale: float = 0.0,
+             seed: int = ws.seed) -> tuple[torch.Tensor, float]:
         began = time.perf_counter()
         images = generate(model, labels, steps=setting["steps"], guidance_scale=setting["guidance_scale"],
                           sampler=setting["sampler"], guidance_rescale=guidance_rescale,
-                          generator=torch.Generator().manual_seed(ws.seed), device=CPU, progress=False)
+                          generator=torch.Generator().manual_seed(seed), device=CPU, progress=False)
         return images, time.perf_counter() - began
 
     images_count = args.images
@@ -146,7 +150,9 @@ def main(argv: list[str] | None = None) -> None:
         probe = torch.from_numpy(train[list(LABELS)].to_numpy(dtype=np.float32)[order[:32]])
         _, seconds = draw(current, probe)
         per_image_step = seconds / (len(probe) * current["steps"])
-        image_steps = sum(s["steps"] for s in grid) + current["steps"] + max(args.steps)  # the rescaled two
+        # the grid, the two rescaled settings, the profile's setting from the other seeds
+        image_steps = sum(s["steps"] for s in grid) + current["steps"] + max(args.steps) \
+            + args.spread_seeds * current["steps"]
         judging = 0.15  # Fréchet distance and AUC, a share of the time, from a first run
         images_count = int(args.budget_minutes * 60 * (1 - judging) / (per_image_step * image_steps))
         print(f"probe: {per_image_step * 1000:.1f} ms per image and step; {image_steps} image-steps per image "
@@ -165,12 +171,12 @@ def main(argv: list[str] | None = None) -> None:
           f"rendering AUC {reference['rendering_auc']:.3f} (seen in training); the classifier's test AUC "
           f"{on_test['mean_auc']:.3f}", flush=True)
 
-    def measure(setting: dict, guidance_rescale: float = 0.0) -> dict:
-        images, seconds = draw(setting, labels, guidance_rescale)
-        run = {**setting, "guidance_rescale": guidance_rescale, "seconds": seconds,
+    def measure(setting: dict, guidance_rescale: float = 0.0, seed: int = ws.seed) -> dict:
+        images, seconds = draw(setting, labels, guidance_rescale, seed)
+        run = {**setting, "guidance_rescale": guidance_rescale, "seed": seed, "seconds": seconds,
                "seconds_per_image": seconds / len(labels), **judge(images, labels, test_images, classifier, features)}
         print(f"[{time.perf_counter() - started:5.0f} s] {run['sampler']:4} scale {run['guidance_scale']:g} "
-              f"steps {run['steps']:2d} rescale {guidance_rescale:g}: Fréchet {run['frechet_distance']:7.2f}, "
+              f"steps {run['steps']:2d} rescale {guidance_rescale:g} seed {seed}: Fréchet {run['frechet_distance']:7.2f}, "
               f"rendering AUC {run['rendering_auc']:.3f}, {run['seconds_per_image']:.3f} s/image", flush=True)
         return run
 
@@ -179,6 +185,12 @@ def main(argv: list[str] | None = None) -> None:
     best_setting = {key: best[key] for key in ("sampler", "guidance_scale", "steps")}
     rescaled = [measure(setting, args.rescale) for setting in
                 ([current] if best_setting == current else [current, best_setting])] if args.rescale else []
+    # the same setting from other seeds: how far the figures move by the draw alone
+    again = [measure(current, seed=ws.seed + 1 + k) for k in range(args.spread_seeds)]
+    at_current = [run for run in runs if {key: run[key] for key in current} == current] + again
+    spread = {"setting": current, "seeds": [run["seed"] for run in at_current],
+              "frechet_distance": [run["frechet_distance"] for run in at_current],
+              "rendering_auc": [run["rendering_auc"] for run in at_current]}
     figures = {"profile": args.profile, "seed": ws.seed, "machine": machine_description(),
                "threads": torch.get_num_threads(), "ldm": args.ldm, "classifier": args.classifier,
                "label_source": "training split", "images": len(rows), "test_images": len(test_images),
@@ -187,7 +199,7 @@ def main(argv: list[str] | None = None) -> None:
                "real_training_images": reference,
                "real_test_images": {"auc": on_test["mean_auc"], "auc_per_finding": on_test["per_class"],
                                     "findings_without_auc": on_test["excluded"]},
-               "runs": runs + rescaled,
+               "runs": runs + rescaled, "seed_spread": spread,
                "wall_seconds": time.perf_counter() - started}
     print(f"best by the sum of ranks: {best_setting}; the sweep took {figures['wall_seconds'] / 60:.1f} min")
     if args.json:
