@@ -390,7 +390,9 @@ def test_sampler_sweep_comes_from_its_benchmark_beside_the_readme(copied_results
              "min_positives": 20, "positives": {"Mass": 34, "Pneumonia": 21, "Hernia": 5},
              "real_training_images": {"frechet_distance": 9.391}, "real_test_images": {"auc": 0.8512},
              "profile_setting": {"sampler": "ddim", "guidance_scale": 3.0, "steps": 15},
-             "best_by_ranks": {"sampler": "ddim", "guidance_scale": 3.0, "steps": 15}, "runs": runs}
+             "best_by_ranks": {"sampler": "ddim", "guidance_scale": 3.0, "steps": 15}, "runs": runs,
+             "seed_spread": {"seeds": [42, 43, 44], "frechet_distance": [20.5, 19.0, 22.125],
+                             "rendering_auc": [0.70, 0.6875, 0.71]}}
     (root / "benchmarks" / "results" / "sampler_sweep.json").write_text(json.dumps(bench))
     section = results_section(results, root)
     flat = section.replace("\n", " ")
@@ -401,7 +403,8 @@ def test_sampler_sweep_comes_from_its_benchmark_beside_the_readme(copied_results
     assert "on the real test images it reaches 0.851" in flat
     assert ("the lowest Fréchet distance: DDIM, guidance scale 1.5, 10 steps; the highest rendering AUC: "
             "DPM-Solver++, guidance scale 4, 25 steps; the fastest: DDIM, guidance scale 1.5, 10 steps") in flat
-    assert "The profile samples with DDIM, guidance scale 3, 15 steps." in flat
+    assert "The profile samples with DDIM, guidance scale 3, 15 steps. Drawn from 3 seeds" in flat
+    assert "a Fréchet distance from 19.00 to 22.12 and a rendering AUC from 0.688 to 0.710" in flat
     assert ("Guidance rescale 0.7 (Lin et al. 2024): at DDIM, guidance scale 3, 15 steps it moves the Fréchet "
             "distance from 20.50 to 18.00 and the rendering AUC from 0.700 to 0.690.") in flat
     assert "| DPM-Solver++ | 4" in section and "| 12.25 " in section and "| 0.150 " in section

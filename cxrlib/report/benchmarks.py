@@ -215,6 +215,11 @@ def sampler_sweep_block(results: Results) -> str | None:
     rescale = (f" Guidance rescale {rescaled[0]['guidance_rescale']:g} (Lin et al. 2024): "
                f"{'; '.join(rescale_parts)}." if rescale_parts else "")
     profile_setting = bench["profile_setting"]
+    seeds = bench.get("seed_spread")
+    spread = (f" Drawn from {len(seeds['seeds'])} seeds at the profile's setting, the same label vectors gave a "
+              f"Fréchet distance from {min(seeds['frechet_distance']):.2f} to {max(seeds['frechet_distance']):.2f} "
+              f"and a rendering AUC from {min(seeds['rendering_auc']):.3f} to {max(seeds['rendering_auc']):.3f}: "
+              f"differences within that are the draw's." if seeds and len(seeds["seeds"]) > 1 else "")
     table = pd.DataFrame([{
         "sampler": SAMPLER_NAMES.get(run["sampler"], run["sampler"]), "guidance scale": f"{run['guidance_scale']:g}",
         "steps": run["steps"], "guidance rescale": f"{run.get('guidance_rescale', 0):g}",
@@ -234,4 +239,4 @@ def sampler_sweep_block(results: Results) -> str | None:
             f"{bench['real_test_images']['auc']:.3f}). "
             + "; ".join(f"{criterion}: {_sampler_setting(run)}" for criterion, run in best.items())
             + f"; the lowest sum of both ranks: {_sampler_setting(bench['best_by_ranks'])}. The profile samples "
-            f"with {_sampler_setting(profile_setting)}.{rescale}\n\n{table}")
+            f"with {_sampler_setting(profile_setting)}.{spread}{rescale}\n\n{table}")
