@@ -21,7 +21,9 @@ real test images is recorded beside it).
 
 After the sweep (``--samplers`` x ``--scales`` x ``--steps``), guidance rescale ``--rescale`` at the
 profile's setting and at the best one (the lowest sum of its Fréchet and rendering ranks); then the
-profile's setting from ``--spread-seeds`` other seeds, how far the figures move by the draw alone.
+profile's setting from ``--spread-seeds`` other seeds, how far the figures move by the draw alone;
+last, each sampler at each step count timed side by side (``--timing-repeats`` rounds; ``--only-timing``
+adds them to an earlier run's JSON), since on a shared machine the sweep's own times drift with the load.
 
     python benchmarks/bench_sampler.py [--artifacts DIR] [--data-dir DIR] [--json benchmarks/results/sampler_sweep.json]
 """
@@ -101,6 +103,20 @@ def best_by_ranks(runs: list[dict]) -> dict:
     return runs[min(range(len(runs)), key=lambda i: (rank_sums[i], runs[i]["seconds_per_image"]))]
 
 
+def interleaved_seconds_per_image(draw, samplers: list[str], steps: list[int], guidance_scale: float,
+                                  labels: torch.Tensor, repeats: int) -> dict[str, dict[str, float]]:
+    """Seconds per image of each sampler at each step count: the fastest of ``repeats`` rounds that each
+    draw every setting in turn. On a machine shared with other jobs the sweep's own times drift with
+    their load; the least disturbed round comes closest to what the sampler itself costs."""
+    fastest: dict[tuple[str, int], float] = {}
+    for _ in range(repeats):
+        for sampler in samplers:
+            for count in steps:
+                _, seconds = draw({"sampler": sampler, "guidance_scale": guidance_scale, "steps": count}, labels)
+                fastest[sampler, count] = min(fastest.get((sampler, count), float("inf")), seconds / len(labels))
+    return {sampler: {str(count): fastest[sampler, count] for count in steps} for sampler in samplers}
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--profile", default="cpu")
@@ -119,6 +135,11 @@ def main(argv: list[str] | None = None) -> None:
                         help="other seeds the profile's setting is drawn from, to show the draw's own spread")
     parser.add_argument("--images", type=int, default=None, help="label vectors drawn for (default: the budget's)")
     parser.add_argument("--budget-minutes", type=float, default=25.0)
+    parser.add_argument("--timing-repeats", type=int, default=3,
+                        help="rounds of the side-by-side timing of the samplers (0: none)")
+    parser.add_argument("--timing-images", type=int, default=32)
+    parser.add_argument("--only-timing", action="store_true",
+                        help="only the side-by-side timing, added to the figures already in --json")
     parser.add_argument("--json", type=Path, default=None, help="also write the figures here")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
@@ -143,6 +164,22 @@ def main(argv: list[str] | None = None) -> None:
                           sampler=setting["sampler"], guidance_rescale=guidance_rescale,
                           generator=torch.Generator().manual_seed(seed), device=CPU, progress=False)
         return images, time.perf_counter() - began
+
+    def timing() -> dict:
+        labels = torch.from_numpy(train[list(LABELS)].to_numpy(dtype=np.float32)[order[:args.timing_images]])
+        print(f"timing the samplers side by side, {args.timing_repeats} rounds of {len(labels)} images", flush=True)
+        return {"images": len(labels), "repeats": args.timing_repeats, "guidance_scale": current["guidance_scale"],
+                "seconds_per_image": interleaved_seconds_per_image(
+                    draw, args.samplers, args.steps, current["guidance_scale"], labels, args.timing_repeats)}
+
+    if args.only_timing:
+        if args.json is None or not args.json.is_file():
+            parser.error("--only-timing adds to the figures of an earlier run: give their --json")
+        figures = json.loads(args.json.read_text())
+        figures["timing"] = timing()
+        args.json.write_text(json.dumps(figures, indent=1))
+        print(figures["timing"])
+        return
 
     images_count = args.images
     if images_count is None:
@@ -191,6 +228,7 @@ def main(argv: list[str] | None = None) -> None:
     spread = {"setting": current, "seeds": [run["seed"] for run in at_current],
               "frechet_distance": [run["frechet_distance"] for run in at_current],
               "rendering_auc": [run["rendering_auc"] for run in at_current]}
+    side_by_side = {"timing": timing()} if args.timing_repeats else {}
     figures = {"profile": args.profile, "seed": ws.seed, "machine": machine_description(),
                "threads": torch.get_num_threads(), "ldm": args.ldm, "classifier": args.classifier,
                "label_source": "training split", "images": len(rows), "test_images": len(test_images),
@@ -199,7 +237,7 @@ def main(argv: list[str] | None = None) -> None:
                "real_training_images": reference,
                "real_test_images": {"auc": on_test["mean_auc"], "auc_per_finding": on_test["per_class"],
                                     "findings_without_auc": on_test["excluded"]},
-               "runs": runs + rescaled, "seed_spread": spread,
+               "runs": runs + rescaled, "seed_spread": spread, **side_by_side,
                "wall_seconds": time.perf_counter() - started}
     print(f"best by the sum of ranks: {best_setting}; the sweep took {figures['wall_seconds'] / 60:.1f} min")
     if args.json:

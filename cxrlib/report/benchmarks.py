@@ -200,8 +200,8 @@ def sampler_sweep_block(results: Results) -> str | None:
             "the fastest": min(runs, key=lambda run: run["seconds_per_image"])}
     positives = bench["positives"]
     fewest = min(positives, key=positives.get)
-    shortfall = ([finding for finding, count in positives.items() if count < bench["min_positives"]])
-    short = (f"; {_words(shortfall)} fewer, all the split has" if shortfall else "")
+    shortfall = [finding for finding, count in positives.items() if count < bench["min_positives"]]
+    short = f"; {_words(shortfall)} fewer, all the split has" if shortfall else ""
     rescaled = [run for run in runs if run.get("guidance_rescale")]
     plain = {(run["sampler"], run["guidance_scale"], run["steps"]): run for run in runs if not run.get("guidance_rescale")}
     rescale_parts = []
@@ -220,11 +220,19 @@ def sampler_sweep_block(results: Results) -> str | None:
               f"Fréchet distance from {min(seeds['frechet_distance']):.2f} to {max(seeds['frechet_distance']):.2f} "
               f"and a rendering AUC from {min(seeds['rendering_auc']):.3f} to {max(seeds['rendering_auc']):.3f}: "
               f"differences within that are the draw's." if seeds and len(seeds["seeds"]) > 1 else "")
+    timing = bench.get("timing")
+    timed = ("" if timing is None else
+             f" Timed side by side, the fastest of {timing['repeats']} rounds over {timing['images']} images that "
+             f"each draw every setting in turn (other jobs shared the machine, so the sweep's own times drift with "
+             f"their load): " + "; ".join(
+                 f"{SAMPLER_NAMES.get(sampler, sampler)} {_words([f'{value:.3f}' for value in per_steps.values()])} "
+                 f"s per image at {_words(list(per_steps))} steps"
+                 for sampler, per_steps in timing["seconds_per_image"].items()) + ".")
     table = pd.DataFrame([{
         "sampler": SAMPLER_NAMES.get(run["sampler"], run["sampler"]), "guidance scale": f"{run['guidance_scale']:g}",
         "steps": run["steps"], "guidance rescale": f"{run.get('guidance_rescale', 0):g}",
         "Fréchet distance": f"{run['frechet_distance']:.2f}", "rendering AUC": f"{run['rendering_auc']:.3f}",
-        "s / image": f"{run['seconds_per_image']:.3f}"} for run in runs
+        "s / image (sweep)": f"{run['seconds_per_image']:.3f}"} for run in runs
     ]).to_markdown(index=False, disable_numparse=True)  # as formatted: 18.00, not 18
     threads = bench["threads"]
     return (f"**The sampler** (`benchmarks/bench_sampler.py`, {machine['cpu']}, {threads} "
@@ -239,4 +247,4 @@ def sampler_sweep_block(results: Results) -> str | None:
             f"{bench['real_test_images']['auc']:.3f}). "
             + "; ".join(f"{criterion}: {_sampler_setting(run)}" for criterion, run in best.items())
             + f"; the lowest sum of both ranks: {_sampler_setting(bench['best_by_ranks'])}. The profile samples "
-            f"with {_sampler_setting(profile_setting)}.{spread}{rescale}\n\n{table}")
+            f"with {_sampler_setting(profile_setting)}.{spread}{rescale}{timed}\n\n{table}")
