@@ -403,3 +403,50 @@ def test_benchmarks_leave_the_readme_for_docs_benchmarks_and_the_scale_table_is_
     section = results_section(results, root, BENCHMARK_BLOCKS)
     assert f"{bench['bench_seconds']:.0f} s on {bench['machine']}" in section.replace("\n", " ")
     assert "| cache size | " in section and "| what | measured |" in section
+
+def test_sampler_sweep_comes_from_its_benchmark_beside_the_readme(copied_results):
+    results, readme = copied_results
+    root = readme.parent
+    assert "**The sampler**" not in results_section(results, root, BENCHMARK_BLOCKS)
+    (root / "benchmarks" / "results").mkdir(parents=True)
+
+    def run(sampler, scale, steps, frechet, auc, seconds, rescale=0.0):
+        return {"sampler": sampler, "guidance_scale": scale, "steps": steps, "guidance_rescale": rescale,
+                "frechet_distance": frechet, "rendering_auc": auc, "seconds_per_image": seconds}
+
+    runs = [run("ddim", 3.0, 15, 20.5, 0.70, 0.09), run("ddim", 1.5, 10, 12.25, 0.60, 0.06),
+            run("dpm", 4.0, 25, 30.0, 0.75, 0.15), run("ddim", 3.0, 15, 18.0, 0.69, 0.091, rescale=0.7)]
+    bench = {"profile": "cpu", "machine": {"cpu": "Test CPU"}, "threads": 1, "images": 1490, "test_images": 1137,
+             "min_positives": 20, "positives": {"Mass": 34, "Pneumonia": 21, "Hernia": 5},
+             "real_training_images": {"frechet_distance": 9.391}, "real_test_images": {"auc": 0.8512},
+             "profile_setting": {"sampler": "ddim", "guidance_scale": 3.0, "steps": 15},
+             "best_by_ranks": {"sampler": "ddim", "guidance_scale": 3.0, "steps": 15}, "runs": runs,
+             "seed_spread": {"seeds": [42, 43, 44], "frechet_distance": [20.5, 19.0, 22.125],
+                             "rendering_auc": [0.70, 0.6875, 0.71]},
+             "timing": {"images": 32, "repeats": 3, "seconds_per_image": {"ddim": {"10": 0.06, "25": 0.15},
+                                                                          "dpm": {"10": 0.061, "25": 0.152}}}}
+    (root / "benchmarks" / "results" / "sampler_sweep.json").write_text(json.dumps(bench))
+    section = results_section(results, root, BENCHMARK_BLOCKS)
+    flat = section.replace("\n", " ")
+    assert "**The sampler** (`benchmarks/bench_sampler.py`, Test CPU, 1 thread;" in flat
+    assert "drew 1,490 images with each setting" in flat
+    assert "at least 20 positives where the split has as many (Hernia has 5)." in flat
+    assert "the 1,137 real test images (the real training images of the same label vectors: 9.39)" in flat
+    assert "on the real test images it reaches 0.851" in flat
+    assert ("Best by the lowest Fréchet distance: DDIM, guidance scale 1.5, 10 steps; the highest rendering AUC: "
+            "DPM-Solver++, guidance scale 4, 25 steps; the fastest (side by side): DDIM at 10 steps; the lowest sum "
+            "of both ranks: DDIM, guidance scale 3, 15 steps.") in flat
+    assert "The profile samples with DDIM, guidance scale 3, 15 steps. Drawn from 3 seeds" in flat
+    assert "a Fréchet distance from 19.00 to 22.12 and a rendering AUC from 0.688 to 0.710" in flat
+    assert ("Guidance rescale 0.7 (Lin et al. 2024): at DDIM, guidance scale 3, 15 steps it moves the Fréchet "
+            "distance from 20.50 to 18.00 and the rendering AUC from 0.700 to 0.690.") in flat
+    assert ("Timed side by side, the fastest of 3 rounds over 32 images that each draw every setting in turn "
+            "(other jobs shared the machine, so the sweep's own times drift with their load): DDIM 0.060 and 0.150 "
+            "s per image at 10 and 25 steps; DPM-Solver++ 0.061 and 0.152 s per image at 10 and 25 steps.") in flat
+    assert "| DPM-Solver++ | 4" in section and "| 12.25 " in section and "| 0.150 " in section
+    untimed = {key: value for key, value in bench.items() if key != "timing"}
+    (root / "benchmarks" / "results" / "sampler_sweep.json").write_text(json.dumps(untimed))
+    assert "the fastest: DDIM, guidance scale 1.5, 10 steps;" in results_section(results, root, BENCHMARK_BLOCKS).replace("\n", " ")
+    # measured with another profile: left out
+    (root / "benchmarks" / "results" / "sampler_sweep.json").write_text(json.dumps({**bench, "profile": "smoke"}))
+    assert "**The sampler**" not in results_section(results, root, BENCHMARK_BLOCKS)

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from diffusers import AutoencoderKL, DDIMScheduler, DDPMScheduler, UNet2DModel
+from diffusers import AutoencoderKL, DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler, UNet2DModel
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.attention_processor import Attention, AttnProcessor2_0
 from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
@@ -39,6 +39,8 @@ from cxrlib.config import SynthesisConfig
 from cxrlib.data.chestxray14 import LABELS
 
 AUTOENCODER, UNET, SCHEDULER = "autoencoder", "unet", "scheduler"
+#: the samplers :meth:`LatentDiffusion.sampling_scheduler` builds ("ddim" is the profiles' sampler)
+SAMPLERS = ("ddim", "dpm")
 
 
 def _as_float(value: torch.Tensor | None) -> torch.Tensor | None:
@@ -222,6 +224,23 @@ class LatentDiffusion:
         scheduler = DDIMScheduler.from_config(self.scheduler.config, timestep_spacing="trailing")
         scheduler.set_timesteps(steps)
         return scheduler
+
+    def dpm_scheduler(self, steps: int) -> DPMSolverMultistepScheduler:
+        """DPM-Solver++ multistep (Lu et al., 2022; diffusers' defaults: second order, first order in
+        the last steps below 15) over ``steps`` steps of the same training schedule, with the same
+        ``trailing`` spacing as :meth:`ddim_scheduler`, so the two visit the same timesteps."""
+        scheduler = DPMSolverMultistepScheduler.from_config(self.scheduler.config, timestep_spacing="trailing")
+        scheduler.set_timesteps(steps)
+        return scheduler
+
+    def sampling_scheduler(self, sampler: str, steps: int) -> DDIMScheduler | DPMSolverMultistepScheduler:
+        """A fresh scheduler of ``sampler`` (one of :data:`SAMPLERS`) over ``steps`` steps: fresh, since
+        the multistep solver keeps the model outputs of its last steps."""
+        if sampler == "ddim":
+            return self.ddim_scheduler(steps)
+        if sampler == "dpm":
+            return self.dpm_scheduler(steps)
+        raise ValueError(f"sampler must be one of {SAMPLERS}, got {sampler!r}")
 
     def encode(self, images: torch.Tensor) -> torch.Tensor:
         """Scaled latent means of images in [0, 1] (B, 1, S, S)."""

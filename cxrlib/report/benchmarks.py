@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from cxrlib.report.loading import ReportError, Results, _context, _count, _minutes
+from cxrlib.report.loading import ReportError, Results, _context, _count, _minutes, _words
 
 #: the CPU benchmarks' last figures (``benchmarks/bench_cpu_paths.py``, plain and ``--processes 3``),
 #: relative to the project root, where the README lies
@@ -21,6 +21,8 @@ LOOP_BENCHMARK = Path("benchmarks/results/loop_ratio_cpu.json")
 #: ``benchmarks/bench_scale.py --json``: the paper run's cost at ChestX-ray14 scale (no profile: the release's)
 SCALE_BENCHMARK = Path("benchmarks/results/scale.json")
 RELEASE_IMAGES = 112_120
+#: ``benchmarks/bench_sampler.py``: the latent diffusion model's sampler, guidance scale and steps
+SAMPLER_SWEEP_BENCHMARK = Path("benchmarks/results/sampler_sweep.json")
 
 
 def _benchmark(results: Results, path: Path) -> dict | None:
@@ -216,3 +218,78 @@ def scale_block(results: Results) -> str | None:
             "figure measured in its own process, on the real metadata and official lists, or extrapolated from "
             "a timed sample. The retrieval evaluation's embeddings are synthetic, clustered by the official test "
             "list's patients.\n\n" + scale_table(bench))
+#: how the sampler sweep's table and sentences name the samplers of ``cxrlib.synthesis.generate``
+SAMPLER_NAMES = {"ddim": "DDIM", "dpm": "DPM-Solver++"}
+
+
+def _sampler_setting(run: dict) -> str:
+    rescale = f", guidance rescale {run['guidance_rescale']:g}" if run.get("guidance_rescale") else ""
+    return (f"{SAMPLER_NAMES.get(run['sampler'], run['sampler'])}, guidance scale {run['guidance_scale']:g}, "
+            f"{run['steps']} steps{rescale}")
+
+
+def sampler_sweep_block(results: Results) -> str | None:
+    """The sampler sweep: per setting the Fréchet distance, the rendering AUC and the seconds per image,
+    and which setting is best by each."""
+    bench = _benchmark(results, SAMPLER_SWEEP_BENCHMARK)
+    if bench is None:
+        return None
+    runs, machine = bench["runs"], bench["machine"]
+    best = {"the lowest Fréchet distance": _sampler_setting(min(runs, key=lambda run: run["frechet_distance"])),
+            "the highest rendering AUC": _sampler_setting(max(runs, key=lambda run: run["rendering_auc"]))}
+    timing = bench.get("timing")
+    if timing is None:
+        best["the fastest"] = _sampler_setting(min(runs, key=lambda run: run["seconds_per_image"]))
+    else:  # the side-by-side times: the sweep's own drift with the machine's load
+        sampler, steps = min(((sampler, steps) for sampler, per_steps in timing["seconds_per_image"].items()
+                              for steps in per_steps), key=lambda key: timing["seconds_per_image"][key[0]][key[1]])
+        best["the fastest (side by side)"] = f"{SAMPLER_NAMES.get(sampler, sampler)} at {steps} steps"
+    best["the lowest sum of both ranks"] = _sampler_setting(bench["best_by_ranks"])
+    positives = bench["positives"]
+    shortfall = [f"{finding} has {count}" for finding, count in positives.items() if count < bench["min_positives"]]
+    short = f" ({_words(shortfall)})" if shortfall else ""
+    rescaled = [run for run in runs if run.get("guidance_rescale")]
+    plain = {(run["sampler"], run["guidance_scale"], run["steps"]): run for run in runs if not run.get("guidance_rescale")}
+    rescale_parts = []
+    for run in rescaled:
+        without = plain.get((run["sampler"], run["guidance_scale"], run["steps"]))
+        if without is not None:
+            rescale_parts.append(
+                f"at {_sampler_setting({**run, 'guidance_rescale': 0})} it moves the Fréchet distance from "
+                f"{without['frechet_distance']:.2f} to {run['frechet_distance']:.2f} and the rendering AUC from "
+                f"{without['rendering_auc']:.3f} to {run['rendering_auc']:.3f}")
+    rescale = (f" Guidance rescale {rescaled[0]['guidance_rescale']:g} (Lin et al. 2024): "
+               f"{'; '.join(rescale_parts)}." if rescale_parts else "")
+    profile_setting = bench["profile_setting"]
+    seeds = bench.get("seed_spread")
+    spread = (f" Drawn from {len(seeds['seeds'])} seeds at the profile's setting, the same label vectors gave a "
+              f"Fréchet distance from {min(seeds['frechet_distance']):.2f} to {max(seeds['frechet_distance']):.2f} "
+              f"and a rendering AUC from {min(seeds['rendering_auc']):.3f} to {max(seeds['rendering_auc']):.3f}: "
+              f"how far one setting's figures move from draw to draw (the settings above share one draw's initial "
+              f"noise)." if seeds and len(seeds["seeds"]) > 1 else "")
+    timed = ("" if timing is None else
+             f" Timed side by side, the fastest of {timing['repeats']} rounds over {timing['images']} images that "
+             f"each draw every setting in turn (other jobs shared the machine, so the sweep's own times drift with "
+             f"their load): " + "; ".join(
+                 f"{SAMPLER_NAMES.get(sampler, sampler)} {_words([f'{value:.3f}' for value in per_steps.values()])} "
+                 f"s per image at {_words(list(per_steps))} steps"
+                 for sampler, per_steps in timing["seconds_per_image"].items()) + ".")
+    table = pd.DataFrame([{
+        "sampler": SAMPLER_NAMES.get(run["sampler"], run["sampler"]), "guidance scale": f"{run['guidance_scale']:g}",
+        "steps": run["steps"], "guidance rescale": f"{run.get('guidance_rescale', 0):g}",
+        "Fréchet distance": f"{run['frechet_distance']:.2f}", "rendering AUC": f"{run['rendering_auc']:.3f}",
+        "s / image (sweep)": f"{run['seconds_per_image']:.3f}"} for run in runs
+    ]).to_markdown(index=False, disable_numparse=True)  # as formatted: 18.00, not 18
+    threads = bench["threads"]
+    return (f"**The sampler** (`benchmarks/bench_sampler.py`, {machine['cpu']}, {threads} "
+            f"thread{'s' if threads != 1 else ''}; `{SAMPLER_SWEEP_BENCHMARK.as_posix()}`): the `{bench['profile']}` "
+            f"run's latent diffusion model drew {_count(bench['images'])} images with each setting, from one seed, "
+            f"for label vectors of the training split chosen so that each finding has at least "
+            f"{bench['min_positives']} positives where the split has as many{short}. The classifier "
+            f"trained on real images judges them: the Fréchet distance in its features to the "
+            f"{_count(bench['test_images'])} real test images (the real training images of the same label vectors: "
+            f"{bench['real_training_images']['frechet_distance']:.2f}), and its mean AUC on the synthetic images "
+            f"against the labels they were drawn for, the rendering AUC (on the real test images it reaches "
+            f"{bench['real_test_images']['auc']:.3f}). Best by "
+            + "; ".join(f"{criterion}: {setting}" for criterion, setting in best.items())
+            + f". The profile samples with {_sampler_setting(profile_setting)}.{spread}{rescale}{timed}\n\n{table}")

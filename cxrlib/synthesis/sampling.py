@@ -19,6 +19,15 @@ from cxrlib.models.diffusion import LatentDiffusion
 from cxrlib.synthesis.privacy_filter import PrivacyFilter, Thresholds
 from cxrlib.runtime import cpu_uses_bf16, default_device, tqdm_disabled
 
+try:  # diffusers >= 0.35 holds it here (older ones only inside pipelines that need transformers)
+    from diffusers.guiders.guider_utils import rescale_noise_cfg
+except ImportError:  # pragma: no cover - the same rule, as diffusers writes it
+    def rescale_noise_cfg(noise_cfg: torch.Tensor, noise_pred_text: torch.Tensor,
+                          guidance_rescale: float = 0.0) -> torch.Tensor:
+        dims = list(range(1, noise_pred_text.ndim))
+        rescaled = noise_cfg * (noise_pred_text.std(dim=dims, keepdim=True) / noise_cfg.std(dim=dims, keepdim=True))
+        return guidance_rescale * rescaled + (1 - guidance_rescale) * noise_cfg
+
 
 @torch.no_grad()
 def reconstruct(model: LatentDiffusion, images: torch.Tensor, *, batch_size: int = 64,
@@ -44,10 +53,17 @@ def reconstruction_quality(model: LatentDiffusion, images: torch.Tensor, *, batc
 @torch.no_grad()
 def generate(model: LatentDiffusion, labels: torch.Tensor, *, steps: int, guidance_scale: float,
              generator: torch.Generator, batch_size: int = 64, device: torch.device | None = None,
-             cpu_bf16: bool = True, progress: bool | None = None) -> torch.Tensor:
-    """Images in [0, 1] (N, 1, S, S) for label vectors (N, 14): DDIM with classifier-free guidance,
+             cpu_bf16: bool = True, progress: bool | None = None, sampler: str = "ddim",
+             guidance_rescale: float = 0.0) -> torch.Tensor:
+    """Images in [0, 1] (N, 1, S, S) for label vectors (N, 14): DDIM (or with ``sampler="dpm"``
+    DPM-Solver++, :meth:`LatentDiffusion.sampling_scheduler`) with classifier-free guidance,
     ``eps = eps_null + guidance_scale * (eps_cond - eps_null)``. The initial noise is drawn on the CPU
     from ``generator``, so a seed gives the same images on any device of the same precision.
+
+    ``guidance_rescale`` phi in [0, 1] pulls the guided prediction's standard deviation (per image)
+    back towards the conditional one's, ``eps <- phi * eps * std(eps_cond) / std(eps) + (1 - phi) * eps``
+    (Lin et al. 2024, section 3.4; diffusers' ``rescale_noise_cfg``): a high guidance scale inflates
+    it and over-saturates images. 0 leaves the guided prediction as it is.
 
     On a CPU that computes bf16 in hardware the U-Net predicts the noise under bf16 autocast (unless
     ``cpu_bf16`` is False or ``CXRLIB_CPU_BF16=0``); the latents, the DDIM update and the decoder stay
@@ -56,6 +72,9 @@ def generate(model: LatentDiffusion, labels: torch.Tensor, *, steps: int, guidan
     figures: speed, pixel differences and both AUCs)."""
     if labels.ndim != 2:
         raise ValueError(f"labels must be (N, 14) label vectors, got shape {tuple(labels.shape)}")
+    if not 0 <= guidance_rescale <= 1:
+        raise ValueError(f"guidance_rescale must lie in [0, 1], got {guidance_rescale}")
+    model.sampling_scheduler(sampler, steps)  # an unknown sampler fails here, before any work
     device = device or default_device()
     model.to(device)
     model.autoencoder.eval()
@@ -69,7 +88,7 @@ def generate(model: LatentDiffusion, labels: torch.Tensor, *, steps: int, guidan
         batch = labels[start:start + batch_size].to(device)
         count = len(batch)
         latents = torch.randn((count, *shape), generator=generator).to(device)
-        scheduler = model.ddim_scheduler(steps)
+        scheduler = model.sampling_scheduler(sampler, steps)
         both = torch.cat([batch, batch])
         unconditional = torch.cat([torch.zeros(count, dtype=torch.bool),
                                    torch.ones(count, dtype=torch.bool)]).to(device)
@@ -79,6 +98,8 @@ def generate(model: LatentDiffusion, labels: torch.Tensor, *, steps: int, guidan
                 eps = model.unet(torch.cat([latents, latents]), timestep, both, unconditional)
             eps_cond, eps_null = eps.float().chunk(2)
             eps = eps_null + guidance_scale * (eps_cond - eps_null)
+            if guidance_rescale:
+                eps = rescale_noise_cfg(eps, eps_cond, guidance_rescale=guidance_rescale)
             latents = scheduler.step(eps, t, latents).prev_sample
         images.append(model.decode(latents).float().cpu())
     return torch.cat(images)
