@@ -436,7 +436,11 @@ def test_gap_decomposition_comes_from_its_benchmark_beside_the_readme(copied_res
     flat = section.replace("\n", " ")
     assert "(`benchmarks/bench_gap_decomposition.py`, Test CPU, 1 thread, 30 min 0 s;" in flat
     assert "2 classifier seeds (42, 43)" in flat and "3,457 synthetic images only" in flat
-    assert "same 1,137 real test images" in flat
+    assert "same 1,137 real test images. Of" in flat
+    bench["classifiers"] = {"real": {"42": {"from_reference": True}, "43": {"from_reference": False}}}
+    (root / "benchmarks" / "results" / "gap_decomposition.json").write_text(json.dumps(bench))
+    flat = results_section(results, root, BENCHMARK_BLOCKS).replace("\n", " ")
+    assert "same 1,137 real test images (the real classifier of seed 42 is the finished run's, loaded)." in flat
     # the gaps, in points, from the hand-made AUCs: a - d = 12 and 12 (the mean over findings), and so on
     synthetic_only = decomposition.gap("synthetic_only")
     assert f"synthetic-only gap of {synthetic_only.mean:.1f} ± {synthetic_only.std:.1f} AUC points" in flat

@@ -275,6 +275,10 @@ def gap_decomposition_block(results: Results) -> str | None:
     filtered = ("with the privacy filter" if synthetic["privacy_filter"] else
                 "without the privacy filter (its first draw, as notebook 04's; the few images the filter would "
                 "draw again are kept)")
+    # a classifier loaded from the finished run, not trained by the benchmark, is named
+    reused = [f"the {kind} classifier of seed {seed}" for kind, per_seed in bench.get("classifiers", {}).items()
+              for seed, record in per_seed.items() if record.get("from_reference")]
+    loaded = f" ({', '.join(reused)} is the finished run's, loaded)" if reused else ""
     return (f"**The synthetic-only gap decomposed** (`benchmarks/bench_gap_decomposition.py`, "
             f"{bench['machine']['cpu']}, {bench['threads']} thread{'s' if bench['threads'] != 1 else ''}, "
             f"{_minutes(bench['seconds']['total'])}; "
@@ -284,7 +288,8 @@ def gap_decomposition_block(results: Results) -> str | None:
             f"autoencoder, (c) on the autoencoder's reconstructions of the real training images, (d) on "
             f"{_count(synthetic['training'])} synthetic images only, drawn for notebook 04's conditions "
             f"({synthetic['sampling_steps']} DDIM steps, guidance {synthetic['guidance_scale']:g}) {filtered}. "
-            f"All are scored on the same {_count(bench['decomposition']['test_images'])} real test images. Of the "
+            f"All are scored on the same {_count(bench['decomposition']['test_images'])} real test "
+            f"images{loaded}. Of the "
             f"synthetic-only gap of {_plus_minus(gaps['synthetic_only'], digits=1)} AUC points (mean ± SD over "
             f"seeds), training on the autoencoder's output accounts for "
             f"{_plus_minus(gaps['autoencoder_in_training'], digits=1)} (a − c) and the generator for "
