@@ -450,3 +450,51 @@ def test_sampler_sweep_comes_from_its_benchmark_beside_the_readme(copied_results
     # measured with another profile: left out
     (root / "benchmarks" / "results" / "sampler_sweep.json").write_text(json.dumps({**bench, "profile": "smoke"}))
     assert "**The sampler**" not in results_section(results, root, BENCHMARK_BLOCKS)
+
+def test_gap_decomposition_comes_from_its_benchmark_beside_the_readme(copied_results):
+    from cxrlib.data.chestxray14 import LABELS
+    from cxrlib.synthesis import GapDecomposition, SeedAUCs
+
+    results, readme = copied_results
+    root = readme.parent
+    assert "synthetic-only gap decomposed" not in results_section(results, root, BENCHMARK_BLOCKS)
+    (root / "benchmarks" / "results").mkdir(parents=True)
+
+    def seed(number, real, on_reconstructed, reconstructed, synthetic):
+        def aucs(value):  # Cardiomegaly loses 10 points more than the others; Hernia has no positive test image
+            return {f: float("nan") if f == "Hernia" else value - (0.1 if f == "Cardiomegaly" else 0.0)
+                    for f in LABELS}
+
+        return SeedAUCs(number, {"real": {**aucs(real), "Cardiomegaly": real},
+                                 "real_on_reconstructed": aucs(on_reconstructed),
+                                 "reconstructed": aucs(reconstructed), "synthetic": aucs(synthetic)}, aucs(0.8))
+
+    decomposition = GapDecomposition(tuple(LABELS),
+                                     (seed(42, 0.85, 0.84, 0.80, 0.73), seed(43, 0.86, 0.84, 0.80, 0.74)),
+                                     test_images=1137, real_training_images=3457, synthetic_training_images=3457,
+                                     rendered_images=3944)
+    bench = {"profile": "cpu", "machine": {"cpu": "Test CPU"}, "threads": 1, "seconds": {"total": 1800.0},
+             "synthetic_set": {"training": 3457, "sampling_steps": 15, "guidance_scale": 3.0, "privacy_filter": False},
+             "worst_findings": decomposition.worst_findings(), "summary": decomposition.summary(),
+             "decomposition": decomposition.to_json()}
+    (root / "benchmarks" / "results" / "gap_decomposition.json").write_text(json.dumps(bench))
+    section = results_section(results, root, BENCHMARK_BLOCKS)
+    flat = section.replace("\n", " ")
+    assert "(`benchmarks/bench_gap_decomposition.py`, Test CPU, 1 thread, 30 min 0 s;" in flat
+    assert "2 classifier seeds (42, 43)" in flat and "3,457 synthetic images only" in flat
+    assert "same 1,137 real test images. Of" in flat
+    bench["classifiers"] = {"real": {"42": {"from_reference": True}, "43": {"from_reference": False}}}
+    (root / "benchmarks" / "results" / "gap_decomposition.json").write_text(json.dumps(bench))
+    flat = results_section(results, root, BENCHMARK_BLOCKS).replace("\n", " ")
+    assert "same 1,137 real test images (the real classifier of seed 42 is the finished run's, loaded)." in flat
+    # the gaps, in points, from the hand-made AUCs: a - d = 12 and 12 (the mean over findings), and so on
+    synthetic_only = decomposition.gap("synthetic_only")
+    assert f"synthetic-only gap of {synthetic_only.mean:.1f} ± {synthetic_only.std:.1f} AUC points" in flat
+    assert "without the privacy filter" in flat
+    assert flat.index("The findings that lose most (points): Cardiomegaly") > 0
+    table = [line for line in section.splitlines() if line.startswith("|")]
+    assert table[2].startswith("| mean over findings (± SD over seeds) | 0.855 ± 0.007 |")
+    assert table[3].startswith("| Cardiomegaly | 0.855 | 0.740 | 0.700 | 0.635 | 22.0 | 15.5 | 6.5 | 11.5 | 0.700 |")
+    assert table[-1].startswith("| Hernia | – | – |")  # no AUC: last, not a number
+    (root / "benchmarks" / "results" / "gap_decomposition.json").write_text(json.dumps({**bench, "profile": "smoke"}))
+    assert "synthetic-only gap decomposed" not in results_section(results, root, BENCHMARK_BLOCKS)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 
 import numpy as np
 import pytest
@@ -18,8 +19,9 @@ from cxrlib.models.diffusion import LatentDiffusion
 from cxrlib.models.siamese import SiameseNetwork
 from cxrlib.metrics import (PenultimateFeatures, diversity_by_class, frechet_distance, mean_pairwise_ms_ssim,
                             ms_ssim_scales)
-from cxrlib.synthesis import (PrivacyFilter, Thresholds, class_conditions, diffusion_loss, generate,
-                              aligned_correlation, latent_scaling_factor, near_copies, privacy_enhancing_sample,
+from cxrlib.synthesis import (GapDecomposition, PrivacyFilter, SeedAUCs, Thresholds, class_conditions,
+                              diffusion_loss, generate, aligned_correlation, gap_decomposition,
+                              latent_scaling_factor, near_copies, privacy_enhancing_sample,
                               single_class_names, synthetic_label_vectors, train_latent_diffusion,
                               training_config, utility_gap)
 
@@ -413,3 +415,72 @@ def test_synthesis_figures_draw():
                                   {"real": {"Mass": 0.3}, "synthetic": {"Mass": 0.4}}).axes) == 2
     fig = plots.plot_memorization({"synthetic": (np.array([0.1, 0.2]), np.array([0.3, 0.5]))}, (0.5, 0.9))
     assert "threshold 0.500" in [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
+
+
+# -- the gap decomposed ---------------------------------------------------------------------------
+def _seed_aucs(seed: int, real: float, on_reconstructed: float, reconstructed: float, synthetic: float):
+    """Hand-made AUCs: every finding at the part's value, Fibrosis without an AUC (no positive)."""
+    def finding_aucs(value):
+        return {f: (float("nan") if f == "Fibrosis" else value) for f in LABELS}
+
+    return SeedAUCs(seed, {"real": finding_aucs(real), "real_on_reconstructed": finding_aucs(on_reconstructed),
+                           "reconstructed": finding_aucs(reconstructed), "synthetic": finding_aucs(synthetic)},
+                    finding_aucs(0.6 + seed / 1000))
+
+
+def test_gaps_are_the_differences_of_the_parts_paired_by_seed():
+    result = GapDecomposition(tuple(LABELS), (_seed_aucs(1, 0.85, 0.80, 0.78, 0.70),
+                                              _seed_aucs(2, 0.83, 0.80, 0.77, 0.72)),
+                              test_images=10, real_training_images=20, synthetic_training_images=20, rendered_images=24)
+    assert result.auc("real").mean == pytest.approx(0.84)  # the finding without an AUC is left out
+    assert result.gap("autoencoder_at_test").values == pytest.approx((5.0, 3.0))
+    assert result.gap("autoencoder_in_training").values == pytest.approx((7.0, 6.0))
+    assert result.gap("generator").values == pytest.approx((8.0, 5.0))
+    assert result.gap("generator").std == pytest.approx(np.std([8.0, 5.0], ddof=1))
+    whole = result.gap("synthetic_only")
+    assert whole.mean == pytest.approx(result.gap("autoencoder_in_training").mean + result.gap("generator").mean)
+    assert np.isnan(result.gap_per_finding("generator")["Fibrosis"].mean)
+    assert result.gap_per_finding("generator")["Effusion"].mean == pytest.approx(6.5)
+    assert result.rendering().mean == pytest.approx(0.6015)
+    assert "Fibrosis" not in result.worst_findings()
+    summary = result.summary()
+    assert summary["gap_points"]["synthetic_only"]["mean"] == pytest.approx(whole.mean)
+    assert summary["per_finding"]["Fibrosis"]["real"]["mean"] is None  # JSON has no NaN
+
+
+def test_gap_decomposition_trains_each_classifier_per_seed(trained, tmp_path):
+    generator = torch.Generator().manual_seed(1)
+
+    def labeled(n):
+        labels = (torch.rand(n, len(LABELS), generator=generator) < 0.4).float()
+        # the labels leave a trace in the pixels, so that the classifiers have something to learn
+        images = torch.rand(n, 1, SIZE, SIZE, generator=generator) * 0.5 + 0.4 * labels[:, :1, None, None]
+        return TensorItems(image=images, labels=labels)
+
+    real_train, real_val, test, synthetic_train, synthetic_val = (labeled(n) for n in (32, 16, 24, 32, 16))
+    classifier = dataclasses.replace(load_profile("smoke").classifier, max_epochs=1)
+    trained_paths = []
+
+    def checkpoint_path(kind, seed):
+        trained_paths.append((kind, seed))
+        return tmp_path / f"{kind}-{seed}"
+
+    common = dict(real_train=real_train, real_val=real_val, test=test, synthetic_train=synthetic_train,
+                  synthetic_val=synthetic_val, config=classifier, seeds=[3, 4], progress=False)
+    with pytest.raises(ValueError, match="distinct"):
+        gap_decomposition(trained.model, **{**common, "seeds": [3, 3]}, checkpoint_path=checkpoint_path)
+    # a perfect autoencoder (the identity) loses nothing at test time
+    perfect = gap_decomposition(None, **common, checkpoint_path=checkpoint_path, reconstruct_images=lambda x: x)
+    assert sorted(trained_paths) == sorted((kind, seed) for kind in ("real", "reconstructed", "synthetic")
+                                           for seed in (3, 4))
+    assert perfect.gap("autoencoder_at_test").values == (0.0, 0.0)
+    first, second = perfect.seeds
+    assert first.per_finding["real"] != second.per_finding["real"]  # each seed is its own classifier
+    assert set(first.rendering) == set(LABELS) and perfect.rendered_images == 48
+
+    # the trained autoencoder changes the test images, so the real classifier scores them differently
+    lossy = gap_decomposition(trained.model, **common,
+                              checkpoint_path=lambda kind, seed: tmp_path / f"ae-{kind}-{seed}")
+    assert lossy.seeds[0].per_finding["real_on_reconstructed"] != lossy.seeds[0].per_finding["real"]
+    again = GapDecomposition.from_json(json.loads(json.dumps(lossy.to_json())))
+    assert again.to_json() == lossy.to_json() and again.summary() == lossy.summary()

@@ -18,6 +18,8 @@ TRAINING_PRECISION_BENCHMARK = Path("benchmarks/results/training_precision.json"
 AUDIT_BENCHMARK = Path("benchmarks/results/audit.json")
 #: ``benchmarks/gpu_check.py --profile cpu --json``: the shared loop against an official-style one on a CPU
 LOOP_BENCHMARK = Path("benchmarks/results/loop_ratio_cpu.json")
+#: ``benchmarks/bench_gap_decomposition.py``: notebook 04's synthetic-only gap split into autoencoder and generator
+GAP_DECOMPOSITION_BENCHMARK = Path("benchmarks/results/gap_decomposition.json")
 #: ``benchmarks/bench_scale.py --json``: the paper run's cost at ChestX-ray14 scale (no profile: the release's)
 SCALE_BENCHMARK = Path("benchmarks/results/scale.json")
 RELEASE_IMAGES = 112_120
@@ -293,3 +295,83 @@ def sampler_sweep_block(results: Results) -> str | None:
             f"{bench['real_test_images']['auc']:.3f}). Best by "
             + "; ".join(f"{criterion}: {setting}" for criterion, setting in best.items())
             + f". The profile samples with {_sampler_setting(profile_setting)}.{spread}{rescale}{timed}\n\n{table}")
+
+
+def _plus_minus(spread: dict, digits: int = 3) -> str:
+    return f"{spread['mean']:.{digits}f} ± {spread['std']:.{digits}f}"
+
+
+def gap_decomposition_table(summary: dict) -> str:
+    """Per finding, the four classifiers' test AUCs, the gaps in AUC points and the rendering AUC (means
+    over seeds), the findings that lose most first; above them the mean over findings with its spread."""
+    # (where the figure sits per finding, where its mean over findings sits, digits: AUCs 3, points 1)
+    columns = [(part, ("auc", part), 3) for part in ("real", "real_on_reconstructed", "reconstructed", "synthetic")]
+    columns += [(f"gap_{gap}", ("gap_points", gap), 1)
+                for gap in ("synthetic_only", "autoencoder_in_training", "generator", "autoencoder_at_test")]
+    columns.append(("rendering", ("rendering_auc",), 3))
+    header = ("| finding | (a) real | (b) real on reconstructed test images | (c) trained on reconstructions "
+              "| (d) synthetic only | a − d | a − c (autoencoder) | c − d (generator) | a − b "
+              "| rendering AUC |")
+
+    def cell(spread: dict, digits: int, with_spread: bool = False) -> str:
+        if spread["mean"] is None:  # a finding without positive test images has no AUC
+            return "–"
+        return _plus_minus(spread, digits) if with_spread else f"{spread['mean']:.{digits}f}"
+
+    def overall(keys: tuple[str, ...]) -> dict:
+        figure = summary
+        for key in keys:
+            figure = figure[key]
+        return figure
+
+    rows = ["| mean over findings (± SD over seeds) | "
+            + " | ".join(cell(overall(keys), digits, True) for _, keys, digits in columns) + " |"]
+
+    def loss(finding: str) -> float:
+        value = summary["per_finding"][finding]["gap_synthetic_only"]["mean"]
+        return float("-inf") if value is None else value
+
+    for finding in sorted(summary["per_finding"], key=loss, reverse=True):
+        figures = summary["per_finding"][finding]
+        rows.append(f"| {finding} | " + " | ".join(cell(figures[name], digits) for name, _, digits in columns) + " |")
+    return "\n".join([header, "|---" * (len(columns) + 1) + "|", *rows])
+
+
+def gap_decomposition_block(results: Results) -> str | None:
+    """Notebook 04's synthetic-only gap split into what the autoencoder and the generator lose, per finding,
+    over classifier seeds (``cxrlib.synthesis.gap_decomposition``)."""
+    bench = _benchmark(results, GAP_DECOMPOSITION_BENCHMARK)
+    if bench is None:
+        return None
+    summary, synthetic, gaps = bench["summary"], bench["synthetic_set"], bench["summary"]["gap_points"]
+    seeds = summary["seeds"]
+    worst = ", ".join(f"{finding} ({summary['per_finding'][finding]['gap_synthetic_only']['mean']:.1f}: autoencoder "
+                      f"{summary['per_finding'][finding]['gap_autoencoder_in_training']['mean']:.1f}, generator "
+                      f"{summary['per_finding'][finding]['gap_generator']['mean']:.1f})"
+                      for finding in bench["worst_findings"][:3])
+    filtered = ("with the privacy filter" if synthetic["privacy_filter"] else
+                "without the privacy filter (its first draw, as notebook 04's; the few images the filter would "
+                "draw again are kept)")
+    # a classifier loaded from the finished run, not trained by the benchmark, is named
+    reused = [f"the {kind} classifier of seed {seed}" for kind, per_seed in bench.get("classifiers", {}).items()
+              for seed, record in per_seed.items() if record.get("from_reference")]
+    loaded = f" ({', '.join(reused)} is the finished run's, loaded)" if reused else ""
+    return (f"**The synthetic-only gap decomposed** (`benchmarks/bench_gap_decomposition.py`, "
+            f"{bench['machine']['cpu']}, {bench['threads']} thread{'s' if bench['threads'] != 1 else ''}, "
+            f"{_minutes(bench['seconds']['total'])}; "
+            f"`{GAP_DECOMPOSITION_BENCHMARK.as_posix()}`): on the `{bench['profile']}` phantom's trained latent "
+            f"diffusion model, {len(seeds)} classifier seeds ({', '.join(map(str, seeds))}), each classifier trained "
+            f"with the profile's recipe: (a) on real images, (b) the same scored on the test images through the "
+            f"autoencoder, (c) on the autoencoder's reconstructions of the real training images, (d) on "
+            f"{_count(synthetic['training'])} synthetic images only, drawn for notebook 04's conditions "
+            f"({synthetic['sampling_steps']} DDIM steps, guidance {synthetic['guidance_scale']:g}) {filtered}. "
+            f"All are scored on the same {_count(bench['decomposition']['test_images'])} real test "
+            f"images{loaded}. Of the "
+            f"synthetic-only gap of {_plus_minus(gaps['synthetic_only'], digits=1)} AUC points (mean ± SD over "
+            f"seeds), training on the autoencoder's output accounts for "
+            f"{_plus_minus(gaps['autoencoder_in_training'], digits=1)} (a − c) and the generator for "
+            f"{_plus_minus(gaps['generator'], digits=1)} (c − d); the real classifier loses "
+            f"{_plus_minus(gaps['autoencoder_at_test'], digits=1)} on reconstructed test images (a − b). The "
+            f"rendering AUC (the real classifier on the synthetic images against the labels they were drawn for) "
+            f"is {_plus_minus(summary['rendering_auc'])}. The findings that lose most (points): {worst}.\n\n"
+            + gap_decomposition_table(summary))
