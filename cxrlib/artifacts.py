@@ -8,10 +8,12 @@ silently. Writes go to a temporary name first, so an interrupted save leaves no 
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
 import platform
+from collections.abc import Mapping
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -69,6 +71,24 @@ def write_json(path: str | Path, payload: Any, *, sort_keys: bool = True) -> Pat
     tmp.write_text(json.dumps(payload, indent=2, sort_keys=sort_keys, default=_jsonable) + "\n")
     os.replace(tmp, path)
     return path
+
+
+class MetricsFile:
+    """A notebook's metrics file as a dataclass: ``to_json`` is its fields (nested dataclasses as dicts),
+    ``from_json`` reads them back by name (subclasses with typed parts rebuild those), ``save`` writes the
+    file with the run's ``context`` beside them. The keys are the file's schema, which the report reads."""
+
+    def to_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_json(cls, payload: Mapping[str, Any]):
+        """From the file as read (its ``context`` left out)."""
+        return cls(**{f.name: payload[f.name] for f in dataclasses.fields(cls)})
+
+    def save(self, path: str | Path, context: Mapping[str, Any] | None = None) -> Path:
+        """Write the results as JSON (with ``context``, e.g. ``Workspace.context()``, beside them)."""
+        return write_json(path, {**({"context": dict(context)} if context else {}), **self.to_json()})
 
 
 def _jsonable(value: Any) -> Any:

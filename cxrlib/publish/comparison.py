@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from cxrlib.artifacts import write_json
+from cxrlib.artifacts import MetricsFile
 from cxrlib.classify import predict
 from cxrlib.data.chestxray14 import LABELS
 from cxrlib.data.datasets import TensorItems
@@ -179,7 +179,7 @@ def release_utility(classifier: nn.Module, images: torch.Tensor, raw_images: tor
 
 
 @dataclasses.dataclass(frozen=True)
-class PublishingResults:
+class PublishingResults(MetricsFile):
     """What notebook 05 found: the example release's size, each release's audit summary and utility, and
     the mu of the PriCheXy-Net it released with; ``to_json`` is ``publishing.json`` (without its context)."""
 
@@ -205,7 +205,3 @@ class PublishingResults:
                    audits={name: AuditSummary.from_row(row) for name, row in payload["audits"].items()},
                    utility={name: ReleaseUtility.from_row(row) for name, row in payload["utility"].items()},
                    prichexy_mu=payload["prichexy_mu"], wall_seconds=payload["wall_seconds"])
-
-    def save(self, path: str | Path, context: Mapping[str, Any] | None = None) -> Path:
-        """Write the results as JSON (with ``context``, e.g. ``Workspace.context()``, beside them)."""
-        return write_json(path, {**({"context": dict(context)} if context else {}), **self.to_json()})

@@ -5,18 +5,17 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
-from cxrlib.artifacts import write_json
+from cxrlib.artifacts import MetricsFile
 from cxrlib.attacks import IdentityProfile
 from cxrlib.data import statistics
 
 
 @dataclasses.dataclass(frozen=True)
-class DataResults:
+class DataResults(MetricsFile):
     """``data.json`` (without its context); the fields are its keys."""
 
     #: :func:`cxrlib.data.statistics.summary` of ChestX-ray14's metadata
@@ -45,10 +44,6 @@ class DataResults:
                    splits=payload["splits"], lung_fields=payload["lung_fields"],
                    identity_profiles=[IdentityProfile.from_json(p) for p in payload["identity_profiles"]],
                    phantom_cues_inside_real_ci=payload["phantom_cues_inside_real_ci"])
-
-    def save(self, path: str | Path, context: Mapping[str, Any] | None = None) -> Path:
-        """Write the results as JSON (with ``context``, e.g. ``Workspace.context()``, beside them)."""
-        return write_json(path, {**({"context": dict(context)} if context else {}), **self.to_json()})
 
 
 def data_results(*, real_metadata: Mapping[str, Any], working_metadata: pd.DataFrame, splits_source: str,

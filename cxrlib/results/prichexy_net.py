@@ -5,13 +5,12 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
 from cxrlib.anonymize.flow_field import PriCheXyNet, displacement_bound_pixels
-from cxrlib.artifacts import write_json
+from cxrlib.artifacts import MetricsFile
 from cxrlib.config import AnonymizationConfig
 from cxrlib.evaluate import CLASSIFIER_AT_LEAST, UTILITY_LOSS_AT_MOST
 
@@ -71,7 +70,7 @@ class Expectations:
 
 
 @dataclasses.dataclass(frozen=True)
-class PriCheXyNetResults:
+class PriCheXyNetResults(MetricsFile):
     """``prichexy_net.json`` (without its context); the fields are its keys."""
 
     image_size: int
@@ -89,19 +88,12 @@ class PriCheXyNetResults:
     expectations: Expectations
     wall_time_s: float
 
-    def to_json(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
     @classmethod
     def from_json(cls, payload: Mapping[str, Any]) -> "PriCheXyNetResults":
         """From ``prichexy_net.json`` as read (its ``context`` left out)."""
         values = {f.name: payload[f.name] for f in dataclasses.fields(cls)}
         return cls(**{**values, "per_mu": [MuResult(**row) for row in payload["per_mu"]],
                       "expectations": Expectations(**payload["expectations"])})
-
-    def save(self, path: str | Path, context: Mapping[str, Any] | None = None) -> Path:
-        """Write the results as JSON (with ``context``, e.g. ``Workspace.context()``, beside them)."""
-        return write_json(path, {**({"context": dict(context)} if context else {}), **self.to_json()})
 
 
 def prichexy_net_results(prichexy: PriCheXyNet, config: AnonymizationConfig, *, image_size: int,

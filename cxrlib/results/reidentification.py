@@ -5,12 +5,11 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
-from cxrlib.artifacts import write_json
+from cxrlib.artifacts import MetricsFile
 from cxrlib.linkage import LinkagePanel
 
 #: how the linkage attack ranks the gallery
@@ -18,7 +17,7 @@ RANKED_BY = "retrieval embedding (L2-normalized, Euclidean)"
 
 
 @dataclasses.dataclass(frozen=True)
-class ReidentificationResults:
+class ReidentificationResults(MetricsFile):
     """``reidentification.json`` (without its context); the fields are its keys."""
 
     #: :func:`cxrlib.metrics.verification_metrics` of the siamese network on the test pairs
@@ -41,17 +40,6 @@ class ReidentificationResults:
     siamese_training_pairs_per_second: float | None
     wall_seconds: float
 
-    def to_json(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_json(cls, payload: Mapping[str, Any]) -> "ReidentificationResults":
-        """From ``reidentification.json`` as read (its ``context`` left out)."""
-        return cls(**{f.name: payload[f.name] for f in dataclasses.fields(cls)})
-
-    def save(self, path: str | Path, context: Mapping[str, Any] | None = None) -> Path:
-        """Write the results as JSON (with ``context``, e.g. ``Workspace.context()``, beside them)."""
-        return write_json(path, {**({"context": dict(context)} if context else {}), **self.to_json()})
 
 
 def reidentification_results(*, verification: Mapping[str, Any], verification_runs: Mapping[str, Any],

@@ -6,12 +6,11 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from cxrlib.artifacts import write_json
+from cxrlib.artifacts import MetricsFile
 from cxrlib.memorization import MemorizationPanel
 from cxrlib.metrics import quantiles
 from cxrlib.synthesis.privacy_filter import Thresholds
@@ -21,7 +20,7 @@ CONDITIONING = "14-label multi-hot vector (MLP to the time embedding) with a sep
 
 
 @dataclasses.dataclass(frozen=True)
-class SynthesisResults:
+class SynthesisResults(MetricsFile):
     """``synthesis.json`` (without its context); the fields are its keys."""
 
     conditioning: str
@@ -45,17 +44,6 @@ class SynthesisResults:
     memorization_panel: dict[str, Any]
     wall_seconds: float
 
-    def to_json(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_json(cls, payload: Mapping[str, Any]) -> "SynthesisResults":
-        """From ``synthesis.json`` as read (its ``context`` left out)."""
-        return cls(**{f.name: payload[f.name] for f in dataclasses.fields(cls)})
-
-    def save(self, path: str | Path, context: Mapping[str, Any] | None = None) -> Path:
-        """Write the results as JSON (with ``context``, e.g. ``Workspace.context()``, beside them)."""
-        return write_json(path, {**({"context": dict(context)} if context else {}), **self.to_json()})
 
 
 def synthesis_results(ldm: TrainedLatentDiffusion, *, reconstruction: Mapping[str, float], thresholds: Thresholds,

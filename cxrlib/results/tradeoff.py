@@ -6,11 +6,10 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 from cxrlib.anonymize.privacy_net import PrivacyNet
-from cxrlib.artifacts import write_json
+from cxrlib.artifacts import MetricsFile
 from cxrlib.evaluate import ATTACK_DROP_AT_LEAST, UTILITY_LOSS_AT_MOST, results_table
 
 #: the methods PriCheXy-Net is compared with
@@ -82,7 +81,7 @@ def tradeoff_summary(results: Sequence[Mapping[str, Any]]) -> TradeoffSummary:
 
 
 @dataclasses.dataclass(frozen=True)
-class TradeoffResults:
+class TradeoffResults(MetricsFile):
     """``tradeoff.json`` (without its context): the protocol, every anonymizer's evaluation, their summary,
     Privacy-Net's training."""
 
@@ -92,9 +91,6 @@ class TradeoffResults:
     privacy_net: dict[str, Any]
     wall_time_s: float
 
-    def to_json(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
     @classmethod
     def from_json(cls, payload: Mapping[str, Any]) -> "TradeoffResults":
         """From ``tradeoff.json`` as read (its ``context`` left out)."""
@@ -102,10 +98,6 @@ class TradeoffResults:
         summary["expectations"] = TradeoffExpectations(**summary["expectations"])
         return cls(protocol=payload["protocol"], results=payload["results"], summary=TradeoffSummary(**summary),
                    privacy_net=payload["privacy_net"], wall_time_s=payload["wall_time_s"])
-
-    def save(self, path: str | Path, context: Mapping[str, Any] | None = None) -> Path:
-        """Write the results as JSON (with ``context``, e.g. ``Workspace.context()``, beside them)."""
-        return write_json(path, {**({"context": dict(context)} if context else {}), **self.to_json()})
 
 
 def tradeoff_results(results: Sequence[Mapping[str, Any]], *, protocol: str, privacy_net: PrivacyNet,
