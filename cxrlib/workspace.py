@@ -19,7 +19,6 @@ from typing import Any
 
 import pandas as pd
 
-from cxrlib.artifacts import write_json
 from cxrlib.config import DRY_RUN_BATCH, Profile, load_profile
 from cxrlib.data.cache import ImageCache, prepare_cache
 from cxrlib.data.chestxray14 import DataError, Splits, find_metadata_file, make_splits, read_metadata
@@ -319,9 +318,6 @@ class Workspace:
                 "bf16": uses_bf16(),
                 # timings, and results trained in bf16, depend on the machine
                 "machine": {key: machine_description()[key] for key in ("cpu", "cores", "gpu")}}
-
-    def save_metrics(self, name: str, payload: dict[str, Any]) -> Path:
-        return write_json(self.results_dir / f"{name}.json", {"context": self.context(), **payload})
 
     def save_figure(self, fig, name: str) -> Path:
         path = self.results_dir / "figures" / f"{name}.png"
