@@ -100,7 +100,7 @@ def main() -> None:
 
     started = time.perf_counter()
     ws = Workspace.open(args.profile, artifacts_dir=args.work, results_dir=Path(args.work) / "results")
-    reference = args.reference or Workspace.open(args.profile, artifacts_dir=ARTIFACTS).artifact_path("ldm").parent
+    reference = args.reference or Workspace.open(args.profile, artifacts_dir=ARTIFACTS).models_dir
     ldm, real_path = _copy_reference(Path(reference), ws)
     model = LatentDiffusion.load(ldm)
     seeds = [ws.seed + i for i in range(args.classifier_seeds)]

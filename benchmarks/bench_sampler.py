@@ -118,7 +118,7 @@ def interleaved_seconds_per_image(draw, samplers: list[str], steps: list[int], g
 def trained_model(ws: Workspace, pattern: str, suffix: str = "") -> Path:
     """The one model of the run (its profile, data and seed) whose name matches ``pattern`` in the
     workspace's artifacts; the classifier trained on synthetic images is not the real one."""
-    folder = ws.artifact_path("probe").parent
+    folder = ws.models_dir
     found = [p for p in folder.glob(pattern + f"-seed{ws.seed}{suffix}")
              if "synthetic" not in p.name and "autoencoder" not in p.name and "unet" not in p.name]
     if len(found) != 1:

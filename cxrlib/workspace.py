@@ -214,7 +214,7 @@ class Workspace:
             warnings.warn(f"{split} split: its patients allow {allowed // 2} distinct same-patient pairs; "
                           f"using {allowed} pairs instead of {n_pairs}", stacklevel=2)
             n_pairs = allowed
-        path = self.artifacts_dir / self.profile.name / self._data_key / "pairs" / (
+        path = self.models_dir / "pairs" / (
             f"{purpose}_{split}_{n_pairs}_seed{self.seed}.txt")
         if not path.is_file():
             seed = zlib.crc32(f"{self.seed}/{split}/{purpose}".encode())
@@ -301,11 +301,16 @@ class Workspace:
         digest.update(str(len(self.metadata)).encode())
         return ("phantom-" if self.is_phantom else "data-") + digest.hexdigest()[:8]
 
+    @property
+    def models_dir(self) -> Path:
+        """Where this run's trained models live: the artifacts of its profile and data (every seed)."""
+        return self.artifacts_dir / self.profile.name / self._data_key
+
     def artifact_path(self, name: str, *sections: str) -> Path:
         """Where a trained model lives: keyed by profile, data, the profile sections it depends on,
         and the seed. A path without suffix; the artifacts module adds ``.safetensors``/``.json``."""
         key = self.profile.fingerprint("data", *sections)
-        path = self.artifacts_dir / self.profile.name / self._data_key / f"{name}-{key}-seed{self.seed}"
+        path = self.models_dir / f"{name}-{key}-seed{self.seed}"
         path.parent.mkdir(parents=True, exist_ok=True)
         return path
 
