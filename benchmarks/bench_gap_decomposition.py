@@ -33,7 +33,6 @@ from cxrlib import synthesis
 from cxrlib.artifacts import tensor_digest
 from cxrlib.data.chestxray14 import LABELS
 from cxrlib.data.datasets import TensorItems
-from cxrlib.data.images import Images
 from cxrlib.models.diffusion import LatentDiffusion
 from cxrlib.runtime import machine_description
 from cxrlib.workspace import Workspace
@@ -42,16 +41,10 @@ from cxrlib.workspace import Workspace
 ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts"
 
 
-def _labeled(ws: Workspace, split: str) -> TensorItems:
-    frame = ws.splits[split]
-    return TensorItems(image=Images.from_cache(ws.cache, frame["image"]).tensor(),
-                       labels=torch.from_numpy(frame[list(LABELS)].to_numpy(dtype=np.float32)))
-
-
-def _copy_reference(reference: Path, ws: Workspace) -> tuple[Path, Path]:
+def _copy_reference(reference: Path, ws: Workspace) -> Path:
     """The reference run's latent diffusion folder and real classifier, copied where the workspace
-    looks for them (nothing is written to the reference)."""
-    real = ws.artifact_path("classifier", "classifier")
+    looks for them (nothing is written to the reference); the copied model's folder."""
+    real = ws.classifier_path()
     folders = sorted(p for p in reference.glob(f"ldm-*-seed{ws.seed}") if (p / "unet").is_dir())
     if len(folders) != 1:
         raise SystemExit(f"{reference}: expected one saved latent diffusion model, found {[p.name for p in folders]}")
@@ -62,7 +55,7 @@ def _copy_reference(reference: Path, ws: Workspace) -> tuple[Path, Path]:
         target = real.with_name(real.name + suffix)
         if not target.is_file():
             shutil.copy2(reference / target.name, target)
-    return ldm, real
+    return ldm
 
 
 def _synthetic_set(ws: Workspace, model: LatentDiffusion, ldm: Path) -> tuple[torch.Tensor, torch.Tensor, int]:
@@ -101,7 +94,7 @@ def main() -> None:
     started = time.perf_counter()
     ws = Workspace.open(args.profile, artifacts_dir=args.work, results_dir=Path(args.work) / "results")
     reference = args.reference or Workspace.open(args.profile, artifacts_dir=ARTIFACTS).models_dir
-    ldm, real_path = _copy_reference(Path(reference), ws)
+    ldm = _copy_reference(Path(reference), ws)
     model = LatentDiffusion.load(ldm)
     seeds = [ws.seed + i for i in range(args.classifier_seeds)]
 
@@ -110,21 +103,13 @@ def main() -> None:
     drawing_seconds = time.perf_counter() - drawn
     synthetic_key = tensor_digest(images, labels)
 
-    def checkpoint_path(kind: str, seed: int) -> Path:
-        # the workspace seed's real classifier is the reference run's; each path keeps the workspace's
-        # key of the classifier recipe and names its seed
-        name = {"real": "classifier", "reconstructed": f"classifier-reconstructed-{ldm.name}",
-                "synthetic": f"classifier-synthetic-{synthetic_key}"}[kind]
-        path = ws.artifact_path(name, "classifier")
-        return path.with_name(path.name.removesuffix(f"-seed{ws.seed}") + f"-seed{seed}")
-
-    assert checkpoint_path("real", ws.seed) == real_path
+    # the workspace seed's real classifier is the reference run's (copied above)
+    trained_on = {"real": "", "reconstructed": f"reconstructed-{ldm.name}", "synthetic": f"synthetic-{synthetic_key}"}
     decomposed = time.perf_counter()
-    result = synthesis.gap_decomposition(
-        model, real_train=_labeled(ws, "train"), real_val=_labeled(ws, "val"), test=_labeled(ws, "test"),
-        synthetic_train=TensorItems(image=images[:n_train], labels=labels[:n_train]),
-        synthetic_val=TensorItems(image=images[n_train:], labels=labels[n_train:]),
-        config=ws.profile.classifier, seeds=seeds, checkpoint_path=checkpoint_path, progress=False)
+    result = ws.gap_decomposition(
+        model, model_name=ldm.name, synthetic_train=TensorItems(image=images[:n_train], labels=labels[:n_train]),
+        synthetic_val=TensorItems(image=images[n_train:], labels=labels[n_train:]), synthetic_key=synthetic_key,
+        seeds=seeds)
     summary = result.summary()
 
     payload = {
@@ -136,7 +121,7 @@ def main() -> None:
                           "guidance_scale": ws.profile.synthesis.guidance_scale, "privacy_filter": False,
                           "sampling_seed": ws.seed + 1},
         # the workspace seed's real classifier was trained in the reference run, on its machine
-        "classifiers": {kind: {str(seed): {**_fit_record(checkpoint_path(kind, seed)),
+        "classifiers": {kind: {str(seed): {**_fit_record(ws.classifier_path(trained_on[kind], seed=seed)),
                                            "from_reference": kind == "real" and seed == ws.seed}
                                for seed in seeds}
                         for kind in ("real", "reconstructed", "synthetic")},

@@ -199,6 +199,9 @@ class SynthesisConfig:
     train_timesteps: int = 1000
     sampling_steps: int = 50
     guidance_scale: float = 3.0
+    #: classifier seeds of notebook 04's gap decomposition (:func:`cxrlib.synthesis.gap_decomposition`):
+    #: each trains a classifier on real, on reconstructed and on synthetic images
+    decomposition_seeds: int = 3
     #: probability of dropping the condition during training (classifier-free guidance)
     condition_dropout: float = 0.1
     #: min-SNR loss weighting of the U-Net (0: plain epsilon MSE)
@@ -367,7 +370,7 @@ def _cpu() -> Profile:
             latent_channels=4, autoencoder_patch_size=2, autoencoder_channels=(16, 32), autoencoder_epochs=40,
             autoencoder_lr=2e-3, unet_channels=(32, 64, 64), unet_layers_per_block=1, unet_epochs=60,
             unet_lr=1e-3, unet_ema_decay=0.999, patience=3, min_improvement=0.01, batch_size=16,
-            sampling_steps=15, samples_per_class=6, max_retries=5,
+            sampling_steps=10, samples_per_class=6, max_retries=5, decomposition_seeds=1,
         ),
         # the transfer test of notebook 06 on the real sample (800 training and validation images per fold),
         # in CPU seconds of one thread on an AMD EPYC (2 cores shared with other work): at the sections' own
@@ -413,7 +416,7 @@ def _smoke() -> Profile:
         synthesis=SynthesisConfig(
             latent_channels=4, autoencoder_channels=(8, 16), autoencoder_epochs=1, autoencoder_lr=2e-3,
             unet_channels=(16, 32), unet_layers_per_block=1, unet_epochs=1, unet_lr=1e-3, unet_ema_decay=0.9,
-            sampling_steps=4, samples_per_class=2, batch_size=16, max_retries=2,
+            sampling_steps=4, samples_per_class=2, batch_size=16, max_retries=2, decomposition_seeds=1,
         ),
         # the fewest folds a k-fold has; every network one epoch, as in its section
         transfer=TransferConfig(folds=2),
@@ -433,9 +436,9 @@ def dry_run(profile: Profile, max_steps: int) -> Profile:
 
     Architectures, image sizes and all other settings stay as they are; what changes: every training
     runs one epoch (both retrieval phases when the profile has both); loops over runs, mu values,
-    DP-Pix cells, DDIM steps, sampler retries and transfer folds (at least two) run at most
-    ``max_steps`` times; batches are capped at :data:`DRY_RUN_BATCH` (a warning names the ones that
-    were); samples per class and synthetic images are as few as fill ``max_steps`` batches.
+    DP-Pix cells, DDIM steps, sampler retries, the gap decomposition's classifier seeds and transfer
+    folds (at least two) run at most ``max_steps`` times; batches are capped at :data:`DRY_RUN_BATCH`
+    (a warning names the ones that were); samples per class and synthetic images are as few as fill ``max_steps`` batches.
     ``Workspace`` (and :func:`cxrlib.transfer.transfer_test`, each fold's parts) caps every split and
     the pairs to ``max_steps`` batches, so every epoch and evaluation pass is at most ``max_steps`` steps.
     """
@@ -469,6 +472,7 @@ def dry_run(profile: Profile, max_steps: int) -> Profile:
         "synthesis": dataclasses.replace(s, autoencoder_epochs=1, unet_epochs=1,
                                          sampling_steps=min(s.sampling_steps, max_steps),
                                          max_retries=min(s.max_retries, max_steps),
+                                         decomposition_seeds=min(s.decomposition_seeds, max_steps),
                                          samples_per_class=1, synthetic_images=max_steps * batch,
                                          batch_size=small("synthesis", "batch_size")),
         # the transfer test's k-fold loop: two folds, the fewest a k-fold has

@@ -17,12 +17,16 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
+import torch
 
 from cxrlib.config import DRY_RUN_BATCH, Profile, load_profile
 from cxrlib.data.cache import ImageCache, prepare_cache
-from cxrlib.data.chestxray14 import DataError, Splits, find_metadata_file, make_splits, read_metadata
-from cxrlib.data.datasets import ImageDataset, PairDataset
+from cxrlib.data.chestxray14 import (LABELS, DataError, Splits, find_metadata_file, make_splits,
+                                    read_metadata)
+from cxrlib.data.datasets import ImageDataset, PairDataset, TensorItems
+from cxrlib.data.images import Images
 from cxrlib.data.pairs import (make_pairs, max_positive_pairs, official_pair_file, read_pair_file,
                                write_pair_file)
 # set by ``cxrlib run --max-steps N``: every notebook opens its profile as a dry run (``max_steps=N``)
@@ -135,7 +139,6 @@ class Workspace:
         (:func:`cxrlib.attacks.identity_profile` over at most ``max_patients`` patients with two or
         more images, the first by id; CIs from the profile's bootstrap samples)."""
         from cxrlib.attacks import identity_profile
-        from cxrlib.data.images import Images
 
         counts = self.metadata.groupby("patient_id")["image"].transform("size")
         several = self.metadata[counts >= 2]
@@ -186,6 +189,13 @@ class Workspace:
 
     def images(self, split: str, transform=None) -> ImageDataset:
         return ImageDataset(self.cache, self.splits[split], transform=transform)
+
+    def labeled_tensors(self, split: str) -> TensorItems:
+        """One split's images (N, 1, S, S) and 14 labels as tensors in memory, for work that changes
+        the images (the autoencoder's reconstructions of the gap decomposition)."""
+        frame = self.splits[split]
+        return TensorItems(image=Images.from_cache(self.cache, frame["image"]).tensor(),
+                           labels=torch.from_numpy(frame[list(LABELS)].to_numpy(dtype=np.float32)))
 
     def pairs(self, split: str, n_pairs: int, purpose: str) -> pd.DataFrame:
         """The verification pairs of one split for ``purpose``.
@@ -251,7 +261,7 @@ class Workspace:
         from cxrlib.classify import train_classifier
 
         return train_classifier(self.images("train"), self.images("val"), self.profile.classifier, seed=self.seed,
-                                checkpoint_path=self.artifact_path("classifier", "classifier"), progress=False)
+                                checkpoint_path=self.classifier_path(), progress=False)
 
     @cached_property
     def latent_diffusion(self) -> Any:
@@ -275,6 +285,28 @@ class Workspace:
         return train_retrieval(self.images("train", transform=retrieval_augmentation(config)),
                                self.images("val"), config, seed=self.seed,
                                checkpoint_path=self.artifact_path("retrieval", "retrieval"), progress=False)
+
+    def classifier_path(self, trained_on: str = "", seed: int | None = None) -> Path:
+        """Where a 14-finding classifier of the profile's recipe lives: the real one (``trained_on``
+        empty, :attr:`classifier` at the workspace seed) or one trained on other images, named by a key
+        of them (``"synthetic-<digest>"``); ``seed`` (default: the workspace's) names its initialization."""
+        return self.artifact_path(f"classifier-{trained_on}" if trained_on else "classifier", "classifier",
+                                  seed=seed)
+
+    def gap_decomposition(self, model: Any, *, model_name: str, synthetic_train: TensorItems,
+                          synthetic_val: TensorItems, synthetic_key: str, seeds: list[int]) -> Any:
+        """Notebook 04's :func:`cxrlib.synthesis.gap_decomposition` of the latent diffusion ``model`` (saved
+        as ``model_name``) and its synthetic set (``synthetic_key`` names it) on this workspace's splits:
+        every classifier at :meth:`classifier_path`, so the real one of the workspace seed and the
+        synthetic one notebook 04 trained are loaded, not trained again."""
+        from cxrlib.synthesis import gap_decomposition
+
+        trained_on = {"real": "", "reconstructed": f"reconstructed-{model_name}", "synthetic": f"synthetic-{synthetic_key}"}
+        return gap_decomposition(
+            model, real_train=self.labeled_tensors("train"), real_val=self.labeled_tensors("val"),
+            test=self.labeled_tensors("test"), synthetic_train=synthetic_train, synthetic_val=synthetic_val,
+            config=self.profile.classifier, seeds=seeds,
+            checkpoint_path=lambda kind, seed: self.classifier_path(trained_on[kind], seed=seed), progress=False)
 
     def anonymizer_path(self, name: str) -> Path:
         """Where a learned anonymizer lives: it depends on its own section and on both judges'."""
@@ -306,11 +338,12 @@ class Workspace:
         """Where this run's trained models live: the artifacts of its profile and data (every seed)."""
         return self.artifacts_dir / self.profile.name / self._data_key
 
-    def artifact_path(self, name: str, *sections: str) -> Path:
+    def artifact_path(self, name: str, *sections: str, seed: int | None = None) -> Path:
         """Where a trained model lives: keyed by profile, data, the profile sections it depends on,
-        and the seed. A path without suffix; the artifacts module adds ``.safetensors``/``.json``."""
+        and the seed (default: the workspace's). A path without suffix; the artifacts module adds
+        ``.safetensors``/``.json``."""
         key = self.profile.fingerprint("data", *sections)
-        path = self.models_dir / f"{name}-{key}-seed{self.seed}"
+        path = self.models_dir / f"{name}-{key}-seed{self.seed if seed is None else seed}"
         path.parent.mkdir(parents=True, exist_ok=True)
         return path
 

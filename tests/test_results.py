@@ -30,6 +30,7 @@ from cxrlib.results.prichexy_net import (DIAGNOSTIC_ROW, LOWER_BOUND, SMALLEST, 
 from cxrlib.results.reidentification import ReidentificationResults, reidentification_results
 from cxrlib.results.synthesis import SynthesisResults, synthesis_results
 from cxrlib.results.tradeoff import BASELINES, TradeoffResults, tradeoff_results, tradeoff_summary
+from cxrlib.synthesis.decomposition import GapDecomposition, SeedAUCs
 from cxrlib.synthesis.privacy_filter import Thresholds
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -250,13 +251,20 @@ def test_synthesis_results_totals_and_quantiles():
                           autoencoder_fit=Training([], 3, best_val_loss=0.1), unet_fit=Training([], 5, best_val_loss=0.2))
     panel = SimpleNamespace(to_json=lambda: {"worst_case": "w"})
     scores = np.linspace(0, 1, 101)
+    aucs = {"real": 0.9, "real_on_reconstructed": 0.85, "reconstructed": 0.8, "synthetic": 0.6}
+    decomposition = GapDecomposition(("Mass", "Nodule"), (SeedAUCs(0, {part: {"Mass": auc, "Nodule": auc - 0.1}
+                                                                      for part, auc in aucs.items()},
+                                                               {"Mass": 0.7, "Nodule": 0.5}),),
+                                     test_images=10, real_training_images=50, synthetic_training_images=25,
+                                     rendered_images=30)
     results = synthesis_results(
         ldm, reconstruction={"l1": 0.05}, thresholds=Thresholds(siamese=0.9, pixels=0.8, fpr=0.02),
         planted={"copies": {"caught": 1.0}}, sampler={"grid": {"drawn": 10, "rejected": 1},
                                                       "set": {"drawn": 30, "rejected": 3}},
         utility={"real": {"mean_auc": 0.8}}, synthetic_fit=Training([], 2), synthetic_training_images=25,
         real_training_images=50, frechet={"real": 1.5}, diversity={"real": {"Mass": 0.2, "Nodule": 0.4}},
-        memorization={"synthetic": (scores, 1 - scores)}, memorization_panel=panel, wall_seconds=7.0)
+        memorization={"synthetic": (scores, 1 - scores)}, memorization_panel=panel,
+        gap_decomposition=decomposition, wall_seconds=7.0)
     written = results.to_json()
     assert written["latent_shape"] == [4, 8, 8] and written["scaling_factor"] == 0.7
     assert written["sampler"]["drawn"] == 40 and written["sampler"]["rejected"] == 4
@@ -266,6 +274,9 @@ def test_synthesis_results_totals_and_quantiles():
     assert written["memorization"]["synthetic"]["siamese_score"] == pytest.approx({"q5": 0.05, "q50": 0.5, "q95": 0.95})
     assert written["memorization_panel"] == {"worst_case": "w"}
     assert written["synthetic_classifier"] == {"training": Training([], 2).recorded, "training_images": 25}
+    gaps = written["gap_decomposition"]["summary"]["gap_points"]
+    assert gaps["autoencoder_in_training"]["mean"] == pytest.approx(10) and gaps["generator"]["mean"] == pytest.approx(20)
+    assert GapDecomposition.from_json(written["gap_decomposition"]["decomposition"]) == decomposition
     assert set(written) == set(committed(COMMITTED[0], "synthesis.json")) - {"context"}
 
 

@@ -35,19 +35,22 @@ def _draw(model, labels, seed=0, **options) -> torch.Tensor:
 
 
 @torch.no_grad()
-def _ddim_as_before(model: LatentDiffusion, labels: torch.Tensor, guidance_scale: float, seed: int) -> torch.Tensor:
-    """generate's loop as it was before it had a sampler choice (fp32, one batch)."""
+def _ddim_as_before(model: LatentDiffusion, labels: torch.Tensor, guidance_scale: float, seed: int,
+                    steps: int = STEPS, clean_end: bool = False) -> torch.Tensor:
+    """generate's loop as it was before it had a sampler choice (fp32, one batch); ``clean_end``: the
+    last step's clean estimate x0 instead of its ``prev_sample``."""
     config = model.unet.config
     latents = torch.randn((len(labels), config.latent_channels, config.sample_size, config.sample_size),
                           generator=torch.Generator().manual_seed(seed))
     scheduler = DDIMScheduler.from_config(model.scheduler.config, timestep_spacing="trailing")
-    scheduler.set_timesteps(STEPS)
+    scheduler.set_timesteps(steps)
     both = torch.cat([labels, labels])
     unconditional = torch.cat([torch.zeros(len(labels), dtype=torch.bool), torch.ones(len(labels), dtype=torch.bool)])
     for t in scheduler.timesteps:
         eps = model.unet(torch.cat([latents, latents]), torch.full((2 * len(labels),), int(t)), both, unconditional)
         eps_cond, eps_null = eps.float().chunk(2)
-        latents = scheduler.step(eps_null + guidance_scale * (eps_cond - eps_null), t, latents).prev_sample
+        step = scheduler.step(eps_null + guidance_scale * (eps_cond - eps_null), t, latents)
+        latents = step.pred_original_sample if clean_end and t == scheduler.timesteps[-1] else step.prev_sample
     return model.decode(latents).float()
 
 
@@ -55,6 +58,17 @@ def test_the_default_sampler_is_ddim_as_before_bit_for_bit(model, labels):
     default = _draw(model, labels)
     assert torch.equal(default, _ddim_as_before(model, labels, 3.0, seed=0))
     assert torch.equal(default, _draw(model, labels, sampler="ddim", guidance_rescale=0.0))
+
+
+def test_ddim_ends_at_the_clean_estimate_where_its_steps_do_not_divide_the_training_steps(model, labels):
+    # 4 of 1000 steps: the last step already lands on alpha-bar 1, so nothing changes there (above);
+    # 15 of 1000: it lands on t = 0 (alpha-bar 0.99915), and the plain update would keep ~3 % noise
+    scheduler = model.sampling_scheduler("ddim", 15)
+    assert int(scheduler.timesteps[-1]) - 1000 // 15 == 0 and float(scheduler.alphas_cumprod[0]) < 0.9995
+    drawn = generate(model, labels, steps=15, guidance_scale=3.0, generator=torch.Generator().manual_seed(0),
+                     device=CPU, cpu_bf16=False, progress=False)
+    assert torch.equal(drawn, _ddim_as_before(model, labels, 3.0, seed=0, steps=15, clean_end=True))
+    assert not torch.equal(drawn, _ddim_as_before(model, labels, 3.0, seed=0, steps=15))
 
 
 def test_dpm_solver_visits_the_same_timesteps_and_gives_other_seeded_images(model, labels):

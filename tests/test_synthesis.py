@@ -446,6 +446,18 @@ def test_gaps_are_the_differences_of_the_parts_paired_by_seed():
     summary = result.summary()
     assert summary["gap_points"]["synthetic_only"]["mean"] == pytest.approx(whole.mean)
     assert summary["per_finding"]["Fibrosis"]["real"]["mean"] is None  # JSON has no NaN
+    table = result.table()
+    assert list(table.index) == [*result.worst_findings(count=len(LABELS)), "Fibrosis", "mean"]
+    assert table.loc["mean", "gap: generator (c - d)"] == pytest.approx(6.5)
+    assert table.loc["Effusion", "gap: autoencoder (a - c)"] == pytest.approx(6.5)
+    assert table.loc["mean", "real (a)"] == pytest.approx(0.84)
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from cxrlib.plots import synthesis as plots
+
+    fig = plots.plot_gap_decomposition(result)
+    assert [t.get_text() for t in fig.axes[0].get_yticklabels()][-1] == result.worst_findings(count=1)[0].replace("_", " ")
 
 
 def test_gap_decomposition_trains_each_classifier_per_seed(trained, tmp_path):

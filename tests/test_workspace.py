@@ -37,3 +37,14 @@ def test_results_folder_appears_with_the_first_result_only(tmp_path):
     assert not ws.results_dir.exists()
     ws.save_table(pd.DataFrame({"a": [1]}), "table")
     assert (ws.results_dir / "table.csv").is_file() and (ws.results_dir / "table.md").is_file()
+
+
+def test_classifier_paths_share_the_recipe_key_and_name_their_images_and_seed(tmp_path):
+    ws = _workspace(tmp_path, max_followups=4)
+    assert ws.classifier_path() == ws.artifact_path("classifier", "classifier")  # the workspace's real one
+    other_seed = ws.classifier_path(seed=7)
+    assert other_seed.name == ws.classifier_path().name.removesuffix("-seed0") + "-seed7"
+    synthetic = ws.classifier_path("synthetic-abc", seed=7)
+    assert synthetic.parent == other_seed.parent and synthetic.name.startswith("classifier-synthetic-abc-")
+    tensors = ws.labeled_tensors("val")
+    assert len(tensors) == len(ws.splits["val"]) and tensors.tensors["labels"].shape[1] == 14

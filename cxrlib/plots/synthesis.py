@@ -9,6 +9,7 @@ import numpy as np
 import torch
 
 from cxrlib.data.chestxray14 import LABELS, NO_FINDING
+from cxrlib.synthesis.decomposition import GapDecomposition
 
 
 def _show(ax, image, title: str = "", fontsize: int = 8) -> None:
@@ -108,6 +109,38 @@ def plot_utility(results: Mapping[str, Mapping[str, object]], published_gap: flo
     ax.set(ylabel="test AUC (real images)", ylim=(0.3, 1.0),
            title=f"classifier trained on real vs synthetic images (published gap: {published_gap:.1f} %)")
     ax.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def plot_gap_decomposition(decomposition: GapDecomposition) -> plt.Figure:
+    """Left: per finding, the synthetic-only classifier's loss split into what training on the
+    autoencoder's reconstructions loses and what the generator loses beyond it (AUC points, means over
+    the classifier seeds), the largest loss on top; right: how well each finding is rendered (the real
+    classifier's AUC on the synthetic images against the labels they were drawn for; 0.5 is chance)."""
+    findings = decomposition.worst_findings(count=len(decomposition.findings))[::-1]
+    autoencoder = decomposition.gap_per_finding("autoencoder_in_training")
+    generator = decomposition.gap_per_finding("generator")
+    rendering = decomposition.rendering_per_finding()
+    y = np.arange(len(findings))
+    fig, axes = plt.subplots(1, 2, figsize=(12, 0.32 * len(findings) + 1.6), sharey=True,
+                             gridspec_kw={"width_ratios": [3, 2]})
+    first = np.array([autoencoder[f].mean for f in findings])
+    second = np.array([generator[f].mean for f in findings])
+    axes[0].barh(y, first, color="tab:blue", label="autoencoder (a - c)")
+    # a negative part is drawn from zero, a positive one stacked on the other's positive share
+    axes[0].barh(y, second, left=np.where(np.sign(second) == np.sign(first), first, 0), color="tab:orange",
+                 label="generator (c - d)")
+    axes[0].axvline(0, color="gray", lw=0.8)
+    seeds = len(decomposition.seeds)
+    axes[0].set(xlabel="AUC points lost on the real test images",
+                title=f"where the synthetic-only classifier loses ({seeds} classifier seed{'s' * (seeds > 1)})")
+    axes[0].legend(fontsize=8, loc="lower right")
+    axes[1].barh(y, [rendering[f].mean for f in findings], color="tab:green")
+    axes[1].axvline(0.5, color="gray", lw=0.8, ls="--")
+    axes[1].set(xlabel="real classifier's AUC on the synthetic images", xlim=(0.3, 1.0),
+                title="is the finding asked for rendered?")
+    axes[0].set_yticks(y, [f.replace("_", " ") for f in findings])
     fig.tight_layout()
     return fig
 

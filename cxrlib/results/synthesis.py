@@ -13,6 +13,7 @@ import numpy as np
 from cxrlib.artifacts import MetricsFile
 from cxrlib.memorization import MemorizationPanel
 from cxrlib.metrics import quantiles
+from cxrlib.synthesis.decomposition import GapDecomposition
 from cxrlib.synthesis.privacy_filter import Thresholds
 from cxrlib.synthesis.training import TrainedLatentDiffusion
 
@@ -42,6 +43,9 @@ class SynthesisResults(MetricsFile):
     #: per image set, the quantiles of its siamese scores and pixel correlations
     memorization: dict[str, dict[str, dict[str, float]]]
     memorization_panel: dict[str, Any]
+    #: :class:`~cxrlib.synthesis.GapDecomposition`: its ``summary``, ``worst_findings`` and (``decomposition``)
+    #: every seed's AUCs as ``to_json`` writes them
+    gap_decomposition: dict[str, Any]
     wall_seconds: float
 
 
@@ -52,13 +56,13 @@ def synthesis_results(ldm: TrainedLatentDiffusion, *, reconstruction: Mapping[st
                       real_training_images: int, frechet: Mapping[str, float],
                       diversity: Mapping[str, Mapping[str, float]],
                       memorization: Mapping[str, tuple[Any, Any]], memorization_panel: MemorizationPanel,
-                      wall_seconds: float) -> SynthesisResults:
+                      gap_decomposition: GapDecomposition, wall_seconds: float) -> SynthesisResults:
     """Notebook 04's results from what it measured: ``reconstruction`` of the validation images by the
     autoencoder, the sampler's ``thresholds``, the rates at which it caught ``planted`` copies, each sampling
     run's summary (``sampler``, by name: :meth:`SamplingResult.summary`), :func:`~cxrlib.synthesis.utility_gap`
     (``utility``), the synthetic-only classifier's training (``synthetic_fit``, a :class:`cxrlib.train.FitResult`)
     and its number of images, the Fréchet distances and diversity by image set, and per image set its siamese
-    scores and pixel correlations (``memorization``)."""
+    scores and pixel correlations (``memorization``), the memorization panel and the gap decomposition."""
     unet_config = ldm.model.unet.config
     drawn = sum(s["drawn"] for s in sampler.values())
     rejected = sum(s["rejected"] for s in sampler.values())
@@ -80,4 +84,6 @@ def synthesis_results(ldm: TrainedLatentDiffusion, *, reconstruction: Mapping[st
         memorization={name: {"siamese_score": quantiles(s), "pixel_correlation": quantiles(r)}
                       for name, (s, r) in memorization.items()},
         memorization_panel=memorization_panel.to_json(),
+        gap_decomposition={"summary": gap_decomposition.summary(), "worst_findings": gap_decomposition.worst_findings(),
+                           "decomposition": gap_decomposition.to_json()},
         wall_seconds=wall_seconds)

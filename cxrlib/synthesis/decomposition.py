@@ -31,6 +31,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import torch
 from torch.utils.data import Dataset
 
@@ -131,6 +132,26 @@ class GapDecomposition:
         """The findings that lose most in ``gap`` (mean over seeds), largest loss first."""
         losses = {f: spread.mean for f, spread in self.gap_per_finding(gap).items() if not math.isnan(spread.mean)}
         return sorted(losses, key=losses.get, reverse=True)[:count]
+
+    def table(self) -> pd.DataFrame:
+        """Per finding (rows, the largest synthetic-only loss first, then the mean): each part's test
+        AUC, the gap split into what training on the autoencoder's output loses (a - c) and what the
+        generator loses beyond it (c - d), in AUC points, and the rendering AUC; means over seeds."""
+        columns = {"real (a)": self.auc_per_finding("real"),
+                   "real on reconstructed (b)": self.auc_per_finding("real_on_reconstructed"),
+                   "trained on reconstructions (c)": self.auc_per_finding("reconstructed"),
+                   "synthetic only (d)": self.auc_per_finding("synthetic"),
+                   "gap: autoencoder (a - c)": self.gap_per_finding("autoencoder_in_training"),
+                   "gap: generator (c - d)": self.gap_per_finding("generator"),
+                   "rendering AUC": self.rendering_per_finding()}
+        order = self.worst_findings(count=len(self.findings))
+        order += [f for f in self.findings if f not in order]  # findings the test split cannot score
+        table = pd.DataFrame({name: {f: values[f].mean for f in order} for name, values in columns.items()})
+        table.loc["mean"] = [self.auc("real").mean, self.auc("real_on_reconstructed").mean,
+                             self.auc("reconstructed").mean, self.auc("synthetic").mean,
+                             self.gap("autoencoder_in_training").mean, self.gap("generator").mean,
+                             self.rendering().mean]
+        return table
 
     def summary(self) -> dict:
         """Every aggregate figure: per part and gap the mean over seeds with its spread, overall and per
