@@ -337,6 +337,22 @@ def test_prichexy_schedule_sentence_comes_from_notebook_02s_json():
     assert "0.900 on the original pairs" in text and "0.620 on the test pairs (95 % CI 0.580-0.660)" in text
 
 
+def test_decomposition_sentence_comes_from_notebook_04s_json():
+    from cxrlib.data.chestxray14 import LABELS
+    from cxrlib.report.blocks import _decomposition_sentence
+    from cxrlib.synthesis.decomposition import GapDecomposition, SeedAUCs
+
+    assert _decomposition_sentence(None) == ""  # a run from before notebook 04 decomposed its gap
+    parts = {"real": 0.85, "real_on_reconstructed": 0.84, "reconstructed": 0.83, "synthetic": 0.7}
+    aucs = {part: {f: auc - (0.1 if f == "Fibrosis" and part == "synthetic" else 0) for f in LABELS}
+            for part, auc in parts.items()}
+    result = GapDecomposition(tuple(LABELS), (SeedAUCs(42, aucs, {f: 0.7 for f in LABELS}),), test_images=10,
+                              real_training_images=20, synthetic_training_images=20, rendered_images=24)
+    text = _decomposition_sentence({"summary": result.summary(), "worst_findings": result.worst_findings()})
+    assert "(1 classifier seed)" in text and f"costs 2.0 points and the generator {100 * (0.13 + 0.1 / 14):.1f};" in text
+    assert "loses most: Fibrosis 25.0," in text and "rendering AUC of the synthetic images 0.700" in text
+
+
 def test_audit_time_comes_from_its_benchmark_beside_the_readme(copied_results):
     results, readme = copied_results
     root = readme.parent

@@ -364,10 +364,26 @@ def synthesis_block(results: Results) -> str | None:
             f"images against {real['mean_auc']:.3f} ({real['ci'][0]:.3f}–{real['ci'][1]:.3f}) for the same "
             f"classifier trained on real images, a gap of {utility['gap_points']:.1f} points "
             f"({utility['gap_percent_of_real']:.1f} % of the real AUC; published: "
-            f"{utility['published_gap_percent']:g} %). The privacy-enhancing sampler rejected "
+            f"{utility['published_gap_percent']:g} %)." + _decomposition_sentence(synthesis.get("gap_decomposition"))
+            + " The privacy-enhancing sampler rejected "
             f"{100 * sampler['rejection_rate']:.1f} % of {_count(sampler['drawn'])} drawn samples, and "
             f"{100 * caught:.0f} % of planted copies of training images ({', '.join(planted)})."
             + _memorization_sentence(synthesis.get("memorization_panel")))
+
+
+def _decomposition_sentence(payload: dict | None) -> str:
+    """Notebook 04's gap decomposition, when the run has it: the gap's two parts and the findings
+    that lose most."""
+    if payload is None:
+        return ""
+    summary = payload["summary"]
+    gaps, seeds = summary["gap_points"], len(summary["seeds"])
+    worst = ", ".join(f"{finding.replace('_', ' ')} {summary['per_finding'][finding]['gap_synthetic_only']['mean']:.1f}"
+                      for finding in payload["worst_findings"][:3])
+    return (f" Of that gap ({seeds} classifier seed{'s' * (seeds > 1)}), training on the autoencoder's "
+            f"reconstructions costs {gaps['autoencoder_in_training']['mean']:.1f} points and the generator "
+            f"{gaps['generator']['mean']:.1f}; the findings it loses most: {worst} (rendering AUC of the synthetic "
+            f"images {summary['rendering_auc']['mean']:.3f}).")
 
 
 def _memorization_sentence(payload: dict | None) -> str:
