@@ -438,7 +438,8 @@ def dry_run(profile: Profile, max_steps: int) -> Profile:
     runs one epoch (both retrieval phases when the profile has both); loops over runs, mu values,
     DP-Pix cells, DDIM steps, sampler retries, the gap decomposition's classifier seeds and transfer
     folds (at least two) run at most ``max_steps`` times; batches are capped at :data:`DRY_RUN_BATCH`
-    (a warning names the ones that were); samples per class and synthetic images are as few as fill ``max_steps`` batches.
+    (a warning names the ones that were); samples per class and synthetic images are as few as fill
+    ``max_steps`` batches.
     ``Workspace`` (and :func:`cxrlib.transfer.transfer_test`, each fold's parts) caps every split and
     the pairs to ``max_steps`` batches, so every epoch and evaluation pass is at most ``max_steps`` steps.
     """

@@ -128,7 +128,7 @@ def plot_gap_decomposition(decomposition: GapDecomposition) -> plt.Figure:
     first = np.array([autoencoder[f].mean for f in findings])
     second = np.array([generator[f].mean for f in findings])
     axes[0].barh(y, first, color="tab:blue", label="autoencoder (a - c)")
-    # a negative part is drawn from zero, a positive one stacked on the other's positive share
+    # stacked where both parts have the same sign; a part of the other sign is drawn from zero
     axes[0].barh(y, second, left=np.where(np.sign(second) == np.sign(first), first, 0), color="tab:orange",
                  label="generator (c - d)")
     axes[0].axvline(0, color="gray", lw=0.8)
