@@ -115,16 +115,23 @@ def interleaved_seconds_per_image(draw, samplers: list[str], steps: list[int], g
     return {sampler: {str(count): fastest[sampler, count] for count in steps} for sampler in samplers}
 
 
-def trained_model(ws: Workspace, pattern: str, suffix: str = "") -> Path:
-    """The one model of the run (its profile, data and seed) whose name matches ``pattern`` in the
-    workspace's artifacts; the classifier trained on synthetic images is not the real one."""
+def trained_latent_diffusion(ws: Workspace) -> Path:
+    """The one latent diffusion model of the run (its profile, data and seed) in the workspace's
+    artifacts (its autoencoder's and U-Net's checkpoints lie beside it)."""
     folder = ws.models_dir
-    found = [p for p in folder.glob(pattern + f"-seed{ws.seed}{suffix}")
-             if "synthetic" not in p.name and "autoencoder" not in p.name and "unet" not in p.name]
+    found = [p for p in folder.glob(f"ldm-*-seed{ws.seed}") if (p / "unet").is_dir()]
     if len(found) != 1:
-        raise SystemExit(f"{folder}: expected one trained {pattern.rstrip('-*')} of seed {ws.seed}, found "
+        raise SystemExit(f"{folder}: expected one trained latent diffusion model of seed {ws.seed}, found "
                          f"{[p.name for p in found]}; run ./run_all.sh first or pass its path")
     return found[0]
+
+
+def trained_classifier(ws: Workspace) -> Path:
+    """The run's classifier trained on real images (``Workspace.classifier_path``), saved weights."""
+    path = ws.classifier_path().with_name(ws.classifier_path().name + ".safetensors")
+    if not path.is_file():
+        raise SystemExit(f"{path}: no trained classifier; run ./run_all.sh first or pass its path")
+    return path
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -159,8 +166,8 @@ def main(argv: list[str] | None = None) -> None:
 
     ws = Workspace.open(args.profile, args.data_dir, seed=args.seed, artifacts_dir=args.artifacts)
     config = ws.profile.synthesis
-    model = LatentDiffusion.load(args.ldm or trained_model(ws, "ldm-*"))
-    classifier = load_classifier(ws, args.classifier or trained_model(ws, "classifier-*", ".safetensors"))
+    model = LatentDiffusion.load(args.ldm or trained_latent_diffusion(ws))
+    classifier = load_classifier(ws, args.classifier or trained_classifier(ws))
     features = PenultimateFeatures(classifier)
     test_images = Images.from_cache(ws.cache, ws.splits.test["image"]).tensor()
     train = ws.splits.train
