@@ -50,18 +50,9 @@ def committed(folder: Path, name: str) -> dict[str, Any]:
     return json.loads((folder / name).read_text())
 
 
-#: committed files written by an earlier notebook, with fewer keys than today's: the real sample's
-#: prichexy_net.json predates notebook 02's schedule and frozen-adversaries diagnostic (the report reads both)
-OLDER_SCHEMA = {("cpu-chestxray14-sample", "prichexy_net.json")}
-
-
 @pytest.mark.parametrize("folder", COMMITTED, ids=lambda f: f.name)
 @pytest.mark.parametrize("name", sorted(TYPES))
 def test_committed_results_are_read_and_written_back_unchanged(folder, name):
-    if (folder.name, name) in OLDER_SCHEMA:
-        with pytest.raises(KeyError):
-            TYPES[name].from_json(committed(folder, name))
-        return
     payload = committed(folder, name)
     context = payload.pop("context")
     results = TYPES[name].from_json(payload)
