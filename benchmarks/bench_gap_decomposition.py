@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from cxrlib import synthesis
-from cxrlib.artifacts import tensor_digest
+from cxrlib.artifacts import read_sidecar, tensor_digest
 from cxrlib.data.chestxray14 import LABELS
 from cxrlib.data.datasets import TensorItems
 from cxrlib.models.diffusion import LatentDiffusion
@@ -75,7 +75,7 @@ def _synthetic_set(ws: Workspace, model: LatentDiffusion, ldm: Path) -> tuple[to
 
 
 def _fit_record(path: Path) -> dict:
-    sidecar = json.loads(path.with_name(path.name + ".json").read_text())
+    sidecar = read_sidecar(path)
     history = sidecar.get("history", [])
     return {"epochs": len(history), "best_epoch": sidecar.get("epoch"),
             "seconds": round(sum(h.get("seconds", 0.0) for h in history), 1)}

@@ -39,7 +39,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from cxrlib.artifacts import load_weights
+from cxrlib.artifacts import exists, load_weights
 from cxrlib.classify import build_classifier, predict
 from cxrlib.data.chestxray14 import LABELS
 from cxrlib.data.images import Images
@@ -127,9 +127,10 @@ def trained_latent_diffusion(ws: Workspace) -> Path:
 
 
 def trained_classifier(ws: Workspace) -> Path:
-    """The run's classifier trained on real images (``Workspace.classifier_path``), saved weights."""
-    path = ws.classifier_path().with_name(ws.classifier_path().name + ".safetensors")
-    if not path.is_file():
+    """The run's classifier trained on real images (``Workspace.classifier_path``; its weights and
+    sidecar, as :func:`cxrlib.artifacts.exists` checks them)."""
+    path = ws.classifier_path()
+    if not exists(path):
         raise SystemExit(f"{path}: no trained classifier; run ./run_all.sh first or pass its path")
     return path
 
