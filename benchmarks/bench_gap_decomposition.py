@@ -58,7 +58,7 @@ def _copy_reference(reference: Path, ws: Workspace) -> Path:
     return ldm
 
 
-def _synthetic_set(ws: Workspace, model: LatentDiffusion, ldm: Path) -> tuple[torch.Tensor, torch.Tensor, int]:
+def synthetic_set(ws: Workspace, model: LatentDiffusion, ldm: Path) -> tuple[torch.Tensor, torch.Tensor, int]:
     """Notebook 04's synthetic conditions, one image each from its sampling seed (kept in ``--work``)."""
     splits, config = ws.splits, ws.profile.synthesis
     conditions, n_train = synthesis.synthetic_set_conditions(
@@ -99,7 +99,7 @@ def main() -> None:
     seeds = [ws.seed + i for i in range(args.classifier_seeds)]
 
     drawn = time.perf_counter()
-    images, labels, n_train = _synthetic_set(ws, model, ldm)
+    images, labels, n_train = synthetic_set(ws, model, ldm)
     drawing_seconds = time.perf_counter() - drawn
     synthetic_key = tensor_digest(images, labels)
 

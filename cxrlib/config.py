@@ -184,6 +184,9 @@ class SynthesisConfig:
     autoencoder_epochs: int = 100
     autoencoder_lr: float = 1e-4
     kl_weight: float = 1e-6
+    #: weight of an edge term in the autoencoder's loss: L1 between the image gradients of the
+    #: reconstruction and of the image (0: L1 + KL only), which penalizes blurred thin structures
+    autoencoder_edge_weight: float = 0.0
     unet_channels: tuple[int, ...] = (128, 256, 512)
     unet_layers_per_block: int = 2
     unet_epochs: int = 500
@@ -192,6 +195,15 @@ class SynthesisConfig:
     #: share of the validation loss an epoch must gain to reset that patience (0: any decrease)
     min_improvement: float = 0.0
     unet_lr: float = 1e-4
+    #: "constant", or "cosine": the learning rate warms up linearly over ``unet_warmup_steps`` and then
+    #: decays to 0 along a half cosine at the end of ``unet_epochs``, which the U-Net then always runs
+    #: (a fixed budget: no early stopping, the epoch with the lowest validation loss is kept)
+    unet_lr_schedule: str = "constant"
+    unet_warmup_steps: int = 0
+    #: how the U-Net's batches are drawn: 0 uniformly; 1 each image with a weight of the inverse
+    #: prevalence of its rarest label (No Finding counts as a label), so that every finding is about as
+    #: frequent as every other; values between (0.5: the square root) lean the draw less far
+    unet_class_balance: float = 0.0
     #: decay of the exponential moving average of the U-Net's weights that is validated and kept
     #: (0: the weights of the last step)
     unet_ema_decay: float = 0.0

@@ -24,6 +24,8 @@ from cxrlib.synthesis import (GapDecomposition, PrivacyFilter, SeedAUCs, Thresho
                               latent_scaling_factor, near_copies, privacy_enhancing_sample,
                               single_class_names, synthetic_label_vectors, train_latent_diffusion,
                               training_config, utility_gap)
+from cxrlib.synthesis.training import class_balance_weights
+from torchmetrics.functional.image import image_gradients
 
 SIZE = 32
 CPU = torch.device("cpu")
@@ -68,6 +70,65 @@ def test_only_training_fields_key_the_trained_parts(config):
     wider = dataclasses.replace(config, unet_channels=(32, 64))
     assert training_config(wider, SIZE, "autoencoder") == training_config(config, SIZE, "autoencoder")
     assert training_config(wider, SIZE, "unet") != training_config(config, SIZE, "unet")
+
+
+def test_later_recipe_fields_name_a_model_only_when_set(config):
+    """Models trained before the edge term, the cosine schedule and balanced batches existed trained as
+    their defaults do: their names stay; setting one names a new model."""
+    default = training_config(config, SIZE, "unet")
+    assert not {"autoencoder_edge_weight", "unet_lr_schedule", "unet_warmup_steps", "unet_class_balance"} & set(default)
+    for change in ({"unet_lr_schedule": "cosine"}, {"unet_warmup_steps": 10}, {"unet_class_balance": 1.0}):
+        changed = dataclasses.replace(config, **change)
+        assert training_config(changed, SIZE, "unet") != default
+        assert training_config(changed, SIZE, "autoencoder") == training_config(config, SIZE, "autoencoder")
+    edges = dataclasses.replace(config, autoencoder_edge_weight=1.0)
+    assert training_config(edges, SIZE, "autoencoder") != training_config(config, SIZE, "autoencoder")
+    assert training_config(edges, SIZE, "unet") != default
+
+
+def test_class_balance_weights_draw_every_label_about_equally():
+    generator = torch.Generator().manual_seed(0)
+    prevalence = torch.tensor([0.30, 0.10, 0.02] + [0.0] * (len(LABELS) - 3))
+    labels = (torch.rand(20_000, len(LABELS), generator=generator) < prevalence).float()
+    assert torch.equal(class_balance_weights(labels, 0.0), torch.ones(len(labels), dtype=torch.float64))
+    weights = class_balance_weights(labels, 1.0)
+    drawn = labels[torch.multinomial(weights, 50_000, replacement=True, generator=generator)]
+    share = torch.cat([drawn[:, :3], (drawn.sum(1, keepdim=True) == 0).float()], 1).mean(0)
+    # uniformly drawn: 0.30 / 0.10 / 0.02 / 0.61; balanced: each near a quarter (overlaps lift the common)
+    assert share.min() > 0.18 and share.max() < 0.40, share
+    assert share[2] > 0.2  # the rarest finding, 2 % of the images
+    root = class_balance_weights(labels, 0.5)
+    assert root.max() / root.min() == pytest.approx((weights.max() / weights.min()).sqrt())
+
+
+def test_cosine_schedule_runs_its_whole_budget_and_balanced_batches_train(config, tmp_path):
+    """A cosine schedule runs all of ``unet_epochs``, whatever the patience; the edge term and balanced
+    batches train and are reused like the default recipe."""
+    recipe = dataclasses.replace(config, unet_epochs=3, patience=1, min_improvement=0.5, unet_lr_schedule="cosine",
+                                 unet_warmup_steps=1, unet_class_balance=1.0, autoencoder_edge_weight=0.5)
+    trained = _train_tiny(recipe, tmp_path)
+    assert trained.unet_fit.trained and len(trained.unet_fit.history) == 3 and trained.unet_fit.patience is None
+    again = _train_tiny(recipe, tmp_path)
+    assert not again.unet_fit.trained and not again.autoencoder_fit.trained
+    with pytest.raises(ValueError, match="unet_lr_schedule"):
+        _train_tiny(dataclasses.replace(recipe, unet_lr_schedule="linear"), tmp_path)
+
+
+def test_edge_term_penalizes_a_blurred_thin_line():
+    from cxrlib.synthesis.training import AutoencoderObjective
+
+    class Blur(torch.nn.Module):  # stands in for the autoencoder's decode(encode(x)): a 3-px box blur
+        def forward(self, x):
+            return torch.nn.functional.avg_pool2d(x, 3, stride=1, padding=1, count_include_pad=False)
+
+    image = torch.zeros(1, 1, 16, 16)
+    image[..., 8, :] = 1.0  # a 1-px band
+    target = image * 2 - 1
+    blurred = Blur()(target)
+    plain = torch.nn.functional.l1_loss(blurred, target)
+    edges = sum(torch.nn.functional.l1_loss(a, b) for a, b in zip(image_gradients(blurred), image_gradients(target)))
+    assert edges > plain  # the band's two edges cost more than its blurred intensity
+    assert AutoencoderObjective(Blur(), kl_weight=0.0, edge_weight=1.0).edge_weight == 1.0
 
 
 def test_latent_scaling_factor_makes_latents_unit_variance():

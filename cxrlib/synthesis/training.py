@@ -16,8 +16,10 @@ from typing import Callable
 
 import torch
 import torch.nn.functional as F
+from torchmetrics.functional.image import image_gradients
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from diffusers.optimization import get_cosine_schedule_with_warmup
+from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler
 from tqdm.auto import tqdm
 
 from cxrlib.config import SynthesisConfig
@@ -32,10 +34,11 @@ class AutoencoderObjective(nn.Module):
     """Wraps the autoencoder so that its training loss is the forward pass (what ``fit`` needs to
     synchronize gradients): L1 reconstruction of a posterior sample plus the KL term, per pixel."""
 
-    def __init__(self, autoencoder: nn.Module, kl_weight: float):
+    def __init__(self, autoencoder: nn.Module, kl_weight: float, edge_weight: float = 0.0):
         super().__init__()
         self.autoencoder = autoencoder
         self.kl_weight = kl_weight
+        self.edge_weight = edge_weight
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         target = images * 2 - 1
@@ -46,22 +49,36 @@ class AutoencoderObjective(nn.Module):
         # the KL weight is defined, as in latent diffusion, against a reconstruction loss summed over
         # pixels; both are per pixel here, which keeps the same balance
         kl = posterior.kl().mean() / target[0].numel()
-        return F.l1_loss(reconstruction.float(), target.float()) + self.kl_weight * kl
+        loss = F.l1_loss(reconstruction.float(), target.float()) + self.kl_weight * kl
+        if self.edge_weight:
+            # a 1-2 px band or rib rim costs little L1 when blurred, but its gradients vanish with it
+            loss = loss + self.edge_weight * sum(
+                F.l1_loss(made, wanted) for made, wanted in
+                zip(image_gradients(reconstruction.float()), image_gradients(target.float())))
+        return loss
 
 
 #: the synthesis fields each trained part depends on (the U-Net also on the autoencoder's); sampling
 #: and sampler settings are not among them, so turning those knobs never retrains anything
 AUTOENCODER_FIELDS = ("latent_channels", "autoencoder_patch_size", "autoencoder_channels",
                       "autoencoder_epochs", "autoencoder_lr", "kl_weight", "batch_size", "patience",
-                      "min_improvement")
+                      "min_improvement", "autoencoder_edge_weight")
 UNET_FIELDS = ("unet_channels", "unet_layers_per_block", "unet_epochs", "unet_lr", "unet_ema_decay",
-               "train_timesteps", "condition_dropout", "min_snr_gamma")
+               "train_timesteps", "condition_dropout", "min_snr_gamma", "unet_lr_schedule", "unet_warmup_steps",
+               "unet_class_balance")
+#: fields added after models were trained: they name a model only when they differ from their default,
+#: so that a model trained before they existed (which trained as the default does) keeps its name
+_LATER_FIELDS = {"autoencoder_edge_weight", "unet_lr_schedule", "unet_warmup_steps", "unet_class_balance"}
+UNET_LR_SCHEDULES = ("constant", "cosine")
 
 
 def training_config(config: SynthesisConfig, image_size: int, part: str) -> dict:
     """What identifies a trained ``part`` ("autoencoder" or "unet"): the fields it depends on."""
     fields = AUTOENCODER_FIELDS + (UNET_FIELDS if part == "unet" else ())
-    return {"part": part, "image_size": image_size, **{name: getattr(config, name) for name in fields}}
+    defaults = SynthesisConfig()
+    return {"part": part, "image_size": image_size,
+            **{name: getattr(config, name) for name in fields
+               if name not in _LATER_FIELDS or getattr(config, name) != getattr(defaults, name)}}
 
 
 def _key(payload: dict) -> str:
@@ -75,7 +92,7 @@ def train_autoencoder(train_images: Dataset, val_images: Dataset, config: Synthe
     the :class:`~cxrlib.train.FitResult`."""
     seed_everything(seed)
     autoencoder = build_autoencoder(config, image_size)
-    objective = AutoencoderObjective(autoencoder, config.kl_weight)
+    objective = AutoencoderObjective(autoencoder, config.kl_weight, config.autoencoder_edge_weight)
     generator = torch.Generator().manual_seed(seed)
     result = fit(
         objective, lambda model, batch: model(batch["image"]),
@@ -152,6 +169,17 @@ def _posterior_items(posteriors: tuple[torch.Tensor, ...]) -> TensorItems:
     return TensorItems(mean=mean, std=std, labels=labels)
 
 
+def class_balance_weights(labels: torch.Tensor, power: float) -> torch.Tensor:
+    """Draw weights of images with multi-hot ``labels`` (N, findings): the inverse prevalence of each
+    image's rarest label (an image without findings has the label No Finding), raised to ``power``
+    (0: all alike). With power 1 every label is drawn about as often as the others, as far as the
+    multi-label images allow."""
+    labels = torch.cat([labels > 0, (labels > 0).sum(1, keepdim=True) == 0], dim=1)
+    prevalence = labels.float().mean(0)
+    inverse = torch.where(labels, 1 / prevalence.clamp(min=1 / len(labels)), torch.zeros(()))
+    return inverse.max(1).values.pow(power).double()
+
+
 def train_latent_unet(posteriors: tuple[torch.Tensor, ...], val_posteriors: tuple[torch.Tensor, ...],
                       config: SynthesisConfig, image_size: int, scaling_factor: float, *,
                       checkpoint_path: str | Path, seed: int, progress: bool | None = None):
@@ -166,12 +194,28 @@ def train_latent_unet(posteriors: tuple[torch.Tensor, ...], val_posteriors: tupl
         return diffusion_loss(model, batch, scheduler=scheduler, scaling_factor=scaling_factor,
                               condition_dropout=config.condition_dropout, min_snr_gamma=config.min_snr_gamma)
 
+    if config.unet_lr_schedule not in UNET_LR_SCHEDULES:
+        raise ValueError(f"unet_lr_schedule must be one of {UNET_LR_SCHEDULES}, got {config.unet_lr_schedule!r}")
+    items = _posterior_items(posteriors)
+    if config.unet_class_balance:
+        # no generator of its own: it draws from the global one, which the loop seeds per epoch, so a
+        # resumed training draws what an uninterrupted one would
+        sampler = WeightedRandomSampler(class_balance_weights(posteriors[2], config.unet_class_balance),
+                                        len(items), replacement=True)
+        train_loader = DataLoader(items, batch_size=config.batch_size, sampler=sampler)
+    else:
+        train_loader = DataLoader(items, batch_size=config.batch_size, shuffle=True, generator=generator)
+    optimizer = torch.optim.AdamW(unet.parameters(), lr=config.unet_lr)
+    if config.unet_lr_schedule == "cosine":
+        scheduler_of_lr = get_cosine_schedule_with_warmup(optimizer, config.unet_warmup_steps,
+                                                          config.unet_epochs * len(train_loader))
+        schedule = Schedule(config.unet_epochs)
+    else:
+        scheduler_of_lr = None
+        schedule = Schedule(config.unet_epochs, config.patience, min_improvement=config.min_improvement)
     result = fit(
-        unet, loss_fn,
-        DataLoader(_posterior_items(posteriors), batch_size=config.batch_size, shuffle=True, generator=generator),
-        DataLoader(_posterior_items(val_posteriors), batch_size=config.batch_size),
-        optimizer=torch.optim.AdamW(unet.parameters(), lr=config.unet_lr),
-        schedule=Schedule(config.unet_epochs, config.patience, min_improvement=config.min_improvement),
+        unet, loss_fn, train_loader, DataLoader(_posterior_items(val_posteriors), batch_size=config.batch_size),
+        optimizer=optimizer, schedule=schedule, scheduler=scheduler_of_lr,
         # not the scaling factor: it follows from the autoencoder, and its last digits from the device
         checkpoint=Checkpoint(checkpoint_path, training_config(config, image_size, "unet"), seed),
         # bf16 (on CPUs that compute it) with its attention in fp32 (ConditionalLatentUNet); channels_last
