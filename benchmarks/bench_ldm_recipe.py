@@ -132,13 +132,12 @@ def main(argv: list[str] | None = None) -> None:
 
     budget = reference_unet_epochs(args.reference_results)
     locks = args.work / "locks"
-    with locked(locks, "data-and-classifier"):  # the phantom is written on first use, then the classifier
+    with locked(locks, "data"):  # the phantom and its image cache are written on first use
         base_ws = Workspace.open(args.profile, seed=args.seed, artifacts_dir=args.work,
                                  results_dir=args.work / "results")
-        real_classifier = base_ws.classifier[0]
+        test_images = Images.from_cache(base_ws.cache, base_ws.splits.test["image"]).tensor()
     base, size = base_ws.profile.synthesis, base_ws.profile.image_size
-    features = PenultimateFeatures(real_classifier)
-    test_images = Images.from_cache(base_ws.cache, base_ws.splits.test["image"]).tensor()
+    features = None
     print(f"fixed budget: {budget} epochs (the reference run's U-Net, {args.reference_results})", flush=True)
 
     figures = {"profile": args.profile, "seed": args.seed, "machine": machine_description(),
@@ -162,6 +161,9 @@ def main(argv: list[str] | None = None) -> None:
         model = trained.model
         images, labels, n_train = synthetic_set(ws, model, trained.folder)
         key = tensor_digest(images, labels)
+        if features is None:  # the real classifier, wanted first here (another process may be training it)
+            with locked(locks, "classifier"):
+                features = PenultimateFeatures(base_ws.classifier[0])
         with locked(locks, f"reconstructed-{autoencoder_name}"):
             decomposition = ws.gap_decomposition(
                 model, model_name=autoencoder_name,  # the reconstructions depend on the autoencoder alone
