@@ -23,7 +23,9 @@ Several processes may run side by side on the same ``--work`` folder (``--recipe
 a lock per trained part makes one of them train it and the others wait and load it.
 
     OMP_NUM_THREADS=1 python benchmarks/bench_ldm_recipe.py --recipes profile wider-cosine-balanced \\
-        --json benchmarks/results/ldm_recipe-a.json
+        --json benchmarks/results/ldm_recipe.json &
+    OMP_NUM_THREADS=1 python benchmarks/bench_ldm_recipe.py --recipes edges cosine-balanced \\
+        --json benchmarks/results/ldm_recipe.json
 """
 
 from __future__ import annotations
@@ -114,6 +116,22 @@ def fit_record(fit) -> dict:
             "seconds": round(sum(epoch.get("seconds", 0.0) for epoch in fit.history), 1)}
 
 
+def write_merged(path: Path, figures: dict) -> None:
+    """Write ``figures`` to ``path``, keeping the recipes another process (or an earlier run of the same
+    profile, seed and budget) wrote there; each recipe carries the machine that measured it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with locked(path.parent, f".{path.name}"):
+        earlier = json.loads(path.read_text()) if path.is_file() else {}
+        same = all(earlier.get(key) == figures[key] for key in ("profile", "seed", "budget_epochs"))
+        recipes = {**(earlier.get("recipes", {}) if same else {}),
+                   **{name: {"machine": figures["machine"], **recipe} for name, recipe in figures["recipes"].items()}}
+        merged = {**figures, "recipes": recipes,
+                  "wall_seconds": max(figures.get("wall_seconds", 0.0), earlier.get("wall_seconds", 0.0) if same else 0.0)}
+        temporary = path.with_name(path.name + ".tmp")
+        temporary.write_text(json.dumps(merged, indent=1) + "\n")
+        temporary.replace(path)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--profile", default="cpu")
@@ -125,8 +143,17 @@ def main(argv: list[str] | None = None) -> None:
                         help="the reference run's results folder: its U-Net's epochs are the fixed budget")
     parser.add_argument("--wider", nargs="+", type=int, default=[48, 96, 96])
     parser.add_argument("--edge-weight", type=float, default=1.0)
-    parser.add_argument("--json", type=Path, default=None, help="also write the figures here")
+    parser.add_argument("--json", type=Path, default=None,
+                        help="also write the figures here, beside the recipes already there (same profile, seed, budget)")
+    parser.add_argument("--merge", nargs="+", type=Path, default=None,
+                        help="only merge these JSON files of earlier runs into --json")
     args = parser.parse_args(argv)
+    if args.merge:
+        if args.json is None:
+            parser.error("--merge writes into --json")
+        for path in args.merge:
+            write_merged(args.json, json.loads(path.read_text()))
+        return
     torch.set_num_threads(1)
     started = time.perf_counter()
 
@@ -188,8 +215,7 @@ def main(argv: list[str] | None = None) -> None:
               f"PSNR {reconstruction['psnr']:.2f} dB", flush=True)
         if args.json:  # after every recipe, so that a long run leaves what it finished
             figures["wall_seconds"] = time.perf_counter() - started
-            args.json.parent.mkdir(parents=True, exist_ok=True)
-            args.json.write_text(json.dumps(figures, indent=1) + "\n")
+            write_merged(args.json, figures)
 
 
 if __name__ == "__main__":

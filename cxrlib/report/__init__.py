@@ -24,9 +24,10 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from cxrlib.report.benchmarks import (AUDIT_BENCHMARK, CPU_PATHS_BENCHMARK, CPU_PROCESSES_BENCHMARK,
-                                      GAP_DECOMPOSITION_BENCHMARK, LOOP_BENCHMARK, SAMPLER_SWEEP_BENCHMARK,
+                                      GAP_DECOMPOSITION_BENCHMARK, LDM_RECIPE_BENCHMARK, LOOP_BENCHMARK,
+                                      SAMPLER_SWEEP_BENCHMARK,
                                       SAMPLING_PRECISION_BENCHMARK, SCALE_BENCHMARK, TRAINING_PRECISION_BENCHMARK,
-                                      audit_benchmark_block, cpu_paths_block, gap_decomposition_block,
+                                      audit_benchmark_block, cpu_paths_block, gap_decomposition_block, ldm_recipe_block,
                                       loop_ratio_block, sampler_sweep_block, sampling_precision_block, scale_block,
                                       training_precision_block)
 from cxrlib.report.blocks import (KEY_FIGURES, REAL_SAMPLE_RESULTS, identity_cues_block, identity_profile_block,
@@ -39,7 +40,7 @@ from cxrlib.report.loading import (REIDENTIFICATION_COLUMNS, RESULT_FILES, WHOLE
 
 __all__ = [
     "AUDIT_BENCHMARK", "BENCHMARK_BLOCKS", "BLOCKS", "CPU_PATHS_BENCHMARK", "CPU_PROCESSES_BENCHMARK", "DOCUMENTS",
-    "FAIR_TEST_BLOCKS", "GAP_DECOMPOSITION_BENCHMARK", "LOOP_BENCHMARK", "gap_decomposition_block", "loop_ratio_block",
+    "FAIR_TEST_BLOCKS", "GAP_DECOMPOSITION_BENCHMARK", "LDM_RECIPE_BENCHMARK", "LOOP_BENCHMARK", "ldm_recipe_block", "gap_decomposition_block", "loop_ratio_block",
     "KEY_FIGURES", "REAL_SAMPLE_RESULTS", "REFERENCE_PROFILE", "REFERENCE_SEED", "REIDENTIFICATION_COLUMNS",
     "REPORT", "RESULT_FILES", "SAMPLER_SWEEP_BENCHMARK", "SAMPLING_PRECISION_BENCHMARK", "SCALE_BENCHMARK",
     "TRAINING_PRECISION_BENCHMARK", "WHOLE_NOTEBOOK",
@@ -68,7 +69,7 @@ FAIR_TEST_BLOCKS: tuple[Block, ...] = (identity_profile_block, identity_cues_blo
 #: docs/benchmarks.md: what the benchmark scripts last measured, with the run's profile, and on which machine
 BENCHMARK_BLOCKS: tuple[Block, ...] = (
     audit_benchmark_block, loop_ratio_block, cpu_paths_block, sampling_precision_block, training_precision_block,
-    sampler_sweep_block, gap_decomposition_block, scale_block,
+    sampler_sweep_block, gap_decomposition_block, ldm_recipe_block, scale_block,
 )
 
 #: the documents ``cxrlib report`` writes (paths relative to the project root) and their blocks

@@ -25,6 +25,8 @@ SCALE_BENCHMARK = Path("benchmarks/results/scale.json")
 RELEASE_IMAGES = 112_120
 #: ``benchmarks/bench_sampler.py``: the latent diffusion model's sampler, guidance scale and steps
 SAMPLER_SWEEP_BENCHMARK = Path("benchmarks/results/sampler_sweep.json")
+#: ``benchmarks/bench_ldm_recipe.py``: how the latent diffusion model is trained, judged by the gap
+LDM_RECIPE_BENCHMARK = Path("benchmarks/results/ldm_recipe.json")
 
 
 def _benchmark(results: Results, path: Path) -> dict | None:
@@ -375,3 +377,51 @@ def gap_decomposition_block(results: Results) -> str | None:
             f"rendering AUC (the real classifier on the synthetic images against the labels they were drawn for) "
             f"is {_plus_minus(summary['rendering_auc'])}. The findings that lose most (points): {worst}.\n\n"
             + gap_decomposition_table(summary))
+
+
+def _recipe_row(name: str, recipe: dict) -> str:
+    settings, training, gaps = recipe["settings"], recipe["training"], recipe["summary"]["gap_points"]
+    unet = training["unet"]
+    schedule = (f"cosine, warm-up {settings['unet_warmup_steps']} steps, fixed budget"
+                if settings["unet_lr_schedule"] == "cosine" else
+                f"constant; stops after {settings['patience']} epochs without a {settings['min_improvement']:.0%} gain")
+    balance = {0.0: "uniform", 1.0: "inverse prevalence"}.get(settings["unet_class_balance"],
+                                                             f"inverse prevalence ^ {settings['unet_class_balance']:g}")
+    cells = [f"`{name}`", " / ".join(map(str, settings["unet_channels"])), schedule, balance,
+             f"{settings['autoencoder_edge_weight']:g}", f"{unet['epochs']} of {unet['max_epochs']}",
+             f"{training['cpu_seconds'] / 60:.0f}", f"{recipe['validation_reconstruction']['psnr']:.2f}",
+             f"{recipe['frechet_distance']:.2f}", f"{recipe['summary']['rendering_auc']['mean']:.3f}",
+             f"{gaps['autoencoder_in_training']['mean']:.1f}", f"{gaps['generator']['mean']:.1f}",
+             f"**{gaps['synthetic_only']['mean']:.1f}**"]
+    return "| " + " | ".join(cells) + " |"
+
+
+def ldm_recipe_block(results: Results) -> str | None:
+    """The latent diffusion model's training recipes, each judged by notebook 04's gap decomposition."""
+    bench = _benchmark(results, LDM_RECIPE_BENCHMARK)
+    if bench is None:
+        return None
+    recipes = bench["recipes"]
+    seeds = sorted({seed for recipe in recipes.values() for seed in recipe["summary"]["seeds"]})
+    header = ("| recipe | U-Net widths | learning rate | batches | autoencoder edge weight | U-Net epochs (run of cap) "
+              "| training CPU min | PSNR (dB) | Fréchet distance | rendering AUC | a − c (autoencoder) "
+              "| c − d (generator) | a − d (synthetic-only gap) |")
+    rows = [_recipe_row(name, recipe) for name, recipe in recipes.items()]
+    gap = {name: recipe["summary"]["gap_points"]["synthetic_only"]["mean"] for name, recipe in recipes.items()}
+    best = min(gap, key=gap.get)
+    spread = _benchmark(results, GAP_DECOMPOSITION_BENCHMARK)
+    noise = (f" Between classifier seeds the same model's gap moves by ± "
+             f"{spread['summary']['gap_points']['synthetic_only']['std']:.1f} points (SD over "
+             f"{len(spread['summary']['seeds'])} seeds, `{GAP_DECOMPOSITION_BENCHMARK.as_posix()}`)."
+             if spread else "")
+    machines = sorted({recipe.get("machine", bench["machine"])["cpu"] for recipe in recipes.values()})
+    return (f"**How the latent diffusion model is trained** (`benchmarks/bench_ldm_recipe.py`, {_words(machines)}, "
+            f"{bench['threads']} thread per process, processes side by side; `{LDM_RECIPE_BENCHMARK.as_posix()}`): "
+            f"each recipe trains its autoencoder and U-Net on the `{bench['profile']}` phantom and is judged as notebook "
+            f"04 judges its model, by the gap decomposition with one classifier seed ({', '.join(map(str, seeds))}), on "
+            f"notebook 04's synthetic set drawn without the privacy filter. The fixed budget is {bench['budget_epochs']} "
+            f"epochs, the U-Net epochs of the reference run; the wider U-Net runs as many epochs as cost about the "
+            f"same CPU time, from a timed probe of both. (a) real, (c) trained on reconstructions, (d) synthetic only, "
+            f"in AUC points; the Fréchet distance of the synthetic training images to the real test images in the real "
+            f"classifier's features. The lowest synthetic-only gap: `{best}`, {gap[best]:.1f} points."
+            f"{noise}\n\n" + "\n".join([header, "|---" * 13 + "|", *rows]))
