@@ -48,7 +48,7 @@ from cxrlib.data.images import Images
 from cxrlib.metrics import PenultimateFeatures, frechet_distance
 from cxrlib.models.diffusion import build_noise_scheduler, build_unet, downsampling_factor
 from cxrlib.runtime import machine_description
-from cxrlib.synthesis.training import diffusion_loss, training_config
+from cxrlib.synthesis.training import artifact_names, diffusion_loss
 from cxrlib.workspace import Workspace
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -175,10 +175,10 @@ def main(argv: list[str] | None = None) -> None:
                                         (base.latent_channels, side, side))
         ws = Workspace.open(dataclasses.replace(base_ws.profile, synthesis=config), seed=args.seed,
                             artifacts_dir=args.work, results_dir=args.work / "results")
-        autoencoder_name = f"ldm-autoencoder-{synthesis.training._key(training_config(config, size, 'autoencoder'))}"
-        unet_key = synthesis.training._key(training_config(config, size, "unet"))
+        names = artifact_names(config, size)
+        autoencoder_name = names["autoencoder"]
         began, cpu_began = time.perf_counter(), time.process_time()
-        with locked(locks, autoencoder_name), locked(locks, f"ldm-{unet_key}"):
+        with locked(locks, autoencoder_name), locked(locks, names["model"]):
             trained = ws.latent_diffusion
         training = {"wall_seconds": time.perf_counter() - began, "cpu_seconds": time.process_time() - cpu_began,
                     "autoencoder": fit_record(trained.autoencoder_fit), "unet": fit_record(trained.unet_fit)}

@@ -24,7 +24,7 @@ from cxrlib.synthesis import (GapDecomposition, PrivacyFilter, SeedAUCs, Thresho
                               latent_scaling_factor, near_copies, privacy_enhancing_sample,
                               single_class_names, synthetic_label_vectors, train_latent_diffusion,
                               training_config, utility_gap)
-from cxrlib.synthesis.training import class_balance_weights
+from cxrlib.synthesis.training import artifact_names, class_balance_weights
 from torchmetrics.functional.image import image_gradients
 
 SIZE = 32
@@ -54,6 +54,9 @@ def trained(config, tmp_path_factory):
 def test_training_saves_a_loadable_model_and_reuses_checkpoints(trained, config):
     assert trained.autoencoder_fit.trained and trained.unet_fit.trained
     assert (trained.folder / "unet" / "config.json").is_file()
+    names = artifact_names(config, SIZE)
+    assert trained.folder.name == names["model"]
+    assert {path.name.split(".")[0] for path in trained.folder.parent.glob("ldm-*.json")} == {names["autoencoder"], names["unet"]}
     assert trained.model.scaling_factor != 1.0  # computed from the data, stored in the config
     assert LatentDiffusion.load(trained.folder).scaling_factor == pytest.approx(trained.model.scaling_factor)
     saved = (trained.folder / "unet" / "config.json").stat().st_mtime_ns

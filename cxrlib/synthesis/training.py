@@ -1,5 +1,7 @@
-"""Training the latent diffusion model: the autoencoder (L1 reconstruction + KL) and then the latent
-U-Net (DDPM schedule, epsilon prediction, condition dropout for classifier-free guidance), both through
+"""Training the latent diffusion model: the autoencoder (L1 reconstruction + KL, optionally an edge term)
+and then the latent U-Net (DDPM schedule, epsilon prediction, condition dropout for classifier-free
+guidance; optionally a cosine learning-rate schedule over a fixed budget and batches balanced by
+finding), both through
 the shared loop :func:`cxrlib.train.fit`, so they checkpoint, resume, stop early and are reused when
 trained before. The U-Net trains on latents encoded once (posterior mean and std), since re-encoding
 every batch would cost more than the U-Net itself. The latent scaling factor is 1 / std of the
@@ -83,6 +85,14 @@ def training_config(config: SynthesisConfig, image_size: int, part: str) -> dict
 
 def _key(payload: dict) -> str:
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:10]
+
+
+def artifact_names(config: SynthesisConfig, image_size: int) -> dict[str, str]:
+    """The names :func:`train_latent_diffusion` gives what it trains: the autoencoder's and the U-Net's fit
+    checkpoints and the saved model's folder, each with a key of what that part depends on."""
+    unet_key = _key(training_config(config, image_size, "unet"))
+    return {"autoencoder": f"ldm-autoencoder-{_key(training_config(config, image_size, 'autoencoder'))}",
+            "unet": f"ldm-unet-{unet_key}", "model": f"ldm-{unet_key}"}
 
 
 def train_autoencoder(train_images: Dataset, val_images: Dataset, config: SynthesisConfig,
@@ -241,19 +251,18 @@ def train_latent_diffusion(train_images: Dataset, val_images: Dataset, config: S
     what each part depends on (:func:`training_config`): ``ldm-autoencoder-KEY`` and
     ``ldm-unet-KEY`` (fit checkpoints) and the folder ``ldm-KEY`` of the saved model.
     """
-    autoencoder_key = _key(training_config(config, image_size, "autoencoder"))
-    unet_key = _key(training_config(config, image_size, "unet"))
-    folder = Path(artifact_path(f"ldm-{unet_key}"))
+    names = artifact_names(config, image_size)
+    folder = Path(artifact_path(names["model"]))
     autoencoder, ae_fit = train_autoencoder(
         train_images, val_images, config, image_size, seed=seed, progress=progress,
-        checkpoint_path=artifact_path(f"ldm-autoencoder-{autoencoder_key}"))
+        checkpoint_path=artifact_path(names["autoencoder"]))
     train_post = encode_posteriors(autoencoder, train_images, progress=progress)
     val_post = encode_posteriors(autoencoder, val_images, progress=progress)
     scaling = latent_scaling_factor(*train_post[:2])
     autoencoder.register_to_config(scaling_factor=scaling)
     unet, scheduler, unet_fit = train_latent_unet(
         train_post, val_post, config, image_size, scaling, seed=seed, progress=progress,
-        checkpoint_path=artifact_path(f"ldm-unet-{unet_key}"))
+        checkpoint_path=artifact_path(names["unet"]))
     if ae_fit.trained or unet_fit.trained or not folder.is_dir():
         # saved only when new: processes that load a trained model side by side must not rewrite its folder
         LatentDiffusion(autoencoder.cpu(), unet.cpu(), scheduler).save(folder)
