@@ -5,9 +5,10 @@ with an edge term (the profile's U-Net recipe on top).
 
 Every recipe (``--recipes``) trains its autoencoder and U-Net (``cxrlib.synthesis.train_latent_diffusion``
 through a workspace whose profile differs only in its synthesis section, so the real classifier and
-every part a recipe shares with another are trained once), then is judged as notebook 04 judges it, with
-one classifier seed: ``Workspace.gap_decomposition`` on notebook 04's synthetic set (its label vectors
-and sampling seed, drawn without the privacy filter: ``bench_gap_decomposition.synthetic_set``), and the
+every part a recipe shares with another are trained once), then is judged as notebook 04 judges it,
+over ``--classifier-seeds`` classifier seeds (default one; a recipe judged before keeps what it
+trained): ``Workspace.gap_decomposition`` on notebook 04's synthetic set (its label vectors and
+sampling seed, drawn without the privacy filter: ``bench_gap_decomposition.synthetic_set``), and the
 Fréchet distance of the synthetic training images to the real test images in the real classifier's
 features. The classifier trained on reconstructions depends on the autoencoder only, and is shared by
 the recipes that share it.
@@ -43,6 +44,7 @@ import torch
 from bench_gap_decomposition import synthetic_set
 from cxrlib import synthesis
 from cxrlib.artifacts import tensor_digest
+from cxrlib.classify import train_classifier
 from cxrlib.data.datasets import TensorItems
 from cxrlib.data.images import Images
 from cxrlib.metrics import PenultimateFeatures, frechet_distance
@@ -143,6 +145,8 @@ def main(argv: list[str] | None = None) -> None:
                         help="the reference run's results folder: its U-Net's epochs are the fixed budget")
     parser.add_argument("--wider", nargs="+", type=int, default=[48, 96, 96])
     parser.add_argument("--edge-weight", type=float, default=1.0)
+    parser.add_argument("--classifier-seeds", type=int, default=1,
+                        help="classifier seeds of each recipe's decomposition (a recipe judged before keeps its classifiers)")
     parser.add_argument("--json", type=Path, default=None,
                         help="also write the figures here, beside the recipes already there (same profile, seed, budget)")
     parser.add_argument("--merge", nargs="+", type=Path, default=None,
@@ -170,6 +174,7 @@ def main(argv: list[str] | None = None) -> None:
     figures = {"profile": args.profile, "seed": args.seed, "machine": machine_description(),
                "threads": torch.get_num_threads(), "budget_epochs": budget, "recipes": {}}
     side = size // downsampling_factor(base)
+    seeds = [args.seed + offset for offset in range(args.classifier_seeds)]
     for name in args.recipes:
         config, decided = recipe_config(name, base, budget, tuple(args.wider), args.edge_weight, size,
                                         (base.latent_channels, side, side))
@@ -188,15 +193,19 @@ def main(argv: list[str] | None = None) -> None:
         model = trained.model
         images, labels, n_train = synthetic_set(ws, model, trained.folder)
         key = tensor_digest(images, labels)
-        if features is None:  # the real classifier, wanted first here (another process may be training it)
+        if features is None:  # the real classifiers, wanted first here (another process may be training them)
             with locked(locks, "classifier"):
                 features = PenultimateFeatures(base_ws.classifier[0])
+            for seed in seeds[1:]:
+                with locked(locks, f"classifier-seed{seed}"):
+                    train_classifier(base_ws.images("train"), base_ws.images("val"), base_ws.profile.classifier,
+                                     checkpoint_path=base_ws.classifier_path(seed=seed), seed=seed, progress=False)
         with locked(locks, f"reconstructed-{autoencoder_name}"):
             decomposition = ws.gap_decomposition(
                 model, model_name=autoencoder_name,  # the reconstructions depend on the autoencoder alone
                 synthetic_train=TensorItems(image=images[:n_train], labels=labels[:n_train]),
                 synthetic_val=TensorItems(image=images[n_train:], labels=labels[n_train:]), synthetic_key=key,
-                seeds=[args.seed])
+                seeds=seeds)
         _, reconstruction = synthesis.reconstruction_quality(
             model, Images.from_cache(ws.cache, ws.splits.val["image"]).tensor())
         summary = decomposition.summary()

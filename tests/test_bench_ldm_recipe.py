@@ -49,3 +49,9 @@ def test_recipes_train_what_they_change_and_merge_into_one_json(bench, tmp_path)
     reconstructed = sorted(path.name for path in work.rglob("classifier-reconstructed-*.safetensors")
                            if ".last." not in path.name)
     assert len(reconstructed) == 2, reconstructed
+    # judged again over two classifier seeds: the recipe's entry is replaced, its model not retrained
+    bench.main(["--recipes", "profile", "--classifier-seeds", "2", *common])
+    again = json.loads(output.read_text())["recipes"]
+    assert again["profile"]["summary"]["seeds"] == [42, 43] and not again["profile"]["training"]["unet"]["trained_here"]
+    assert again["profile"]["summary"]["auc"]["real"]["seeds"][0] == profile["summary"]["auc"]["real"]["seeds"][0]
+    assert set(again) == {"profile", "cosine-balanced", "edges"}

@@ -526,11 +526,13 @@ def test_ldm_recipes_come_from_their_benchmark_with_each_recipes_gap(copied_resu
     (root / "benchmarks" / "results").mkdir(parents=True)
 
     def recipe(synthetic, channels, schedule, balance, edges, epochs, cap):
-        aucs = {f: 0.85 for f in LABELS}
-        decomposition = GapDecomposition(tuple(LABELS), (SeedAUCs(42, {
-            "real": aucs, "real_on_reconstructed": {f: 0.84 for f in LABELS}, "reconstructed": {f: 0.84 for f in LABELS},
-            "synthetic": {f: synthetic for f in LABELS}}, {f: 0.7 for f in LABELS}),),
-            test_images=1137, real_training_images=3457, synthetic_training_images=3457, rendered_images=3944)
+        synthetic = synthetic if isinstance(synthetic, tuple) else (synthetic,)
+        seeds = tuple(SeedAUCs(42 + i, {
+            "real": {f: 0.85 for f in LABELS}, "real_on_reconstructed": {f: 0.84 for f in LABELS},
+            "reconstructed": {f: 0.84 for f in LABELS}, "synthetic": {f: auc for f in LABELS}}, {f: 0.7 for f in LABELS})
+            for i, auc in enumerate(synthetic))
+        decomposition = GapDecomposition(tuple(LABELS), seeds, test_images=1137, real_training_images=3457,
+                                         synthetic_training_images=3457, rendered_images=3944)
         return {"settings": {"unet_channels": channels, "unet_epochs": cap, "unet_lr": 1e-3, "unet_lr_schedule": schedule,
                              "unet_warmup_steps": 200, "unet_class_balance": balance, "autoencoder_edge_weight": edges,
                              "patience": 3, "min_improvement": 0.01},
@@ -540,17 +542,18 @@ def test_ldm_recipes_come_from_their_benchmark_with_each_recipes_gap(copied_resu
 
     bench = {"profile": "cpu", "machine": {"cpu": "Test CPU"}, "threads": 1, "budget_epochs": 34, "recipes": {
         "profile": recipe(0.73, [32, 64, 64], "constant", 0.0, 0.0, 34, 60),
-        "cosine-balanced": recipe(0.77, [32, 64, 64], "cosine", 1.0, 0.0, 34, 34)}}
+        "cosine-balanced": recipe((0.76, 0.78), [32, 64, 64], "cosine", 1.0, 0.0, 34, 34)}}
     (root / "benchmarks" / "results" / "ldm_recipe.json").write_text(json.dumps(bench))
     section = results_section(results, root, BENCHMARK_BLOCKS)
     flat = section.replace("\n", " ")
     assert "(`benchmarks/bench_ldm_recipe.py`, Test CPU, 1 thread per process" in flat
-    assert "one classifier seed (42)" in flat and "The fixed budget is 34 epochs" in flat
+    assert "over its classifier seeds (of 42, 43;" in flat and "The fixed budget is 34 epochs" in flat
     assert "The lowest synthetic-only gap: `cosine-balanced`, 8.0 points." in flat
     rows = {line.split(" | ")[0]: line for line in section.splitlines() if line.startswith("| `")}
     assert rows["| `profile`"].startswith(
         "| `profile` | 32 / 64 / 64 | constant; stops after 3 epochs without a 1% gain | uniform | 0 | 34 of 60 | 25 "
-        "| 25.90 | 16.04 | 0.700 | 1.0 | 11.0 | **12.0** |")
+        "| 25.90 | 16.04 | 0.700 | 1 | 1.0 | 11.0 | **12.0** |")
     assert "| cosine, warm-up 200 steps, fixed budget | inverse prevalence | 0 | 34 of 34 |" in rows["| `cosine-balanced`"]
+    assert rows["| `cosine-balanced`"].endswith("| 2 | 1.0 ± 0.0 | 7.0 ± 1.4 | **8.0 ± 1.4** |")
     (root / "benchmarks" / "results" / "ldm_recipe.json").write_text(json.dumps({**bench, "profile": "smoke"}))
     assert "How the latent diffusion model is trained" not in results_section(results, root, BENCHMARK_BLOCKS)

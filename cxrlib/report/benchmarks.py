@@ -387,12 +387,17 @@ def _recipe_row(name: str, recipe: dict) -> str:
                 f"constant; stops after {settings['patience']} epochs without a {settings['min_improvement']:.0%} gain")
     balance = {0.0: "uniform", 1.0: "inverse prevalence"}.get(settings["unet_class_balance"],
                                                              f"inverse prevalence ^ {settings['unet_class_balance']:g}")
+    several = len(recipe["summary"]["seeds"]) > 1
+
+    def points(name: str) -> str:  # mean, with its SD over seeds where there are several
+        return _plus_minus(gaps[name], digits=1) if several else f"{gaps[name]['mean']:.1f}"
+
     cells = [f"`{name}`", " / ".join(map(str, settings["unet_channels"])), schedule, balance,
              f"{settings['autoencoder_edge_weight']:g}", f"{unet['epochs']} of {unet['max_epochs']}",
              f"{training['cpu_seconds'] / 60:.0f}", f"{recipe['validation_reconstruction']['psnr']:.2f}",
              f"{recipe['frechet_distance']:.2f}", f"{recipe['summary']['rendering_auc']['mean']:.3f}",
-             f"{gaps['autoencoder_in_training']['mean']:.1f}", f"{gaps['generator']['mean']:.1f}",
-             f"**{gaps['synthetic_only']['mean']:.1f}**"]
+             str(len(recipe["summary"]["seeds"])), points("autoencoder_in_training"), points("generator"),
+             f"**{points('synthetic_only')}**"]
     return "| " + " | ".join(cells) + " |"
 
 
@@ -404,7 +409,7 @@ def ldm_recipe_block(results: Results) -> str | None:
     recipes = bench["recipes"]
     seeds = sorted({seed for recipe in recipes.values() for seed in recipe["summary"]["seeds"]})
     header = ("| recipe | U-Net widths | learning rate | batches | autoencoder edge weight | U-Net epochs (run of cap) "
-              "| training CPU min | PSNR (dB) | Fréchet distance | rendering AUC | a − c (autoencoder) "
+              "| training CPU min | PSNR (dB) | Fréchet distance | rendering AUC | classifier seeds | a − c (autoencoder) "
               "| c − d (generator) | a − d (synthetic-only gap) |")
     rows = [_recipe_row(name, recipe) for name, recipe in recipes.items()]
     gap = {name: recipe["summary"]["gap_points"]["synthetic_only"]["mean"] for name, recipe in recipes.items()}
@@ -418,10 +423,11 @@ def ldm_recipe_block(results: Results) -> str | None:
     return (f"**How the latent diffusion model is trained** (`benchmarks/bench_ldm_recipe.py`, {_words(machines)}, "
             f"{bench['threads']} thread per process, processes side by side; `{LDM_RECIPE_BENCHMARK.as_posix()}`): "
             f"each recipe trains its autoencoder and U-Net on the `{bench['profile']}` phantom and is judged as notebook "
-            f"04 judges its model, by the gap decomposition with one classifier seed ({', '.join(map(str, seeds))}), on "
+            f"04 judges its model, by the gap decomposition over its classifier seeds (of {', '.join(map(str, seeds))}; "
+            f"the gaps are means, ± the SD over seeds where there are several), on "
             f"notebook 04's synthetic set drawn without the privacy filter. The fixed budget is {bench['budget_epochs']} "
             f"epochs, the U-Net epochs of the reference run; the wider U-Net runs as many epochs as cost about the "
             f"same CPU time, from a timed probe of both. (a) real, (c) trained on reconstructions, (d) synthetic only, "
             f"in AUC points; the Fréchet distance of the synthetic training images to the real test images in the real "
             f"classifier's features. The lowest synthetic-only gap: `{best}`, {gap[best]:.1f} points."
-            f"{noise}\n\n" + "\n".join([header, "|---" * 13 + "|", *rows]))
+            f"{noise}\n\n" + "\n".join([header, "|---" * 14 + "|", *rows]))
