@@ -183,10 +183,15 @@ def main(argv: list[str] | None = None) -> None:
         names = artifact_names(config, size)
         autoencoder_name = names["autoencoder"]
         began, cpu_began = time.perf_counter(), time.process_time()
-        with locked(locks, autoencoder_name), locked(locks, names["model"]):
+        # the autoencoder alone first: recipes that share it wait for its training, not for each other's U-Net
+        with locked(locks, autoencoder_name):
+            _, autoencoder_fit = synthesis.train_autoencoder(
+                ws.images("train"), ws.images("val"), config, size, seed=args.seed,
+                checkpoint_path=ws.artifact_path(autoencoder_name), progress=False)
+        with locked(locks, names["model"]):
             trained = ws.latent_diffusion
         training = {"wall_seconds": time.perf_counter() - began, "cpu_seconds": time.process_time() - cpu_began,
-                    "autoencoder": fit_record(trained.autoencoder_fit), "unet": fit_record(trained.unet_fit)}
+                    "autoencoder": fit_record(autoencoder_fit), "unet": fit_record(trained.unet_fit)}
         print(f"[{time.perf_counter() - started:5.0f} s] {name}: trained in {training['cpu_seconds'] / 60:.1f} "
               f"CPU min (U-Net {training['unet']['epochs']} epochs, best val {training['unet']['best_val_loss']:.4f})",
               flush=True)
