@@ -125,8 +125,15 @@ def write_merged(path: Path, figures: dict) -> None:
     with locked(path.parent, f".{path.name}"):
         earlier = json.loads(path.read_text()) if path.is_file() else {}
         same = all(earlier.get(key) == figures[key] for key in ("profile", "seed", "budget_epochs"))
-        recipes = {**(earlier.get("recipes", {}) if same else {}),
-                   **{name: {"machine": figures["machine"], **recipe} for name, recipe in figures["recipes"].items()}}
+        recipes = dict(earlier.get("recipes", {}) if same else {})
+        for name, recipe in figures["recipes"].items():
+            recipe = {"machine": figures["machine"], **recipe}
+            before = recipes.get(name)
+            loaded = not (recipe["training"]["autoencoder"]["trained_here"] or recipe["training"]["unet"]["trained_here"])
+            if loaded and before is not None and before["settings"] == recipe["settings"]:
+                # judged again on a model trained before: what the training cost is the earlier record's
+                recipe = {**recipe, "training": before["training"], "machine": before["machine"]}
+            recipes[name] = recipe
         merged = {**figures, "recipes": recipes,
                   "wall_seconds": max(figures.get("wall_seconds", 0.0), earlier.get("wall_seconds", 0.0) if same else 0.0)}
         temporary = path.with_name(path.name + ".tmp")

@@ -54,4 +54,5 @@ def test_recipes_train_what_they_change_and_merge_into_one_json(bench, tmp_path)
     again = json.loads(output.read_text())["recipes"]
     assert again["profile"]["summary"]["seeds"] == [42, 43] and not again["profile"]["training"]["unet"]["trained_here"]
     assert again["profile"]["summary"]["auc"]["real"]["seeds"][0] == profile["summary"]["auc"]["real"]["seeds"][0]
+    assert again["profile"]["training"] == profile["training"]  # what it cost to train, not to load
     assert set(again) == {"profile", "cosine-balanced", "edges"}
