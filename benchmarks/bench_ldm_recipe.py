@@ -127,7 +127,7 @@ def write_merged(path: Path, figures: dict) -> None:
         same = all(earlier.get(key) == figures[key] for key in ("profile", "seed", "budget_epochs"))
         recipes = dict(earlier.get("recipes", {}) if same else {})
         for name, recipe in figures["recipes"].items():
-            recipe = {"machine": figures["machine"], **recipe}
+            recipe = json.loads(json.dumps({"machine": figures["machine"], **recipe}))  # tuples as the file has them
             before = recipes.get(name)
             loaded = not (recipe["training"]["autoencoder"]["trained_here"] or recipe["training"]["unet"]["trained_here"])
             if loaded and before is not None and before["settings"] == recipe["settings"]:
