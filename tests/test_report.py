@@ -536,7 +536,8 @@ def test_ldm_recipes_come_from_their_benchmark_with_each_recipes_gap(copied_resu
         return {"settings": {"unet_channels": channels, "unet_epochs": cap, "unet_lr": 1e-3, "unet_lr_schedule": schedule,
                              "unet_warmup_steps": 200, "unet_class_balance": balance, "autoencoder_edge_weight": edges,
                              "patience": 3, "min_improvement": 0.01},
-                "training": {"cpu_seconds": 1500.0, "unet": {"epochs": epochs, "max_epochs": cap}},
+                "training": {"cpu_seconds": 1500.0, "autoencoder": {"seconds": 630.0},
+                             "unet": {"epochs": epochs, "max_epochs": cap, "seconds": 1410.0}},
                 "validation_reconstruction": {"psnr": 25.9}, "frechet_distance": 16.04,
                 "summary": decomposition.summary()}
 
@@ -551,7 +552,7 @@ def test_ldm_recipes_come_from_their_benchmark_with_each_recipes_gap(copied_resu
     assert "The lowest synthetic-only gap: `cosine-balanced`, 8.0 points." in flat
     rows = {line.split(" | ")[0]: line for line in section.splitlines() if line.startswith("| `")}
     assert rows["| `profile`"].startswith(
-        "| `profile` | 32 / 64 / 64 | constant; stops after 3 epochs without a 1% gain | uniform | 0 | 34 of 60 | 25 "
+        "| `profile` | 32 / 64 / 64 | constant; stops after 3 epochs without a 1% gain | uniform | 0 | 34 of 60 | 10 / 24 "
         "| 25.90 | 16.04 | 0.700 | 1 | 1.0 | 11.0 | **12.0** |")
     assert "| cosine, warm-up 200 steps, fixed budget | inverse prevalence | 0 | 34 of 34 |" in rows["| `cosine-balanced`"]
     assert rows["| `cosine-balanced`"].endswith("| 2 | 1.0 ± 0.0 | 7.0 ± 1.4 | **8.0 ± 1.4** |")

@@ -394,7 +394,8 @@ def _recipe_row(name: str, recipe: dict) -> str:
 
     cells = [f"`{name}`", " / ".join(map(str, settings["unet_channels"])), schedule, balance,
              f"{settings['autoencoder_edge_weight']:g}", f"{unet['epochs']} of {unet['max_epochs']}",
-             f"{training['cpu_seconds'] / 60:.0f}", f"{recipe['validation_reconstruction']['psnr']:.2f}",
+             f"{training['autoencoder']['seconds'] / 60:.0f} / {unet['seconds'] / 60:.0f}",
+             f"{recipe['validation_reconstruction']['psnr']:.2f}",
              f"{recipe['frechet_distance']:.2f}", f"{recipe['summary']['rendering_auc']['mean']:.3f}",
              str(len(recipe["summary"]["seeds"])), points("autoencoder_in_training"), points("generator"),
              f"**{points('synthetic_only')}**"]
@@ -409,7 +410,7 @@ def ldm_recipe_block(results: Results) -> str | None:
     recipes = bench["recipes"]
     seeds = sorted({seed for recipe in recipes.values() for seed in recipe["summary"]["seeds"]})
     header = ("| recipe | U-Net widths | learning rate | batches | autoencoder edge weight | U-Net epochs (run of cap) "
-              "| training CPU min | PSNR (dB) | Fréchet distance | rendering AUC | classifier seeds | a − c (autoencoder) "
+              "| training min (autoencoder / U-Net) | PSNR (dB) | Fréchet distance | rendering AUC | classifier seeds | a − c (autoencoder) "
               "| c − d (generator) | a − d (synthetic-only gap) |")
     rows = [_recipe_row(name, recipe) for name, recipe in recipes.items()]
     gap = {name: recipe["summary"]["gap_points"]["synthetic_only"]["mean"] for name, recipe in recipes.items()}
@@ -427,7 +428,8 @@ def ldm_recipe_block(results: Results) -> str | None:
             f"the gaps are means, ± the SD over seeds where there are several), on "
             f"notebook 04's synthetic set drawn without the privacy filter. The fixed budget is {bench['budget_epochs']} "
             f"epochs, the U-Net epochs of the reference run; the wider U-Net runs as many epochs as cost about the "
-            f"same CPU time, from a timed probe of both. (a) real, (c) trained on reconstructions, (d) synthetic only, "
+            f"same CPU time, from a timed probe of both. Training minutes are the sums of the epochs' wall times, one thread "
+            f"per process (a part another recipe trained counts with its own training). (a) real, (c) trained on reconstructions, (d) synthetic only, "
             f"in AUC points; the Fréchet distance of the synthetic training images to the real test images in the real "
             f"classifier's features. The lowest synthetic-only gap: `{best}`, {gap[best]:.1f} points."
             f"{noise}\n\n" + "\n".join([header, "|---" * 14 + "|", *rows]))
