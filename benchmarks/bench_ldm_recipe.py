@@ -35,7 +35,9 @@ import argparse
 import contextlib
 import dataclasses
 import fcntl
+import hashlib
 import json
+import tempfile
 import time
 from pathlib import Path
 
@@ -122,7 +124,8 @@ def write_merged(path: Path, figures: dict) -> None:
     """Write ``figures`` to ``path``, keeping the recipes another process (or an earlier run of the same
     profile, seed and budget) wrote there; each recipe carries the machine that measured it."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    with locked(path.parent, f".{path.name}"):
+    # the lock beside the system's temporary files, not in the results folder
+    with locked(Path(tempfile.gettempdir()), f"cxrlib-{hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:12]}"):
         earlier = json.loads(path.read_text()) if path.is_file() else {}
         same = all(earlier.get(key) == figures[key] for key in ("profile", "seed", "budget_epochs"))
         recipes = dict(earlier.get("recipes", {}) if same else {})

@@ -550,6 +550,7 @@ def test_ldm_recipes_come_from_their_benchmark_with_each_recipes_gap(copied_resu
     assert "(`benchmarks/bench_ldm_recipe.py`, Test CPU, 1 thread per process" in flat
     assert "over its classifier seeds (of 42, 43;" in flat and "The fixed budget is 34 epochs" in flat
     assert "The lowest synthetic-only gap: `cosine-balanced`, 8.0 points." in flat
+    assert "one model's gap moves by an SD of 1.4 to 1.4 points" in flat and "Each recipe trained once" in flat
     rows = {line.split(" | ")[0]: line for line in section.splitlines() if line.startswith("| `")}
     assert rows["| `profile`"].startswith(
         "| `profile` | 32 / 64 / 64 | constant; stops after 3 epochs without a 1% gain | uniform | 0 | 34 of 60 | 10 / 24 "
