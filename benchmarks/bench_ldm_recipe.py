@@ -47,6 +47,7 @@ from bench_gap_decomposition import synthetic_set
 from cxrlib import synthesis
 from cxrlib.artifacts import tensor_digest
 from cxrlib.classify import train_classifier
+from cxrlib.data.chestxray14 import LABELS
 from cxrlib.data.datasets import TensorItems
 from cxrlib.data.images import Images
 from cxrlib.metrics import PenultimateFeatures, frechet_distance
@@ -70,7 +71,7 @@ def seconds_per_step(config, image_size: int, latent_shape: tuple[int, ...], ste
     unet, scheduler = build_unet(config, image_size), build_noise_scheduler(config)
     optimizer = torch.optim.AdamW(unet.parameters(), lr=config.unet_lr)
     batch = {"mean": torch.randn(config.batch_size, *latent_shape), "std": torch.full((config.batch_size, *latent_shape), 0.1),
-             "labels": (torch.rand(config.batch_size, 14) < 0.1).float()}
+             "labels": (torch.rand(config.batch_size, len(LABELS)) < 0.1).float()}
     for step in range(steps + 3):
         if step == 3:  # the first steps allocate
             began = time.process_time()
