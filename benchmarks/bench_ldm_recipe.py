@@ -84,8 +84,9 @@ def seconds_per_step(config, image_size: int, latent_shape: tuple[int, ...], ste
 
 
 def recipe_config(name: str, base, budget: int, wider: tuple[int, ...], edge_weight: float, image_size: int,
-                  latent_shape: tuple[int, ...]) -> tuple[object, dict]:
-    """The synthesis section of a recipe and what was decided for it."""
+                  latent_shape: tuple[int, ...], wider_epochs: int | None = None) -> tuple[object, dict]:
+    """The synthesis section of a recipe and what was decided for it. The wider U-Net's epochs come from
+    a timed probe, which moves with the machine's load: ``wider_epochs`` fixes them instead."""
     scheduled = dict(unet_lr_schedule="cosine", unet_epochs=budget, unet_class_balance=1.0,
                      unet_warmup_steps=200)
     if name == "profile":
@@ -93,8 +94,10 @@ def recipe_config(name: str, base, budget: int, wider: tuple[int, ...], edge_wei
     if name == "cosine-balanced":
         return dataclasses.replace(base, **scheduled), {"budget_epochs": budget}
     if name == "wider-cosine-balanced":
-        narrow = seconds_per_step(dataclasses.replace(base, **scheduled), image_size, latent_shape)
         wide_config = dataclasses.replace(base, **scheduled, unet_channels=wider)
+        if wider_epochs:  # an earlier probe's choice: the same model, judged again
+            return dataclasses.replace(wide_config, unet_epochs=wider_epochs), {"budget_epochs": budget}
+        narrow = seconds_per_step(dataclasses.replace(base, **scheduled), image_size, latent_shape)
         wide = seconds_per_step(wide_config, image_size, latent_shape)
         epochs = max(1, round(budget * narrow / wide))
         return dataclasses.replace(wide_config, unet_epochs=epochs), {
@@ -156,6 +159,9 @@ def main(argv: list[str] | None = None) -> None:
                         help="the reference run's results folder: its U-Net's epochs are the fixed budget")
     parser.add_argument("--wider", nargs="+", type=int, default=[48, 96, 96])
     parser.add_argument("--edge-weight", type=float, default=1.0)
+    parser.add_argument("--wider-epochs", type=int, default=None,
+                        help="the wider U-Net's epochs instead of a timed probe's (to judge a trained one again: its "
+                             "settings.unet_epochs in the JSON)")
     parser.add_argument("--classifier-seeds", type=int, default=1,
                         help="classifier seeds of each recipe's decomposition (a recipe judged before keeps its classifiers)")
     parser.add_argument("--json", type=Path, default=None,
@@ -188,7 +194,7 @@ def main(argv: list[str] | None = None) -> None:
     seeds = [args.seed + offset for offset in range(args.classifier_seeds)]
     for name in args.recipes:
         config, decided = recipe_config(name, base, budget, tuple(args.wider), args.edge_weight, size,
-                                        (base.latent_channels, side, side))
+                                        (base.latent_channels, side, side), args.wider_epochs)
         ws = Workspace.open(dataclasses.replace(base_ws.profile, synthesis=config), seed=args.seed,
                             artifacts_dir=args.work, results_dir=args.work / "results")
         names = artifact_names(config, size)
