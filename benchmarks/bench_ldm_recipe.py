@@ -138,8 +138,9 @@ def write_merged(path: Path, figures: dict) -> None:
             before = recipes.get(name)
             loaded = not (recipe["training"]["autoencoder"]["trained_here"] or recipe["training"]["unet"]["trained_here"])
             if loaded and before is not None and before["settings"] == recipe["settings"]:
-                # judged again on a model trained before: what the training cost is the earlier record's
-                recipe = {**recipe, "training": before["training"], "machine": before["machine"]}
+                # judged again on a model trained before: what the training cost (and its probe, if any) is the
+                # earlier record's
+                recipe = {**before, **recipe, "training": before["training"], "machine": before["machine"]}
             recipes[name] = recipe
         merged = {**figures, "recipes": recipes,
                   "wall_seconds": max(figures.get("wall_seconds", 0.0), earlier.get("wall_seconds", 0.0) if same else 0.0)}
