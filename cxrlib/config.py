@@ -173,6 +173,10 @@ class EvaluationConfig:
     attack_patience: int = 5
 
 
+#: the U-Net's learning-rate schedules (:attr:`SynthesisConfig.unet_lr_schedule`)
+UNET_LR_SCHEDULES = ("constant", "cosine")
+
+
 @dataclass(frozen=True)
 class SynthesisConfig:
     """Latent diffusion; the paper leaves most of these unpublished (see docs/papers.md section 4)."""
@@ -229,6 +233,13 @@ class SynthesisConfig:
     #: would wrongly reject; fixes the thresholds
     sampler_fpr: float = 0.05
     max_retries: int = 10
+
+    def __post_init__(self):
+        # checked here, not when the U-Net starts: a bad value must not cost the autoencoder's training first
+        if self.unet_lr_schedule not in UNET_LR_SCHEDULES:
+            raise ValueError(f"unet_lr_schedule must be one of {UNET_LR_SCHEDULES}, got {self.unet_lr_schedule!r}")
+        if self.unet_class_balance < 0:
+            raise ValueError(f"unet_class_balance must be 0 or more, got {self.unet_class_balance}")
 
 
 @dataclass(frozen=True)

@@ -113,6 +113,11 @@ def test_cosine_schedule_runs_its_whole_budget_and_balanced_batches_train(config
     assert trained.unet_fit.trained and len(trained.unet_fit.history) == 3 and trained.unet_fit.patience is None
     again = _train_tiny(recipe, tmp_path)
     assert not again.unet_fit.trained and not again.autoencoder_fit.trained
+    elsewhere = _train_tiny(recipe, tmp_path / "again")  # trained afresh from the same seed: the same weights
+    for ours, theirs in zip(trained.model.unet.state_dict().values(), elsewhere.model.unet.state_dict().values()):
+        assert torch.equal(ours, theirs)
+    with pytest.raises(ValueError, match="unet_class_balance"):
+        dataclasses.replace(recipe, unet_class_balance=-1.0)
     with pytest.raises(ValueError, match="unet_lr_schedule"):
         _train_tiny(dataclasses.replace(recipe, unet_lr_schedule="linear"), tmp_path)
 

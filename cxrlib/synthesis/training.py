@@ -71,7 +71,6 @@ UNET_FIELDS = ("unet_channels", "unet_layers_per_block", "unet_epochs", "unet_lr
 #: fields added after models were trained: they name a model only when they differ from their default,
 #: so that a model trained before they existed (which trained as the default does) keeps its name
 _LATER_FIELDS = {"autoencoder_edge_weight", "unet_lr_schedule", "unet_warmup_steps", "unet_class_balance"}
-UNET_LR_SCHEDULES = ("constant", "cosine")
 
 
 def training_config(config: SynthesisConfig, image_size: int, part: str) -> dict:
@@ -204,12 +203,9 @@ def train_latent_unet(posteriors: tuple[torch.Tensor, ...], val_posteriors: tupl
         return diffusion_loss(model, batch, scheduler=scheduler, scaling_factor=scaling_factor,
                               condition_dropout=config.condition_dropout, min_snr_gamma=config.min_snr_gamma)
 
-    if config.unet_lr_schedule not in UNET_LR_SCHEDULES:
-        raise ValueError(f"unet_lr_schedule must be one of {UNET_LR_SCHEDULES}, got {config.unet_lr_schedule!r}")
     items = _posterior_items(posteriors)
     if config.unet_class_balance:
-        # no generator of its own: it draws from the global one, which the loop seeds per epoch, so a
-        # resumed training draws what an uninterrupted one would
+        # no generator of its own: it draws from the global one, which the loop seeds per epoch
         sampler = WeightedRandomSampler(class_balance_weights(posteriors[2], config.unet_class_balance),
                                         len(items), replacement=True)
         train_loader = DataLoader(items, batch_size=config.batch_size, sampler=sampler)
