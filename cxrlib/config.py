@@ -375,8 +375,8 @@ def _cpu() -> Profile:
         ),
         # 64 px -> 16x16x4 latents. The autoencoder takes 2x2 pixel patches as 4 channels and runs at 32 and
         # 16 px: against widths (8, 16, 32) from 64 px, validation L1 after 5 epochs 0.081 for both, 1.85x the
-        # training images/s on one thread (both measured on the 2,000-patient phantom). The autoencoder trains (and
-        # the U-Net trained, until the budget below) until its validation loss has flattened: 3 epochs in a row without a gain of 1 % (min_improvement) on
+        # training images/s on one thread (both measured on the 2,000-patient phantom). Both parts train until
+        # their validation loss has flattened: 3 epochs in a row without a gain of 1 % (min_improvement) on
         # the last epoch that made one. The U-Net's validation loss is that of an exponential moving average
         # of its weights (decay 0.999, about 5 epochs): measured with patience 3 on one thread, the plain
         # weights' loss was noisy enough to stop at epoch 23 (best 20: 0.0544), while the average's fell
@@ -389,14 +389,9 @@ def _cpu() -> Profile:
         # real ones, as the paper has it: the real classifier trained on a random 1,500 of the real training
         # images scored 0.789 against 0.850 with all, so a gap measured with 1,500 synthetic images measured
         # the smaller set too.
-        # Now the U-Net trains to a fixed budget instead: 34 epochs (where that rule stopped it in the reference
-        # run before), a cosine schedule, batches drawn by inverse prevalence of each image's rarest finding;
-        # it narrowed the synthetic-only gap most for the rarest findings (benchmarks/bench_ldm_recipe.py,
-        # docs/benchmarks.md).
         synthesis=SynthesisConfig(
             latent_channels=4, autoencoder_patch_size=2, autoencoder_channels=(16, 32), autoencoder_epochs=40,
-            autoencoder_lr=2e-3, unet_channels=(32, 64, 64), unet_layers_per_block=1, unet_epochs=34,
-            unet_lr_schedule="cosine", unet_warmup_steps=200, unet_class_balance=1.0,
+            autoencoder_lr=2e-3, unet_channels=(32, 64, 64), unet_layers_per_block=1, unet_epochs=60,
             unet_lr=1e-3, unet_ema_decay=0.999, patience=3, min_improvement=0.01, batch_size=16,
             sampling_steps=10, samples_per_class=6, max_retries=5, decomposition_seeds=1,
         ),
