@@ -16,6 +16,8 @@ the recipes that share it.
 * ``profile``: the profile's own recipe (constant learning rate, early stopping on the validation loss);
 * ``cosine-balanced``: a cosine schedule over a fixed budget (the reference run's U-Net epochs, read
   from ``--reference-results``) and class-balanced batches (inverse prevalence);
+* ``cosine``: the same schedule and budget with uniform batches, and ``cosine-sqrt-balanced`` with
+  batches drawn by the square root of the inverse prevalence: which of the two changes does what;
 * ``wider-cosine-balanced``: the same at one step wider (``--wider``), its epochs cut so that it costs
   about the CPU time of the budget (from a timed probe of both U-Nets' training steps);
 * ``edges``: the autoencoder with an edge term (``--edge-weight``) under the profile's U-Net recipe.
@@ -57,7 +59,7 @@ from cxrlib.synthesis.training import artifact_names, diffusion_loss
 from cxrlib.workspace import Workspace
 
 ROOT = Path(__file__).resolve().parents[1]
-RECIPES = ("profile", "cosine-balanced", "wider-cosine-balanced", "edges")
+RECIPES = ("profile", "cosine-balanced", "cosine", "cosine-sqrt-balanced", "wider-cosine-balanced", "edges")
 
 
 def reference_unet_epochs(results: Path) -> int:
@@ -93,6 +95,9 @@ def recipe_config(name: str, base, budget: int, wider: tuple[int, ...], edge_wei
         return base, {}
     if name == "cosine-balanced":
         return dataclasses.replace(base, **scheduled), {"budget_epochs": budget}
+    if name in ("cosine", "cosine-sqrt-balanced"):
+        return (dataclasses.replace(base, **{**scheduled, "unet_class_balance": 0.0 if name == "cosine" else 0.5}),
+                {"budget_epochs": budget})
     if name == "wider-cosine-balanced":
         wide_config = dataclasses.replace(base, **scheduled, unet_channels=wider)
         if wider_epochs:  # an earlier probe's choice: the same model, judged again

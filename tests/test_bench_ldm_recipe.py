@@ -57,3 +57,16 @@ def test_recipes_train_what_they_change_and_merge_into_one_json(bench, tmp_path)
     # loaded, not retrained (a new training would have replaced the record): what it cost to train, not to load
     assert again["profile"]["training"] == profile["training"]
     assert set(again) == {"profile", "cosine-balanced", "edges"}
+
+
+def test_the_cosine_recipes_differ_only_in_how_batches_are_drawn(bench):
+    from cxrlib.config import load_profile
+
+    base = load_profile("smoke").synthesis
+    configs = {name: bench.recipe_config(name, base, 7, (16, 32), 1.0, 32, (4, 8, 8))[0]
+               for name in ("cosine-balanced", "cosine", "cosine-sqrt-balanced")}
+    assert {name: config.unet_class_balance for name, config in configs.items()} == {
+        "cosine-balanced": 1.0, "cosine": 0.0, "cosine-sqrt-balanced": 0.5}
+    for config in configs.values():
+        assert (config.unet_lr_schedule, config.unet_epochs, config.unet_warmup_steps) == ("cosine", 7, 200)
+        assert config.unet_channels == base.unet_channels and config.autoencoder_edge_weight == 0.0
