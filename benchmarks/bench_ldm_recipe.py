@@ -59,7 +59,9 @@ from cxrlib.synthesis.training import artifact_names, diffusion_loss
 from cxrlib.workspace import Workspace
 
 ROOT = Path(__file__).resolve().parents[1]
-RECIPES = ("profile", "cosine-balanced", "cosine", "cosine-sqrt-balanced", "wider-cosine-balanced", "edges")
+#: the recipes on the cosine schedule at the profile's widths, by the power of their batches' balance
+COSINE_BALANCE = {"cosine-balanced": 1.0, "cosine": 0.0, "cosine-sqrt-balanced": 0.5}
+RECIPES = ("profile", *COSINE_BALANCE, "wider-cosine-balanced", "edges")
 
 
 def reference_unet_epochs(results: Path) -> int:
@@ -93,10 +95,8 @@ def recipe_config(name: str, base, budget: int, wider: tuple[int, ...], edge_wei
                      unet_warmup_steps=200)
     if name == "profile":
         return base, {}
-    if name == "cosine-balanced":
-        return dataclasses.replace(base, **scheduled), {"budget_epochs": budget}
-    if name in ("cosine", "cosine-sqrt-balanced"):
-        return (dataclasses.replace(base, **{**scheduled, "unet_class_balance": 0.0 if name == "cosine" else 0.5}),
+    if name in COSINE_BALANCE:
+        return (dataclasses.replace(base, **{**scheduled, "unet_class_balance": COSINE_BALANCE[name]}),
                 {"budget_epochs": budget})
     if name == "wider-cosine-balanced":
         wide_config = dataclasses.replace(base, **scheduled, unet_channels=wider)
